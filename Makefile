@@ -1,0 +1,95 @@
+# orch - build, test and run. Every target that needs the toolchain first
+# installs what is missing from Debian's packages (make deps).
+
+LUA        ?= lua5.4
+LUA_INCDIR ?= /usr/include/lua5.4
+LIBEV_INCDIR ?= /usr/include
+LIBEV_LIBDIR ?= /usr/lib/x86_64-linux-gnu
+CC         ?= cc
+OPT        ?= -O2 -g
+WARN       = -Wall -Wextra -Wshadow -Wmissing-prototypes -Werror
+CFLAGS     ?= $(OPT)
+ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) \
+             -I$(LUA_INCDIR) -I$(LIBEV_INCDIR) $(CFLAGS)
+LDFLAGS    ?=
+LIBS       = -L$(LIBEV_LIBDIR) -lev
+
+BUILD      = build
+SRCS       = $(wildcard src/*.c)
+OBJS       = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
+MODULE     = $(BUILD)/orch/core.so
+
+DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks
+BUSTED     = busted --lua=$(LUA)
+
+PREFIX     ?= /usr/local
+LUA_LMOD   ?= $(PREFIX)/share/lua/5.4
+LUA_CMOD   ?= $(PREFIX)/lib/lua/5.4
+
+.PHONY: all deps build test stress demo bench asan valgrind install uninstall clean lint
+
+all: build
+
+# Installs the Debian packages that are missing (as root, or through sudo).
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	@$(MAKE) --no-print-directory $(MODULE)
+
+$(BUILD)/obj/%.o: src/%.c src/orch.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(MODULE): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) -shared $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(OBJS) $(LIBS)
+
+# The whole suite but #slow; closes with "N passed, N failed".
+test: build
+	@$(LUA) scripts/run-specs $(BUSTED) --exclude-tags=slow
+
+stress: build
+	@$(LUA) scripts/run-specs $(BUSTED) --tags=slow
+
+demo: build
+	$(LUA) scripts/examples/pool.lua
+
+bench: build
+	$(LUA) bench/run.lua
+
+# AddressSanitizer + UBSan build of the module, then the specs with the
+# sanitizer runtime preloaded into the stock interpreter.
+ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan \
+	  OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=address,undefined" build-asan/orch/core.so
+	@ORCH_CPATH=build-asan/?.so LD_PRELOAD=$(ASAN_LIB) \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(LUA) scripts/run-specs $(BUSTED) --exclude-tags=slow,noasan
+
+valgrind: build
+	@ORCH_VALGRIND=1 $(LUA) scripts/run-specs $(BUSTED) --exclude-tags=slow,novalgrind
+
+lint:
+	luacheck lua spec scripts bench
+
+install: build
+	install -d $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin
+	install -m 644 lua/orch/*.lua $(DESTDIR)$(LUA_LMOD)/orch/
+	install -m 755 $(MODULE) $(DESTDIR)$(LUA_CMOD)/orch/core.so
+	install -m 755 scripts/orch $(DESTDIR)$(PREFIX)/bin/orch
+
+uninstall:
+	rm -rf $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin/orch
+
+clean:
+	rm -rf build build-asan
