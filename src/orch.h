@@ -34,39 +34,64 @@ ORCH_HIDDEN void wbuf_reset(wbuf *b);                  /* len = off = 0; may shr
 ORCH_HIDDEN void wbuf_free(wbuf *b);
 
 /* ---- wire.c: the value serializer --------------------------------------
- * Encodes one Lua value (nil, boolean, integer, float, string, table with
- * shared references and cycles, function) into a byte string; decodes it
- * with every read bounds-checked. */
+ * Encodes Lua values (nil, boolean, integer, float, string, table with
+ * shared references and cycles, function) into bytes; decodes them with
+ * every read bounds-checked, since the bytes come from another process.
+ * One encoder/decoder context spans one frame, so a table that appears in
+ * two arguments of the same frame stays one table on the other side. */
 #define WIRE_FUNCTIONS 1 /* allow functions (parent -> child only) */
 
-/* Appends the encoding of the value at idx to b. On a value that cannot
- * cross, raises a Lua error naming its place, e.g.
- * "args[2].conn: cannot send userdata". root names the value ("args[2]",
- * "result[1]", "upvalue 'handle'"). b must be owned as described above. */
-ORCH_HIDDEN void wire_encode(lua_State *L, int idx, wbuf *b, const char *root,
-                             int flags);
+typedef struct wire_enc {
+    lua_State *L;
+    wbuf *b;    /* owned by a userdata: a raise leaks nothing */
+    int flags;
+    int ctx;    /* absolute stack index of the context (seen tables...) */
+    int nrefs;  /* tables/functions numbered so far */
+    int depth;
+} wire_enc;
 
-/* Decodes one value from data[*pos, len) and pushes it; advances *pos.
- * Returns 0, or -1 with a message in err ("byte 17: truncated string")
- * and nothing pushed. Only memory errors raise. Functions are refused
- * unless flags has WIRE_FUNCTIONS. */
-ORCH_HIDDEN int wire_decode(lua_State *L, const char *data, size_t len,
-                            size_t *pos, int flags, char *err, size_t errlen);
+/* Pushes one context value onto the stack; wire_enc_end pops it. */
+ORCH_HIDDEN void wire_enc_begin(wire_enc *e, lua_State *L, wbuf *b, int flags);
+/* Appends the value at idx. A value that cannot cross raises a Lua error
+ * naming its place from root: "args[2].conn: cannot send userdata". */
+ORCH_HIDDEN void wire_enc_value(wire_enc *e, int idx, const char *root);
+ORCH_HIDDEN void wire_enc_integer(wire_enc *e, lua_Integer n);
+/* Appends the upvalues of the Lua function at fidx: _ENV as a marker,
+ * the others by value, named "upvalue 'name'" in errors. */
+ORCH_HIDDEN void wire_enc_upvalues(wire_enc *e, int fidx);
+ORCH_HIDDEN void wire_enc_end(wire_enc *e);
 
-/* Pushes the function at fidx dumped as bytecode (a string). Raises if it
- * is not a Lua function. */
+typedef struct wire_dec {
+    lua_State *L;
+    const char *data;
+    size_t len, pos;
+    int flags;
+    int ctx;    /* absolute stack index of the context (decoded tables) */
+    int nrefs;
+    int depth;
+    char err[160]; /* "byte 17: truncated string" */
+} wire_dec;
+
+/* Pushes one context value; wire_dec_end removes it (values decoded
+ * after it stay on the stack, in order). */
+ORCH_HIDDEN void wire_dec_begin(wire_dec *d, lua_State *L, const char *data,
+                                size_t len, int flags);
+/* 0: one value pushed. -1: d->err says what and at which byte, nothing
+ * pushed. Only memory errors raise. Functions are refused unless flags
+ * has WIRE_FUNCTIONS. */
+ORCH_HIDDEN int wire_dec_value(wire_dec *d);
+ORCH_HIDDEN int wire_dec_integer(wire_dec *d, lua_Integer *n);
+/* Sets the upvalues written by wire_enc_upvalues on the function at fidx
+ * (_ENV becomes the globals). 0 or -1 as above. */
+ORCH_HIDDEN int wire_dec_upvalues(wire_dec *d, int fidx);
+ORCH_HIDDEN void wire_dec_end(wire_dec *d);
+
+/* Pushes the Lua function at fidx dumped as bytecode (a string), with
+ * debug information kept so tracebacks name lines. */
 ORCH_HIDDEN void wire_dump_function(lua_State *L, int fidx);
 
-/* Encodes the upvalues of the Lua function at fidx (all but _ENV), each
- * named "upvalue 'name'" in errors; the matching wire_decode_upvalues sets
- * them on the function at fidx (and _ENV to the globals). */
-ORCH_HIDDEN void wire_encode_upvalues(lua_State *L, int fidx, wbuf *b, int flags);
-ORCH_HIDDEN int wire_decode_upvalues(lua_State *L, int fidx, const char *data,
-                                     size_t len, size_t *pos, int flags,
-                                     char *err, size_t errlen);
-
-/* Lua-facing helpers registered in orch.core: encode(v) -> string,
- * decode(s) -> v | error. Used by specs and by the Lua layer. */
+/* Registers encode(v...) -> string and decode(s) -> v... in the table at
+ * the top of the stack (specs and the Lua layer use them). */
 ORCH_HIDDEN void wire_open(lua_State *L);
 
 #endif
