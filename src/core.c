@@ -1,13 +1,55 @@
 /*
  * core.c - the binding that builds the Lua module orch.core.
+ *
+ * orch.core is the mechanism: the loop, children and their channels,
+ * signals, the serializer, and the child's side. The policy (pools,
+ * futures, supervisors, queues) is the Lua layer in lua/orch/.
  */
+#include <unistd.h>
+
 #include "orch.h"
 
+#define ORCH_VERSION "0.1.0"
+
 LUALIB_API int luaopen_orch_core(lua_State *L);
+
+static int l_cpu_count(lua_State *L)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    lua_pushinteger(L, n > 0 ? n : 1);
+    return 1;
+}
+
+static int l_getpid(lua_State *L)
+{
+    lua_pushinteger(L, getpid());
+    return 1;
+}
 
 __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
 {
     lua_newtable(L);
+    loop_open(L);
+    proc_open(L);
+    sig_open(L);
+    worker_open(L);
     wire_open(L);
+    static const luaL_Reg fns[] = {
+        {"cpu_count", l_cpu_count}, {"getpid", l_getpid}, {NULL, NULL}};
+    luaL_setfuncs(L, fns, 0);
+    static const struct { const char *name; int value; } msgs[] = {
+        {"TASK", MSG_TASK}, {"QUIT", MSG_QUIT}, {"REPLY", MSG_REPLY},
+        {"RESULT", MSG_RESULT}, {"ERROR", MSG_ERROR}, {"LOG", MSG_LOG},
+        {"READY", MSG_READY}, {"CALL", MSG_CALL}, {"SEND", MSG_SEND},
+        {"STOP_ASK", STOP_ASK}, {"STOP_CANCEL", STOP_CANCEL},
+        {"STOP_TIMEOUT", STOP_TIMEOUT}, {NULL, 0}};
+    lua_createtable(L, 0, 12);
+    for (int i = 0; msgs[i].name; i++) {
+        lua_pushinteger(L, msgs[i].value);
+        lua_setfield(L, -2, msgs[i].name);
+    }
+    lua_setfield(L, -2, "msg");
+    lua_pushliteral(L, ORCH_VERSION);
+    lua_setfield(L, -2, "version");
     return 1;
 }

@@ -94,4 +94,84 @@ ORCH_HIDDEN void wire_dump_function(lua_State *L, int fidx);
  * the top of the stack (specs and the Lua layer use them). */
 ORCH_HIDDEN void wire_open(lua_State *L);
 
+/* ---- the protocol between the parent and its children -----------------
+ * A frame is a 4-byte little-endian payload length, one byte of message
+ * type, then the payload: one wire context holding the message's fields.
+ * Stop requests do not travel in frames: they are a realtime signal whose
+ * value carries the task id and the level (see proc_stop). */
+enum {
+    /* parent -> child */
+    MSG_TASK = 1,   /* id, fnid, [bytecode|nil, upvalues] or fn, nargs, args... */
+    MSG_QUIT = 2,   /* finish what was sent, then exit 0 */
+    MSG_REPLY = 4,  /* values answering the child's last MSG_CALL */
+    /* child -> parent */
+    MSG_RESULT = 10, /* id, values... */
+    MSG_ERROR = 11,  /* id, kind, message, traceback, value */
+    MSG_LOG = 12,    /* level, message */
+    MSG_READY = 13,  /* a service says it is ready */
+    MSG_CALL = 14,   /* a request the parent answers with MSG_REPLY */
+    MSG_SEND = 15    /* a one-way message for the child's owner */
+};
+
+#define FRAME_HEADER 5
+#define FRAME_MAX ((size_t)0x7fffffff)
+
+/* Stop levels carried by the stop signal. */
+enum { STOP_ASK = 1, STOP_CANCEL = 2, STOP_TIMEOUT = 3 };
+
+/* ---- chan.c: framing over a socket (plumbing, no Lua) ------------------ */
+/* Appends a frame header of this type to b, the length left to fill in;
+ * *start is where the frame begins. 0, or -1 (ENOMEM). */
+ORCH_HIDDEN int chan_frame_begin(wbuf *b, int type, size_t *start);
+/* Fills in the length of the frame that starts at start. 0 or -1 (too big). */
+ORCH_HIDDEN int chan_frame_end(wbuf *b, size_t start);
+/* If b[off..len) holds a whole frame, sets *type, *payload and *plen (the
+ * payload after the header) and returns 1; 0 if more bytes are needed; -1
+ * for a length over FRAME_MAX. The frame is consumed with
+ * b->off += FRAME_HEADER + plen. */
+ORCH_HIDDEN int chan_frame_peek(const wbuf *b, int *type, const char **payload, size_t *plen);
+/* Writes what it can of b without blocking (b->off advances). 0 when all is
+ * written, 1 when the socket is full, -1 on error (errno). */
+ORCH_HIDDEN int chan_flush(int fd, wbuf *b);
+/* Reads what is there (at most max bytes) into b. Returns bytes read, 0 at
+ * EOF, -1 with errno (EAGAIN when nothing is there). */
+ORCH_HIDDEN ssize_t chan_fill(int fd, wbuf *b, size_t max);
+/* Blocking versions for the child side. 0 or -1 (errno; EPIPE at EOF). */
+ORCH_HIDDEN int chan_write_all(int fd, const char *p, size_t n);
+
+/* ---- loop.c: the one libev loop and calls into Lua --------------------- */
+struct ev_loop;
+ORCH_HIDDEN struct ev_loop *loop_get(void);
+/* The thread that is inside core.step(): the one callbacks run on. */
+ORCH_HIDDEN lua_State *loop_state(void);
+/* Calls the function below nargs arguments on the stack in protected mode
+ * with a traceback. On error, keeps the error, breaks out of the loop and
+ * returns -1; loop_step raises it again once ev_run has returned. */
+ORCH_HIDDEN int loop_call(lua_State *L, int nargs);
+ORCH_HIDDEN void loop_open(lua_State *L);
+
+/* ---- proc.c: children and their channels -------------------------------- */
+ORCH_HIDDEN void proc_open(lua_State *L);
+/* Called by the loop before it blocks: writes every pending frame. */
+ORCH_HIDDEN void proc_flush_all(void);
+/* SIGCHLD arrived: reap our own children (waitpid per pid, never -1). */
+ORCH_HIDDEN void proc_reap(lua_State *L);
+/* In a fresh child: close every fd the parent holds for other children. */
+ORCH_HIDDEN void proc_close_inherited(int keep_fd);
+
+/* ---- sig.c: signals ------------------------------------------------------ */
+ORCH_HIDDEN void sig_open(lua_State *L);
+ORCH_HIDDEN int sig_stop_signal(void);           /* the realtime stop signal */
+/* In a fresh child: job-wide signals become no-ops, the rest default, the
+ * mask empty, the stop signal handled; parent death kills the child. */
+ORCH_HIDDEN void sig_child_setup(pid_t parent);
+
+/* ---- worker.c: the child's side ---------------------------------------- */
+ORCH_HIDDEN void worker_open(lua_State *L);
+/* Runs in a fresh child with its end of the channel; never returns. */
+ORCH_HIDDEN void worker_child_main(lua_State *L, int fd, int fnidx);
+/* The stop signal arrived with this value (called from the handler:
+ * async-signal-safe, touches only flags and the Lua hook). */
+ORCH_HIDDEN void worker_on_stop_signal(int value);
+
 #endif

@@ -1,0 +1,106 @@
+--- Futures: the parent's handle on one task.
+-- States: "queued" -> "running" -> "done" | "failed" | "cancelled"
+-- (a queued task can go straight to "cancelled" or "failed").
+local loop = require "orch.loop"
+local TaskError = require("orch.errors").TaskError
+
+local Future = {}
+Future.__index = Future
+Future.__name = "orch.future"
+
+local FINAL = { done = true, failed = true, cancelled = true }
+
+function Future.new(pool, group, id, fn, args)
+  return setmetatable({
+    pool = pool, group = group, id = id, fn = fn, args = args,
+    status = "queued", attempts = 0,
+  }, Future)
+end
+
+function Future:done()
+  return FINAL[self.status] == true
+end
+
+function Future:state()
+  return self.status
+end
+
+function Future:error()
+  return self.err
+end
+
+--- Waits at most timeout seconds (nil: no limit) for the task to end.
+function Future:wait(timeout)
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error("future:wait: timeout must be a number or nil", 2)
+  end
+  if loop.wait(function() return FINAL[self.status] end, timeout) then
+    return true
+  end
+  return nil, "timeout"
+end
+
+--- Waits, then returns the task's values or raises its TaskError.
+function Future:result()
+  loop.wait(function() return FINAL[self.status] end)
+  if self.status == "done" then
+    local v = self.values
+    return table.unpack(v, 1, v.n)
+  end
+  error(self.err, 0)
+end
+
+--- fn(fut) runs in the parent's loop once the task has ended (at once if
+-- it already has). An error in fn is logged, never lost and never fatal.
+function Future:on_done(fn)
+  if type(fn) ~= "function" then error("future:on_done: expects a function", 2) end
+  if FINAL[self.status] then
+    self:_call(fn)
+  else
+    local cbs = self.callbacks
+    if not cbs then cbs = {}; self.callbacks = cbs end
+    cbs[#cbs + 1] = fn
+  end
+end
+
+function Future:_call(fn)
+  local ok, err = xpcall(fn, debug.traceback, self)
+  if not ok then
+    require("orch.log").error("on_done callback failed: %s", tostring(err))
+  end
+end
+
+--- Settles the future (called by the pool). status: done | failed | cancelled.
+function Future:_settle(status, values, err)
+  self.status = status
+  self.values = values
+  self.err = err
+  self.fn, self.args = nil, nil
+  local cbs = self.callbacks
+  if cbs then
+    self.callbacks = nil
+    for i = 1, #cbs do self:_call(cbs[i]) end
+  end
+end
+
+--- A queued task never runs; a running task is asked to stop, interrupted,
+-- then killed after the grace period. Returns true unless it had ended.
+function Future:cancel()
+  if FINAL[self.status] then return false end
+  self.pool:_stop_task(self, "cancelled")
+  return true
+end
+
+--- SIGKILLs the task's worker now (a queued task fails without running).
+function Future:kill()
+  if FINAL[self.status] then return false end
+  self.pool:_kill_task(self)
+  return true
+end
+
+function Future:__tostring()
+  return ("orch.future #%d (%s)"):format(self.id, self.status)
+end
+
+Future.TaskError = TaskError
+return Future

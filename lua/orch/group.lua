@@ -1,0 +1,315 @@
+--- Groups: a batch of tasks with its own options (timeout, retries,
+-- retry_on, on_error, grace, backoff). Every task belongs to one group;
+-- pool:submit uses the pool's default group. Cancelling or killing a group
+-- touches only its own tasks.
+local loop = require "orch.loop"
+local log = require "orch.log"
+
+local Group = {}
+Group.__index = Group
+Group.__name = "orch.group"
+
+local OPTIONS = {
+  timeout = "number", retries = "number", retry_on = "table",
+  on_error = "string|function", grace = "number", backoff = "number",
+}
+local VALID = {}
+for k in pairs(OPTIONS) do VALID[#VALID + 1] = k end
+table.sort(VALID)
+local KINDS = { error = true, timeout = true, crashed = true, killed = true, cancelled = true }
+local ACTIONS = { continue = true, fail_fast = true, retry = true }
+
+--- Checks the failure-policy options shared by pools and groups.
+function Group.check_policy(opts, who, level)
+  level = level + 1
+  for _, k in ipairs({ "timeout", "grace", "backoff" }) do
+    local v = opts[k]
+    if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v) then
+      error(("%s: option '%s' must be a non-negative number, got %s"):format(who, k, tostring(v)), level)
+    end
+  end
+  if opts.timeout == 0 then
+    error(("%s: option 'timeout' must be positive"):format(who), level)
+  end
+  local r = opts.retries
+  if r ~= nil and (math.type(r) ~= "integer" or r < 0) then
+    error(("%s: option 'retries' must be a non-negative integer, got %s"):format(who, tostring(r)), level)
+  end
+  if opts.retry_on ~= nil then
+    for _, kind in ipairs(opts.retry_on) do
+      if not KINDS[kind] then
+        error(("%s: option 'retry_on' has unknown kind '%s' (valid: error, timeout, crashed, killed)")
+          :format(who, tostring(kind)), level)
+      end
+    end
+  end
+  local oe = opts.on_error
+  if type(oe) == "string" and oe ~= "continue" and oe ~= "fail_fast" then
+    error(("%s: option 'on_error' must be \"continue\", \"fail_fast\" or a function, got \"%s\"")
+      :format(who, oe), level)
+  end
+end
+
+local function check_options(opts)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    error(("pool:group: options must be a table, got %s"):format(type(opts)), 4)
+  end
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if not want then
+      error(("pool:group: unknown option '%s' (valid: %s)"):format(tostring(k), table.concat(VALID, ", ")), 4)
+    end
+    if not want:find(type(v), 1, true) then
+      error(("pool:group: option '%s' must be a %s, got %s"):format(k, want:gsub("|", " or "), type(v)), 4)
+    end
+  end
+  Group.check_policy(opts, "pool:group", 3)
+  return opts
+end
+
+function Group.new(pool, opts, is_default)
+  local own = is_default and {} or check_options(opts)
+  local merged = setmetatable({}, { __index = function(_, k)
+    local v = own[k]
+    if v == nil then v = pool.opts[k] end
+    return v
+  end })
+  return setmetatable({
+    pool = pool, opts = merged, futures = {}, n_pending = 0,
+    retry_sets = {}, is_default = is_default or false,
+  }, Group)
+end
+
+function Group:_add(fut)
+  if not self.is_default then self.futures[#self.futures + 1] = fut end
+  self.n_pending = self.n_pending + 1
+end
+
+function Group:_settled()
+  self.n_pending = self.n_pending - 1
+end
+
+local function retry_set(self)
+  local list = self.opts.retry_on or { "crashed" }
+  local set = self.retry_sets[list]
+  if not set then
+    set = {}
+    for _, k in ipairs(list) do set[k] = true end
+    self.retry_sets[list] = set
+  end
+  return set
+end
+
+--- What to do about a failure: "retry", "continue" or "fail_fast".
+function Group:_decide(err, fut)
+  local on_error = self.opts.on_error or "continue"
+  if type(on_error) == "function" then
+    local ok, action = pcall(on_error, err, fut)
+    if not ok then
+      log.error("on_error handler failed: %s", tostring(action))
+      return "continue"
+    end
+    if not ACTIONS[action] then
+      log.error("on_error handler returned %s (expected \"retry\", \"continue\" or \"fail_fast\")",
+        tostring(action))
+      return "continue"
+    end
+    return action
+  end
+  if retry_set(self)[err.kind] and fut.attempts <= (self.opts.retries or 0) then
+    return "retry"
+  end
+  return on_error
+end
+
+--- Seconds to wait before the next attempt (backoff doubles each time).
+function Group:_backoff(fut)
+  local b = self.opts.backoff
+  if not b or b <= 0 then return 0 end
+  return b * 2 ^ (fut.attempts - 1)
+end
+
+local function unfinished(self)
+  local list = {}
+  for _, fut in ipairs(self.futures) do
+    if not fut:done() then list[#list + 1] = fut end
+  end
+  return list
+end
+
+--- On the first failure: cancel the group's queued tasks, stop the running.
+function Group:_fail_fast(err)
+  if self.failed_fast then return end
+  self.failed_fast = true
+  self.first_error = self.first_error or err
+  for _, fut in ipairs(unfinished(self)) do self.pool:_stop_task(fut, "cancelled") end
+end
+
+function Group:submit(fn, ...)
+  return self.pool:_submit(self, fn, ...)
+end
+
+--- Waits until every task of the group has ended. Under fail_fast, returns
+-- nil, first_error; else an array whose i-th entry is the first value of
+-- the i-th task, or its TaskError (n: the count).
+function Group:wait(timeout)
+  if not loop.wait(function() return self.n_pending == 0 end, timeout) then
+    return nil, "timeout"
+  end
+  if self.failed_fast then return nil, self.first_error end
+  local out = { n = #self.futures }
+  for i, fut in ipairs(self.futures) do
+    if fut.status == "done" then out[i] = fut.values[1] else out[i] = fut.err end
+  end
+  return out
+end
+
+function Group:cancel()
+  for _, fut in ipairs(unfinished(self)) do fut:cancel() end
+end
+
+function Group:kill()
+  for _, fut in ipairs(unfinished(self)) do fut:kill() end
+end
+
+---------------------------------------------------------------------------
+-- map and imap
+
+-- Runs in a worker: fn over one chunk of items.
+local function run_chunk(fn, items, n)
+  if type(fn) == "string" then
+    local mod, name = fn:match("^(.*)%.([^.]+)$")
+    fn = mod and require(mod)[name] or require(fn)
+  end
+  local out = {}
+  for i = 1, n do out[i] = fn(items[i]) end
+  return out, n
+end
+
+local function check_map_args(what, fn, items, opts)
+  local t = type(fn)
+  if t ~= "function" and t ~= "string" then
+    error(("%s: expects a function or a 'module.name' string, got %s"):format(what, t), 4)
+  end
+  if type(items) ~= "table" then
+    error(("%s: items must be a table (an array), got %s"):format(what, type(items)), 4)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("%s: options must be a table, got %s"):format(what, type(opts)), 4)
+  end
+  local chunk = opts and opts.chunk or 1
+  if math.type(chunk) ~= "integer" or chunk < 1 then
+    error(("%s: option 'chunk' must be a positive integer, got %s"):format(what, tostring(chunk)), 4)
+  end
+  for k in pairs(opts or {}) do
+    if k ~= "chunk" and k ~= "ordered" then
+      error(("%s: unknown option '%s' (valid: chunk, ordered)"):format(what, tostring(k)), 4)
+    end
+  end
+  return chunk
+end
+
+-- Submits items in chunks; returns the futures and each one's first index.
+local function submit_chunks(self, fn, items, chunk)
+  local futs, first = {}, {}
+  local n = #items
+  if chunk == 1 then
+    for i = 1, n do futs[i] = self.pool:_submit(self, fn, items[i]); first[i] = i end
+  else
+    for s = 1, n, chunk do
+      local e = math.min(s + chunk - 1, n)
+      futs[#futs + 1] = self.pool:_submit(self, run_chunk, fn, table.move(items, s, e, 1, {}), e - s + 1)
+      first[#first + 1] = s
+    end
+  end
+  return futs, first
+end
+
+local function cancel_rest(futs)
+  for _, f in ipairs(futs) do if not f:done() then f:cancel() end end
+end
+
+function Group:_map(fn, items, opts, what)
+  local chunk = check_map_args(what or "group:map", fn, items, opts)
+  local futs = submit_chunks(self, fn, items, chunk)
+  local failed
+  local function watch(fut) if fut.status ~= "done" and not failed then failed = fut end end
+  for _, f in ipairs(futs) do f:on_done(watch) end
+  local remaining = #futs
+  local function count() remaining = remaining - 1 end
+  for _, f in ipairs(futs) do f:on_done(count) end
+  local ok, err = pcall(loop.wait, function() return failed or remaining == 0 end)
+  if not ok then cancel_rest(futs); error(err, 0) end
+  if failed then
+    cancel_rest(futs)
+    error(failed.err, 0)
+  end
+  local out, k = {}, 0
+  for _, f in ipairs(futs) do
+    local v = f.values
+    if chunk == 1 then
+      k = k + 1
+      out[k] = v[1]
+    else
+      local list, n = v[1], v[2]
+      table.move(list, 1, n, k + 1, out)
+      k = k + n
+    end
+  end
+  return out
+end
+
+function Group:map(fn, items, opts)
+  return self:_map(fn, items, opts, "group:map")
+end
+
+function Group:_imap(fn, items, opts, what)
+  local chunk = check_map_args(what or "group:imap", fn, items, opts)
+  local ordered = not (opts and opts.ordered == false)
+  local futs, first = submit_chunks(self, fn, items, chunk)
+  local finished, fin_head = {}, 1  -- completion order
+  for _, f in ipairs(futs) do f:on_done(function(x) finished[#finished + 1] = x end) end
+  local index = {}
+  for i, f in ipairs(futs) do index[f] = i end
+  local next_fut, buf, buf_i = 1, nil, 0
+  local function take(f)
+    if f.status ~= "done" then cancel_rest(futs); error(f.err, 0) end
+    local base = first[index[f]]
+    if chunk == 1 then return { { base, f.values[1] } } end
+    local list, n, out = f.values[1], f.values[2], {}
+    for j = 1, n do out[j] = { base + j - 1, list[j] } end
+    return out
+  end
+  return function()
+    while true do
+      if buf and buf_i < #buf then
+        buf_i = buf_i + 1
+        return buf[buf_i][1], buf[buf_i][2]
+      end
+      local f
+      if ordered then
+        f = futs[next_fut]
+        if not f then return nil end
+        next_fut = next_fut + 1
+        f:wait()
+      else
+        if fin_head > #futs then return nil end
+        loop.wait(function() return finished[fin_head] ~= nil end)
+        f = finished[fin_head]
+        fin_head = fin_head + 1
+      end
+      buf, buf_i = take(f), 0
+    end
+  end
+end
+
+function Group:imap(fn, items, opts)
+  return self:_imap(fn, items, opts, "group:imap")
+end
+
+function Group:__tostring()
+  return ("orch.group (%d tasks, %d pending)"):format(#self.futures, self.n_pending)
+end
+
+return Group

@@ -1,0 +1,31 @@
+--- orch: a process orchestrator for Lua on a libev C core.
+-- Pools of pre-forked workers with futures, groups and failure policies;
+-- supervisors with ordered start and shutdown; queues between processes;
+-- signals handled inside the loop. See README.md and docs/API.md.
+local core = require "orch.core"
+local loop = require "orch.loop"
+local log = require "orch.log"
+local signal = require "orch.signal"
+local pool = require "orch.pool"
+local TaskError = require("orch.errors").TaskError
+
+local orch = {
+  version = core.version,
+  log = log,
+  TaskError = TaskError,
+  on_signal = signal.on_signal,
+  sleep = loop.sleep,
+  cpu_count = core.cpu_count,
+}
+
+--- orch.pool(opts) -> Pool
+function orch.pool(opts)
+  return pool.new(opts)
+end
+
+--- Inside a task or a service: true once the parent asked it to stop.
+function orch.stopping()
+  return core.stopping()
+end
+
+return orch

@@ -1,0 +1,57 @@
+--- The parent's waiting: every blocking call of orch (result, wait, join,
+-- map, sleep, queue operations) runs the loop here until its condition
+-- holds, so signals, results and timers keep being handled meanwhile.
+local core = require "orch.core"
+
+local loop = {}
+
+--- Set by the default INT/TERM handler of a plain script: the next wait
+-- raises "interrupted" so the script's <close> handlers run.
+loop.interrupted = nil
+
+local function check_interrupt()
+  local sig = loop.interrupted
+  if sig then
+    loop.interrupted = nil
+    error(("interrupted (SIG%s)"):format(sig), 0)
+  end
+end
+
+--- Runs the loop until pred() is true (returns true) or timeout seconds
+-- have passed (returns false). timeout nil: no limit.
+function loop.wait(pred, timeout)
+  if core.in_child() then
+    error("orch: this call waits on the parent's loop; it cannot run in a child process", 3)
+  end
+  check_interrupt()
+  if pred() then return true end
+  local deadline = timeout and core.now() + timeout
+  while true do
+    if deadline then
+      local left = deadline - core.now()
+      if left <= 0 then return pred() end
+      core.step(left)
+    else
+      core.step()
+    end
+    check_interrupt()
+    if pred() then return true end
+  end
+end
+
+--- orch.sleep(seconds): in the parent, runs the loop for that long; in a
+-- child, sleeps and returns early once the parent asked it to stop.
+function loop.sleep(seconds)
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("orch.sleep: seconds must be a non-negative number", 2)
+  end
+  if core.in_child() then
+    core.child_sleep(seconds)
+    return
+  end
+  local done = false
+  local t <close> = core.timer(seconds, function() done = true end)
+  loop.wait(function() return done end)
+end
+
+return loop

@@ -1,0 +1,664 @@
+--- Pools: tasks run in pre-forked worker processes.
+--
+-- The parent is the only scheduler. Each worker has a FIFO of tasks sent
+-- to it (`inflight`): the first is running, the others wait in its channel
+-- (a short pipeline, so a worker never idles between two small tasks).
+-- A worker that dies is noticed once its exit is reaped and everything it
+-- wrote has been read; its running task fails ("crashed", or the kind of
+-- the stop that killed it), the tasks waiting behind it go back to the
+-- queue, and a new worker takes its slot. Workers share no locks, so a
+-- worker that dies at any instant cannot wedge the others.
+local core = require "orch.core"
+local loop = require "orch.loop"
+local log = require "orch.log"
+local signal = require "orch.signal"
+local Future = require "orch.future"
+local Group = require "orch.group"
+local TaskError = require("orch.errors").TaskError
+
+local MSG = core.msg
+local RESULT, ERROR, LOG, CALL = MSG.RESULT, MSG.ERROR, MSG.LOG, MSG.CALL
+local pack, unpack = table.pack, table.unpack
+
+local Pool = {}
+Pool.__index = Pool
+Pool.__name = "orch.pool"
+
+-- Tasks sent ahead to a busy worker when the queue is long.
+local PIPELINE = 4
+-- A task asked to stop is interrupted this long after the request
+-- (capped by half its grace period), and killed after its grace period.
+local INTERRUPT_AFTER = 0.1
+-- Workers that fail their init this many times in a row break the pool.
+local MAX_INIT_FAILURES = 3
+
+local OPTIONS = {
+  workers = "number", max_tasks_per_worker = "number", timeout = "number",
+  retries = "number", retry_on = "table", on_error = "string|function",
+  grace = "number", init = "function|string", backoff = "number",
+}
+local VALID = {}
+for k in pairs(OPTIONS) do VALID[#VALID + 1] = k end
+table.sort(VALID)
+
+local pools = setmetatable({}, { __mode = "k" })  -- live pools, for signals
+local weak_values = { __mode = "v" }
+
+local function fail_option(fmt, ...)
+  error("orch.pool: " .. fmt:format(...), 3)
+end
+
+local function check_options(opts)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then fail_option("options must be a table, got %s", type(opts)) end
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if not want then
+      fail_option("unknown option '%s' (valid: %s)", tostring(k), table.concat(VALID, ", "))
+    end
+    if not want:find(type(v), 1, true) then
+      fail_option("option '%s' must be a %s, got %s", k, want:gsub("|", " or "), type(v))
+    end
+  end
+  local n = opts.workers
+  if n ~= nil and (math.type(n) ~= "integer" or n < 1) then
+    fail_option("option 'workers' must be a positive integer, got %s", tostring(n))
+  end
+  local m = opts.max_tasks_per_worker
+  if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
+    fail_option("option 'max_tasks_per_worker' must be a positive integer, got %s", tostring(m))
+  end
+  Group.check_policy(opts, "orch.pool", 4)
+  return opts
+end
+
+---------------------------------------------------------------------------
+-- the queue of tasks not yet sent to a worker (a deque: retried and
+-- returned tasks go back to the front)
+
+local function push_back(self, fut)
+  local t = self.q_tail + 1
+  self.q_tail = t
+  self.queue[t] = fut
+  self.n_queued = self.n_queued + 1
+end
+
+local function push_front(self, fut)
+  local h = self.q_head - 1
+  self.q_head = h
+  self.queue[h] = fut
+  self.n_queued = self.n_queued + 1
+end
+
+local function pop_front(self)
+  while self.q_head <= self.q_tail do
+    local h = self.q_head
+    local fut = self.queue[h]
+    self.queue[h] = nil
+    self.q_head = h + 1
+    if fut.status == "queued" and not fut.dequeued then
+      self.n_queued = self.n_queued - 1
+      return fut
+    end
+  end
+  return nil
+end
+
+---------------------------------------------------------------------------
+-- workers
+
+local spawn_worker
+
+local function worker_main(name)
+  return function()
+    log.name = name
+    core.serve()
+  end
+end
+
+spawn_worker = function(self, slot)
+  local ref = setmetatable({ self }, weak_values)
+  local w = { slot = slot, name = "worker " .. slot, inflight = {}, dispatched = 0 }
+  w.proc = core.spawn(worker_main(w.name),
+    function(_, ...)
+      local pool = ref[1]
+      if pool then pool:_message(w, ...) end
+    end,
+    function(_, how, code)
+      local pool = ref[1]
+      if pool then pool:_exited(w, how, code) end
+    end)
+  w.pid = w.proc:pid()
+  self.slots[slot] = w
+  self.n_live = self.n_live + 1
+  local init = self.opts.init
+  if init ~= nil then
+    w.proc:task(0, init)
+    w.in_init = true
+  end
+  return w
+end
+
+-- Starts the clock of the task that now runs first on w.
+local function start_head(self, w)
+  local fut = w.inflight[1]
+  if not fut or fut.started then return end
+  fut.started = core.now()
+  fut.status = "running"
+  self.n_running = self.n_running + 1
+  local timeout = fut.group.opts.timeout
+  if timeout and not fut.stop_kind then
+    fut.timer = core.timer(timeout, function()
+      fut.timer = nil
+      if fut.status == "running" then self:_stop_task(fut, "timeout") end
+    end)
+  end
+  if fut.stop_kind then self:_escalate(fut) end
+end
+
+local function send_task(self, w, fut)
+  fut.worker = w
+  fut.attempts = fut.attempts + 1
+  local inflight = w.inflight
+  inflight[#inflight + 1] = fut
+  w.dispatched = w.dispatched + 1
+  local args = fut.args
+  w.proc:task(fut.id, fut.fn, unpack(args, 1, args.n))
+  if #inflight == 1 then start_head(self, w) end
+  local max = self.opts.max_tasks_per_worker
+  if max and w.dispatched >= max then
+    w.retiring = true
+    w.proc:send(MSG.QUIT)
+  end
+end
+
+-- Sends queued tasks to workers: idle workers first, then, while the queue
+-- holds more tasks than there are workers, a short pipeline to busy ones.
+function Pool:_pump()
+  local slots, size = self.slots, self.size
+  for depth = 1, PIPELINE do
+    if self.n_queued == 0 or (depth > 1 and self.n_queued < size) then return end
+    for i = 1, size do
+      local w = slots[i]
+      if w and #w.inflight < depth and not (w.retiring or w.in_init or w.dead) then
+        local fut = pop_front(self)
+        if not fut then return end
+        send_task(self, w, fut)
+      end
+    end
+  end
+end
+
+-- The pool is closed and has nothing left to do: workers may go.
+function Pool:_maybe_retire()
+  if not self.closed or self.n_queued > 0 or self.n_running > 0 then return end
+  for i = 1, self.size do
+    local w = self.slots[i]
+    if w and not w.retiring and not w.dead and #w.inflight == 0 then
+      w.retiring = true
+      w.proc:send(MSG.QUIT)
+    end
+  end
+end
+
+---------------------------------------------------------------------------
+-- outcomes
+
+local function clear_timers(fut)
+  if fut.timer then fut.timer:stop(); fut.timer = nil end
+  if fut.stop_timer then fut.stop_timer:stop(); fut.stop_timer = nil end
+  if fut.kill_timer then fut.kill_timer:stop(); fut.kill_timer = nil end
+end
+
+-- Ends a future that has left the queue and the workers for good.
+function Pool:_finish(fut, status, values, err)
+  clear_timers(fut)
+  if fut.status == "running" then self.n_running = self.n_running - 1 end
+  fut.worker = nil
+  if status == "done" then
+    self.n_done = self.n_done + 1
+  elseif status == "cancelled" then
+    self.n_cancelled = self.n_cancelled + 1
+  else
+    self.n_failed = self.n_failed + 1
+  end
+  fut:_settle(status, values, err)
+  fut.group:_settled(fut)
+end
+
+-- A task failed with err: retry it, or settle it and apply the policy.
+function Pool:_failed(fut, err)
+  err.attempts = fut.attempts
+  if err.kind == "cancelled" then
+    return self:_finish(fut, "cancelled", nil, err)
+  end
+  local group = fut.group
+  local action = group:_decide(err, fut)
+  if action == "retry" and not self.terminated and not fut.stop_kind then
+    clear_timers(fut)
+    if fut.status == "running" then self.n_running = self.n_running - 1 end
+    fut.status, fut.started, fut.worker = "queued", nil, nil
+    local delay = group:_backoff(fut)
+    if delay > 0 then
+      fut.timer = core.timer(delay, function()
+        fut.timer = nil
+        if fut.status == "queued" then push_back(self, fut); self:_pump() end
+      end)
+    else
+      push_back(self, fut)
+    end
+    return
+  end
+  self:_finish(fut, "failed", nil, err)
+  if action == "fail_fast" then group:_fail_fast(err) end
+end
+
+local function task_error(kind, fields)
+  fields.kind = kind
+  return TaskError.new(fields)
+end
+
+function Pool:_message(w, type, id, ...)
+  if type == RESULT or type == ERROR then
+    if id == 0 and w.in_init then
+      w.in_init = false
+      if type == ERROR then
+        local _, message = ...
+        self.init_error = message
+        log.deliver("error", "init failed: " .. tostring(message), w.name, w.pid)
+      else
+        self.init_failures = 0
+      end
+      self:_pump()
+      return
+    end
+    local inflight = w.inflight
+    local fut = table.remove(inflight, 1)
+    if not fut or fut.id ~= id then
+      log.deliver("error", ("protocol: result for task %s out of order"):format(id), w.name, w.pid)
+      w.proc:kill()
+      return
+    end
+    if type == RESULT then
+      if fut.stop_kind then
+        self:_stopped(fut, w, nil)
+      else
+        self:_finish(fut, "done", pack(...))
+      end
+    else
+      local kind, message, traceback, value = ...
+      if fut.stop_kind and kind ~= "error" then
+        self:_stopped(fut, w, nil)
+      elseif fut.stop_kind then
+        self:_stopped(fut, w, { message = message, traceback = traceback, value = value })
+      else
+        self:_failed(fut, task_error(kind, {
+          message = message, traceback = traceback ~= "" and traceback or nil,
+          value = value, pid = w.pid }))
+      end
+    end
+    start_head(self, w)
+    self:_pump()
+    self:_maybe_retire()
+  elseif type == LOG then
+    log.deliver(id, (...), w.name, w.pid)
+  elseif type == CALL then
+    require("orch.queue").serve_call(w.proc, id, ...)
+  elseif type == 0 then
+    log.deliver("error", "protocol: " .. tostring(id), w.name, w.pid)
+    w.proc:kill()
+  end
+end
+
+-- A task that was asked to stop has ended (or its worker was killed).
+function Pool:_stopped(fut, w, detail)
+  local kind = fut.stop_kind
+  local err = task_error(kind, {
+    message = detail and detail.message or kind, traceback = detail and detail.traceback,
+    value = detail and detail.value, pid = w and w.pid })
+  err.attempts = fut.attempts
+  if kind == "cancelled" then
+    self:_finish(fut, "cancelled", nil, err)
+  else
+    self:_finish(fut, "failed", nil, err)
+    if fut.group:_decide(err, fut) == "fail_fast" then fut.group:_fail_fast(err) end
+  end
+end
+
+function Pool:_exited(w, how, code)
+  w.dead = true
+  self.n_live = self.n_live - 1
+  if self.slots[w.slot] == w then self.slots[w.slot] = nil end
+  local inflight = w.inflight
+  w.inflight = {}
+  local head = inflight[1]
+  if head then
+    if head.stop_kind then
+      self:_stopped(head, w, nil)
+    elseif w.kill_kind then
+      self:_failed(head, task_error(w.kill_kind, { message = "worker killed", pid = w.pid }))
+    else
+      local fields = { pid = w.pid }
+      if how == "signal" then
+        fields.signal, fields.signal_name = code, core.signame(code)
+      else
+        fields.exit_code = code
+      end
+      self:_failed(head, task_error("crashed", fields))
+    end
+  end
+  -- the others never started: back to the front of the queue, in order
+  for i = #inflight, 2, -1 do
+    local fut = inflight[i]
+    if fut.status == "queued" then
+      fut.worker = nil
+      fut.attempts = fut.attempts - 1
+      if fut.stop_kind then
+        self:_finish(fut, "cancelled", nil, task_error("cancelled", { message = "cancelled" }))
+      else
+        push_front(self, fut)
+      end
+    end
+  end
+  if how == "exit" and code == 3 and self.init_error then
+    self.init_failures = (self.init_failures or 0) + 1
+  end
+  if self.terminated then return end
+  local broken = (self.init_failures or 0) >= MAX_INIT_FAILURES
+  if broken then
+    return self:_break(("worker init failed %d times: %s"):format(self.init_failures, self.init_error))
+  end
+  local needed = not self.closed or self.n_queued > 0 or self.n_running > 0
+  if needed then
+    if not w.retiring or w.kill_kind or head then self.restarts = self.restarts + 1 end
+    spawn_worker(self, w.slot)
+    self:_pump()
+  end
+  self:_maybe_retire()
+end
+
+-- Init keeps failing: nothing can run here. Fail all that waits.
+function Pool:_break(message)
+  self.closed = true
+  local fut = pop_front(self)
+  while fut do
+    self:_finish(fut, "failed", nil, task_error("error", { message = message }))
+    fut = pop_front(self)
+  end
+  self:_maybe_retire()
+end
+
+---------------------------------------------------------------------------
+-- stopping running work
+
+-- Asks a running task to stop, then interrupts it, then kills its worker.
+function Pool:_escalate(fut)
+  local w = fut.worker
+  local grace = fut.stop_grace or fut.group.opts.grace or 5
+  local level = fut.stop_kind == "timeout" and MSG.STOP_TIMEOUT or MSG.STOP_CANCEL
+  w.proc:stop(fut.id, MSG.STOP_ASK)
+  fut.stop_timer = core.timer(math.min(INTERRUPT_AFTER, grace / 2), function()
+    fut.stop_timer = nil
+    if fut.worker == w then w.proc:stop(fut.id, level) end
+  end)
+  fut.kill_timer = core.timer(grace, function()
+    fut.kill_timer = nil
+    if fut.worker == w and not w.dead then
+      log.deliver("warn", ("task %d still running %gs after a stop request: killing %s")
+        :format(fut.id, grace, w.name), w.name, w.pid)
+      w.proc:kill()
+    end
+  end)
+end
+
+--- Stops one task: kind "cancelled" (fut:cancel, group cancel) or
+-- "timeout". grace overrides the group's grace period.
+function Pool:_stop_task(fut, kind, grace)
+  if fut.status == "queued" and not fut.worker then
+    fut.dequeued = true
+    self.n_queued = self.n_queued - 1
+    clear_timers(fut)
+    local err = task_error(kind, { message = kind })
+    if kind == "cancelled" then
+      self:_finish(fut, "cancelled", nil, err)
+    else
+      self:_finish(fut, "failed", nil, err)
+    end
+    return
+  end
+  if fut.stop_kind then return end
+  fut.stop_kind, fut.stop_grace = kind, grace
+  if fut.timer then fut.timer:stop(); fut.timer = nil end
+  if fut.status == "running" then
+    self:_escalate(fut)
+  else
+    -- waiting in a worker's pipeline: it must not start
+    local level = kind == "timeout" and MSG.STOP_TIMEOUT or MSG.STOP_CANCEL
+    fut.worker.proc:stop(fut.id, level)
+  end
+end
+
+--- fut:kill(): SIGKILL the worker running it; a queued task fails "killed".
+function Pool:_kill_task(fut)
+  local w = fut.worker
+  if not w then
+    fut.dequeued = true
+    self.n_queued = self.n_queued - 1
+    return self:_finish(fut, "failed", nil, task_error("killed", { message = "killed" }))
+  end
+  if fut.status == "running" then
+    fut.stop_kind = nil
+    w.kill_kind = "killed"
+    w.proc:kill()
+  else
+    self:_stop_task(fut, "cancelled")
+    fut.stop_kind = "killed"
+  end
+end
+
+---------------------------------------------------------------------------
+-- public API
+
+local next_id = 0
+
+function Pool:_submit(group, fn, ...)
+  if self.closed then error("orch.pool: submit on a closed pool", 3) end
+  local t = type(fn)
+  if t ~= "function" and t ~= "string" then
+    error(("orch.pool: submit expects a function or a 'module.name' string, got %s"):format(t), 3)
+  end
+  next_id = next_id + 1
+  local fut = Future.new(self, group, next_id, fn, pack(...))
+  group:_add(fut)
+  push_back(self, fut)
+  self:_pump()
+  return fut
+end
+
+--- pool:submit(fn, ...) -> Future
+function Pool:submit(fn, ...)
+  return self:_submit(self.default_group, fn, ...)
+end
+
+--- pool:group(opts) -> Group: a batch with its own options.
+function Pool:group(opts)
+  return Group.new(self, opts)
+end
+
+--- pool:map(fn, items, opts) -> results (see Group:map).
+function Pool:map(fn, items, opts)
+  return self.default_group:_map(fn, items, opts, "pool:map")
+end
+
+--- pool:imap(fn, items, opts) -> iterator yielding i, result.
+function Pool:imap(fn, items, opts)
+  return self.default_group:_imap(fn, items, opts, "pool:imap")
+end
+
+function Pool:stats()
+  local idle, live = 0, 0
+  for i = 1, self.size do
+    local w = self.slots[i]
+    if w and not w.dead then
+      live = live + 1
+      if #w.inflight == 0 then idle = idle + 1 end
+    end
+  end
+  return {
+    workers = live, idle = idle, queued = self.n_queued, running = self.n_running,
+    done = self.n_done, failed = self.n_failed, cancelled = self.n_cancelled,
+    restarts = self.restarts,
+  }
+end
+
+--- No new tasks; what was submitted still runs.
+function Pool:close()
+  self.closed = true
+  self:_maybe_retire()
+end
+
+--- Waits (closing the pool) until every task has ended and every worker
+-- has exited: true, or nil, "timeout".
+function Pool:join(timeout)
+  if not self.closed then error("orch.pool: join before close (call pool:close() first)", 2) end
+  if loop.wait(function() return self.n_live == 0 end, timeout) then
+    self:_release()
+    return true
+  end
+  return nil, "timeout"
+end
+
+--- Closes the pool and waits for it. With cancel_pending, queued tasks are
+-- cancelled and running ones get stop requests (then SIGKILL after grace).
+function Pool:shutdown(opts)
+  opts = opts or {}
+  self:close()
+  if opts.cancel_pending then
+    self:_cancel_all(opts.grace)
+  end
+  return self:join()
+end
+
+function Pool:_cancel_all(grace)
+  local fut = pop_front(self)
+  while fut do
+    self:_finish(fut, "cancelled", nil, task_error("cancelled", { message = "cancelled" }))
+    fut = pop_front(self)
+  end
+  for i = 1, self.size do
+    local w = self.slots[i]
+    if w then
+      for _, f in ipairs(w.inflight) do self:_stop_task(f, "cancelled", grace) end
+    end
+  end
+  self:_maybe_retire()
+end
+
+--- SIGKILLs every worker now. Running and queued futures fail "killed".
+function Pool:terminate()
+  if self.terminated then return end
+  self.closed, self.terminated = true, true
+  local killed = {}
+  for i = 1, self.size do
+    local w = self.slots[i]
+    if w then
+      w.dead = true
+      w.proc:kill()
+      killed[#killed + 1] = w
+    end
+    self.slots[i] = nil
+  end
+  for _, w in ipairs(killed) do
+    w.proc:close()  -- reaps it now: no zombie outlives terminate()
+    self.n_live = self.n_live - 1
+    for _, fut in ipairs(w.inflight) do
+      self:_finish(fut, "failed", nil, task_error("killed", { message = "pool terminated", pid = w.pid }))
+    end
+    w.inflight = {}
+  end
+  local fut = pop_front(self)
+  while fut do
+    self:_finish(fut, "failed", nil, task_error("killed", { message = "pool terminated" }))
+    fut = pop_front(self)
+  end
+  self:_release()
+end
+
+function Pool:_release()
+  pools[self] = nil
+end
+
+function Pool:__close()
+  if self.terminated or self.n_live == 0 then return self:_release() end
+  local ok, err = pcall(self.shutdown, self)
+  if not ok then
+    self:terminate()
+    error(err, 0)
+  end
+end
+
+-- Collected with live workers: kill and reap them, quietly.
+function Pool:__gc()
+  for i = 1, self.size do
+    local w = self.slots[i]
+    if w then w.proc:close() end
+  end
+end
+
+function Pool:__tostring()
+  return ("orch.pool (%d workers%s)"):format(self.size, self.closed and ", closed" or "")
+end
+
+---------------------------------------------------------------------------
+-- default signal behaviour of a plain script with pools: the first INT or
+-- TERM cancels the pools' work and raises "interrupted" in the waiting
+-- script; a second one kills every worker and ends the process by it.
+
+local interrupts = 0
+
+local function on_interrupt(name)
+  interrupts = interrupts + 1
+  if interrupts == 1 then
+    for p in pairs(pools) do
+      if not p.terminated then p.closed = true; p:_cancel_all() end
+    end
+    loop.interrupted = name
+  else
+    for p in pairs(pools) do p:terminate() end
+    core.die_by(name)
+  end
+end
+
+local defaults_installed = false
+
+local function install_defaults()
+  if defaults_installed then return end
+  defaults_installed = true
+  signal.set_default("INT", on_interrupt)
+  signal.set_default("TERM", on_interrupt)
+end
+
+--- orch.pool(opts) -> Pool
+local function new(opts)
+  opts = check_options(opts)
+  if core.in_child() then error("orch.pool: pools are created in the parent process", 2) end
+  local size = opts.workers or core.cpu_count()
+  local self = setmetatable({
+    opts = opts, size = size, slots = {}, queue = {}, q_head = 1, q_tail = 0,
+    n_queued = 0, n_running = 0, n_done = 0, n_failed = 0, n_cancelled = 0,
+    n_live = 0, restarts = 0,
+  }, Pool)
+  self.default_group = Group.new(self, nil, true)
+  local ok, err = pcall(function()
+    for slot = 1, size do spawn_worker(self, slot) end
+  end)
+  if not ok then
+    self:terminate()
+    error(err, 2)
+  end
+  pools[self] = true
+  install_defaults()
+  return self
+end
+
+return { new = new, Pool = Pool }

@@ -1,0 +1,199 @@
+/*
+ * loop.c - the one libev loop of a process, timers, and calls into Lua.
+ *
+ * Lua drives the loop with core.step(timeout): one turn of ev_run. Every
+ * callback calls Lua through loop_call: a pcall with a traceback. An error
+ * there is kept, the loop is broken out of, and step raises it again once
+ * ev_run has returned, so no error ever longjmps through libev.
+ *
+ * Before the loop blocks, a prepare watcher writes every frame queued on
+ * the children's channels: many sends made during one turn leave in one
+ * write per channel.
+ */
+#include <ev.h>
+
+#include "orch.h"
+
+#define TIMER_MT "orch.timer"
+
+static struct ev_loop *loop;
+static ev_prepare flush_watcher;
+static ev_timer step_timer;
+static int pending_error = LUA_NOREF;  /* registry ref of a callback error */
+static lua_State *running_L;          /* the thread inside step(), for callbacks */
+
+struct ev_loop *loop_get(void)
+{
+    return loop;
+}
+
+lua_State *loop_state(void)
+{
+    return running_L;
+}
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL && !lua_isnoneornil(L, 1) && luaL_callmeta(L, 1, "__tostring")
+        && lua_type(L, -1) == LUA_TSTRING)
+        return 1;  /* an error object with its own text: keep it whole */
+    if (msg == NULL && !lua_isnoneornil(L, 1))
+        return 1;  /* a non-string error value travels as it is */
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+int loop_call(lua_State *L, int nargs)
+{
+    int base = lua_gettop(L) - nargs;  /* the function's index */
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, base);
+    int rc = lua_pcall(L, nargs, 0, base);
+    if (rc == LUA_OK) {
+        lua_remove(L, base);
+        return 0;
+    }
+    if (pending_error == LUA_NOREF)
+        pending_error = luaL_ref(L, LUA_REGISTRYINDEX);  /* pops the error */
+    else
+        lua_pop(L, 1);
+    lua_remove(L, base);
+    ev_break(loop, EVBREAK_ALL);
+    return -1;
+}
+
+static void flush_cb(struct ev_loop *l, ev_prepare *w, int revents)
+{
+    (void)l; (void)w; (void)revents;
+    proc_flush_all();
+}
+
+static void step_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+    (void)l; (void)w; (void)revents;
+}
+
+/* step([timeout]): one turn of the loop. Without a timeout it blocks until
+ * something happens; 0 only polls. Raises a callback's error. */
+static int l_step(lua_State *L)
+{
+    lua_Number timeout = luaL_optnumber(L, 1, -1);
+    lua_settop(L, 0);
+    lua_State *outer = running_L;
+    running_L = L;
+    if (timeout == 0) {
+        ev_run(loop, EVRUN_NOWAIT);
+    } else if (timeout > 0) {
+        ev_timer_set(&step_timer, timeout, 0.);
+        ev_timer_start(loop, &step_timer);
+        ev_run(loop, EVRUN_ONCE);
+        ev_timer_stop(loop, &step_timer);
+    } else {
+        ev_run(loop, EVRUN_ONCE);
+    }
+    running_L = outer;
+    if (pending_error != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, pending_error);
+        luaL_unref(L, LUA_REGISTRYINDEX, pending_error);
+        pending_error = LUA_NOREF;
+        return lua_error(L);
+    }
+    return 0;
+}
+
+/* now() -> seconds on the loop's clock (monotonic where available). */
+static int l_now(lua_State *L)
+{
+    ev_now_update(loop);
+    lua_pushnumber(L, ev_now(loop));
+    return 1;
+}
+
+/* ---- timers ---------------------------------------------------------------
+ * A timer userdata embeds its ev_timer; while it is armed the registry holds
+ * it (self) so it cannot be collected, and its uservalue holds the callback. */
+typedef struct ltimer {
+    ev_timer w;
+    int self;  /* registry ref while armed */
+} ltimer;
+
+static void timer_disarm(lua_State *L, ltimer *t)
+{
+    ev_timer_stop(loop, &t->w);
+    if (t->self != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, t->self);
+        t->self = LUA_NOREF;
+    }
+}
+
+static void timer_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+    (void)l; (void)revents;
+    ltimer *t = (ltimer *)w;
+    lua_State *L = running_L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->self);  /* keeps t alive below */
+    timer_disarm(L, t);
+    lua_getiuservalue(L, -1, 1);
+    lua_insert(L, -2);
+    loop_call(L, 1);  /* fn(timer) */
+}
+
+/* timer(after, fn) -> timer: calls fn(timer) once, after seconds. */
+static int l_timer(lua_State *L)
+{
+    lua_Number after = luaL_checknumber(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    luaL_argcheck(L, after >= 0, 1, "must not be negative");
+    ltimer *t = lua_newuserdatauv(L, sizeof *t, 1);
+    t->self = LUA_NOREF;
+    ev_timer_init(&t->w, timer_cb, after, 0.);
+    luaL_setmetatable(L, TIMER_MT);
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, -1);
+    t->self = luaL_ref(L, LUA_REGISTRYINDEX);
+    ev_timer_start(loop, &t->w);
+    return 1;
+}
+
+static int timer_stop(lua_State *L)
+{
+    ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
+    timer_disarm(L, t);
+    return 0;
+}
+
+static int timer_active(lua_State *L)
+{
+    ltimer *t = luaL_checkudata(L, 1, TIMER_MT);
+    lua_pushboolean(L, ev_is_active(&t->w));
+    return 1;
+}
+
+void loop_open(lua_State *L)
+{
+    if (loop == NULL) {
+        /* Not the default loop: that one reaps every child with
+         * waitpid(-1), which would steal the exit statuses of io.popen and
+         * os.execute in the parent. proc.c reaps its own children. */
+        loop = ev_loop_new(EVFLAG_AUTO);
+        if (loop == NULL)
+            luaL_error(L, "orch.core: cannot initialise a libev loop");
+        ev_prepare_init(&flush_watcher, flush_cb);
+        ev_prepare_start(loop, &flush_watcher);
+        ev_unref(loop);  /* flushing alone keeps no loop alive */
+        ev_init(&step_timer, step_timer_cb);
+    }
+    static const luaL_Reg timer_methods[] = {
+        {"stop", timer_stop}, {"active", timer_active}, {"__close", timer_stop}, {NULL, NULL}};
+    if (luaL_newmetatable(L, TIMER_MT)) {
+        luaL_setfuncs(L, timer_methods, 0);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    static const luaL_Reg fns[] = {
+        {"step", l_step}, {"now", l_now}, {"timer", l_timer}, {NULL, NULL}};
+    luaL_setfuncs(L, fns, 0);
+}

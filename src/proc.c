@@ -1,0 +1,655 @@
+/*
+ * proc.c - child processes and the parent's end of their channels.
+ *
+ * core.spawn(fn) forks a child that runs fn (a pool worker loop or a
+ * service) with one end of a socketpair; the parent keeps the other end,
+ * non-blocking, watched by an ev_io. Frames that arrive are decoded and
+ * handed to the proc's on_message; functions are refused in them, so the
+ * parent never loads code a child sent.
+ *
+ * Invariants:
+ * - A proc is created closed (pid 0, fd -1) before it takes a pid or an fd,
+ *   so a memory error leaves nothing behind.
+ * - While its child may still run, the registry holds the proc (self), so
+ *   it cannot be collected with a live child.
+ * - Only our own children are reaped: SIGCHLD leads to waitpid(pid) for each
+ *   live proc, never waitpid(-1), so io.popen and os.execute in the parent
+ *   keep their exit statuses (libev's ev_child would reap them all).
+ * - on_exit(proc, how, code) is called once, after the child is reaped AND
+ *   every byte it wrote has been read and dispatched: a child's messages
+ *   always come before its exit.
+ * - A failed encode leaves no partial frame: the frame is rolled back the
+ *   next time the buffer is touched (enc_open).
+ * - In a forked child every inherited proc is inert: its fd is closed, the
+ *   live list is emptied, and close/gc do nothing to the parent's children.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <ev.h>
+
+#include "orch.h"
+
+#define PROC_MT "orch.proc"
+#define READ_BUDGET (8u << 20) /* bytes read per readiness, for fairness */
+
+typedef struct proc {
+    pid_t pid;    /* 0 before fork and after reaping */
+    pid_t owner;  /* the process that forked it */
+    int fd;       /* parent's end, -1 when closed */
+    int self;     /* registry ref while the child may run */
+    int status;   /* wait status once reaped */
+    unsigned reaped : 1, eof : 1, dirty : 1, enc_open : 1, live : 1;
+    size_t enc_start; /* frame being encoded starts here (enc_open) */
+    wbuf in, out;
+    ev_io rio, wio;
+    struct proc *next_live, *prev_live;
+    struct proc *next_dirty;
+} proc;
+
+/* uservalue slots */
+enum { UV_ON_MESSAGE = 1, UV_ON_EXIT = 2, UV_FNS_SENT = 3, UV_COUNT = 3 };
+
+static proc *live_head;
+static proc *dirty_head;
+static int live_count;
+static ev_signal chld_watcher;
+static lua_Integer fn_counter;
+static int fn_by_closure = LUA_NOREF; /* weak-keyed: closure -> fnid */
+static int fn_by_code = LUA_NOREF;    /* bytecode -> fnid */
+static int code_by_fn = LUA_NOREF;    /* fnid -> bytecode */
+
+static void proc_dispatch(lua_State *L, proc *p, int pidx);
+
+/* ---- the live list -------------------------------------------------------- */
+
+static void live_link(proc *p)
+{
+    p->live = 1;
+    p->prev_live = NULL;
+    p->next_live = live_head;
+    if (live_head)
+        live_head->prev_live = p;
+    live_head = p;
+    if (live_count++ == 0)
+        ev_signal_start(loop_get(), &chld_watcher);
+}
+
+static void live_unlink(proc *p)
+{
+    if (!p->live)
+        return;
+    p->live = 0;
+    if (p->prev_live)
+        p->prev_live->next_live = p->next_live;
+    else
+        live_head = p->next_live;
+    if (p->next_live)
+        p->next_live->prev_live = p->prev_live;
+    p->next_live = p->prev_live = NULL;
+    if (--live_count == 0)
+        ev_signal_stop(loop_get(), &chld_watcher);
+}
+
+static void dirty_unlink(proc *p)
+{
+    if (!p->dirty)
+        return;
+    for (proc **pp = &dirty_head; *pp; pp = &(*pp)->next_dirty) {
+        if (*pp == p) {
+            *pp = p->next_dirty;
+            break;
+        }
+    }
+    p->dirty = 0;
+    p->next_dirty = NULL;
+}
+
+/* ---- closing ---------------------------------------------------------------- */
+
+static void out_rollback(proc *p)
+{
+    if (p->enc_open) {
+        p->out.len = p->enc_start;
+        p->enc_open = 0;
+    }
+}
+
+static void close_fd(proc *p)
+{
+    if (p->fd < 0)
+        return;
+    struct ev_loop *loop = loop_get();
+    ev_io_stop(loop, &p->rio);
+    ev_io_stop(loop, &p->wio);
+    close(p->fd);
+    p->fd = -1;
+    dirty_unlink(p);
+    wbuf_free(&p->out);
+    p->enc_open = 0;
+}
+
+static void release(lua_State *L, proc *p)
+{
+    live_unlink(p);
+    if (p->self != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, p->self);
+        p->self = LUA_NOREF;
+    }
+}
+
+static void kill_group(pid_t pid, int sig)
+{
+    if (pid > 0) {
+        kill(-pid, sig); /* the child leads its own process group */
+        kill(pid, sig);  /* in case it has not set it up yet */
+    }
+}
+
+/* Kills the child (and its process group) and reaps it at once. Never
+ * raises; does nothing in a process that did not fork it. */
+static void proc_close(lua_State *L, proc *p)
+{
+    if (p->owner != getpid())
+        return;
+    if (p->pid > 0 && !p->reaped) {
+        kill_group(p->pid, SIGKILL);
+        while (waitpid(p->pid, &p->status, 0) < 0 && errno == EINTR)
+            ;
+        p->reaped = 1;
+    }
+    close_fd(p);
+    wbuf_free(&p->in);
+    release(L, p);
+}
+
+/* ---- reading -------------------------------------------------------------- */
+
+/* Reads what is there and dispatches whole frames. Returns 0, or -1 once
+ * the channel is at its end (EOF or error). */
+static int read_some(lua_State *L, proc *p, int pidx, int drain)
+{
+    size_t budget = drain ? (size_t)-1 : READ_BUDGET;
+    int rc = 0;
+    while (p->fd >= 0 && budget > 0) {
+        ssize_t n = chan_fill(p->fd, &p->in, budget);
+        if (n > 0) {
+            budget -= (size_t)n;
+            proc_dispatch(L, p, pidx);
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        p->eof = 1; /* EOF, ECONNRESET...: the child is gone or going */
+        close_fd(p);
+        rc = -1;
+    }
+    return rc;
+}
+
+static void deliver_exit(lua_State *L, proc *p, int pidx)
+{
+    lua_getiuservalue(L, pidx, UV_ON_EXIT);
+    if (lua_isfunction(L, -1)) {
+        lua_pushvalue(L, pidx);
+        if (WIFSIGNALED(p->status)) {
+            lua_pushliteral(L, "signal");
+            lua_pushinteger(L, WTERMSIG(p->status));
+        } else {
+            lua_pushliteral(L, "exit");
+            lua_pushinteger(L, WEXITSTATUS(p->status));
+        }
+        loop_call(L, 3);
+    } else {
+        lua_pop(L, 1);
+    }
+}
+
+static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop; (void)revents;
+    proc *p = (proc *)((char *)w - offsetof(proc, rio));
+    lua_State *L = loop_state();
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->self); /* keeps p alive */
+    read_some(L, p, lua_gettop(L), 0);
+    lua_pop(L, 1);
+}
+
+static void wio_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)revents;
+    proc *p = (proc *)((char *)w - offsetof(proc, wio));
+    out_rollback(p);
+    int rc = chan_flush(p->fd, &p->out);
+    if (rc <= 0) {
+        ev_io_stop(loop, w);
+        if (rc < 0)
+            wbuf_reset(&p->out); /* the child is gone: its exit will tell */
+    }
+}
+
+/* SIGCHLD: reap each of our children that has exited. */
+void proc_reap(lua_State *L)
+{
+    proc *p = live_head;
+    while (p) {
+        proc *next = p->next_live;
+        int st;
+        pid_t r = p->reaped ? 0 : waitpid(p->pid, &st, WNOHANG);
+        if (r == p->pid) {
+            p->reaped = 1;
+            p->status = st;
+            lua_rawgeti(L, LUA_REGISTRYINDEX, p->self);
+            int pidx = lua_gettop(L);
+            read_some(L, p, pidx, 1); /* all it wrote comes before its exit */
+            close_fd(p);
+            wbuf_free(&p->in);
+            live_unlink(p);
+            deliver_exit(L, p, pidx);
+            release(L, p);
+            lua_pop(L, 1);
+            next = live_head; /* callbacks may have changed the list */
+            continue;
+        }
+        p = next;
+    }
+}
+
+static void chld_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop; (void)w; (void)revents;
+    proc_reap(loop_state());
+}
+
+/* Decodes every whole frame in p->in and calls on_message(proc, type, ...).
+ * A frame that does not decode is reported as type 0 with the reason. */
+static void proc_dispatch(lua_State *L, proc *p, int pidx)
+{
+    const char *payload;
+    size_t plen;
+    int type, r;
+    while (p->in.data && (r = chan_frame_peek(&p->in, &type, &payload, &plen)) != 0) {
+        lua_getiuservalue(L, pidx, UV_ON_MESSAGE);
+        lua_pushvalue(L, pidx);
+        int base = lua_gettop(L);
+        if (r < 0) {
+            p->in.off = p->in.len;
+            lua_pushinteger(L, 0);
+            lua_pushliteral(L, "bad frame: length over the limit");
+            loop_call(L, 3);
+            return;
+        }
+        lua_pushinteger(L, type);
+        wire_dec d;
+        wire_dec_begin(&d, L, payload, plen, 0);
+        int bad = 0;
+        while (d.pos < d.len && !bad)
+            bad = wire_dec_value(&d) < 0;
+        wire_dec_end(&d);
+        p->in.off += FRAME_HEADER + plen;
+        if (p->in.off == p->in.len)
+            p->in.off = p->in.len = 0;
+        if (bad) {
+            lua_settop(L, base);
+            lua_pushinteger(L, 0);
+            lua_pushfstring(L, "bad frame: %s", d.err);
+        }
+        loop_call(L, lua_gettop(L) - base + 1);
+    }
+}
+
+/* ---- writing ---------------------------------------------------------------- */
+
+static void mark_dirty(proc *p)
+{
+    if (!p->dirty) {
+        p->dirty = 1;
+        p->next_dirty = dirty_head;
+        dirty_head = p;
+    }
+}
+
+void proc_flush_all(void)
+{
+    while (dirty_head) {
+        proc *p = dirty_head;
+        dirty_head = p->next_dirty;
+        p->dirty = 0;
+        p->next_dirty = NULL;
+        if (p->fd < 0 || ev_is_active(&p->wio))
+            continue;
+        out_rollback(p);
+        int rc = chan_flush(p->fd, &p->out);
+        if (rc > 0)
+            ev_io_start(loop_get(), &p->wio);
+        else if (rc < 0)
+            wbuf_reset(&p->out);
+    }
+}
+
+static proc *check_proc(lua_State *L, int i)
+{
+    return luaL_checkudata(L, i, PROC_MT);
+}
+
+static proc *check_open(lua_State *L, int i)
+{
+    proc *p = check_proc(L, i);
+    if (p->fd < 0)
+        luaL_error(L, "orch: the channel to process %d is closed", (int)p->pid);
+    return p;
+}
+
+/* Opens a frame in p->out; the caller encodes into *e and calls frame_close. */
+static void frame_open(lua_State *L, proc *p, int type, wire_enc *e, size_t *start)
+{
+    out_rollback(p);
+    p->enc_start = p->out.len;
+    p->enc_open = 1;
+    if (chan_frame_begin(&p->out, type, start) < 0)
+        luaL_error(L, "orch: not enough memory for a frame");
+    wire_enc_begin(e, L, &p->out, WIRE_FUNCTIONS);
+}
+
+static void frame_close(lua_State *L, proc *p, wire_enc *e, size_t start)
+{
+    wire_enc_end(e);
+    if (chan_frame_end(&p->out, start) < 0) {
+        out_rollback(p);
+        luaL_error(L, "orch: a frame is larger than 2 GiB");
+    }
+    p->enc_open = 0;
+    mark_dirty(p);
+}
+
+/* proc:send(type, ...): one frame holding the message type and values. */
+static int proc_send(lua_State *L)
+{
+    proc *p = check_open(L, 1);
+    lua_Integer type = luaL_checkinteger(L, 2);
+    int n = lua_gettop(L);
+    wire_enc e;
+    size_t start;
+    luaL_argcheck(L, type > 0 && type < 256, 2, "message type out of range");
+    frame_open(L, p, (int)type, &e, &start);
+    char root[32];
+    for (int i = 3; i <= n; i++) {
+        snprintf(root, sizeof root, "value[%d]", i - 2);
+        wire_enc_value(&e, i, root);
+    }
+    frame_close(L, p, &e, start);
+    return 0;
+}
+
+/* Pushes the id of the Lua function at fidx, dumping and numbering its
+ * code the first time that code is seen (closures of one prototype share an
+ * id, so the worker caches each piece of code once). */
+static lua_Integer function_id(lua_State *L, int fidx)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_closure);
+    lua_pushvalue(L, fidx);
+    lua_rawget(L, -2);
+    if (lua_isinteger(L, -1)) {
+        lua_Integer id = lua_tointeger(L, -1);
+        lua_pop(L, 2);
+        return id;
+    }
+    lua_pop(L, 1);
+    wire_dump_function(L, fidx);               /* closures, code */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_code);
+    lua_pushvalue(L, -2);
+    lua_rawget(L, -2);                         /* closures, code, bycode, id? */
+    lua_Integer id;
+    if (lua_isinteger(L, -1)) {
+        id = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+    } else {
+        lua_pop(L, 1);
+        id = ++fn_counter;
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, id);
+        lua_rawset(L, -3);                     /* bycode[code] = id */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
+        lua_pushvalue(L, -3);
+        lua_rawseti(L, -2, id);                /* codes[id] = code */
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);                             /* closures */
+    lua_pushvalue(L, fidx);
+    lua_pushinteger(L, id);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    return id;
+}
+
+/* proc:task(id, fn, ...): a task frame. A Lua function's code goes to each
+ * worker once; its upvalues go with every task. A C function or a
+ * "module.name" string goes by name. Errors name the argument that cannot
+ * cross ("args[2].conn: cannot send userdata"). */
+static int proc_task(lua_State *L)
+{
+    proc *p = check_open(L, 1);
+    lua_Integer id = luaL_checkinteger(L, 2);
+    int t = lua_type(L, 3);
+    luaL_argexpected(L, t == LUA_TFUNCTION || t == LUA_TSTRING, 3, "function or module name");
+    int n = lua_gettop(L);
+    lua_Integer fnid = 0;
+    int first = 0;
+    if (t == LUA_TFUNCTION && !lua_iscfunction(L, 3)) {
+        fnid = function_id(L, 3);
+        lua_getiuservalue(L, 1, UV_FNS_SENT);
+        first = lua_rawgeti(L, -1, fnid) == LUA_TNIL;
+        lua_pop(L, 2);
+    }
+    wire_enc e;
+    size_t start;
+    frame_open(L, p, MSG_TASK, &e, &start);
+    wire_enc_integer(&e, id);
+    wire_enc_integer(&e, fnid);
+    if (fnid) {
+        if (first)
+            lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn), lua_rawgeti(L, -1, fnid);
+        else
+            lua_pushnil(L), lua_pushnil(L);
+        wire_enc_value(&e, lua_gettop(L), "function");
+        lua_pop(L, 2);
+        wire_enc_upvalues(&e, 3);
+    } else {
+        wire_enc_value(&e, 3, "function");
+    }
+    wire_enc_integer(&e, n - 3);
+    char root[32];
+    for (int i = 4; i <= n; i++) {
+        snprintf(root, sizeof root, "args[%d]", i - 3);
+        wire_enc_value(&e, i, root);
+    }
+    frame_close(L, p, &e, start);
+    if (first) {
+        lua_getiuservalue(L, 1, UV_FNS_SENT);
+        lua_pushboolean(L, 1);
+        lua_rawseti(L, -2, fnid);
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* proc:stop(id, level): the stop signal, carrying the task id (0 for a
+ * service) and the level (1 ask, 2 cancel, 3 timeout). */
+static int proc_stop(lua_State *L)
+{
+    proc *p = check_proc(L, 1);
+    lua_Integer id = luaL_checkinteger(L, 2);
+    lua_Integer level = luaL_checkinteger(L, 3);
+    luaL_argcheck(L, level >= STOP_ASK && level <= STOP_TIMEOUT, 3, "level must be 1, 2 or 3");
+    if (p->pid <= 0 || p->reaped) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "exited");
+        return 2;
+    }
+    union sigval v;
+    v.sival_int = (int)(((unsigned)id & 0x3fffffffu) << 2 | (unsigned)level);
+    if (sigqueue(p->pid, sig_stop_signal(), v) < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "sigqueue %d: %s", (int)p->pid, strerror(errno));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* proc:kill([signal]): signal the child's whole process group (SIGKILL by
+ * default), so whatever the child started goes too. */
+static int proc_kill(lua_State *L)
+{
+    proc *p = check_proc(L, 1);
+    int sig = (int)luaL_optinteger(L, 2, SIGKILL);
+    if (p->pid > 0 && !p->reaped && p->owner == getpid())
+        kill_group(p->pid, sig);
+    return 0;
+}
+
+static int proc_pid(lua_State *L)
+{
+    proc *p = check_proc(L, 1);
+    lua_pushinteger(L, p->pid);
+    return 1;
+}
+
+static int proc_alive(lua_State *L)
+{
+    proc *p = check_proc(L, 1);
+    lua_pushboolean(L, p->pid > 0 && !p->reaped);
+    return 1;
+}
+
+/* Bytes queued for the child and not yet written. */
+static int proc_pending(lua_State *L)
+{
+    proc *p = check_proc(L, 1);
+    out_rollback(p);
+    lua_pushinteger(L, (lua_Integer)(p->out.len - p->out.off));
+    return 1;
+}
+
+static int proc_gc(lua_State *L)
+{
+    proc_close(L, check_proc(L, 1));
+    return 0;
+}
+
+static int proc_tostring(lua_State *L)
+{
+    proc *p = check_proc(L, 1);
+    lua_pushfstring(L, "orch.proc (pid %d%s)", (int)p->pid, p->reaped ? ", exited" : "");
+    return 1;
+}
+
+void proc_close_inherited(int keep_fd)
+{
+    for (proc *p = live_head; p; p = p->next_live) {
+        if (p->fd >= 0 && p->fd != keep_fd)
+            close(p->fd);
+        p->fd = -1;
+        p->pid = 0;
+        p->live = 0;
+    }
+    live_head = NULL;
+    live_count = 0;
+    dirty_head = NULL;
+}
+
+/* spawn(fn, on_message, on_exit) -> proc. The child runs fn(channel) as
+ * a worker or service (worker_child_main) and never returns here. */
+static int l_spawn(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    proc *p = lua_newuserdatauv(L, sizeof *p, UV_COUNT);
+    memset(p, 0, sizeof *p);
+    p->fd = -1;
+    p->self = LUA_NOREF;
+    p->owner = getpid();
+    luaL_setmetatable(L, PROC_MT);
+    int pidx = lua_gettop(L);
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, pidx, UV_ON_MESSAGE);
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, pidx, UV_ON_EXIT);
+    lua_newtable(L);
+    lua_setiuservalue(L, pidx, UV_FNS_SENT);
+
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return luaL_error(L, "orch: socketpair: %s", strerror(errno));
+    fflush(NULL); /* or the child would write the parent's buffered output again */
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        int err = errno;
+        close(sv[0]);
+        close(sv[1]);
+        return luaL_error(L, "orch: fork: %s", strerror(err));
+    }
+    if (pid == 0) {
+        close(sv[0]);
+        proc_close_inherited(sv[1]);
+        sig_child_setup(parent);
+        worker_child_main(L, sv[1], 1); /* never returns */
+    }
+    close(sv[1]);
+    setpgid(pid, pid); /* the child does it too; whichever runs first wins */
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    p->pid = pid;
+    p->fd = sv[0];
+    lua_pushvalue(L, pidx);
+    p->self = luaL_ref(L, LUA_REGISTRYINDEX);
+    ev_io_init(&p->rio, rio_cb, p->fd, EV_READ);
+    ev_io_init(&p->wio, wio_cb, p->fd, EV_WRITE);
+    ev_io_start(loop_get(), &p->rio);
+    live_link(p);
+    lua_settop(L, pidx);
+    return 1;
+}
+
+static void weak_table(lua_State *L, int *ref, const char *mode)
+{
+    lua_newtable(L);
+    if (mode) {
+        lua_createtable(L, 0, 1);
+        lua_pushstring(L, mode);
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+    }
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void proc_open(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"send", proc_send}, {"task", proc_task}, {"stop", proc_stop},
+        {"kill", proc_kill}, {"pid", proc_pid}, {"alive", proc_alive},
+        {"pending", proc_pending}, {"close", proc_gc},
+        {"__gc", proc_gc}, {"__close", proc_gc}, {"__tostring", proc_tostring},
+        {NULL, NULL}};
+    if (luaL_newmetatable(L, PROC_MT)) {
+        luaL_setfuncs(L, methods, 0);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    if (fn_by_closure == LUA_NOREF) {
+        weak_table(L, &fn_by_closure, "k");
+        weak_table(L, &fn_by_code, NULL);
+        weak_table(L, &code_by_fn, NULL);
+        ev_signal_init(&chld_watcher, chld_cb, SIGCHLD);
+    }
+    lua_pushcfunction(L, l_spawn);
+    lua_setfield(L, -2, "spawn");
+}

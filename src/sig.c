@@ -1,0 +1,199 @@
+/*
+ * sig.c - signals: Lua handlers in the parent, the set-up of a child.
+ *
+ * In the parent, orch.on_signal(name, fn) is an ev_signal watcher: libev's
+ * handler only records the signal, and fn(name) runs later inside the loop,
+ * never in signal context. The watchers hold no loop alive by themselves.
+ *
+ * In a child, the signals a whole job receives (INT, TERM, HUP, QUIT: the
+ * terminal's Ctrl-C, kill -TERM -PGID, a control-group kill) are caught by a
+ * handler that does nothing, so they neither kill the child nor interrupt
+ * its work; programs it executes get the defaults back. The parent talks to
+ * its children with the stop signal, a realtime signal whose value carries
+ * the task id and the stop level. If the parent dies, the kernel kills the
+ * child (parent-death signal).
+ */
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <ev.h>
+
+#include "orch.h"
+
+static const struct {
+    const char *name;
+    int sig;
+} names[] = {
+    {"INT", SIGINT}, {"TERM", SIGTERM}, {"HUP", SIGHUP}, {"QUIT", SIGQUIT},
+    {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"KILL", SIGKILL}, {"CHLD", SIGCHLD},
+    {"PIPE", SIGPIPE}, {"ALRM", SIGALRM}, {"SEGV", SIGSEGV}, {"ABRT", SIGABRT},
+    {"STOP", SIGSTOP}, {"CONT", SIGCONT}, {"WINCH", SIGWINCH}, {NULL, 0}};
+
+/* The signals a script may handle with on_signal. */
+static const int handled[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+#define NHANDLED (sizeof handled / sizeof handled[0])
+
+typedef struct lsignal {
+    ev_signal w;
+    int fn;   /* registry ref of the Lua handler, LUA_NOREF when none */
+} lsignal;
+
+static lsignal watchers[NHANDLED];
+
+int sig_stop_signal(void)
+{
+    return SIGRTMIN + 4;
+}
+
+static int signum(lua_State *L, int i)
+{
+    if (lua_isinteger(L, i))
+        return (int)lua_tointeger(L, i);
+    const char *name = luaL_checkstring(L, i);
+    if (strncmp(name, "SIG", 3) == 0)
+        name += 3;
+    for (int k = 0; names[k].name; k++)
+        if (strcmp(names[k].name, name) == 0)
+            return names[k].sig;
+    return luaL_argerror(L, i, lua_pushfstring(L, "unknown signal '%s'", name));
+}
+
+static const char *signame(int sig)
+{
+    for (int k = 0; names[k].name; k++)
+        if (names[k].sig == sig)
+            return names[k].name;
+    return "?";
+}
+
+static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop; (void)revents;
+    lsignal *s = (lsignal *)w;
+    lua_State *L = loop_state();
+    if (s->fn == LUA_NOREF)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->fn);
+    lua_pushstring(L, signame(w->signum));
+    loop_call(L, 1);
+}
+
+/* on_signal(name, fn | nil): fn(name) runs in the loop when the signal
+ * comes; nil restores the default disposition. */
+static int l_on_signal(lua_State *L)
+{
+    int sig = signum(L, 1);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    size_t k = 0;
+    while (k < NHANDLED && handled[k] != sig)
+        k++;
+    if (k == NHANDLED)
+        return luaL_argerror(L, 1, "signal must be INT, TERM, HUP, QUIT, USR1 or USR2");
+    lsignal *s = &watchers[k];
+    struct ev_loop *loop = loop_get();
+    if (s->fn != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, s->fn);
+        s->fn = LUA_NOREF;
+    }
+    if (lua_isnoneornil(L, 2)) {
+        if (ev_is_active(&s->w)) {
+            ev_ref(loop);
+            ev_signal_stop(loop, &s->w); /* libev restores SIG_DFL */
+        }
+        signal(sig, SIG_DFL);
+        return 0;
+    }
+    lua_pushvalue(L, 2);
+    s->fn = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (!ev_is_active(&s->w)) {
+        ev_signal_init(&s->w, signal_cb, sig);
+        ev_signal_start(loop, &s->w);
+        ev_unref(loop);
+    }
+    return 0;
+}
+
+/* signum(name) -> number */
+static int l_signum(lua_State *L)
+{
+    lua_pushinteger(L, signum(L, 1));
+    return 1;
+}
+
+/* signame(number) -> name */
+static int l_signame(lua_State *L)
+{
+    lua_pushstring(L, signame((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+/* die_by(signal): end this process by that signal, as a job that was
+ * interrupted should (the shell then sees 128 + n). */
+static int l_die_by(lua_State *L)
+{
+    int sig = signum(L, 1);
+    fflush(NULL);
+    signal(sig, SIG_DFL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
+    raise(sig);
+    _exit(128 + sig); /* only if the signal did not end us */
+}
+
+static void ignore_job_signal(int sig)
+{
+    (void)sig;
+}
+
+static void stop_handler(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig; (void)uc;
+    int saved = errno;
+    worker_on_stop_signal(si->si_value.sival_int);
+    errno = saved;
+}
+
+void sig_child_setup(pid_t parent)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            sigaction(sig, &sa, NULL); /* EINVAL for reserved ones is fine */
+    sa.sa_handler = ignore_job_signal;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGQUIT, &sa, NULL);
+    sa.sa_handler = NULL;
+    sa.sa_sigaction = stop_handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigaction(sig_stop_signal(), &sa, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(1); /* the parent died before the line above */
+}
+
+void sig_open(lua_State *L)
+{
+    for (size_t k = 0; k < NHANDLED; k++)
+        if (watchers[k].fn == 0 && !ev_is_active(&watchers[k].w))
+            watchers[k].fn = LUA_NOREF;
+    static const luaL_Reg fns[] = {
+        {"on_signal", l_on_signal}, {"signum", l_signum}, {"signame", l_signame},
+        {"die_by", l_die_by}, {NULL, NULL}};
+    luaL_setfuncs(L, fns, 0);
+}

@@ -1,0 +1,511 @@
+/*
+ * worker.c - the child's side: the worker loop, stop requests, and the
+ * calls a child makes to its parent.
+ *
+ * A child reads frames from its blocking end of the channel. A pool worker
+ * runs serve(): read a task, run it under a traceback handler, write one
+ * result frame, and again, until the parent says QUIT or goes away.
+ *
+ * Stop requests come as the stop signal (sig.c) carrying a task id and a
+ * level. The handler only stores flags and, for a cancel or a timeout of the
+ * task that is running, sets a count hook (as lua.c does for Ctrl-C); the
+ * hook raises "cancelled" or "timeout" at the next Lua instruction, so
+ * <close> variables and pcall cleanup still run. A request for a task that
+ * has not started yet (it waits in the pipeline) is remembered in a ring,
+ * and that task is answered "cancelled" without running.
+ *
+ * Frames that are not the answer a child waits for (a task that arrives
+ * while a task waits for a queue reply) are kept, in order, in `deferred`.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "orch.h"
+
+#define NO_TASK (-1)
+#define RING 64
+
+static lua_State *task_L;         /* the thread tasks run on */
+static int chan_fd = -1;          /* -1: not in a child of orch */
+static wbuf inbox, deferred, outbuf;
+static volatile sig_atomic_t cur_id = NO_TASK;  /* low 30 bits of the running id */
+static volatile sig_atomic_t running;           /* a task's Lua code may run */
+static volatile sig_atomic_t stop_level;        /* for cur_id */
+static volatile sig_atomic_t interrupted;       /* the hook raised, with this level */
+static volatile sig_atomic_t ring[RING];        /* recent stop values */
+static volatile sig_atomic_t ring_n;
+
+static void stop_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    lua_sethook(L, NULL, 0, 0);
+    if (running && stop_level >= STOP_CANCEL && !interrupted) {
+        interrupted = stop_level;
+        lua_pushstring(L, stop_level == STOP_TIMEOUT ? "timeout" : "cancelled");
+        lua_error(L);
+    }
+}
+
+void worker_on_stop_signal(int value)
+{
+    int id = (int)((unsigned)value >> 2);
+    int level = value & 3;
+    ring[ring_n % RING] = value;
+    ring_n = ring_n + 1;
+    if (id == cur_id && level > stop_level) {
+        stop_level = level;
+        if (level >= STOP_CANCEL && running && task_L)
+            lua_sethook(task_L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    }
+}
+
+/* The highest stop level the ring holds for id (0: none). */
+static int ring_level(int id)
+{
+    int best = 0;
+    for (int k = 0; k < RING; k++) {
+        int v = ring[k];
+        if (v && (int)((unsigned)v >> 2) == id && (v & 3) > best)
+            best = v & 3;
+    }
+    return best;
+}
+
+/* ---- channel -------------------------------------------------------------- */
+
+static int flush_out(void)
+{
+    if (outbuf.len == outbuf.off)
+        return 0;
+    int rc = chan_write_all(chan_fd, outbuf.data + outbuf.off, outbuf.len - outbuf.off);
+    wbuf_reset(&outbuf);
+    return rc;
+}
+
+static void child_exit(int code)
+{
+    flush_out();
+    fflush(NULL);
+    _exit(code);
+}
+
+/* Moves the first whole frame of src to the end of dst. */
+static int move_frame(wbuf *src, wbuf *dst, const char *payload, size_t plen)
+
+{
+    if (wbuf_reserve(dst, FRAME_HEADER + plen) < 0)
+        return -1;
+    memcpy(dst->data + dst->len, payload - FRAME_HEADER, FRAME_HEADER + plen);
+    dst->len += FRAME_HEADER + plen;
+    src->off += FRAME_HEADER + plen;
+    return 0;
+}
+
+/* Finds the next frame: from `deferred` first unless want_reply, then from
+ * the channel, blocking. With want_reply, frames that are not MSG_REPLY are
+ * moved to `deferred`. Returns 1 with the frame in *from (consume it with
+ * consume()), 0 at EOF, raises on a bad frame. */
+static int next_frame(lua_State *L, int want_reply, wbuf **from, int *type,
+                      const char **payload, size_t *plen)
+{
+    if (!want_reply && chan_frame_peek(&deferred, type, payload, plen) == 1) {
+        *from = &deferred;
+        return 1;
+    }
+    for (;;) {
+        int r = chan_frame_peek(&inbox, type, payload, plen);
+        if (r < 0)
+            return luaL_error(L, "orch: bad frame from the parent");
+        if (r == 1) {
+            if (!want_reply || *type == MSG_REPLY) {
+                *from = &inbox;
+                return 1;
+            }
+            if (move_frame(&inbox, &deferred, *payload, *plen) < 0)
+                return luaL_error(L, "orch: not enough memory");
+            continue;
+        }
+        if (flush_out() < 0)
+            return 0;
+        if (inbox.off == inbox.len)
+            inbox.off = inbox.len = 0;
+        ssize_t n = chan_fill(chan_fd, &inbox, (size_t)-1);
+        if (n == 0 || (n < 0 && errno != EAGAIN))
+            return 0;
+    }
+}
+
+/* ---- running a task -------------------------------------------------------- */
+
+static int msgh(lua_State *L)
+{
+    /* error value at 1; leaves (value, message, traceback) via the registry */
+    const char *msg;
+    if (lua_type(L, 1) == LUA_TSTRING)
+        msg = lua_tostring(L, 1);
+    else if (luaL_getmetafield(L, 1, "__tostring") != LUA_TNIL) {
+        lua_pop(L, 1);
+        msg = luaL_tolstring(L, 1, NULL);
+    } else
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    luaL_traceback(L, L, msg, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+    lua_pushstring(L, msg);
+    lua_setfield(L, LUA_REGISTRYINDEX, "orch.message");
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* Marks the frame read; its bytes stay where they are until the buffer is
+ * next filled, so a payload being decoded stays valid. */
+static void consume(wbuf *from, size_t plen)
+{
+    from->off += FRAME_HEADER + plen;
+    if (from->off == from->len)
+        from->off = from->len = 0;
+}
+
+static void frame_begin(lua_State *L, int type, wire_enc *e, size_t *start)
+{
+    if (chan_frame_begin(&outbuf, type, start) < 0)
+        luaL_error(L, "orch: not enough memory");
+    wire_enc_begin(e, L, &outbuf, 0);
+}
+
+static void frame_end(lua_State *L, wire_enc *e, size_t start)
+{
+    wire_enc_end(e);
+    if (chan_frame_end(&outbuf, start) < 0)
+        luaL_error(L, "orch: a frame is larger than 2 GiB");
+}
+
+/* encode_error(id, kind, message, traceback, value): an ERROR frame.
+ * Run in protected mode: the value may refuse to cross. */
+static int encode_error(lua_State *L)
+{
+    wire_enc e;
+    size_t start;
+    frame_begin(L, MSG_ERROR, &e, &start);
+    wire_enc_integer(&e, lua_tointeger(L, 1));
+    for (int i = 2; i <= 5; i++)
+        wire_enc_value(&e, i, "error");
+    frame_end(L, &e, start);
+    return 0;
+}
+
+static int last_failed; /* the last task replied with an error */
+
+static void reply_error(lua_State *L, lua_Integer id, const char *kind, int msg_idx,
+                        int tb_idx, int val_idx)
+{
+    size_t mark = outbuf.len;
+    last_failed = 1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        lua_pushcfunction(L, encode_error);
+        lua_pushinteger(L, id);
+        lua_pushstring(L, kind);
+        lua_pushvalue(L, msg_idx);
+        lua_pushvalue(L, tb_idx);
+        if (attempt == 0)
+            lua_pushvalue(L, val_idx);
+        else
+            lua_pushnil(L); /* the value could not cross: send the rest */
+        if (lua_pcall(L, 5, 0, 0) == LUA_OK)
+            return;
+        lua_pop(L, 1);
+        outbuf.len = mark;
+    }
+}
+
+/* Resolves "module.name" (or "module") with require, in the worker. */
+static void resolve_name(lua_State *L, int idx)
+{
+    const char *name = lua_tostring(L, idx);
+    const char *dot = strrchr(name, '.');
+    lua_getglobal(L, "require");
+    if (dot == NULL) {
+        lua_pushvalue(L, idx);
+        lua_call(L, 1, 1);
+    } else {
+        lua_pushlstring(L, name, (size_t)(dot - name));
+        lua_call(L, 1, 1);
+        lua_getfield(L, -1, dot + 1);
+        lua_remove(L, -2);
+    }
+    if (!lua_isfunction(L, -1) && !luaL_getmetafield(L, -1, "__call"))
+        luaL_error(L, "'%s' is not a function in the worker", name);
+    lua_replace(L, idx);
+}
+
+/* run_frame(payload, plen): decodes a TASK frame, runs it, encodes the
+ * reply into outbuf. Called in protected mode: a decode or encode failure
+ * becomes an ERROR reply (see serve). */
+static lua_Integer frame_id;
+
+static int run_frame(lua_State *L)
+{
+    const char *payload = lua_touserdata(L, 1);
+    size_t plen = (size_t)lua_tointeger(L, 2);
+    lua_settop(L, 0);
+    wire_dec d;
+    wire_dec_begin(&d, L, payload, plen, WIRE_FUNCTIONS); /* ctx at 1 */
+    lua_Integer id, fnid, nargs;
+    if (wire_dec_integer(&d, &id) < 0 || wire_dec_integer(&d, &fnid) < 0)
+        return luaL_error(L, "bad task frame: %s", d.err);
+    frame_id = id;
+    lua_pushcfunction(L, msgh); /* 2 */
+    if (fnid > 0) {
+        lua_getfield(L, LUA_REGISTRYINDEX, "orch.functions"); /* 3 */
+        if (wire_dec_value(&d) < 0) /* code or nil */
+            return luaL_error(L, "bad task frame: %s", d.err);
+        if (lua_isstring(L, -1)) {
+            size_t n;
+            const char *code = lua_tolstring(L, -1, &n);
+            if (luaL_loadbufferx(L, code, n, "=task", "b") != LUA_OK)
+                return lua_error(L);
+            lua_rawseti(L, 3, fnid);
+        }
+        lua_pop(L, 1);
+        if (lua_rawgeti(L, 3, fnid) != LUA_TFUNCTION)
+            return luaL_error(L, "bad task frame: function %d is not known here", (int)fnid);
+        lua_remove(L, 3); /* fn at 3 */
+        if (wire_dec_upvalues(&d, 3) < 0)
+            return luaL_error(L, "bad task frame: %s", d.err);
+    } else {
+        if (wire_dec_value(&d) < 0)
+            return luaL_error(L, "bad task frame: %s", d.err);
+        if (lua_type(L, 3) == LUA_TSTRING)
+            resolve_name(L, 3);
+    }
+    if (wire_dec_integer(&d, &nargs) < 0 || nargs < 0 || nargs > 1000000)
+        return luaL_error(L, "bad task frame: argument count");
+    luaL_checkstack(L, (int)nargs + 8, "too many arguments");
+    for (lua_Integer i = 0; i < nargs; i++)
+        if (wire_dec_value(&d) < 0)
+            return luaL_error(L, "bad task frame: %s", d.err);
+    lua_remove(L, 1); /* the decoder's context; msgh at 1, fn at 2 */
+
+    int low = (int)(id & 0x3fffffff);
+    running = 0;
+    cur_id = low;
+    stop_level = 0;
+    interrupted = 0;
+    lua_sethook(L, NULL, 0, 0);
+    task_L = L;
+    running = 1;
+    int pending = ring_level(low);
+    if (pending > stop_level)
+        stop_level = pending;
+    int rc;
+    if (stop_level >= STOP_CANCEL) {
+        running = 0;
+        lua_settop(L, 1);
+        lua_pushstring(L, stop_level == STOP_TIMEOUT ? "timeout" : "cancelled");
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, "orch.message");
+        lua_pushliteral(L, "");
+        lua_setfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+        interrupted = stop_level;
+        rc = LUA_ERRRUN;
+    } else {
+        rc = lua_pcall(L, (int)nargs, LUA_MULTRET, 1);
+        running = 0;
+        lua_sethook(L, NULL, 0, 0);
+    }
+    int level = interrupted;
+    cur_id = NO_TASK;
+
+    wire_enc e;
+    size_t start;
+    if (rc == LUA_OK) {
+        int nres = lua_gettop(L) - 1;
+        frame_begin(L, MSG_RESULT, &e, &start);
+        wire_enc_integer(&e, id);
+        char root[32];
+        for (int i = 1; i <= nres; i++) {
+            snprintf(root, sizeof root, "result[%d]", i);
+            wire_enc_value(&e, i + 1, root);
+        }
+        frame_end(L, &e, start);
+        return 0;
+    }
+    /* error value at 2 (msgh ran) */
+    const char *kind = level == STOP_TIMEOUT ? "timeout" : level ? "cancelled" : "error";
+    lua_getfield(L, LUA_REGISTRYINDEX, "orch.message");
+    lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+    int top = lua_gettop(L);
+    reply_error(L, id, kind, top - 1, top, 2);
+    return 0;
+}
+
+/* serve(): the pool worker's loop. Returns when the parent says QUIT or
+ * goes away. Exits the child with 3 if the init task (id 0) fails. */
+static int l_serve(lua_State *L)
+{
+    if (chan_fd < 0)
+        return luaL_error(L, "orch.core.serve: only in a child process of orch");
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "orch.functions");
+    for (;;) {
+        wbuf *from;
+        int type;
+        const char *payload;
+        size_t plen;
+        lua_settop(L, 0);
+        if (!next_frame(L, 0, &from, &type, &payload, &plen))
+            break;
+        consume(from, plen);
+        if (type == MSG_QUIT)
+            break;
+        if (type != MSG_TASK)
+            continue;
+        size_t mark = outbuf.len;
+        frame_id = 0;
+        last_failed = 0;
+        lua_pushcfunction(L, run_frame);
+        lua_pushlightuserdata(L, (void *)payload);
+        lua_pushinteger(L, (lua_Integer)plen);
+        if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+            /* the frame did not decode, or a result could not cross */
+            running = 0;
+            cur_id = NO_TASK;
+            outbuf.len = mark;
+            int msg = lua_gettop(L);
+            lua_pushliteral(L, "");
+            reply_error(L, frame_id, "error", msg, msg + 1, msg);
+        }
+        if (flush_out() < 0)
+            break;
+        if (frame_id == 0 && last_failed)
+            child_exit(3); /* init failed: this worker is of no use */
+    }
+    lua_settop(L, 0);
+    return 0;
+}
+
+/* ---- calls a child makes -------------------------------------------------- */
+
+static void check_child(lua_State *L, const char *fn)
+{
+    if (chan_fd < 0)
+        luaL_error(L, "orch.core.%s: only in a child process of orch", fn);
+}
+
+/* send_parent(type, ...): one frame to the parent, written at once. */
+static int l_send_parent(lua_State *L)
+{
+    check_child(L, "send_parent");
+    lua_Integer type = luaL_checkinteger(L, 1);
+    int n = lua_gettop(L);
+    luaL_argcheck(L, type > 0 && type < 256, 1, "message type out of range");
+    wire_enc e;
+    size_t start;
+    frame_begin(L, (int)type, &e, &start);
+    char root[32];
+    for (int i = 2; i <= n; i++) {
+        snprintf(root, sizeof root, "value[%d]", i - 1);
+        wire_enc_value(&e, i, root);
+    }
+    frame_end(L, &e, start);
+    if (flush_out() < 0)
+        return luaL_error(L, "orch: the parent is gone");
+    return 0;
+}
+
+/* call(...): a MSG_CALL frame, then the values of the parent's MSG_REPLY. */
+static int l_call(lua_State *L)
+{
+    check_child(L, "call");
+    lua_pushinteger(L, MSG_CALL);
+    lua_insert(L, 1);
+    l_send_parent(L);
+    wbuf *from;
+    int type;
+    const char *payload;
+    size_t plen;
+    if (!next_frame(L, 1, &from, &type, &payload, &plen))
+        return luaL_error(L, "orch: the parent is gone");
+    lua_settop(L, 0);
+    wire_dec d;
+    wire_dec_begin(&d, L, payload, plen, WIRE_FUNCTIONS);
+    int bad = 0;
+    while (!bad && d.pos < d.len)
+        bad = wire_dec_value(&d) < 0;
+    wire_dec_end(&d);
+    consume(from, plen);
+    if (bad)
+        return luaL_error(L, "orch: bad reply from the parent: %s", d.err);
+    return lua_gettop(L);
+}
+
+/* stopping() -> boolean: the parent asked this task or service to stop. */
+static int l_stopping(lua_State *L)
+{
+    lua_pushboolean(L, chan_fd >= 0 && stop_level >= STOP_ASK);
+    return 1;
+}
+
+/* child_sleep(seconds): sleeps; returns early (true) when asked to stop. */
+static int l_child_sleep(lua_State *L)
+{
+    lua_Number secs = luaL_checknumber(L, 1);
+    struct timespec end, now;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    lua_Number t = (lua_Number)end.tv_sec + end.tv_nsec / 1e9 + secs;
+    for (;;) {
+        if (chan_fd >= 0 && stop_level >= STOP_ASK) {
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        lua_Number left = t - ((lua_Number)now.tv_sec + now.tv_nsec / 1e9);
+        if (left <= 0)
+            break;
+        poll(NULL, 0, left > 1e6 ? 1000000000 : (int)(left * 1000) + 1);
+    }
+    lua_pushboolean(L, 0);
+    return 1;
+}
+
+static int l_in_child(lua_State *L)
+{
+    lua_pushboolean(L, chan_fd >= 0);
+    return 1;
+}
+
+void worker_child_main(lua_State *L, int fd, int fnidx)
+{
+    chan_fd = fd;
+    task_L = L;
+    cur_id = 0; /* a service is "task 0" for stop requests */
+    lua_pushvalue(L, fnidx);
+    lua_pushcfunction(L, msgh);
+    lua_insert(L, -2);
+    int rc = lua_pcall(L, 0, 0, -2);
+    if (rc != LUA_OK) {
+        lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+        const char *tb = lua_tostring(L, -1);
+        lua_pushcfunction(L, l_send_parent);
+        lua_pushinteger(L, MSG_LOG);
+        lua_pushliteral(L, "error");
+        lua_pushstring(L, tb ? tb : "error");
+        if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+            fprintf(stderr, "%s\n", tb ? tb : "error");
+        child_exit(1);
+    }
+    child_exit(0);
+}
+
+void worker_open(lua_State *L)
+{
+    static const luaL_Reg fns[] = {
+        {"serve", l_serve}, {"send_parent", l_send_parent}, {"call", l_call},
+        {"stopping", l_stopping}, {"child_sleep", l_child_sleep},
+        {"in_child", l_in_child}, {NULL, NULL}};
+    luaL_setfuncs(L, fns, 0);
+}
