@@ -21,7 +21,9 @@
  *   0x09 len code nu u*nu
  *                   Lua function: lua_dump bytecode (debug info kept),
  *                   then its nu upvalues, each a value or 0x0a
- *   0x0a            (only as an upvalue) the receiver's globals
+ *   0x0a            (only as an upvalue) the receiver's globals: sent for
+ *                   an upvalue named _ENV (whatever table it holds, e.g.
+ *                   a sandbox) and for one holding the sender's globals
  *   0x16 0x18 0x19  as 0x06 0x08 0x09, for a value referred to again later
  *   0x20..0x3f      string of 0..31 bytes, the bytes follow
  *   0x60..0xff      integer tag - 0x80 (-32..127) in one byte
@@ -569,7 +571,7 @@ static void enc_upvalues(wire_enc *e, int fidx)
     int globals = lua_gettop(L);
     for (int i = 1; i <= ar.nups; i++) {
         st->name = lua_getupvalue(L, fidx, i);
-        if (lua_rawequal(L, -1, globals))
+        if (strcmp(st->name, "_ENV") == 0 || lua_rawequal(L, -1, globals))
             enc_byte(e, T_ENV);
         else
             enc_any(e, globals + 1, lua_type(L, -1));
