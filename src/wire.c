@@ -45,6 +45,8 @@
  * len, checks every length against the bytes left before allocating,
  * bounds nesting, restores the stack on failure and reports "byte N: what"
  * (N counted from 0) instead of raising; only memory errors raise.
+ * Lua does not verify bytecode, so functions are decoded (lua_load, mode
+ * "b") only under WIRE_FUNCTIONS: from the parent, never from a worker.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -344,8 +346,10 @@ static wire_step *enc_enter(wire_enc *e)
 }
 
 /* The ref number of the table or function at idx, or 0 if not seen yet.
- * Refs 1..WIRE_INLINE_REFS are found by identity in e->seen (the values
- * are reachable from the value being encoded, so alive); later ones in
+ * Refs 1..WIRE_INLINE_REFS are found by identity in e->seen, which
+ * spares small frames a Lua table: the values are reachable from the
+ * value being encoded, so alive, as long as nothing changes it meanwhile
+ * (only a finalizer run by an allocation here could). Later refs are in
  * the context table, which maps value -> ref and ref -> tag position. */
 static lua_Integer enc_lookup(wire_enc *e, int idx)
 {
@@ -453,9 +457,11 @@ static void enc_table(wire_enc *e, int idx)
     uint64_t nh = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) { /* key at top, value at top + 1 */
-        int kt = lua_type(L, top);
-        if (nh == 0 && na < n && kt == LUA_TNUMBER && lua_isinteger(L, top) &&
-            lua_tointeger(L, top) == (lua_Integer)na + 1) {
+        int kt = lua_type(L, top), isint;
+        /* a float key is never integral (Lua normalizes those), so a
+         * number key that converts is an integer key */
+        if (nh == 0 && na < n && kt == LUA_TNUMBER &&
+            lua_tointegerx(L, top, &isint) == (lua_Integer)na + 1 && isint) {
             st->kind = S_INT;
             st->n = (lua_Integer)++na;
         } else {
