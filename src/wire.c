@@ -700,6 +700,7 @@ static int dec_uvar(wire_dec *d, uint64_t *v, const char *what)
     size_t at = d->pos;
     const unsigned char *p = (const unsigned char *)d->data;
     uint64_t r = 0;
+    *v = 0;
     for (int i = 0; i < UVAR_MAX; i++) {
         if (d->pos >= d->len)
             return dec_fail(d, at, "truncated %s", what);
@@ -721,6 +722,7 @@ static int dec_count(wire_dec *d, size_t *n, size_t unit, const char *what)
 {
     size_t at = d->pos;
     uint64_t v;
+    *n = 0;
     if (dec_uvar(d, &v, what) != 0)
         return -1;
     size_t left = d->len - d->pos;
