@@ -46,7 +46,7 @@ ORCH_HIDDEN void wbuf_free(wbuf *b);
 /* One step of the path to the value being encoded, kept only so that an
  * error can name where it happened (built as a string only on error). */
 typedef struct wire_step {
-    int kind;             /* WIRE_S_* in wire.c */
+    int kind;             /* S_INT, S_VAL, S_KEY, S_UPVAL in wire.c */
     int idx;              /* stack index of the key, for table keys */
     lua_Integer n;        /* array index */
     const char *name;     /* upvalue name */
