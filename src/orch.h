@@ -40,6 +40,17 @@ ORCH_HIDDEN void wbuf_free(wbuf *b);
  * One encoder/decoder context spans one frame, so a table that appears in
  * two arguments of the same frame stays one table on the other side. */
 #define WIRE_FUNCTIONS 1 /* allow functions (parent -> child only) */
+#define WIRE_MAXDEPTH 200 /* tables and functions nested deeper are refused */
+#define WIRE_INLINE_REFS 8 /* refs remembered without a Lua table */
+
+/* One step of the path to the value being encoded, kept only so that an
+ * error can name where it happened (built as a string only on error). */
+typedef struct wire_step {
+    int kind;             /* S_INT, S_VAL, S_KEY, S_UPVAL in wire.c */
+    int idx;              /* stack index of the key, for table keys */
+    lua_Integer n;        /* array index */
+    const char *name;     /* upvalue name */
+} wire_step;
 
 typedef struct wire_enc {
     lua_State *L;
@@ -48,6 +59,10 @@ typedef struct wire_enc {
     int ctx;    /* absolute stack index of the context (seen tables...) */
     int nrefs;  /* tables/functions numbered so far */
     int depth;
+    const char *root;                       /* path prefix for errors */
+    const void *seen[WIRE_INLINE_REFS];     /* refs 1..8, by identity */
+    size_t seen_at[WIRE_INLINE_REFS];       /* ...and where their tag is */
+    wire_step path[WIRE_MAXDEPTH];
 } wire_enc;
 
 /* Pushes one context value onto the stack; wire_enc_end pops it. */
@@ -66,8 +81,8 @@ typedef struct wire_dec {
     const char *data;
     size_t len, pos;
     int flags;
-    int ctx;    /* absolute stack index of the context (decoded tables) */
-    int nrefs;
+    int ctx;    /* absolute stack index of the context (shared values) */
+    int nrefs;  /* tables/functions met so far */
     int depth;
     char err[160]; /* "byte 17: truncated string" */
 } wire_dec;
