@@ -177,6 +177,14 @@ static void frame_begin(lua_State *L, int type, wire_enc *e, size_t *start)
     wire_enc_begin(e, L, &outbuf, 0);
 }
 
+/* The parent decodes every field of a child's frame as a value. */
+static void enc_id(lua_State *L, wire_enc *e, lua_Integer id)
+{
+    lua_pushinteger(L, id);
+    wire_enc_value(e, -1, "id");
+    lua_pop(L, 1);
+}
+
 static void frame_end(lua_State *L, wire_enc *e, size_t start)
 {
     wire_enc_end(e);
@@ -191,7 +199,7 @@ static int encode_error(lua_State *L)
     wire_enc e;
     size_t start;
     frame_begin(L, MSG_ERROR, &e, &start);
-    wire_enc_integer(&e, lua_tointeger(L, 1));
+    enc_id(L, &e, lua_tointeger(L, 1));
     for (int i = 2; i <= 5; i++)
         wire_enc_value(&e, i, "error");
     frame_end(L, &e, start);
@@ -325,7 +333,7 @@ static int run_frame(lua_State *L)
     if (rc == LUA_OK) {
         int nres = lua_gettop(L) - 1;
         frame_begin(L, MSG_RESULT, &e, &start);
-        wire_enc_integer(&e, id);
+        enc_id(L, &e, id);
         char root[32];
         for (int i = 1; i <= nres; i++) {
             snprintf(root, sizeof root, "result[%d]", i);
