@@ -254,7 +254,7 @@ void proc_reap(lua_State *L)
             deliver_exit(L, p, pidx);
             release(L, p);
             lua_pop(L, 1);
-            next = live_head; /* callbacks may have changed the list */
+            p = live_head; /* callbacks may have changed the list */
             continue;
         }
         p = next;
@@ -464,10 +464,15 @@ static int proc_task(lua_State *L)
         wire_enc_value(&e, 3, "function");
     }
     wire_enc_integer(&e, n - 3);
+    static const char *const roots[] = {"args[1]", "args[2]", "args[3]", "args[4]"};
     char root[32];
     for (int i = 4; i <= n; i++) {
-        snprintf(root, sizeof root, "args[%d]", i - 3);
-        wire_enc_value(&e, i, root);
+        if (i - 4 < 4) {
+            wire_enc_value(&e, i, roots[i - 4]);
+        } else {
+            snprintf(root, sizeof root, "args[%d]", i - 3);
+            wire_enc_value(&e, i, root);
+        }
     }
     frame_close(L, p, &e, start);
     if (first) {

@@ -334,10 +334,15 @@ static int run_frame(lua_State *L)
         int nres = lua_gettop(L) - 1;
         frame_begin(L, MSG_RESULT, &e, &start);
         enc_id(L, &e, id);
+        static const char *const roots[] = {"result[1]", "result[2]", "result[3]"};
         char root[32];
         for (int i = 1; i <= nres; i++) {
-            snprintf(root, sizeof root, "result[%d]", i);
-            wire_enc_value(&e, i + 1, root);
+            if (i <= 3) {
+                wire_enc_value(&e, i + 1, roots[i - 1]);
+            } else {
+                snprintf(root, sizeof root, "result[%d]", i);
+                wire_enc_value(&e, i + 1, root);
+            }
         }
         frame_end(L, &e, start);
         return 0;
@@ -353,8 +358,18 @@ static int run_frame(lua_State *L)
 
 /* serve(): the pool worker's loop. Returns when the parent says QUIT or
  * goes away. Exits the child with 3 if the init task (id 0) fails. */
+static int frame_waiting(void)
+{
+    int type;
+    const char *payload;
+    size_t plen;
+    return chan_frame_peek(&deferred, &type, &payload, &plen) == 1
+        || chan_frame_peek(&inbox, &type, &payload, &plen) == 1;
+}
+
 static int l_serve(lua_State *L)
 {
+    int unflushed = 0;
     if (chan_fd < 0)
         return luaL_error(L, "orch.core.serve: only in a child process of orch");
     lua_newtable(L);
@@ -387,8 +402,11 @@ static int l_serve(lua_State *L)
             lua_pushliteral(L, "");
             reply_error(L, frame_id, "error", msg, msg + 1, msg);
         }
-        if (flush_out() < 0)
-            break;
+        if (++unflushed >= 32 || !frame_waiting()) {
+            unflushed = 0;
+            if (flush_out() < 0)
+                break;
+        }
         if (frame_id == 0 && last_failed)
             child_exit(3); /* init failed: this worker is of no use */
     }

@@ -11,9 +11,11 @@ Future.__name = "orch.future"
 local FINAL = { done = true, failed = true, cancelled = true }
 
 function Future.new(pool, group, id, fn, args)
+  -- every field a future will hold, so the table is sized once
   return setmetatable({
     pool = pool, group = group, id = id, fn = fn, args = args,
-    status = "queued", attempts = 0,
+    status = "queued", attempts = 0, worker = nil, started = nil,
+    values = nil, err = nil, timer = nil, callbacks = nil, stop_kind = nil,
   }, Future)
 end
 

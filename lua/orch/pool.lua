@@ -1,7 +1,7 @@
 --- Pools: tasks run in pre-forked worker processes.
 --
 -- The parent is the only scheduler. Each worker has a FIFO of tasks sent
--- to it (`inflight`): the first is running, the others wait in its channel
+-- to it (`inflight`, a deque from `ih` to `it`): the first is running, the others wait in its channel
 -- (a short pipeline, so a worker never idles between two small tasks).
 -- A worker that dies is noticed once its exit is reaped and everything it
 -- wrote has been read; its running task fails ("crashed", or the kind of
@@ -25,7 +25,7 @@ Pool.__index = Pool
 Pool.__name = "orch.pool"
 
 -- Tasks sent ahead to a busy worker when the queue is long.
-local PIPELINE = 4
+local PIPELINE = 32
 -- A task asked to stop is interrupted this long after the request
 -- (capped by half its grace period), and killed after its grace period.
 local INTERRUPT_AFTER = 0.1
@@ -118,7 +118,7 @@ end
 
 spawn_worker = function(self, slot)
   local ref = setmetatable({ self }, weak_values)
-  local w = { slot = slot, name = "worker " .. slot, inflight = {}, dispatched = 0 }
+  local w = { slot = slot, name = "worker " .. slot, inflight = {}, ih = 1, it = 0, dispatched = 0 }
   w.proc = core.spawn(worker_main(w.name),
     function(_, ...)
       local pool = ref[1]
@@ -139,9 +139,14 @@ spawn_worker = function(self, slot)
   return w
 end
 
+-- The tasks sent to w, the running one first.
+local function inflight_list(w)
+  return table.move(w.inflight, w.ih, w.it, 1, {})
+end
+
 -- Starts the clock of the task that now runs first on w.
 local function start_head(self, w)
-  local fut = w.inflight[1]
+  local fut = w.inflight[w.ih]
   if not fut or fut.started then return end
   fut.started = core.now()
   fut.status = "running"
@@ -159,12 +164,13 @@ end
 local function send_task(self, w, fut)
   fut.worker = w
   fut.attempts = fut.attempts + 1
-  local inflight = w.inflight
-  inflight[#inflight + 1] = fut
+  local t = w.it + 1
+  w.it = t
+  w.inflight[t] = fut
   w.dispatched = w.dispatched + 1
   local args = fut.args
   w.proc:task(fut.id, fut.fn, unpack(args, 1, args.n))
-  if #inflight == 1 then start_head(self, w) end
+  if t == w.ih then start_head(self, w) end
   local max = self.opts.max_tasks_per_worker
   if max and w.dispatched >= max then
     w.retiring = true
@@ -172,19 +178,37 @@ local function send_task(self, w, fut)
   end
 end
 
--- Sends queued tasks to workers: idle workers first, then, while the queue
--- holds more tasks than there are workers, a short pipeline to busy ones.
+local function usable(w)
+  return w and not (w.retiring or w.in_init or w.dead)
+end
+
+-- Fills w's pipeline from the queue: one task, and more only while the
+-- queue holds more tasks than there are workers.
+local function refill(self, w)
+  local limit = self.n_queued > self.size and PIPELINE or 1
+  while w.it - w.ih + 1 < limit and not w.retiring do
+    local fut = pop_front(self)
+    if not fut then return end
+    send_task(self, w, fut)
+  end
+end
+
+-- Sends queued tasks to workers: idle ones first, then the pipelines.
 function Pool:_pump()
+  if self.n_queued == 0 then return end
   local slots, size = self.slots, self.size
-  for depth = 1, PIPELINE do
-    if self.n_queued == 0 or (depth > 1 and self.n_queued < size) then return end
+  for i = 1, size do
+    local w = slots[i]
+    if usable(w) and w.it < w.ih then
+      local fut = pop_front(self)
+      if not fut then return end
+      send_task(self, w, fut)
+    end
+  end
+  if self.n_queued > size then
     for i = 1, size do
       local w = slots[i]
-      if w and #w.inflight < depth and not (w.retiring or w.in_init or w.dead) then
-        local fut = pop_front(self)
-        if not fut then return end
-        send_task(self, w, fut)
-      end
+      if usable(w) then refill(self, w) end
     end
   end
 end
@@ -194,7 +218,7 @@ function Pool:_maybe_retire()
   if not self.closed or self.n_queued > 0 or self.n_running > 0 then return end
   for i = 1, self.size do
     local w = self.slots[i]
-    if w and not w.retiring and not w.dead and #w.inflight == 0 then
+    if w and not w.retiring and not w.dead and w.it < w.ih then
       w.retiring = true
       w.proc:send(MSG.QUIT)
     end
@@ -272,8 +296,12 @@ function Pool:_message(w, type, id, ...)
       self:_pump()
       return
     end
-    local inflight = w.inflight
-    local fut = table.remove(inflight, 1)
+    local h = w.ih
+    local fut = w.inflight[h]
+    if fut then
+      w.inflight[h] = nil
+      w.ih = h + 1
+    end
     if not fut or fut.id ~= id then
       log.deliver("error", ("protocol: result for task %s out of order"):format(id), w.name, w.pid)
       w.proc:kill()
@@ -298,8 +326,11 @@ function Pool:_message(w, type, id, ...)
       end
     end
     start_head(self, w)
-    self:_pump()
-    self:_maybe_retire()
+    if self.n_queued > 0 then
+      if usable(w) then refill(self, w) else self:_pump() end
+    elseif self.closed then
+      self:_maybe_retire()
+    end
   elseif type == LOG then
     log.deliver(id, (...), w.name, w.pid)
   elseif type == CALL then
@@ -329,8 +360,8 @@ function Pool:_exited(w, how, code)
   w.dead = true
   self.n_live = self.n_live - 1
   if self.slots[w.slot] == w then self.slots[w.slot] = nil end
-  local inflight = w.inflight
-  w.inflight = {}
+  local inflight = inflight_list(w)
+  w.inflight, w.ih, w.it = {}, 1, 0
   local head = inflight[1]
   if head then
     if head.stop_kind then
@@ -501,7 +532,7 @@ function Pool:stats()
     local w = self.slots[i]
     if w and not w.dead then
       live = live + 1
-      if #w.inflight == 0 then idle = idle + 1 end
+      if w.it < w.ih then idle = idle + 1 end
     end
   end
   return {
@@ -548,7 +579,7 @@ function Pool:_cancel_all(grace)
   for i = 1, self.size do
     local w = self.slots[i]
     if w then
-      for _, f in ipairs(w.inflight) do self:_stop_task(f, "cancelled", grace) end
+      for _, f in ipairs(inflight_list(w)) do self:_stop_task(f, "cancelled", grace) end
     end
   end
   self:_maybe_retire()
@@ -571,10 +602,10 @@ function Pool:terminate()
   for _, w in ipairs(killed) do
     w.proc:close()  -- reaps it now: no zombie outlives terminate()
     self.n_live = self.n_live - 1
-    for _, fut in ipairs(w.inflight) do
+    for _, fut in ipairs(inflight_list(w)) do
       self:_finish(fut, "failed", nil, task_error("killed", { message = "pool terminated", pid = w.pid }))
     end
-    w.inflight = {}
+    w.inflight, w.ih, w.it = {}, 1, 0
   end
   local fut = pop_front(self)
   while fut do
