@@ -338,13 +338,6 @@ static proc *check_proc(lua_State *L, int i)
     return luaL_checkudata(L, i, PROC_MT);
 }
 
-static proc *check_open(lua_State *L, int i)
-{
-    proc *p = check_proc(L, i);
-    if (p->fd < 0)
-        luaL_error(L, "orch: the channel to process %d is closed", (int)p->pid);
-    return p;
-}
 
 /* Opens a frame in p->out; the caller encodes into *e and calls frame_close. */
 static void frame_open(lua_State *L, proc *p, int type, wire_enc *e, size_t *start)
@@ -368,10 +361,15 @@ static void frame_close(lua_State *L, proc *p, wire_enc *e, size_t start)
     mark_dirty(p);
 }
 
-/* proc:send(type, ...): one frame holding the message type and values. */
+/* proc:send(type, ...) -> true: one frame holding the message type and
+ * values; false when the channel is closed (the child is exiting). */
 static int proc_send(lua_State *L)
 {
-    proc *p = check_open(L, 1);
+    proc *p = check_proc(L, 1);
+    if (p->fd < 0) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
     lua_Integer type = luaL_checkinteger(L, 2);
     int n = lua_gettop(L);
     wire_enc e;
@@ -384,7 +382,8 @@ static int proc_send(lua_State *L)
         wire_enc_value(&e, i, root);
     }
     frame_close(L, p, &e, start);
-    return 0;
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* Pushes the id of the Lua function at fidx, dumping and numbering its
@@ -428,17 +427,22 @@ static lua_Integer function_id(lua_State *L, int fidx)
     return id;
 }
 
-/* proc:task(id, fn, ...): a task frame. A Lua function's code goes to each
+/* proc:task(id, fn, ...) -> true | false: a task frame (false when the
+ * channel is closed). A Lua function's code goes to each
  * worker once; its upvalues go with every task. A C function or a
  * "module.name" string goes by name. Errors name the argument that cannot
  * cross ("args[2].conn: cannot send userdata"). */
 static int proc_task(lua_State *L)
 {
-    proc *p = check_open(L, 1);
+    proc *p = check_proc(L, 1);
     lua_Integer id = luaL_checkinteger(L, 2);
     int t = lua_type(L, 3);
     luaL_argexpected(L, t == LUA_TFUNCTION || t == LUA_TSTRING, 3, "function or module name");
     int n = lua_gettop(L);
+    if (p->fd < 0) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
     lua_Integer fnid = 0;
     int first = 0;
     if (t == LUA_TFUNCTION && !lua_iscfunction(L, 3)) {
@@ -481,7 +485,8 @@ static int proc_task(lua_State *L)
         lua_rawseti(L, -2, fnid);
         lua_pop(L, 1);
     }
-    return 0;
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* proc:stop(id, level): the stop signal, carrying the task id (0 for a

@@ -358,18 +358,8 @@ static int run_frame(lua_State *L)
 
 /* serve(): the pool worker's loop. Returns when the parent says QUIT or
  * goes away. Exits the child with 3 if the init task (id 0) fails. */
-static int frame_waiting(void)
-{
-    int type;
-    const char *payload;
-    size_t plen;
-    return chan_frame_peek(&deferred, &type, &payload, &plen) == 1
-        || chan_frame_peek(&inbox, &type, &payload, &plen) == 1;
-}
-
 static int l_serve(lua_State *L)
 {
-    int unflushed = 0;
     if (chan_fd < 0)
         return luaL_error(L, "orch.core.serve: only in a child process of orch");
     lua_newtable(L);
@@ -402,11 +392,10 @@ static int l_serve(lua_State *L)
             lua_pushliteral(L, "");
             reply_error(L, frame_id, "error", msg, msg + 1, msg);
         }
-        if (++unflushed >= 32 || !frame_waiting()) {
-            unflushed = 0;
-            if (flush_out() < 0)
-                break;
-        }
+        /* Each result leaves before the next task starts: a worker that
+         * dies in that task must not take finished results with it. */
+        if (flush_out() < 0)
+            break;
         if (frame_id == 0 && last_failed)
             child_exit(3); /* init failed: this worker is of no use */
     }

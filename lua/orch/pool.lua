@@ -162,14 +162,19 @@ local function start_head(self, w)
 end
 
 local function send_task(self, w, fut)
+  local args = fut.args
+  if not w.proc:task(fut.id, fut.fn, unpack(args, 1, args.n)) then
+    -- its channel is closed: the worker is exiting, its exit will tell why
+    w.retiring = true
+    push_front(self, fut)
+    return
+  end
   fut.worker = w
   fut.attempts = fut.attempts + 1
   local t = w.it + 1
   w.it = t
   w.inflight[t] = fut
   w.dispatched = w.dispatched + 1
-  local args = fut.args
-  w.proc:task(fut.id, fut.fn, unpack(args, 1, args.n))
   if t == w.ih then start_head(self, w) end
   local max = self.opts.max_tasks_per_worker
   if max and w.dispatched >= max then
@@ -289,6 +294,7 @@ function Pool:_message(w, type, id, ...)
       if type == ERROR then
         local _, message = ...
         self.init_error = message
+        w.retiring = true  -- it exits with code 3; its slot gets a new worker
         log.deliver("error", "init failed: " .. tostring(message), w.name, w.pid)
       else
         self.init_failures = 0

@@ -1,0 +1,226 @@
+-- The pool and its futures: submit, result, map, imap, states, stats,
+-- close/join/shutdown/terminate, init, to-be-closed.
+local orch = require "orch"
+local core = require "orch.core"
+local H = orch_spec
+
+describe("orch.pool", function()
+  local pool
+  before_each(function() pool = orch.pool{ workers = 2 } end)
+  after_each(function() pool:terminate() end)
+
+  it("runs a function in another process and returns all its values", function()
+    local fut = pool:submit(function(a, b) return a + b, "sum", nil, core.getpid() end, 40, 2)
+    local sum, word, none, pid = fut:result()
+    assert.are.equal(42, sum)
+    assert.are.equal("sum", word)
+    assert.is_nil(none)
+    assert.are_not.equal(core.getpid(), pid)
+    assert.are.equal("done", fut:state())
+    assert.is_true(fut:done())
+    assert.is_nil(fut:error())
+  end)
+
+  it("copies upvalues by value and sees the worker's globals", function()
+    local base, t = 10, { 1, 2, 3 }
+    local fut = pool:submit(function(x)
+      t[1] = 99                       -- a copy: the parent's t is unchanged
+      return base + x + #t, type(string.format)
+    end, 5)
+    assert.are.same({ 18, "function" }, { fut:result() })
+    assert.are.equal(1, t[1])
+  end)
+
+  it("runs a 'module.name' string and a C function", function()
+    assert.are.equal("ab", pool:submit("string.rep", "a", 1):result() .. "b")
+    assert.are.equal("x-x-x", pool:submit(string.rep, "x", 3, "-"):result())
+    assert.are.equal("number", type(pool:submit(os.time):result()))
+  end)
+
+  it("raises a TaskError with the worker's traceback", function()
+    local function inner() error("bad thing") end
+    local fut = pool:submit(function() inner() end)
+    local ok, err = pcall(fut.result, fut)
+    assert.is_false(ok)
+    assert.is_true(orch.TaskError.is(err))
+    assert.are.equal("error", err.kind)
+    assert.matches("bad thing", err.message)
+    assert.matches("in upvalue 'inner'", err.traceback)
+    assert.are.equal(1, err.attempts)
+    assert.is_number(err.pid)
+    assert.matches("task failed", tostring(err))
+    assert.are.equal("failed", fut:state())
+    assert.are.equal(err, fut:error())
+  end)
+
+  it("keeps a table error value when it can cross", function()
+    local fut = pool:submit(function() error({ code = 7 }) end)
+    fut:wait()
+    assert.are.same({ code = 7 }, fut:error().value)
+  end)
+
+  it("waits with a timeout", function()
+    local fut = pool:submit(function() os.execute("sleep 0.5") return 1 end)
+    assert.are.same({ nil, "timeout" }, { fut:wait(0.05) })
+    assert.is_false(fut:done())
+    assert.is_true(fut:wait(5))
+  end)
+
+  it("calls on_done in the parent, and at once for an ended future", function()
+    local seen = {}
+    local fut = pool:submit(function() return 5 end)
+    fut:on_done(function(f) seen[#seen + 1] = f:state() end)
+    fut:wait()
+    fut:on_done(function(f) seen[#seen + 1] = "late " .. f:state() end)
+    assert.are.same({ "done", "late done" }, seen)
+  end)
+
+  it("cancels a queued task, which never runs", function()
+    local tmp = os.tmpname()
+    local blockers = {}
+    for i = 1, 2 do blockers[i] = pool:submit(function() os.execute("sleep 0.3") end) end
+    local fut = pool:submit(function(path) local f = io.open(path, "w") f:write("ran") f:close() end, tmp)
+    assert.are.equal("queued", fut:state())
+    assert.is_true(fut:cancel())
+    assert.are.equal("cancelled", fut:state())
+    for _, b in ipairs(blockers) do b:wait() end
+    pool:submit(function() end):wait()
+    assert.are.equal("", H.read_file(tmp))
+    os.remove(tmp)
+    assert.are.equal("cancelled", fut:error().kind)
+    assert.is_false(fut:cancel())
+  end)
+
+  it("maps in order, with and without chunks", function()
+    local items = {}
+    for i = 1, 1000 do items[i] = i end
+    local sq = function(x) return x * x end
+    local r1 = pool:map(sq, items)
+    local r2 = pool:map(sq, items, { chunk = 64 })
+    for i = 1, 1000 do
+      assert.are.equal(i * i, r1[i])
+      assert.are.equal(i * i, r2[i])
+    end
+    assert.are.same({}, pool:map(sq, {}))
+  end)
+
+  it("raises the first failure of a map", function()
+    local ok, err = pcall(pool.map, pool, function(x)
+      if x == 3 then error("three") end
+      return x
+    end, { 1, 2, 3, 4 }, { chunk = 1 })
+    assert.is_false(ok)
+    assert.is_true(orch.TaskError.is(err))
+    assert.matches("three", err.message)
+  end)
+
+  it("imaps in order and in completion order", function()
+    local got = {}
+    for i, v in pool:imap(function(x) return x * 2 end, { 1, 2, 3, 4, 5 }, { chunk = 2 }) do
+      got[#got + 1] = { i, v }
+    end
+    assert.are.same({ { 1, 2 }, { 2, 4 }, { 3, 6 }, { 4, 8 }, { 5, 10 } }, got)
+    local order = {}
+    local delays = { 0.4, 0 }
+    for i, v in pool:imap(function(d) os.execute("sleep " .. d) return d end, delays, { ordered = false }) do
+      order[#order + 1] = i
+      assert.are.equal(delays[i], v)
+    end
+    assert.are.same({ 2, 1 }, order)
+  end)
+
+  it("counts in stats", function()
+    local s = pool:stats()
+    assert.are.same({ workers = 2, idle = 2, queued = 0, running = 0, done = 0,
+      failed = 0, cancelled = 0, restarts = 0 }, s)
+    pool:submit(function() end):wait()
+    pool:submit(function() error("x") end):wait()
+    s = pool:stats()
+    assert.are.equal(1, s.done)
+    assert.are.equal(1, s.failed)
+  end)
+
+  it("runs init once in each worker", function()
+    local p <close> = orch.pool{ workers = 2, init = function() _G.initialised = (_G.initialised or 0) + 1 end }
+    local r = p:map(function() return _G.initialised end, { 1, 2, 3, 4, 5, 6 })
+    for _, v in ipairs(r) do assert.are.equal(1, v) end
+  end)
+
+  it("fails the queued work when init keeps failing", function()
+    local p <close> = orch.pool{ workers = 1, init = function() error("no database") end }
+    local fut = p:submit(function() return 1 end)
+    fut:wait(10)
+    assert.are.equal("failed", fut:state())
+    assert.matches("no database", fut:error().message)
+  end)
+end)
+
+describe("closing a pool", function()
+  it("close stops new tasks; join waits for the work and the workers", function()
+    local pool = orch.pool{ workers = 2 }
+    local futs = {}
+    for i = 1, 10 do futs[i] = pool:submit(function(x) return x end, i) end
+    pool:close()
+    assert.has_error(function() pool:submit(function() end) end, "orch.pool: submit on a closed pool")
+    assert.is_true(pool:join(10))
+    for i = 1, 10 do assert.are.equal(i, futs[i]:result()) end
+    local kids = H.children()
+    assert.are.equal(0, #kids)
+  end)
+
+  it("join before close is an error; join can time out", function()
+    local pool = orch.pool{ workers = 1 }
+    assert.has_error(function() pool:join() end)
+    pool:submit(function() os.execute("sleep 1") end)
+    pool:close()
+    assert.are.same({ nil, "timeout" }, { pool:join(0.05) })
+    pool:terminate()
+  end)
+
+  it("shutdown waits for everything by default", function()
+    local pool = orch.pool{ workers = 2 }
+    local fut = pool:submit(function() os.execute("sleep 0.2") return "ok" end)
+    assert.is_true(pool:shutdown())
+    assert.are.equal("ok", fut:result())
+    assert.are.equal(0, #H.children())
+  end)
+
+  it("shutdown{cancel_pending} cancels what is queued", function()
+    local pool = orch.pool{ workers = 1 }
+    local running = pool:submit(function() os.execute("sleep 0.3") return 1 end)
+    local queued = pool:submit(function() return 2 end)
+    while running:state() ~= "running" do orch.sleep(0.01) end
+    pool:shutdown{ cancel_pending = true, grace = 2 }
+    assert.are.equal("cancelled", queued:state())
+    assert.is_true(running:done())
+    assert.are.equal(0, #H.children())
+  end)
+
+  it("terminate kills at once and fails what ran and waited", function()
+    local pool = orch.pool{ workers = 2 }
+    local futs = {}
+    for i = 1, 5 do futs[i] = pool:submit(function() os.execute("sleep 5") end) end
+    orch.sleep(0.1)
+    local t0 = core.now()
+    pool:terminate()
+    assert.is_true(core.now() - t0 < 1)
+    for i = 1, 5 do
+      assert.are.equal("failed", futs[i]:state())
+      assert.are.equal("killed", futs[i]:error().kind)
+    end
+    local kids, zombies = H.children()
+    assert.are.equal(0, #kids)
+    assert.are.equal(0, zombies)
+  end)
+
+  it("shuts down when it goes out of scope", function()
+    local pid
+    do
+      local pool <close> = orch.pool{ workers = 1 }
+      pid = pool:submit(function() return require("orch.core").getpid() end):result()
+      assert.is_true(H.alive(pid))
+    end
+    assert.is_false(H.alive(pid))
+    assert.are.equal(0, #H.children())
+  end)
+end)

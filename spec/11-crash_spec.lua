@@ -1,0 +1,147 @@
+-- Workers that die at any instant: the running task fails "crashed", a
+-- new worker takes the slot, and the pool goes on. No hang, ever.
+local orch = require "orch"
+local core = require "orch.core"
+local H = orch_spec
+
+local function getpid() return require("orch.core").getpid() end
+
+describe("a worker that dies", function()
+  local pool
+  before_each(function() pool = orch.pool{ workers = 2 } end)
+  after_each(function() pool:terminate() end)
+
+  it("by os.exit(7): the task crashes with exit_code 7, the pool goes on", function()
+    local fut = pool:submit(function() os.exit(7) end)
+    fut:wait()
+    local err = fut:error()
+    assert.are.equal("crashed", err.kind)
+    assert.are.equal(7, err.exit_code)
+    assert.is_nil(err.signal)
+    assert.matches("exit code 7", tostring(err))
+    assert.are.equal(3, pool:submit(function() return 3 end):result())
+    local s = pool:stats()
+    assert.are.equal(2, s.workers)
+    assert.are.equal(1, s.restarts)
+  end)
+
+  it("by a segfault: the task crashes with signal 11", function()
+    local fut = pool:submit(function()
+      os.execute("kill -SEGV " .. require("orch.core").getpid())
+      os.execute("sleep 5")
+    end)
+    fut:wait()
+    assert.are.equal("crashed", fut:error().kind)
+    assert.are.equal(11, fut:error().signal)
+    assert.are.equal("ok", pool:submit(function() return "ok" end):result())
+  end)
+
+  it("by a SIGKILL from outside, while running", function()
+    local pid_fut = pool:submit(getpid)
+    local pid = pid_fut:result()
+    local futs = {}
+    for i = 1, 6 do futs[i] = pool:submit(function() os.execute("sleep 0.3") return i end) end
+    orch.sleep(0.1)
+    local victim
+    for _, f in ipairs(futs) do
+      if f:state() == "running" then victim = f.worker.pid break end
+    end
+    assert.is_number(victim)
+    os.execute("kill -KILL " .. victim)
+    local crashed, done = 0, 0
+    for _, f in ipairs(futs) do
+      f:wait()
+      if f:state() == "done" then done = done + 1 else
+        crashed = crashed + 1
+        assert.are.equal("crashed", f:error().kind)
+        assert.are.equal(9, f:error().signal)
+      end
+    end
+    assert.are.equal(1, crashed)
+    assert.are.equal(5, done)
+    assert.are.equal(2, pool:stats().workers)
+    assert.is_true(pool:stats().restarts >= 1)
+    assert.is_number(pid)
+  end)
+
+  it("while idle: it is replaced and tasks still run", function()
+    local pids = {}
+    for _, w in pairs(pool.slots) do pids[#pids + 1] = w.pid end
+    os.execute("kill -KILL " .. pids[1])
+    assert.is_true(H.eventually(function()
+      orch.sleep(0.01)
+      return pool:stats().restarts == 1 and pool:stats().workers == 2
+    end))
+    local r = pool:map(function(x) return x + 1 end, { 1, 2, 3, 4 })
+    assert.are.same({ 2, 3, 4, 5 }, r)
+  end)
+
+  it("never wedges the pool, whatever instant it dies", function()
+    -- workers die at random points of a stream of small tasks
+    local futs = {}
+    for i = 1, 400 do
+      futs[i] = pool:submit(function(n)
+        if n % 37 == 0 then os.exit(1) end
+        return n
+      end, i)
+    end
+    local crashed = 0
+    for i, f in ipairs(futs) do
+      assert.is_true(f:wait(20))
+      if f:state() == "done" then assert.are.equal(i, f:result()) else crashed = crashed + 1 end
+    end
+    assert.are.equal(10, crashed)
+    assert.are.equal(10, pool:stats().restarts)
+  end)
+
+  it("retries a crashed task when asked to", function()
+    local p <close> = orch.pool{ workers = 1, retries = 2 }
+    local marker = os.tmpname()
+    local fut = p:submit(function(path)
+      local f = io.open(path, "a") f:write("x") f:close()
+      local n = #io.open(path):read("a")
+      if n < 3 then os.exit(9) end
+      return n
+    end, marker)
+    assert.are.equal(3, fut:result())
+    os.remove(marker)
+  end)
+end)
+
+describe("max_tasks_per_worker", function()
+  it("recycles workers after N tasks", function()
+    local pool <close> = orch.pool{ workers = 1, max_tasks_per_worker = 3 }
+    local pids = {}
+    for i = 1, 9 do pids[i] = pool:submit(function() return require("orch.core").getpid() end):result() end
+    local distinct = {}
+    for _, p in ipairs(pids) do distinct[p] = (distinct[p] or 0) + 1 end
+    local n = 0
+    for _, count in pairs(distinct) do n = n + 1; assert.are.equal(3, count) end
+    assert.are.equal(3, n)
+  end)
+end)
+
+describe("no leaks", function()
+  local function count_fds() return H.fd_count() end
+
+  it("leaves no process, zombie or fd after shutdown, <close> and gc", function()
+    local fds = count_fds()
+    local p1 = orch.pool{ workers = 3 }
+    p1:map(function(x) return x end, { 1, 2, 3 })
+    p1:shutdown()
+    do
+      local p2 <close> = orch.pool{ workers = 2 }
+      p2:submit(function() end):wait()
+    end
+    local p3 = orch.pool{ workers = 2 }
+    p3:submit(function() end):wait()
+    p3 = nil  -- luacheck: ignore
+    collectgarbage()
+    collectgarbage()
+    local kids, zombies = H.children()
+    assert.are.same({}, kids)
+    assert.are.equal(0, zombies)
+    assert.are.equal(fds, count_fds())
+    assert.are.equal(core.getpid(), core.getpid())
+  end)
+end)
