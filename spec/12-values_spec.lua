@@ -1,0 +1,98 @@
+-- Values that cross processes through a pool: exact, large, shared, and
+-- clear refusals that name the place of the offending value.
+local orch = require "orch"
+local core = require "orch.core"
+
+describe("values through a pool", function()
+  local pool
+  setup(function() pool = orch.pool{ workers = 2 } end)
+  teardown(function() pool:terminate() end)
+
+  local function echo(...) return ... end
+
+  it("keeps numbers bit-exact and strings binary-safe", function()
+    local bytes = {}
+    for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+    local s = table.concat(bytes)
+    local r = table.pack(pool:submit(echo, math.mininteger, math.maxinteger, -0.0, 1 / 0,
+      -1 / 0, 0 / 0, 0.1, s, true, false):result())
+    assert.are.equal(math.mininteger, r[1])
+    assert.are.equal(math.maxinteger, r[2])
+    assert.are.equal(string.pack("<d", -0.0), string.pack("<d", r[3]))
+    assert.are.equal(1 / 0, r[4])
+    assert.are.equal(-1 / 0, r[5])
+    assert.is_true(r[6] ~= r[6])
+    assert.are.equal(0.1, r[7])
+    assert.are.equal(s, r[8])
+    assert.are.same({ true, false }, { r[9], r[10] })
+    assert.are.equal("integer", math.type(r[1]))
+  end)
+
+  it("keeps shared references and cycles", function()
+    local shared = { "x" }
+    local t = { a = shared, b = shared }
+    t.self = t
+    local back = pool:submit(function(v) v.added = true return v end, t):result()
+    assert.are.equal(back, back.self)
+    assert.are.equal(back.a, back.b)
+    assert.is_true(back.added)
+  end)
+
+  it("streams a 64 MiB value each way without blocking the loop", function()
+    local big = string.rep("0123456789abcdef", 4 * 1024 * 1024)  -- 64 MiB
+    local ticks = 0
+    local timer
+    local function tick() ticks = ticks + 1; timer = core.timer(0.01, tick) end
+    timer = core.timer(0.01, tick)
+    local fut = pool:submit(function(s) return #s, s:sub(1, 16) .. s:sub(-16), s end, big)
+    local n, ends, back = fut:result()
+    timer:stop()
+    assert.are.equal(#big, n)
+    assert.are.equal("0123456789abcdef0123456789abcdef", ends)
+    assert.are.equal(big, back)
+    assert.is_true(ticks > 0)  -- timers fired while the value was moving
+  end)
+
+  it("refuses an argument that cannot cross, naming its place, at submit", function()
+    assert.has_error(function()
+      pool:submit(echo, 1, { conn = io.stdout })
+    end, "args[2].conn: cannot send userdata")
+    assert.has_error(function()
+      pool:submit(echo, coroutine.create(function() end))
+    end, "args[1]: cannot send a thread (coroutine)")
+    assert.has_error(function()
+      pool:submit(echo, setmetatable({}, {}))
+    end, "args[1]: cannot send a table with a metatable")
+  end)
+
+  it("refuses an upvalue that cannot cross, naming it", function()
+    local handle = io.stdout
+    local ok, err = pcall(pool.submit, pool, function() return handle end)
+    assert.is_false(ok)
+    assert.matches("upvalue 'handle'", err)
+    assert.matches("userdata", err)
+    -- the pool is unharmed
+    assert.are.equal(1, pool:submit(echo, 1):result())
+  end)
+
+  it("fails a task whose result cannot cross", function()
+    local fut = pool:submit(function() return io.stdout end)
+    fut:wait()
+    assert.are.equal("error", fut:error().kind)
+    assert.matches("result%[1%]: cannot send userdata", fut:error().message)
+    local fut2 = pool:submit(function() return function() end end)
+    fut2:wait()
+    assert.matches("result%[1%]", fut2:error().message)
+    assert.matches("function", fut2:error().message)
+  end)
+
+  it("sends functions inside arguments and caches code per worker", function()
+    local add = function(a, b) return a + b end
+    local r = pool:submit(function(f, x) return f(x, 1) end, add, 41):result()
+    assert.are.equal(42, r)
+    for i = 1, 50 do
+      local k = i
+      assert.are.equal(k * 2, pool:submit(function() return k * 2 end):result())
+    end
+  end)
+end)
