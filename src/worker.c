@@ -142,6 +142,29 @@ static int next_frame(lua_State *L, int want_reply, wbuf **from, int *type,
 
 /* ---- running a task -------------------------------------------------------- */
 
+/* Cuts the traceback on top of the stack where orch's own frames begin
+ * (the worker loop, or the fork that started a service): what is left is
+ * the task's. */
+static void trim_traceback(lua_State *L)
+{
+    static const char *const marks[] = {
+        "\n\t[C]: in function 'orch.core.serve'", "\n\t[C]: in function 'orch.core.spawn'"};
+    size_t len;
+    const char *tb = lua_tolstring(L, -1, &len);
+    for (size_t k = 0; k < sizeof marks / sizeof marks[0]; k++) {
+        const char *cut = strstr(tb, marks[k]);
+        if (cut == NULL)
+            continue;
+        size_t n = (size_t)(cut - tb);
+        static const char tail[] = "\n\t[C]: in ?";
+        if (n >= sizeof tail - 1 && memcmp(cut - (sizeof tail - 1), tail, sizeof tail - 1) == 0)
+            n -= sizeof tail - 1;
+        lua_pushlstring(L, tb, n);
+        lua_replace(L, -2);
+        return;
+    }
+}
+
 static int msgh(lua_State *L)
 {
     /* error value at 1; leaves (value, message, traceback) via the registry */
@@ -154,6 +177,7 @@ static int msgh(lua_State *L)
     } else
         msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
     luaL_traceback(L, L, msg, 1);
+    trim_traceback(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "orch.traceback");
     lua_pushstring(L, msg);
     lua_setfield(L, LUA_REGISTRYINDEX, "orch.message");
