@@ -70,11 +70,12 @@ end
 
 function Group.new(pool, opts, is_default)
   local own = is_default and {} or check_options(opts)
-  local merged = setmetatable({}, { __index = function(_, k)
+  local merged = {}  -- the group's options over the pool's, resolved once
+  for k in pairs(OPTIONS) do
     local v = own[k]
     if v == nil then v = pool.opts[k] end
-    return v
-  end })
+    merged[k] = v
+  end
   return setmetatable({
     pool = pool, opts = merged, futures = {}, n_pending = 0,
     retry_sets = {}, is_default = is_default or false,

@@ -24,8 +24,12 @@ local Pool = {}
 Pool.__index = Pool
 Pool.__name = "orch.pool"
 
--- Tasks sent ahead to a busy worker when the queue is long.
-local PIPELINE = 32
+-- Tasks sent ahead to a busy worker when the queue is long: as many as
+-- fit in PIPELINE_SECONDS of the pool's mean task time, at most
+-- PIPELINE_MAX. Short tasks then cost no round trip each, and long ones
+-- are never stuck behind each other on one worker while another idles.
+local PIPELINE_MAX = 32
+local PIPELINE_SECONDS = 0.002
 -- A task asked to stop is interrupted this long after the request
 -- (capped by half its grace period), and killed after its grace period.
 local INTERRUPT_AFTER = 0.1
@@ -145,10 +149,10 @@ local function inflight_list(w)
 end
 
 -- Starts the clock of the task that now runs first on w.
-local function start_head(self, w)
+local function start_head(self, w, now)
   local fut = w.inflight[w.ih]
   if not fut or fut.started then return end
-  fut.started = core.now()
+  fut.started = now or core.now()
   fut.status = "running"
   self.n_running = self.n_running + 1
   local timeout = fut.group.opts.timeout
@@ -190,7 +194,7 @@ end
 -- Fills w's pipeline from the queue: one task, and more only while the
 -- queue holds more tasks than there are workers.
 local function refill(self, w)
-  local limit = self.n_queued > self.size and PIPELINE or 1
+  local limit = self.n_queued > self.size and self.pipeline or 1
   while w.it - w.ih + 1 < limit and not w.retiring do
     local fut = pop_front(self)
     if not fut then return end
@@ -313,6 +317,13 @@ function Pool:_message(w, type, id, ...)
       w.proc:kill()
       return
     end
+    -- the mean time a task holds a worker sets the pipeline's depth
+    local now = core.now()
+    local ran = now - (fut.started or now)
+    local mean = self.mean_task and 0.9 * self.mean_task + 0.1 * ran or ran
+    self.mean_task = mean
+    self.pipeline = mean > 0 and math.max(1, math.min(PIPELINE_MAX, PIPELINE_SECONDS // mean))
+      or PIPELINE_MAX
     if type == RESULT then
       if fut.stop_kind then
         self:_stopped(fut, w, nil)
@@ -331,7 +342,7 @@ function Pool:_message(w, type, id, ...)
           value = value, pid = w.pid }))
       end
     end
-    start_head(self, w)
+    start_head(self, w, now)
     if self.n_queued > 0 then
       if usable(w) then refill(self, w) else self:_pump() end
     elseif self.closed then
@@ -683,7 +694,7 @@ local function new(opts)
   local self = setmetatable({
     opts = opts, size = size, slots = {}, queue = {}, q_head = 1, q_tail = 0,
     n_queued = 0, n_running = 0, n_done = 0, n_failed = 0, n_cancelled = 0,
-    n_live = 0, restarts = 0,
+    n_live = 0, restarts = 0, pipeline = 1, mean_task = nil,
   }, Pool)
   self.default_group = Group.new(self, nil, true)
   local ok, err = pcall(function()
