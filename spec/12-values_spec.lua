@@ -86,6 +86,16 @@ describe("values through a pool", function()
     assert.matches("function", fut2:error().message)
   end)
 
+  it("sends a loaded module in an upvalue by name: the worker's own", function()
+    local fut = pool:submit(function()
+      return orch.stopping(), core.getpid(), package.loaded.orch == orch
+    end)
+    local stopping, pid, same = fut:result()
+    assert.is_false(stopping)
+    assert.are_not.equal(core.getpid(), pid)
+    assert.is_true(same)
+  end)
+
   it("sends functions inside arguments and caches code per worker", function()
     local add = function(a, b) return a + b end
     local r = pool:submit(function(f, x) return f(x, 1) end, add, 41):result()

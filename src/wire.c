@@ -24,6 +24,10 @@
  *   0x0a            (only as an upvalue) the receiver's globals: sent for
  *                   an upvalue named _ENV (whatever table it holds, e.g.
  *                   a sandbox) and for one holding the sender's globals
+ *   0x0b len name   (only as an upvalue) a loaded module, by name:
+ *                   require(name) on the receiving side, so a task that
+ *                   closes over `local orch = require "orch"` gets the
+ *                   worker's own module, not a copy of the parent's
  *   0x16 0x18 0x19  as 0x06 0x08 0x09, for a value referred to again later
  *   0x20..0x3f      string of 0..31 bytes, the bytes follow
  *   0x60..0xff      integer tag - 0x80 (-32..127) in one byte
@@ -67,6 +71,7 @@ enum {
     T_CFUNC = 0x08,
     T_LFUNC = 0x09,
     T_ENV = 0x0a,
+    T_MODULE = 0x0b,
     T_SHARED = 0x10, /* or-ed into T_TABLE, T_CFUNC, T_LFUNC */
     T_SHORTSTR = 0x20, /* 0x20..0x3f */
     T_FIXINT = 0x60,   /* 0x60..0xff: value tag - 0x80 */
@@ -563,6 +568,26 @@ static void enc_function(wire_enc *e, int idx)
     enc_upvalues(e, idx);
 }
 
+/* If the table on top of the stack is a loaded module, pushes its name
+ * and returns 1; else pushes nothing and returns 0. */
+static int find_module(lua_State *L)
+{
+    int t = lua_gettop(L);
+    luaL_checkstack(L, 4, "not enough stack space");
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushnil(L);
+    while (lua_next(L, t + 1)) { /* loaded, name, module */
+        if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, t)) {
+            lua_pop(L, 1);
+            lua_remove(L, t + 1);
+            return 1;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
 static void enc_upvalues(wire_enc *e, int fidx)
 {
     lua_State *L = e->L;
@@ -577,10 +602,17 @@ static void enc_upvalues(wire_enc *e, int fidx)
     int globals = lua_gettop(L);
     for (int i = 1; i <= ar.nups; i++) {
         st->name = lua_getupvalue(L, fidx, i);
-        if (strcmp(st->name, "_ENV") == 0 || lua_rawequal(L, -1, globals))
+        if (strcmp(st->name, "_ENV") == 0 || lua_rawequal(L, -1, globals)) {
             enc_byte(e, T_ENV);
-        else
+        } else if (lua_type(L, -1) == LUA_TTABLE && find_module(L)) {
+            size_t l;
+            const char *name = lua_tolstring(L, -1, &l);
+            enc_byte(e, T_MODULE);
+            enc_lstr(e, name, l);
+            lua_pop(L, 1);
+        } else {
             enc_any(e, globals + 1, lua_type(L, -1));
+        }
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -840,6 +872,35 @@ static int dec_lfunction(wire_dec *d, size_t at, int shared)
     return dec_upvalues(d, f);
 }
 
+/* Protected: pushes require(name) (name at 1). */
+static int resolve_module(lua_State *L)
+{
+    lua_getglobal(L, "require");
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+static int dec_module(wire_dec *d, size_t at)
+{
+    lua_State *L = d->L;
+    size_t l;
+    if (dec_count(d, &l, 1, "module name length") != 0)
+        return -1;
+    const char *name = d->data + d->pos;
+    d->pos += l;
+    if (!lua_checkstack(L, 4))
+        return dec_fail(d, at, "not enough stack space");
+    lua_pushcfunction(L, resolve_module);
+    lua_pushlstring(L, name, l);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        return dec_fail(d, at, "cannot load module '%.*s': %s", (int)(l > 40 ? 40 : l),
+                        name, msg ? msg : "?");
+    }
+    return 0;
+}
+
 /* Protected: pushes require(mod)[key] (mod, key at 1, 2). */
 static int resolve_cfunction(lua_State *L)
 {
@@ -974,6 +1035,8 @@ static int dec_any(wire_dec *d)
         return dec_lfunction(d, at, tag & T_SHARED);
     case T_ENV:
         return dec_fail(d, at, "globals marker outside a function's upvalues");
+    case T_MODULE:
+        return dec_fail(d, at, "module reference outside a function's upvalues");
     default:
         return dec_fail(d, at, "unknown tag 0x%02x", tag);
     }
@@ -998,6 +1061,10 @@ static int dec_upvalues(wire_dec *d, int fidx)
         if (d->pos < d->len && (unsigned char)d->data[d->pos] == T_ENV) {
             d->pos++;
             lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+        } else if (d->pos < d->len && (unsigned char)d->data[d->pos] == T_MODULE) {
+            size_t at_mod = d->pos++;
+            if (dec_module(d, at_mod) != 0)
+                return -1;
         } else if (dec_any(d) != 0) {
             return -1;
         }
