@@ -89,7 +89,7 @@ function P.wait_output(job, text, timeout, stream)
 end
 
 function P.signal(sig, pid) return sh(("kill -%s %d 2>/dev/null"):format(sig, pid)) end
-function P.signal_group(sig, pid) return sh(("kill -%s -- -%d 2>/dev/null"):format(sig, pid)) end
+function P.signal_group(sig, pid) return sh(("kill -s %s -- -%d 2>/dev/null"):format(sig, pid)) end
 
 --- A process that exists and is not a zombie.
 function P.alive(pid)
