@@ -60,6 +60,9 @@ stress: build
 	@$(LUA) scripts/run-specs $(BUSTED) --tags=slow
 
 demo: build
+	@echo "--- ordered shutdown: TERM after 3 s; produced must equal written"
+	@timeout --preserve-status -s TERM 3 $(LUA) scripts/examples/ordered_shutdown.lua; \
+	  echo "exit status $$? (143: ended by TERM after the ordered shutdown)"
 	$(LUA) scripts/examples/pool.lua
 
 bench: build

@@ -436,8 +436,13 @@ static void enc_table(wire_enc *e, int idx)
     if (enc_backref(e, idx))
         return;
     if (lua_getmetatable(L, idx)) {
-        lua_pop(L, 1);
-        enc_fail(e, "cannot send a table with a metatable");
+        /* A metatable that says __wire = true (an orch.queue handle) lets
+         * its table travel as a plain table; any other is refused. */
+        lua_pushliteral(L, "__wire");
+        int plain = lua_rawget(L, -2) == LUA_TBOOLEAN && lua_toboolean(L, -1);
+        lua_pop(L, 2);
+        if (!plain)
+            enc_fail(e, "cannot send a table with a metatable");
     }
     wire_step *st = enc_enter(e);
     enc_register(e, idx, enc_mark(e));

@@ -23,6 +23,21 @@ function orch.pool(opts)
   return pool.new(opts)
 end
 
+--- orch.supervisor(spec) -> Supervisor (services with an ordered shutdown)
+function orch.supervisor(spec)
+  return require("orch.supervisor").new(spec)
+end
+
+--- orch.queue{ capacity = N } -> queue between the parent and its children
+function orch.queue(opts)
+  return require("orch.queue").new(opts)
+end
+
+--- Inside a service: says it is ready (services with ready = "notify").
+function orch.ready()
+  return require("orch.supervisor").ready()
+end
+
 --- Inside a task or a service: true once the parent asked it to stop.
 function orch.stopping()
   return core.stopping()

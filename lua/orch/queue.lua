@@ -1,0 +1,360 @@
+--- orch.queue: bounded FIFO queues between the parent and its children.
+--
+-- The parent is the broker. A queue's items live in the parent only; a
+-- child (a service or a pool task) reaches them with a CALL frame,
+-- core.call("queue", op, id, ...), and the parent answers with one REPLY.
+-- A get on an empty queue or a put on a full one is parked in the parent
+-- and answered when an item or a slot comes, when the queue is closed, or
+-- when its timeout (a core.timer) expires. The parent's own put/get park
+-- the same way and run the loop until they are answered.
+--
+-- Why nothing is lost in an ordered shutdown: a put is answered only once
+-- its item is in the parent's queue, and the parent dispatches every frame
+-- a child wrote before it reports the child's exit (proc.c). So when the
+-- supervisor asks a consumer to stop (only after its producers exited),
+-- every item they put is already in the queue for the consumer's get.
+--
+-- How a queue crosses into a child: a handle is a plain table
+-- { __orch_queue = id, put = ..., get = ..., close = ..., len = ... }
+-- whose methods are fields (small functions whose only upvalue is _ENV:
+-- they look the module up with require), so a copy without a metatable
+-- still works. Its metatable (for #q and tostring) carries __wire = true,
+-- which lets the serializer send the handle as that plain table: a handle
+-- can be a task argument or a task function's upvalue. A service, being a
+-- fork, simply inherits it. In a pool task #q is 0 (no metatable arrived);
+-- use q:len() there.
+--
+-- Once a service is asked to stop (M.wake), its gets no longer wait: an
+-- empty queue answers nil, "timeout" at once, so a consumer blocked in
+-- q:get() sees orch.stopping() and drains what is left.
+local core = require "orch.core"
+local loop = require "orch.loop"
+
+local M = {}
+
+local REPLY = core.msg.REPLY
+
+local queues = {}  -- id -> state, in the parent
+local next_id = 0
+local stopping = setmetatable({}, { __mode = "k" })  -- procs asked to stop
+
+local Handle = { __name = "orch.queue", __wire = true }
+
+-- the methods a handle carries as fields (only upvalue: _ENV)
+local function h_put(self, v, timeout) return require("orch.queue").put(self, v, timeout) end
+local function h_get(self, timeout) return require("orch.queue").get(self, timeout) end
+local function h_close(self) return require("orch.queue").close(self) end
+local function h_len(self) return require("orch.queue").len(self) end
+
+function Handle.__len(self) return M.len(self) end
+function Handle.__tostring(self) return ("orch.queue (%d)"):format(self.__orch_queue) end
+
+---------------------------------------------------------------------------
+-- the parent's side: state and the broker
+
+local function count(st) return st.tail - st.head + 1 end
+
+local function push(st, v)
+  st.tail = st.tail + 1
+  st.items[st.tail] = v
+end
+
+local function pop(st)
+  local h = st.head
+  local v = st.items[h]
+  st.items[h] = nil
+  st.head = h + 1
+  return v
+end
+
+local function push_front(st, v)
+  st.head = st.head - 1
+  st.items[st.head] = v
+end
+
+-- A waiter is { reply = fn(ok, x) -> delivered, proc = proc|nil, value,
+-- timer }. Lists are FIFO arrays with a head index; answered waiters are
+-- marked done and skipped.
+local function first_waiter(list)
+  while list.head <= #list do
+    local w = list[list.head]
+    if not w.done then return w end
+    list[list.head] = false
+    list.head = list.head + 1
+  end
+  if list.head > 1 then  -- all consumed: start over
+    for i = #list, 1, -1 do list[i] = nil end
+    list.head = 1
+  end
+  return nil
+end
+
+local function finish(w, ok, x)
+  w.done = true
+  if w.timer then w.timer:stop(); w.timer = nil end
+  return w.reply(ok, x)
+end
+
+-- reply to a child: false when it can no longer be reached
+local function child_reply(proc)
+  return function(ok, x)
+    if not proc:alive() then return false end
+    return (pcall(proc.send, proc, REPLY, ok, x))
+  end
+end
+
+-- Hands items to waiting getters and slots to waiting putters until
+-- neither can move.
+local function pump(st)
+  local moved = true
+  while moved do
+    moved = false
+    while count(st) > 0 do
+      local w = first_waiter(st.getters)
+      if not w then break end
+      local v = pop(st)
+      if not finish(w, true, v) then push_front(st, v) end  -- gone: keep it
+      moved = true
+    end
+    while count(st) < st.capacity do
+      local w = first_waiter(st.putters)
+      if not w then break end
+      if finish(w, true) then push(st, w.value) end  -- a gone putter's item is not in
+      moved = true
+    end
+  end
+  if st.closed then
+    local w = first_waiter(st.putters)
+    while w do finish(w, nil, "closed"); w = first_waiter(st.putters) end
+    if count(st) == 0 then
+      w = first_waiter(st.getters)
+      while w do finish(w, nil, "closed"); w = first_waiter(st.getters) end
+    end
+  end
+end
+
+local function park(list, w, timeout, why)
+  list[#list + 1] = w
+  if timeout then
+    w.timer = core.timer(timeout, function()
+      if not w.done then finish(w, nil, why) end
+    end)
+  end
+end
+
+-- The broker's put and get: reply(ok, x) is called once, now or later.
+local function do_put(st, v, timeout, reply, proc)
+  if st.closed then return reply(nil, "closed") end
+  if count(st) < st.capacity and not first_waiter(st.putters) then
+    push(st, v)
+    reply(true)
+    return pump(st)
+  end
+  if timeout == 0 then return reply(nil, "full") end
+  park(st.putters, { reply = reply, value = v, proc = proc }, timeout, "full")
+end
+
+local function do_get(st, timeout, reply, proc)
+  if count(st) > 0 then
+    local v = pop(st)
+    if not reply(true, v) then push_front(st, v) end
+    return pump(st)
+  end
+  if st.closed then return reply(nil, "closed") end
+  if timeout == 0 or (proc and stopping[proc]) then return reply(nil, "timeout") end
+  park(st.getters, { reply = reply, proc = proc }, timeout, "timeout")
+end
+
+local function do_close(st)
+  st.closed = true
+  pump(st)
+end
+
+local function state_of(self, fn)
+  local id = type(self) == "table" and rawget(self, "__orch_queue")
+  if not id then error(("orch.queue: %s: not a queue (use q:%s(...))"):format(fn, fn), 3) end
+  return id
+end
+
+local function check_timeout(timeout, fn)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
+    error(("orch.queue: %s: timeout must be a non-negative number or nil, got %s")
+      :format(fn, tostring(timeout)), 4)
+  end
+end
+
+local function parent_state(id)
+  local st = queues[id]
+  if not st then error(("orch.queue: queue %d is not known here"):format(id), 4) end
+  return st
+end
+
+-- The parent's own blocking operation: runs the loop until answered.
+local function wait_local(st, op, ...)
+  local answered, ok, x = false, nil, nil
+  local function reply(a, b)
+    answered, ok, x = true, a, b
+    return true
+  end
+  local args = table.pack(...)
+  if op == "put" then do_put(st, args[1], args[2], reply) else do_get(st, args[1], reply) end
+  if not answered then
+    local good, err = pcall(loop.wait, function() return answered end)
+    if not good then
+      -- interrupted: withdraw the request, and give back an item it got
+      for _, list in ipairs({ st.putters, st.getters }) do
+        for i = list.head, #list do
+          local w = list[i]
+          if w and w.reply == reply and not w.done then
+            w.done = true
+            if w.timer then w.timer:stop() end
+          end
+        end
+      end
+      if answered and op == "get" and ok then push_front(st, x); pump(st) end
+      error(err, 0)
+    end
+  end
+  if ok then
+    if op == "get" then return x end
+    return true
+  end
+  return nil, x
+end
+
+---------------------------------------------------------------------------
+-- the public operations (a handle's methods call these)
+
+function M.put(self, v, timeout)
+  local id = state_of(self, "put")
+  if v == nil then error("orch.queue: put: cannot put nil", 3) end
+  check_timeout(timeout, "put")
+  if core.in_child() then
+    local ok, err = core.call("queue", "put", id, v, timeout)
+    if ok then return true end
+    return nil, err
+  end
+  local st = parent_state(id)
+  local good, err = pcall(core.encode, v)  -- it must be able to reach a child
+  if not good then error("orch.queue: put: " .. tostring(err), 3) end
+  return wait_local(st, "put", v, timeout)
+end
+
+function M.get(self, timeout)
+  local id = state_of(self, "get")
+  check_timeout(timeout, "get")
+  if core.in_child() then
+    local ok, x = core.call("queue", "get", id, timeout)
+    if ok then return x end
+    return nil, x
+  end
+  return wait_local(parent_state(id), "get", timeout)
+end
+
+function M.close(self)
+  local id = state_of(self, "close")
+  if core.in_child() then
+    core.call("queue", "close", id)
+    return
+  end
+  do_close(parent_state(id))
+end
+
+function M.len(self)
+  local id = state_of(self, "len")
+  if core.in_child() then
+    local n = core.call("queue", "len", id)
+    return n or 0
+  end
+  return count(parent_state(id))
+end
+
+--- Answers one CALL frame from a child: ("queue", op, id, ...). Pools and
+-- supervisors route their children's CALL frames here.
+function M.serve_call(proc, kind, op, id, ...)
+  local st = kind == "queue" and queues[id]
+  if not st then
+    local why = kind == "queue" and ("orch.queue: queue %s is not known to the parent"):format(tostring(id))
+      or ("orch: unknown call '%s'"):format(tostring(kind))
+    pcall(proc.send, proc, REPLY, nil, why)
+    return
+  end
+  local reply = child_reply(proc)
+  if op == "put" then
+    local v, timeout = ...
+    do_put(st, v, timeout, reply, proc)
+  elseif op == "get" then
+    do_get(st, (...), reply, proc)
+  elseif op == "close" then
+    do_close(st)
+    reply(true)
+  elseif op == "len" then
+    reply(count(st))
+  else
+    reply(nil, ("orch.queue: unknown operation '%s'"):format(tostring(op)))
+  end
+end
+
+--- The supervisor asked proc to stop: its waiting gets end now (nil,
+-- "timeout") and its later gets on an empty queue do not wait.
+function M.wake(proc)
+  stopping[proc] = true
+  for _, st in pairs(queues) do
+    local list = st.getters
+    for i = list.head, #list do
+      local w = list[i]
+      if w and not w.done and w.proc == proc then finish(w, nil, "timeout") end
+    end
+  end
+end
+
+--- proc has exited: drop what it still waits for.
+function M.forget(proc)
+  stopping[proc] = nil
+  for _, st in pairs(queues) do
+    for _, list in ipairs({ st.getters, st.putters }) do
+      for i = list.head, #list do
+        local w = list[i]
+        if w and not w.done and w.proc == proc then
+          w.done = true
+          if w.timer then w.timer:stop(); w.timer = nil end
+        end
+      end
+    end
+  end
+end
+
+local VALID = { capacity = true }
+
+--- orch.queue{ capacity = N } -> handle. Created in the parent, before the
+-- pools and supervisors whose children use it.
+function M.new(opts)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then
+    error(("orch.queue: options must be a table, got %s"):format(type(opts)), 2)
+  end
+  for k in pairs(opts) do
+    if not VALID[k] then
+      error(("orch.queue: unknown option '%s' (valid: capacity)"):format(tostring(k)), 2)
+    end
+  end
+  local cap = opts.capacity
+  if cap ~= nil and (math.type(cap) ~= "integer" or cap < 1) then
+    error(("orch.queue: option 'capacity' must be a positive integer, got %s"):format(tostring(cap)), 2)
+  end
+  if core.in_child() then
+    error("orch.queue: queues are created in the parent process, before its children", 2)
+  end
+  next_id = next_id + 1
+  queues[next_id] = {
+    capacity = cap or math.huge, items = {}, head = 1, tail = 0, closed = false,
+    getters = { head = 1 }, putters = { head = 1 },
+  }
+  return setmetatable({
+    __orch_queue = next_id, put = h_put, get = h_get, close = h_close, len = h_len,
+  }, Handle)
+end
+
+M.Handle = Handle
+
+return M

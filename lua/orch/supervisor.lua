@@ -1,0 +1,614 @@
+--- orch.supervisor: long-running services with an ordered start and stop.
+--
+-- Each service runs run(table.unpack(args)) in its own forked child. The
+-- supervisor is a small reconciler driven by the loop's events (a child
+-- ready, a child exited, a timer): every service has a wish, `want` ("up"
+-- or "down"), and reconcile() moves each one a step towards it:
+--
+-- - up:   a service that is not running starts once every service it lists
+--         in `after` is ready;
+-- - down: a running service is asked to stop once every service that lists
+--         it in `after` has exited; SIGKILL follows after its `grace`.
+--
+-- Restarts, strategies, sup:stop(name) and the whole shutdown only change
+-- wishes. A restart of several services (one_for_all, rest_for_one,
+-- sup:restart) is a `cycle`: its services go down in order, and once all
+-- of them are down they all go up again, in order.
+--
+-- Invariants:
+-- - a service has at most one child (s.proc) at a time; s.proc is cleared
+--   only in on_exit, after every frame the child wrote was dispatched, so a
+--   consumer is asked to stop only when all its producers' puts are in.
+-- - nothing alive after reconcile() means nothing will ever happen again:
+--   restarts are immediate, so run() is over.
+-- - every transition is logged with the service's name and pid.
+local core = require "orch.core"
+local loop = require "orch.loop"
+local log = require "orch.log"
+local signal = require "orch.signal"
+local queue = require "orch.queue"
+
+local MSG = core.msg
+local unpack = table.unpack
+
+local M = {}
+
+local Supervisor = {}
+Supervisor.__index = Supervisor
+Supervisor.__name = "orch.supervisor"
+
+-- In a service's child: the service's name (orch.ready needs it).
+M.current_service = nil
+
+---------------------------------------------------------------------------
+-- validation
+
+local SUP_OPTIONS = {
+  strategy = "string", max_restarts = "number", restart_window = "number",
+  shutdown_timeout = "number", services = "table",
+}
+local SERVICE_OPTIONS = {
+  name = "string", run = "function", args = "table", after = "table", grace = "number",
+  restart = "string", ready = "string", ready_timeout = "number",
+}
+local STRATEGIES = { one_for_one = true, one_for_all = true, rest_for_one = true }
+local RESTARTS = { permanent = true, transient = true, temporary = true }
+
+local function keys(t)
+  local list = {}
+  for k in pairs(t) do list[#list + 1] = k end
+  table.sort(list)
+  return table.concat(list, ", ")
+end
+
+local function fail(fmt, ...)
+  error("orch.supervisor: " .. fmt:format(...), 4)
+end
+
+local function check_fields(t, spec, what)
+  for k, v in pairs(t) do
+    local want = spec[k]
+    if not want then
+      fail("%sunknown option '%s' (valid: %s)", what, tostring(k), keys(spec))
+    end
+    if type(v) ~= want then
+      fail("%soption '%s' must be a %s, got %s", what, k, want, type(v))
+    end
+  end
+end
+
+local function check_number(v, what, name, positive)
+  if v ~= nil and (v ~= v or v < 0 or (positive and v == 0)) then
+    fail("%soption '%s' must be a %s number, got %s", what, name,
+      positive and "positive" or "non-negative", tostring(v))
+  end
+end
+
+-- Returns the services in a start order (after before), or raises naming
+-- the cycle.
+local function start_order(services, by_name)
+  local order, mark = {}, {}
+  local function visit(s, path)
+    if mark[s] == "done" then return end
+    if mark[s] == "visiting" then
+      local from = 1
+      while path[from] ~= s.name do from = from + 1 end
+      local cyc = { unpack(path, from) }
+      cyc[#cyc + 1] = s.name
+      fail("services: a cycle in 'after': %s", table.concat(cyc, " -> "))
+    end
+    mark[s] = "visiting"
+    path[#path + 1] = s.name
+    for _, dep in ipairs(s.after) do visit(by_name[dep], path) end
+    path[#path] = nil
+    mark[s] = "done"
+    order[#order + 1] = s
+  end
+  for _, s in ipairs(services) do visit(s, {}) end
+  return order
+end
+
+local function check_spec(spec)
+  if type(spec) ~= "table" then fail("options must be a table, got %s", type(spec)) end
+  check_fields(spec, SUP_OPTIONS, "")
+  if spec.strategy and not STRATEGIES[spec.strategy] then
+    fail("unknown strategy '%s' (valid: %s)", spec.strategy, keys(STRATEGIES))
+  end
+  check_number(spec.max_restarts, "", "max_restarts")
+  check_number(spec.restart_window, "", "restart_window", true)
+  check_number(spec.shutdown_timeout, "", "shutdown_timeout")
+  if spec.services == nil or #spec.services == 0 then
+    fail("'services' must be a non-empty list of services")
+  end
+  local services, by_name = {}, {}
+  for i, t in ipairs(spec.services) do
+    if type(t) ~= "table" then fail("services[%d] must be a table, got %s", i, type(t)) end
+    local what = ("services[%d]%s: "):format(i, type(t.name) == "string" and (" (%s)"):format(t.name) or "")
+    check_fields(t, SERVICE_OPTIONS, what)
+    if not t.name or t.name == "" then fail("%s'name' is required", what) end
+    if not t.run then fail("%s'run' (a function) is required", what) end
+    if by_name[t.name] then fail("%sduplicate service name '%s'", what, t.name) end
+    if t.restart and not RESTARTS[t.restart] then
+      fail("%sunknown restart '%s' (valid: %s)", what, t.restart, keys(RESTARTS))
+    end
+    if t.ready and t.ready ~= "notify" then
+      fail("%sunknown ready '%s' (valid: notify)", what, t.ready)
+    end
+    check_number(t.grace, what, "grace")
+    check_number(t.ready_timeout, what, "ready_timeout", true)
+    local s = {
+      name = t.name, run = t.run, args = t.args or {}, after = t.after or {},
+      grace = t.grace or 5, restart = t.restart or "permanent", notify = t.ready == "notify",
+      ready_timeout = t.ready_timeout or 10, index = i,
+      state = "pending", want = "up", restarts = 0, dependents = {},
+    }
+    services[i] = s
+    by_name[s.name] = s
+  end
+  for _, s in ipairs(services) do
+    for j, dep in ipairs(s.after) do
+      if type(dep) ~= "string" then
+        fail("services[%d] (%s): after[%d] must be a service name, got %s", s.index, s.name, j, type(dep))
+      end
+      if not by_name[dep] then
+        fail("services[%d] (%s): 'after' names an unknown service '%s' (services: %s)",
+          s.index, s.name, dep, keys(by_name))
+      end
+      if dep == s.name then fail("services[%d] (%s): a service cannot come after itself", s.index, s.name) end
+    end
+  end
+  local order = start_order(services, by_name)
+  for pos, s in ipairs(order) do
+    s.pos = pos
+    for _, dep in ipairs(s.after) do
+      local d = by_name[dep]
+      d.dependents[#d.dependents + 1] = s
+    end
+  end
+  return services, by_name, order
+end
+
+---------------------------------------------------------------------------
+-- signals: the first INT/TERM starts the ordered shutdown of every running
+-- supervisor, the second kills what is left; once all is down the process
+-- ends by that signal.
+
+local active = {}  -- running supervisors
+local n_active = 0
+local removers = nil
+local signalled = nil  -- the first signal's name
+local interrupts = 0
+
+local function on_signal(name)
+  interrupts = interrupts + 1
+  if interrupts == 1 then
+    signalled = name
+    for sup in pairs(active) do sup:_shutdown(("signal %s"):format(name)) end
+  else
+    for sup in pairs(active) do sup:_kill_all(("second signal %s"):format(name)) end
+  end
+  for sup in pairs(active) do sup:_check() end
+  if n_active == 0 and signalled then core.die_by(signalled) end
+end
+
+local function activate(sup)
+  if active[sup] then return end
+  active[sup] = true
+  n_active = n_active + 1
+  if not removers then
+    removers = { signal.set_default("INT", on_signal), signal.set_default("TERM", on_signal) }
+  end
+end
+
+local function deactivate(sup)
+  if not active[sup] then return end
+  active[sup] = nil
+  n_active = n_active - 1
+  if n_active == 0 then
+    if removers then
+      for _, remove in ipairs(removers) do remove() end
+      removers = nil
+    end
+    if signalled then core.die_by(signalled) end  -- all down: end as Unix expects
+    interrupts = 0
+  end
+end
+
+---------------------------------------------------------------------------
+-- the reconciler
+
+local function alive(s) return s.proc ~= nil end
+
+local function say(s, level, fmt, ...)
+  log.deliver(level, fmt:format(...), s.name, s.pid or 0)
+end
+
+local function spawn(self, s)
+  local function child()
+    log.name = s.name
+    M.current_service = s.name
+    s.run(unpack(s.args, 1, s.args.n or #s.args))
+  end
+  local function on_message(proc, type, ...)
+    if type == MSG.LOG then
+      local level, message = ...
+      log.deliver(level, message, s.name, proc:pid())
+    elseif type == MSG.READY then
+      if s.proc == proc and s.state == "starting" then
+        if s.ready_timer then s.ready_timer:stop(); s.ready_timer = nil end
+        s.state = "running"
+        say(s, "info", "ready")
+        self:_check()
+      end
+    elseif type == MSG.CALL then
+      queue.serve_call(proc, ...)
+    elseif type == 0 then
+      log.deliver("error", "protocol: " .. tostring((...)), s.name, proc:pid())
+    end
+  end
+  local function on_exit(proc, how, code)
+    self:_exited(s, proc, how, code)
+  end
+  s.exit_code, s.signal, s.asked, s.not_ready = nil, nil, false, nil
+  local proc = core.spawn(child, on_message, on_exit)
+  s.proc, s.pid = proc, proc:pid()
+  if s.notify then
+    s.state = "starting"
+    say(s, "info", "started, waiting for it to be ready (%gs at most)", s.ready_timeout)
+    s.ready_timer = core.timer(s.ready_timeout, function()
+      s.ready_timer = nil
+      if s.proc == proc and s.state == "starting" then
+        s.not_ready = true
+        say(s, "error", "not ready after %gs: killing it", s.ready_timeout)
+        proc:kill()
+      end
+    end)
+  else
+    s.state = "running"
+    say(s, "info", "started")
+  end
+end
+
+local function ask_stop(s)
+  s.asked = true
+  s.state = "stopping"
+  local proc = s.proc
+  say(s, "info", "stop requested (grace %gs)", s.grace)
+  proc:stop(0, MSG.STOP_ASK)
+  queue.wake(proc)
+  s.grace_timer = core.timer(s.grace, function()
+    s.grace_timer = nil
+    if s.proc == proc then
+      say(s, "warn", "killed after grace (%gs)", s.grace)
+      s.killed = true
+      proc:kill()
+    end
+  end)
+end
+
+local function deps_ready(s, by_name)
+  for _, dep in ipairs(s.after) do
+    if by_name[dep].state ~= "running" then return false end
+  end
+  return true
+end
+
+local function dependents_down(s)
+  for _, d in ipairs(s.dependents) do
+    if alive(d) then return false end
+  end
+  return true
+end
+
+-- Moves every service a step towards its wish; repeats until stable.
+function Supervisor:_reconcile()
+  local changed = true
+  while changed do
+    changed = false
+    if self.cycle then
+      local all_down = true
+      for s in pairs(self.cycle) do
+        if alive(s) then all_down = false end
+      end
+      if all_down and not self.stopping_all then
+        for s in pairs(self.cycle) do s.want = "up" end
+        self.cycle = nil
+      end
+    end
+    for _, s in ipairs(self.order) do
+      if s.want == "down" then
+        if alive(s) and not s.asked and dependents_down(s) then
+          ask_stop(s)
+        end
+      elseif not alive(s) and deps_ready(s, self.by_name) then
+        if s.restarting then
+          s.restarting = nil
+          s.restarts = s.restarts + 1
+          say(s, "info", "restarting (restart %d)", s.restarts)
+        end
+        spawn(self, s)
+        changed = true
+      end
+    end
+  end
+end
+
+function Supervisor:_any_alive()
+  for _, s in ipairs(self.services) do
+    if alive(s) then return true end
+  end
+  return false
+end
+
+-- Called after every event: reconcile, then notice the end.
+function Supervisor:_check()
+  if self.finished then return end
+  self:_reconcile()
+  if not self:_any_alive() then
+    self.finished = true
+    if self.shutdown_timer then self.shutdown_timer:stop(); self.shutdown_timer = nil end
+    deactivate(self)
+  end
+end
+
+-- The set of services a restart of s takes along, by strategy.
+function Supervisor:_restart_set(s, strategy)
+  local set = { [s] = true }
+  if strategy == "one_for_all" then
+    for _, t in ipairs(self.services) do set[t] = true end
+  elseif strategy == "rest_for_one" then
+    for _, t in ipairs(self.order) do
+      if t.pos > s.pos then set[t] = true end
+    end
+  end
+  return set
+end
+
+function Supervisor:_cycle(set)
+  self.cycle = self.cycle or {}
+  for t in pairs(set) do
+    self.cycle[t] = true
+    t.want = "down"
+    t.restarting = true
+  end
+end
+
+function Supervisor:_exited(s, proc, how, code)
+  queue.forget(proc)
+  if s.proc ~= proc then return end
+  s.proc = nil
+  if s.grace_timer then s.grace_timer:stop(); s.grace_timer = nil end
+  if s.ready_timer then s.ready_timer:stop(); s.ready_timer = nil end
+  local failed
+  if how == "signal" then
+    s.exit_code, s.signal = nil, code
+    failed = true
+    say(s, s.asked and "info" or "warn", "exited by signal %s (%d)", core.signame(code), code)
+  else
+    s.exit_code, s.signal = code, nil
+    failed = code ~= 0
+    say(s, failed and not s.asked and "warn" or "info", "exited with code %d", code)
+  end
+  failed = failed or s.not_ready
+  local expected = s.want == "down" or s.asked
+  s.state = failed and not expected and "failed" or "stopped"
+  if not expected then
+    local again = s.restart == "permanent" or (s.restart == "transient" and failed)
+    if again then
+      if self:_intensity_exceeded() then
+        self.error = ("service '%s' failed and the restart limit was reached (%d restarts in %gs): giving up")
+          :format(s.name, self.max_restarts, self.restart_window)
+        say(s, "error", "%s", self.error)
+        self:_shutdown("restart limit reached")
+      elseif self.strategy == "one_for_one" then
+        s.restarting = true
+      else
+        self:_cycle(self:_restart_set(s, self.strategy))
+      end
+    else
+      s.want = "down"
+    end
+  end
+  self:_check()
+end
+
+function Supervisor:_intensity_exceeded()
+  local now = core.now()
+  local recent = {}
+  for _, t in ipairs(self.restart_times) do
+    if now - t < self.restart_window then recent[#recent + 1] = t end
+  end
+  recent[#recent + 1] = now
+  self.restart_times = recent
+  return #recent > self.max_restarts
+end
+
+-- The whole ordered shutdown, bounded by shutdown_timeout.
+function Supervisor:_shutdown(why)
+  if self.stopping_all then return end
+  self.stopping_all = true
+  log.deliver("info", ("supervisor: shutting down (%s)"):format(why), log.name, core.getpid())
+  self.cycle = nil
+  for _, s in ipairs(self.services) do
+    s.want = "down"
+    s.restarting = nil
+  end
+  self.shutdown_timer = core.timer(self.shutdown_timeout, function()
+    self.shutdown_timer = nil
+    self:_kill_all(("shutdown_timeout (%gs) passed"):format(self.shutdown_timeout))
+  end)
+end
+
+function Supervisor:_kill_all(why)
+  self.stopping_all = true
+  for _, s in ipairs(self.services) do
+    s.want = "down"
+    s.restarting = nil
+    if alive(s) then
+      say(s, "warn", "killed: %s", why)
+      s.killed = true
+      s.proc:kill()
+    end
+  end
+end
+
+---------------------------------------------------------------------------
+-- the public methods
+
+local function check_self(self, fn)
+  if getmetatable(self) ~= Supervisor then
+    error(("orch.supervisor: %s: call it as sup:%s(...)"):format(fn, fn), 3)
+  end
+end
+
+local function check_name(self, name, fn)
+  local s = self.by_name[name]
+  if not s then
+    error(("orch.supervisor: %s: unknown service '%s' (services: %s)")
+      :format(fn, tostring(name), keys(self.by_name)), 3)
+  end
+  return s
+end
+
+--- sup:start(): starts every service in `after` order; returns true once
+-- all are ready, or nil, err when the supervisor gave up or is stopping.
+function Supervisor:start()
+  check_self(self, "start")
+  if core.in_child() then error("orch.supervisor: start: only in the parent process", 2) end
+  if self.stopping_all and not self.finished then return nil, "stopping" end
+  if self.finished then
+    -- started again after a full stop
+    self.finished, self.stopping_all, self.error, self.restart_times = false, false, nil, {}
+    for _, s in ipairs(self.services) do s.want = "up" end
+  end
+  activate(self)
+  self.started = true
+  self:_check()
+  loop.wait(function()
+    if self.stopping_all or self.finished then return true end
+    for _, s in ipairs(self.services) do
+      if s.want == "up" and s.state ~= "running" then return false end
+    end
+    return true
+  end)
+  if self.error then return nil, self.error end
+  if self.stopping_all then return nil, "stopping" end
+  return true
+end
+
+--- sup:stop(name?): the ordered stop of every service, or of one service
+-- and those that depend on it. Returns true once they have exited.
+function Supervisor:stop(name)
+  check_self(self, "stop")
+  if name == nil then
+    if self.finished or not self.started then return true end
+    self:_shutdown("stop requested")
+    self:_check()
+    loop.wait(function() return self.finished end)
+    return true
+  end
+  local s = check_name(self, name, "stop")
+  local set = {}
+  local function take(t)
+    if set[t] then return end
+    set[t] = true
+    for _, d in ipairs(t.dependents) do take(d) end
+  end
+  take(s)
+  for t in pairs(set) do
+    t.want = "down"
+    t.restarting = nil
+    if self.cycle then self.cycle[t] = nil end
+  end
+  self:_check()
+  loop.wait(function()
+    for t in pairs(set) do
+      if alive(t) then return false end
+    end
+    return true
+  end)
+  return true
+end
+
+--- sup:restart(name): stops the service and those that depend on it, in
+-- order, then starts them again; returns once they are ready.
+function Supervisor:restart(name)
+  check_self(self, "restart")
+  local s = check_name(self, name, "restart")
+  if self.stopping_all then return nil, "stopping" end
+  local set = {}
+  local function take(t)
+    if set[t] then return end
+    set[t] = true
+    for _, d in ipairs(t.dependents) do take(d) end
+  end
+  take(s)
+  self:_cycle(set)
+  self:_check()
+  loop.wait(function()
+    if self.stopping_all or self.finished then return true end
+    if self.cycle then return false end
+    for t in pairs(set) do
+      if t.state ~= "running" then return false end
+    end
+    return true
+  end)
+  if self.stopping_all then return nil, self.error or "stopping" end
+  return true
+end
+
+--- sup:status() -> { {name, pid, state, restarts, exit_code, signal}, ... }
+-- state: "pending" | "starting" | "running" | "stopping" | "stopped" | "failed"
+function Supervisor:status()
+  check_self(self, "status")
+  local list = {}
+  for i, s in ipairs(self.services) do
+    list[i] = {
+      name = s.name, pid = alive(s) and s.pid or nil, state = s.state, restarts = s.restarts,
+      exit_code = s.exit_code, signal = s.signal and core.signame(s.signal) or nil,
+    }
+  end
+  return list
+end
+
+--- sup:run(): start, then run until every service has stopped. Returns
+-- true, or nil, err when it gave up after too many restarts.
+function Supervisor:run()
+  check_self(self, "run")
+  if not self.started or self.finished then self:start() end
+  loop.wait(function() return self.finished end)
+  if self.error then return nil, self.error end
+  return true
+end
+
+function Supervisor:__tostring()
+  return ("orch.supervisor (%d services)"):format(#self.services)
+end
+
+--- Closing a supervisor stops it (ordered).
+function Supervisor:__close()
+  if self.started and not self.finished then self:stop() end
+end
+
+--- orch.supervisor(spec) -> Supervisor
+function M.new(spec)
+  local services, by_name, order = check_spec(spec)
+  if core.in_child() then error("orch.supervisor: supervisors run in the parent process", 2) end
+  return setmetatable({
+    services = services, by_name = by_name, order = order,
+    strategy = spec.strategy or "one_for_one",
+    max_restarts = spec.max_restarts or 3, restart_window = spec.restart_window or 5,
+    shutdown_timeout = spec.shutdown_timeout or 10,
+    restart_times = {}, started = false, finished = false,
+  }, Supervisor)
+end
+
+--- orch.ready(): inside a service, says it is ready. Elsewhere it does
+-- nothing and returns false.
+function M.ready()
+  if not (core.in_child() and M.current_service) then return false end
+  core.send_parent(MSG.READY)
+  return true
+end
+
+return M
