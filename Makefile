@@ -79,12 +79,14 @@ asan: deps
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(LUA) scripts/run-specs $(BUSTED) --exclude-tags=slow,noasan
 
-# The specs under valgrind: the parent processes are checked (workers are
-# forked copies, silent after fork); definite leaks and errors fail the run.
-VALGRIND = valgrind -q --trace-children=yes --child-silent-after-fork=yes \
-           --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite
+# The specs under valgrind, in one interpreter (--ignore-lua: busted does
+# not start another one): workers are forked copies, silent after fork;
+# any memory error or definite leak fails the run.
+VALGRIND = valgrind -q --child-silent-after-fork=yes --error-exitcode=99 \
+           --leak-check=full --errors-for-leak-kinds=definite
 valgrind: build
-	@$(LUA) scripts/run-specs $(VALGRIND) $(BUSTED) --exclude-tags=slow,novalgrind
+	@$(LUA) scripts/run-specs $(VALGRIND) $(LUA) /usr/bin/busted --ignore-lua \
+	  --exclude-tags=slow,novalgrind
 
 lint:
 	luacheck lua spec scripts bench
