@@ -7,7 +7,12 @@ local signal = {}
 
 local NAMES = { INT = true, TERM = true, HUP = true, QUIT = true, USR1 = true, USR2 = true }
 local user = {}      -- name -> true when the script set its own handler
-local defaults = {}  -- name -> default handler installed by orch
+local defaults = {}  -- name -> stack of orch's default handlers, newest last
+
+local function current_default(name)
+  local stack = defaults[name]
+  return stack and stack[#stack]
+end
 
 --- orch.on_signal(name, fn): fn(name) runs in the loop; nil restores the
 -- default (orch's, when a pool or supervisor installed one, else the OS's).
@@ -20,19 +25,22 @@ function signal.on_signal(name, fn)
     error("orch.on_signal: handler must be a function or nil", 2)
   end
   user[name] = fn ~= nil or nil
-  core.on_signal(name, fn or defaults[name])
+  core.on_signal(name, fn or current_default(name))
 end
 
 --- Installs orch's default handler for name unless the script has its own.
--- Returns a function that removes it again.
+-- Defaults stack: a supervisor's, installed while it runs, hides the
+-- pools' one until it is removed. Returns the function that removes it.
 function signal.set_default(name, fn)
-  defaults[name] = fn
+  local stack = defaults[name] or {}
+  defaults[name] = stack
+  stack[#stack + 1] = fn
   if not user[name] then core.on_signal(name, fn) end
   return function()
-    if defaults[name] == fn then
-      defaults[name] = nil
-      if not user[name] then core.on_signal(name, nil) end
+    for i = #stack, 1, -1 do
+      if stack[i] == fn then table.remove(stack, i) break end
     end
+    if not user[name] then core.on_signal(name, current_default(name)) end
   end
 end
 
