@@ -75,3 +75,19 @@ describe("orch.queue between processes", function()
     assert.matches("ok parked put answered", out)
   end)
 end)
+
+describe("a pool task waiting on a queue", function()
+  it("is cancelled at once, and its worker survives", function()
+    local orch = require "orch"
+    local q = orch.queue{ capacity = 4 }
+    local pool <close> = orch.pool{ workers = 1, grace = 5 }
+    local fut = pool:submit(function() return q:get() end)
+    while fut:state() ~= "running" do orch.sleep(0.01) end
+    orch.sleep(0.1)
+    fut:cancel()
+    assert.is_true(fut:wait(2))
+    assert.are.equal("cancelled", fut:state())
+    assert.are.equal(0, pool:stats().restarts)
+    assert.are.equal(7, pool:submit(function() return 7 end):result())
+  end)
+end)

@@ -447,7 +447,12 @@ function Pool:_escalate(fut)
   w.proc:stop(fut.id, MSG.STOP_ASK)
   fut.stop_timer = core.timer(math.min(INTERRUPT_AFTER, grace / 2), function()
     fut.stop_timer = nil
-    if fut.worker == w then w.proc:stop(fut.id, level) end
+    if fut.worker == w then
+      w.proc:stop(fut.id, level)
+      -- a task waiting on a queue waits in the parent: end that wait
+      local queue = package.loaded["orch.queue"]
+      if queue then queue.interrupt(w.proc) end
+    end
   end)
   fut.kill_timer = core.timer(grace, function()
     fut.kill_timer = nil

@@ -308,6 +308,19 @@ function M.wake(proc)
   end
 end
 
+--- A pool task of proc is being interrupted: what it waits for ends now
+-- (nil, "timeout"), so the interrupt reaches its Lua code at once.
+function M.interrupt(proc)
+  for _, st in pairs(queues) do
+    for _, list in ipairs({ st.getters, st.putters }) do
+      for i = list.head, #list do
+        local w = list[i]
+        if w and not w.done and w.proc == proc then finish(w, nil, "timeout") end
+      end
+    end
+  end
+end
+
 --- proc has exited: drop what it still waits for.
 function M.forget(proc)
   stopping[proc] = nil
