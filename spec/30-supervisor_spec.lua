@@ -2,6 +2,7 @@
 -- child scripts watched from the outside.
 local orch = require "orch"
 local P = require "scripts.sup_proc"
+after_each(P.cleanup_all)
 
 local function noop() end
 

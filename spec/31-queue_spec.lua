@@ -2,6 +2,7 @@
 -- child script (spec/scripts/q_pool.lua).
 local orch = require "orch"
 local P = require "scripts.sup_proc"
+after_each(P.cleanup_all)
 
 describe("orch.queue in the parent", function()
   it("is FIFO and counts with #q", function()

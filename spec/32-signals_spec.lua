@@ -2,6 +2,7 @@
 -- gets real signals, to its whole process group, to the parent alone or to
 -- one child.
 local P = require "scripts.sup_proc"
+after_each(P.cleanup_all)
 
 local EXAMPLE = "scripts/examples/ordered_shutdown.lua"
 

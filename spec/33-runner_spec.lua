@@ -1,5 +1,6 @@
 -- The orch command: scripts/orch, run as a separate process.
 local P = require "scripts.sup_proc"
+after_each(P.cleanup_all)
 
 local function orch_cmd(args)
   local p = io.popen("lua5.4 scripts/orch " .. args .. " 2>&1")

@@ -46,9 +46,12 @@ end
 
 --- Starts `lua5.4 script args...` with setsid (its own session and process
 -- group); env is a table of variables. Returns a job.
+local started = {}  -- jobs not cleaned up yet, for P.cleanup_all
+
 function P.start(script, args, env)
   local dir = P.tmpdir()
   local job = { dir = dir, out = dir .. "/out", err = dir .. "/err", rcfile = dir .. "/rc" }
+  started[job] = true
   local vars = {}
   for k, v in pairs(env or {}) do vars[#vars + 1] = ("%s=%s"):format(k, q(v)) end
   local argv = {}
@@ -112,8 +115,15 @@ end
 function P.pos(job, text) return (P.stderr(job):find(text, 1, true)) end
 
 function P.cleanup(job)
+  started[job] = nil
   if job.pid and not P.rc(job) then P.signal_group("KILL", job.pid) end
   sh("rm -rf " .. q(job.dir))
+end
+
+--- Kills and removes every job a spec started and did not clean up (one
+-- whose assertions failed half-way): no spec leaves a process behind.
+function P.cleanup_all()
+  for job in pairs(started) do P.cleanup(job) end
 end
 
 return P
