@@ -254,7 +254,7 @@ void proc_reap(lua_State *L)
             deliver_exit(L, p, pidx);
             release(L, p);
             lua_pop(L, 1);
-            next = live_head; /* callbacks may have changed the list */
+            p = live_head; /* callbacks may have changed the list: rescan */
             continue;
         }
         p = next;
