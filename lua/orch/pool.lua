@@ -42,6 +42,15 @@ for k in pairs(OPTIONS) do VALID[#VALID + 1] = k end
 table.sort(VALID)
 
 local pools = setmetatable({}, { __mode = "k" })  -- live pools, for signals
+
+-- Task ids: one per run. A retry runs under a new id, because a worker
+-- remembers the stop requests it got for an id (worker.c's ring) and would
+-- answer a second run of a stopped id without running it.
+local last_id = 0
+local function new_id()
+  last_id = last_id + 1
+  return last_id
+end
 local weak_values = { __mode = "v" }
 
 local function fail_option(fmt, ...)
@@ -285,6 +294,7 @@ function Pool:_failed(fut, err)
     clear_timers(fut)
     if fut.status == "running" then self.n_running = self.n_running - 1 end
     fut.status, fut.started, fut.worker = "queued", nil, nil
+    fut.id = new_id()
     local delay = group:_backoff(fut)
     if delay > 0 then
       -- waits out its backoff outside the queue (self.retry_waiting)
@@ -531,16 +541,13 @@ end
 ---------------------------------------------------------------------------
 -- public API
 
-local next_id = 0
-
 function Pool:_submit(group, fn, ...)
   if self.closed then error("orch.pool: submit on a closed pool", 3) end
   local t = type(fn)
   if t ~= "function" and t ~= "string" then
     error(("orch.pool: submit expects a function or a 'module.name' string, got %s"):format(t), 3)
   end
-  next_id = next_id + 1
-  local fut = Future.new(self, group, next_id, fn, pack(...))
+  local fut = Future.new(self, group, new_id(), fn, pack(...))
   group:_add(fut)
   if group.failed_fast then
     -- the group has failed fast: what comes after is cancelled at once
