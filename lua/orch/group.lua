@@ -150,19 +150,29 @@ function Group:_backoff(fut)
   return b * 2 ^ (fut.attempts - 1)
 end
 
--- The group's futures not settled yet, in submission order (a snapshot:
--- stopping them may settle others).
+-- The group's futures not settled yet (a snapshot: stopping them may
+-- settle others), in the order to stop them: those that have not started
+-- first, then the running ones. A worker asked to stop its running task
+-- may be quick to start the next one it holds; that one's stop request
+-- must already be there.
 local function unfinished(self)
-  local list = {}
+  local waiting, running = {}, {}
+  local function add(fut)
+    if fut.status == "running" then
+      running[#running + 1] = fut
+    elseif not fut:done() then
+      waiting[#waiting + 1] = fut
+    end
+  end
   if self.live then
+    local list = {}
     for fut in pairs(self.live) do list[#list + 1] = fut end
     table.sort(list, function(a, b) return a.id < b.id end)
-    return list
+    for _, fut in ipairs(list) do add(fut) end
+  else
+    for _, fut in ipairs(self.futures) do add(fut) end
   end
-  for _, fut in ipairs(self.futures) do
-    if not fut:done() then list[#list + 1] = fut end
-  end
-  return list
+  return table.move(running, 1, #running, #waiting + 1, waiting)
 end
 
 --- On the first failure: cancel the group's queued tasks (they never run)

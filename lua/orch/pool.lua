@@ -639,9 +639,10 @@ function Pool:_cancel_all(grace)
   for i = 1, self.size do
     local w = self.slots[i]
     if w then
-      for _, f in ipairs(table.move(w.inflight, 1, #w.inflight, 1, {})) do
-        self:_stop_task(f, "cancelled", grace)
-      end
+      -- last first: what waits behind the running task is stopped before
+      -- the worker can start it (see group.lua's unfinished)
+      local list = table.move(w.inflight, 1, #w.inflight, 1, {})
+      for k = #list, 1, -1 do self:_stop_task(list[k], "cancelled", grace) end
     end
   end
   self:_maybe_retire()
