@@ -586,16 +586,19 @@ function Pool:imap(fn, items, opts)
 end
 
 function Pool:stats()
-  local idle, live = 0, 0
+  local idle, live, waiting = 0, 0, 0
   for i = 1, self.size do
     local w = self.slots[i]
     if w and not w.dead then
       live = live + 1
       if #w.inflight == 0 then idle = idle + 1 end
+      for _, fut in ipairs(w.inflight) do
+        if fut.status == "queued" then waiting = waiting + 1 end  -- sent ahead, not started
+      end
     end
   end
   return {
-    workers = live, idle = idle, queued = self.n_queued, running = self.n_running,
+    workers = live, idle = idle, queued = self.n_queued + waiting, running = self.n_running,
     done = self.n_done, failed = self.n_failed, cancelled = self.n_cancelled,
     restarts = self.restarts,
   }
