@@ -91,9 +91,8 @@ describe("group", function()
       local doomed = pool:group()
       local mark = procs.tmpname()
       local running = doomed:submit(busy)
-      local queued = {}
-      for i = 1, 4 do
-        queued[i] = doomed:submit(function(path) local f = io.open(path, "a"); f:write("ran"); f:close() end, mark)
+      for _ = 1, 4 do
+        doomed:submit(function(path) local f = io.open(path, "a"); f:write("ran"); f:close() end, mark)
       end
       procs.wait_until(function() return running:state() == "running" end)
       local t0 = core.now()

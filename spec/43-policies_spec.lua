@@ -61,7 +61,7 @@ describe("on_error = 'continue'", function()
 end)
 
 describe("on_error = 'fail_fast' (seed 004)", function()
-  it("cancels the queued tasks, stops the running ones, and wait returns nil, first_error as soon as the group is quiet", function()
+  it("cancels the queued tasks, stops the running ones, wait returns nil, first_error once quiet", function()
     with_pool({ workers = 4, grace = 5 }, function(pool)
       local log = procs.tmpname()
       local g = pool:group { on_error = "fail_fast" }
