@@ -85,4 +85,130 @@ function H.run_lua(code, env)
   return out:gsub("exit=%d+%s*$", ""), code_
 end
 
+---------------------------------------------------------------------------
+-- stop specs (spec/4x): processes left behind. require "helper.procs".
+-- Reads /proc without forking, so counting never adds a process.
+package.preload["helper.procs"] = function()
+  local procs = {}
+
+  local function read(path)
+    local f = io.open(path)
+    if not f then return nil end
+    local s = f:read("a")
+    f:close()
+    return s
+  end
+
+  local function self_pid()
+    return tonumber(read("/proc/self/stat"):match("^(%d+)"))
+  end
+
+  --- State letter of pid ("R", "S", "Z", ...), nil when it does not exist.
+  function procs.state(pid)
+    local s = read(("/proc/%d/stat"):format(pid))
+    return s and s:match("^.*%)%s+(%a)")
+  end
+
+  --- True when pid has ended (gone, or a zombie nobody reaps yet).
+  function procs.dead(pid)
+    local st = procs.state(pid)
+    return st == nil or st == "Z" or st == "X"
+  end
+
+  --- Direct children of pid (default: this process) as { pid = state }.
+  function procs.children(pid)
+    pid = pid or self_pid()
+    local out = {}
+    local s = read(("/proc/%d/task/%d/children"):format(pid, pid)) or ""
+    for c in s:gmatch("%d+") do
+      local n = tonumber(c)
+      out[n] = procs.state(n) or "?"
+    end
+    return out
+  end
+
+  --- Every descendant of pid (default: this process) as { pid = state }.
+  function procs.descendants(pid, out)
+    out = out or {}
+    for c, st in pairs(procs.children(pid)) do
+      out[c] = st
+      procs.descendants(c, out)
+    end
+    return out
+  end
+
+  --- Counts of this process's descendants not in `before` (a table from
+  -- procs.descendants()): alive (not zombies), zombies.
+  function procs.count(before)
+    local alive, zombies = 0, 0
+    for pid, st in pairs(procs.descendants()) do
+      if not (before and before[pid]) then
+        if st == "Z" then zombies = zombies + 1 else alive = alive + 1 end
+      end
+    end
+    return alive, zombies
+  end
+
+  --- Polls (running orch's loop when orch is loaded) until pred() holds or
+  -- timeout seconds pass; returns pred()'s last value.
+  function procs.wait_until(pred, timeout)
+    local core = package.loaded["orch.core"]
+    local sleep = package.loaded["orch"] and package.loaded["orch"].sleep
+    local clock = core and core.now or os.time
+    local deadline = clock() + (timeout or 5)
+    while true do
+      local v = pred()
+      if v or clock() > deadline then return v end
+      if sleep and core and not core.in_child() then sleep(0.02) else os.execute("sleep 0.02") end
+    end
+  end
+
+  --- A fresh temporary file name (removed by procs.cleanup()).
+  local made = {}
+  function procs.tmpname()
+    local name = os.tmpname()
+    made[#made + 1] = name
+    return name
+  end
+
+  function procs.slurp(path)
+    return read(path)
+  end
+
+  --- Runs fn(pool) with a fresh pool, then shuts it down (terminates it if
+  -- fn failed) and checks that no child process is left, alive or zombie.
+  function procs.with_pool(opts, fn)
+    local orch = require "orch"
+    local before = procs.descendants()
+    local pool = orch.pool(opts)
+    local ok, err = xpcall(fn, debug.traceback, pool)
+    if ok then
+      pool:close()
+      local jok, jerr = pcall(pool.join, pool, 10)
+      if not jok or not jerr then
+        pool:terminate()
+        error(jok and "the pool did not shut down within 10 s" or jerr, 0)
+      end
+    else
+      pool:terminate()
+    end
+    procs.cleanup()
+    if not ok then error(err, 0) end
+    local alive, zombies
+    procs.wait_until(function()
+      alive, zombies = procs.count(before)
+      return alive == 0 and zombies == 0
+    end, 3)
+    assert(alive == 0 and zombies == 0,
+      ("processes left behind: %d alive, %d zombies"):format(alive, zombies))
+  end
+
+  function procs.cleanup()
+    for _, name in ipairs(made) do os.remove(name) end
+    made = {}
+  end
+
+  return procs
+end
+
 return H

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
 #include <sys/types.h>
 
 #include <lua.h>
@@ -177,6 +178,10 @@ ORCH_HIDDEN void proc_close_inherited(int keep_fd);
 /* ---- sig.c: signals ------------------------------------------------------ */
 ORCH_HIDDEN void sig_open(lua_State *L);
 ORCH_HIDDEN int sig_stop_signal(void);           /* the realtime stop signal */
+/* Around fork: the stop signal stays blocked (pending, never lost) until
+ * the child has its handler; the parent restores its mask with *old. */
+ORCH_HIDDEN void sig_block_stop(sigset_t *old);
+ORCH_HIDDEN void sig_restore_mask(const sigset_t *old);
 /* In a fresh child: job-wide signals become no-ops, the rest default, the
  * mask empty, the stop signal handled; parent death kills the child. */
 ORCH_HIDDEN void sig_child_setup(pid_t parent);

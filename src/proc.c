@@ -600,9 +600,12 @@ static int l_spawn(lua_State *L)
         return luaL_error(L, "orch: socketpair: %s", strerror(errno));
     fflush(NULL); /* or the child would write the parent's buffered output again */
     pid_t parent = getpid();
+    sigset_t mask;
+    sig_block_stop(&mask); /* until the child handles it (sig.c) */
     pid_t pid = fork();
     if (pid < 0) {
         int err = errno;
+        sig_restore_mask(&mask);
         close(sv[0]);
         close(sv[1]);
         return luaL_error(L, "orch: fork: %s", strerror(err));
@@ -613,6 +616,7 @@ static int l_spawn(lua_State *L)
         sig_child_setup(parent);
         worker_child_main(L, sv[1], 1); /* never returns */
     }
+    sig_restore_mask(&mask);
     close(sv[1]);
     setpgid(pid, pid); /* the child does it too; whichever runs first wins */
     fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);

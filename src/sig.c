@@ -48,6 +48,24 @@ int sig_stop_signal(void)
     return SIGRTMIN + 4;
 }
 
+/* A stop request sent to a child that was forked a moment ago must not
+ * meet the default disposition (which ends the process): the parent blocks
+ * the stop signal across fork, the child inherits the blocked mask, and a
+ * request that comes early waits, queued, until sig_child_setup has put
+ * the handler in place and emptied the mask. */
+void sig_block_stop(sigset_t *old)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig_stop_signal());
+    sigprocmask(SIG_BLOCK, &set, old);
+}
+
+void sig_restore_mask(const sigset_t *old)
+{
+    sigprocmask(SIG_SETMASK, old, NULL);
+}
+
 static int signum(lua_State *L, int i)
 {
     if (lua_isinteger(L, i))

@@ -76,18 +76,38 @@ function Group.new(pool, opts, is_default)
     if v == nil then v = pool.opts[k] end
     merged[k] = v
   end
+  -- The pool's own group keeps no list of its futures (they would never be
+  -- freed); under a policy that may fail fast it keeps the set of those not
+  -- yet settled, which is what fail_fast stops.
+  local oe = pool.opts.on_error
+  local live = is_default and (oe == "fail_fast" or type(oe) == "function") and {} or nil
   return setmetatable({
-    pool = pool, opts = merged, futures = {}, n_pending = 0,
+    pool = pool, opts = merged, futures = {}, live = live, n_pending = 0,
     retry_sets = {}, is_default = is_default or false,
   }, Group)
 end
 
 function Group:_add(fut)
-  if not self.is_default then self.futures[#self.futures + 1] = fut end
+  if self.live then
+    self.live[fut] = true
+  else
+    self.futures[#self.futures + 1] = fut
+  end
   self.n_pending = self.n_pending + 1
 end
 
-function Group:_settled()
+function Group:_settled(fut)
+  if self.live then self.live[fut] = nil end
+  self.n_pending = self.n_pending - 1
+end
+
+-- A task refused at submit (it could not be sent): as if never added.
+function Group:_remove(fut)
+  if self.live then
+    self.live[fut] = nil
+  elseif self.futures[#self.futures] == fut then
+    self.futures[#self.futures] = nil
+  end
   self.n_pending = self.n_pending - 1
 end
 
@@ -131,19 +151,42 @@ function Group:_backoff(fut)
   return b * 2 ^ (fut.attempts - 1)
 end
 
+-- The group's futures not settled yet (a snapshot: stopping them may
+-- settle others), in the order to stop them: those that have not started
+-- first, then the running ones. A worker asked to stop its running task
+-- may be quick to start the next one it holds; that one's stop request
+-- must already be there.
 local function unfinished(self)
-  local list = {}
-  for _, fut in ipairs(self.futures) do
-    if not fut:done() then list[#list + 1] = fut end
+  local waiting, running = {}, {}
+  local function add(fut)
+    if fut.status == "running" then
+      running[#running + 1] = fut
+    elseif not fut:done() then
+      waiting[#waiting + 1] = fut
+    end
   end
-  return list
+  if self.live then
+    local list = {}
+    for fut in pairs(self.live) do list[#list + 1] = fut end
+    table.sort(list, function(a, b) return a.id < b.id end)
+    for _, fut in ipairs(list) do add(fut) end
+  else
+    for _, fut in ipairs(self.futures) do add(fut) end
+  end
+  return table.move(running, 1, #running, #waiting + 1, waiting)
 end
 
---- On the first failure: cancel the group's queued tasks, stop the running.
+--- On the first failure: cancel the group's queued tasks (they never run)
+-- and give the running ones the three-step stop. A group stays failed: its
+-- wait returns nil, first_error, and tasks submitted later are cancelled at
+-- once. The pool's own group (on_error = "fail_fast" on the pool) stops
+-- what it holds at that moment and goes on taking new tasks.
 function Group:_fail_fast(err)
   if self.failed_fast then return end
-  self.failed_fast = true
-  self.first_error = self.first_error or err
+  if not self.is_default then
+    self.failed_fast = true
+    self.first_error = err
+  end
   for _, fut in ipairs(unfinished(self)) do self.pool:_stop_task(fut, "cancelled") end
 end
 

@@ -1,7 +1,7 @@
 --- Pools: tasks run in pre-forked worker processes.
 --
 -- The parent is the only scheduler. Each worker has a FIFO of tasks sent
--- to it (`inflight`, a deque from `ih` to `it`): the first is running, the others wait in its channel
+-- to it (`inflight`): the first is running, the others wait in its channel
 -- (a short pipeline, so a worker never idles between two small tasks).
 -- A worker that dies is noticed once its exit is reaped and everything it
 -- wrote has been read; its running task fails ("crashed", or the kind of
@@ -46,6 +46,15 @@ for k in pairs(OPTIONS) do VALID[#VALID + 1] = k end
 table.sort(VALID)
 
 local pools = setmetatable({}, { __mode = "k" })  -- live pools, for signals
+
+-- Task ids: one per run. A retry runs under a new id, because a worker
+-- remembers the stop requests it got for an id (worker.c's ring) and would
+-- answer a second run of a stopped id without running it.
+local last_id = 0
+local function new_id()
+  last_id = last_id + 1
+  return last_id
+end
 local weak_values = { __mode = "v" }
 
 local function fail_option(fmt, ...)
@@ -122,7 +131,7 @@ end
 
 spawn_worker = function(self, slot)
   local ref = setmetatable({ self }, weak_values)
-  local w = { slot = slot, name = "worker " .. slot, inflight = {}, ih = 1, it = 0, dispatched = 0 }
+  local w = { slot = slot, name = "worker " .. slot, inflight = {}, dispatched = 0 }
   w.proc = core.spawn(worker_main(w.name),
     function(_, ...)
       local pool = ref[1]
@@ -143,16 +152,45 @@ spawn_worker = function(self, slot)
   return w
 end
 
--- The tasks sent to w, the running one first.
-local function inflight_list(w)
-  return table.move(w.inflight, w.ih, w.it, 1, {})
+-- The three steps for the task fut that now runs first on worker w: ask
+-- (orch.stopping() turns true), interrupt (a hook raises "cancelled" or
+-- "timeout" in its Lua code) after a moment, SIGKILL its worker's process
+-- group after the grace period. Each step is skipped once w has answered.
+local function escalate(fut, w)
+  local grace = fut.stop_grace or fut.group.opts.grace or 5
+  local level = fut.stop_kind == "timeout" and MSG.STOP_TIMEOUT or MSG.STOP_CANCEL
+  w.proc:stop(fut.id, MSG.STOP_ASK)
+  fut.stop_timer = core.timer(math.min(INTERRUPT_AFTER, grace / 2), function()
+    fut.stop_timer = nil
+    if w.inflight[1] == fut and not w.dead then
+      w.proc:stop(fut.id, level)
+      -- a task waiting on a queue waits in the parent: end that wait
+      local queue = package.loaded["orch.queue"]
+      if queue then queue.interrupt(w.proc) end
+    end
+  end)
+  fut.kill_timer = core.timer(grace, function()
+    fut.kill_timer = nil
+    if w.inflight[1] == fut and not w.dead then
+      log.deliver("warn", ("task %d still running %gs after a stop request: killing %s")
+        :format(fut.id, grace, w.name), w.name, w.pid)
+      w.retiring, w.killed = true, true  -- no new work for it
+      w.proc:kill()
+    end
+  end)
 end
 
 -- Starts the clock of the task that now runs first on w.
 local function start_head(self, w, now)
-  local fut = w.inflight[w.ih]
+  local fut = w.inflight[1]
   if not fut or fut.started then return end
   fut.started = now or core.now()
+  if fut.status ~= "queued" then
+    -- settled while it waited in the pipeline (see Pool:_stop_task): the
+    -- worker answers it without running it, or, if it had just started it,
+    -- is interrupted; stuck in C, it is killed after the grace period
+    return escalate(fut, w)
+  end
   fut.status = "running"
   self.n_running = self.n_running + 1
   local timeout = fut.group.opts.timeout
@@ -162,24 +200,24 @@ local function start_head(self, w, now)
       if fut.status == "running" then self:_stop_task(fut, "timeout") end
     end)
   end
-  if fut.stop_kind then self:_escalate(fut) end
+  if fut.stop_kind then escalate(fut, w) end
 end
 
 local function send_task(self, w, fut)
   local args = fut.args
-  if not w.proc:task(fut.id, fut.fn, unpack(args, 1, args.n)) then
+  local ok, sent = pcall(w.proc.task, w.proc, fut.id, fut.fn, unpack(args, 1, args.n))
+  if not ok then return self:_refused(fut, sent) end
+  if not sent then
     -- its channel is closed: the worker is exiting, its exit will tell why
     w.retiring = true
-    push_front(self, fut)
-    return
+    return push_front(self, fut)
   end
   fut.worker = w
   fut.attempts = fut.attempts + 1
-  local t = w.it + 1
-  w.it = t
-  w.inflight[t] = fut
+  local inflight = w.inflight
+  inflight[#inflight + 1] = fut
   w.dispatched = w.dispatched + 1
-  if t == w.ih then start_head(self, w) end
+  if #inflight == 1 then start_head(self, w) end
   local max = self.opts.max_tasks_per_worker
   if max and w.dispatched >= max then
     w.retiring = true
@@ -194,8 +232,9 @@ end
 -- Fills w's pipeline from the queue: one task, and more only while the
 -- queue holds more tasks than there are workers.
 local function refill(self, w)
+  local inflight = w.inflight
   local limit = self.n_queued > self.size and self.pipeline or 1
-  while w.it - w.ih + 1 < limit and not w.retiring do
+  while #inflight < limit and not w.retiring do
     local fut = pop_front(self)
     if not fut then return end
     send_task(self, w, fut)
@@ -208,7 +247,7 @@ function Pool:_pump()
   local slots, size = self.slots, self.size
   for i = 1, size do
     local w = slots[i]
-    if usable(w) and w.it < w.ih then
+    if usable(w) and #w.inflight == 0 then
       local fut = pop_front(self)
       if not fut then return end
       send_task(self, w, fut)
@@ -225,9 +264,10 @@ end
 -- The pool is closed and has nothing left to do: workers may go.
 function Pool:_maybe_retire()
   if not self.closed or self.n_queued > 0 or self.n_running > 0 then return end
+  if next(self.retry_waiting) then return end
   for i = 1, self.size do
     local w = self.slots[i]
-    if w and not w.retiring and not w.dead and w.it < w.ih then
+    if w and not w.retiring and not w.dead and #w.inflight == 0 then
       w.retiring = true
       w.proc:send(MSG.QUIT)
     end
@@ -241,6 +281,22 @@ local function clear_timers(fut)
   if fut.timer then fut.timer:stop(); fut.timer = nil end
   if fut.stop_timer then fut.stop_timer:stop(); fut.stop_timer = nil end
   if fut.kill_timer then fut.kill_timer:stop(); fut.kill_timer = nil end
+end
+
+local function task_error(kind, fields)
+  fields.kind = kind
+  return TaskError.new(fields)
+end
+
+-- A task whose function or arguments cannot cross (the encoder's error
+-- names the value). At submit, submit raises it; a task that waited in the
+-- queue fails with kind "error" instead.
+function Pool:_refused(fut, err)
+  if fut.submitting then
+    fut.refused = err
+    return
+  end
+  self:_finish(fut, "failed", nil, task_error("error", { message = tostring(err) }))
 end
 
 -- Ends a future that has left the queue and the workers for good.
@@ -267,14 +323,18 @@ function Pool:_failed(fut, err)
   end
   local group = fut.group
   local action = group:_decide(err, fut)
-  if action == "retry" and not self.terminated and not fut.stop_kind then
+  if action == "retry" and not (self.terminated or fut.stop_kind or fut.no_retry) then
     clear_timers(fut)
     if fut.status == "running" then self.n_running = self.n_running - 1 end
     fut.status, fut.started, fut.worker = "queued", nil, nil
+    fut.id = new_id()
     local delay = group:_backoff(fut)
     if delay > 0 then
+      -- waits out its backoff outside the queue (self.retry_waiting)
+      self.retry_waiting[fut] = true
       fut.timer = core.timer(delay, function()
         fut.timer = nil
+        self.retry_waiting[fut] = nil
         if fut.status == "queued" then push_back(self, fut); self:_pump() end
       end)
     else
@@ -284,11 +344,6 @@ function Pool:_failed(fut, err)
   end
   self:_finish(fut, "failed", nil, err)
   if action == "fail_fast" then group:_fail_fast(err) end
-end
-
-local function task_error(kind, fields)
-  fields.kind = kind
-  return TaskError.new(fields)
 end
 
 function Pool:_message(w, type, id, ...)
@@ -306,12 +361,8 @@ function Pool:_message(w, type, id, ...)
       self:_pump()
       return
     end
-    local h = w.ih
-    local fut = w.inflight[h]
-    if fut then
-      w.inflight[h] = nil
-      w.ih = h + 1
-    end
+    local inflight = w.inflight
+    local fut = table.remove(inflight, 1)
     if not fut or fut.id ~= id then
       log.deliver("error", ("protocol: result for task %s out of order"):format(id), w.name, w.pid)
       w.proc:kill()
@@ -324,7 +375,9 @@ function Pool:_message(w, type, id, ...)
     self.mean_task = mean
     self.pipeline = mean > 0 and math.max(1, math.min(PIPELINE_MAX, PIPELINE_SECONDS // mean))
       or PIPELINE_MAX
-    if type == RESULT then
+    if fut.status ~= "running" then
+      clear_timers(fut)  -- settled while it waited in the pipeline: nothing to tell
+    elseif type == RESULT then
       if fut.stop_kind then
         self:_stopped(fut, w, nil)
       else
@@ -345,9 +398,8 @@ function Pool:_message(w, type, id, ...)
     start_head(self, w, now)
     if self.n_queued > 0 then
       if usable(w) then refill(self, w) else self:_pump() end
-    elseif self.closed then
-      self:_maybe_retire()
     end
+    self:_maybe_retire()
   elseif type == LOG then
     log.deliver(id, (...), w.name, w.pid)
   elseif type == CALL then
@@ -358,34 +410,47 @@ function Pool:_message(w, type, id, ...)
   end
 end
 
--- A task that was asked to stop has ended (or its worker was killed).
+-- A task that was asked to stop has ended (or its worker was killed). A
+-- cancelled task is cancelled whatever it did meanwhile; a timeout is a
+-- failure like any other (retried when retry_on lists "timeout").
 function Pool:_stopped(fut, w, detail)
   local kind = fut.stop_kind
   local err = task_error(kind, {
     message = detail and detail.message or kind, traceback = detail and detail.traceback,
     value = detail and detail.value, pid = w and w.pid })
-  err.attempts = fut.attempts
   if kind == "cancelled" then
-    self:_finish(fut, "cancelled", nil, err)
-  else
-    self:_finish(fut, "failed", nil, err)
-    if fut.group:_decide(err, fut) == "fail_fast" then fut.group:_fail_fast(err) end
+    err.attempts = fut.attempts
+    return self:_finish(fut, "cancelled", nil, err)
   end
+  fut.stop_kind = nil
+  self:_failed(fut, err)
+end
+
+-- A running task goes back to the front of the queue, as if never sent.
+function Pool:_requeue(fut)
+  clear_timers(fut)
+  if fut.status == "running" then self.n_running = self.n_running - 1 end
+  fut.status, fut.started, fut.worker = "queued", nil, nil
+  fut.attempts = fut.attempts - 1
+  push_front(self, fut)
 end
 
 function Pool:_exited(w, how, code)
   w.dead = true
   self.n_live = self.n_live - 1
   if self.slots[w.slot] == w then self.slots[w.slot] = nil end
-  local inflight = inflight_list(w)
-  w.inflight, w.ih, w.it = {}, 1, 0
+  local inflight = w.inflight
+  w.inflight = {}
+  local replace = not w.retiring or w.killed or inflight[1] ~= nil
   local head = inflight[1]
-  if head then
+  if head and head:done() then
+    clear_timers(head)  -- settled while pipelined (see start_head)
+  elseif head then
     if head.stop_kind then
       self:_stopped(head, w, nil)
-    elseif w.kill_kind then
-      self:_failed(head, task_error(w.kill_kind, { message = "worker killed", pid = w.pid }))
-    else
+    elseif w.killed_task == head then
+      self:_failed(head, task_error("killed", { message = "killed", pid = w.pid }))
+    elseif not w.killed_task then
       local fields = { pid = w.pid }
       if how == "signal" then
         fields.signal, fields.signal_name = code, core.signame(code)
@@ -408,6 +473,11 @@ function Pool:_exited(w, how, code)
       end
     end
   end
+  if head and head.status == "running" and w.killed_task and w.killed_task ~= head then
+    -- killed for a task whose result was on its way: this one had only
+    -- just started and is not the one the kill was meant for
+    self:_requeue(head)
+  end
   if how == "exit" and code == 3 and self.init_error then
     self.init_failures = (self.init_failures or 0) + 1
   end
@@ -417,8 +487,9 @@ function Pool:_exited(w, how, code)
     return self:_break(("worker init failed %d times: %s"):format(self.init_failures, self.init_error))
   end
   local needed = not self.closed or self.n_queued > 0 or self.n_running > 0
+    or next(self.retry_waiting) ~= nil
   if needed then
-    if not w.retiring or w.kill_kind or head then self.restarts = self.restarts + 1 end
+    if replace then self.restarts = self.restarts + 1 end
     spawn_worker(self, w.slot)
     self:_pump()
   end
@@ -439,80 +510,79 @@ end
 ---------------------------------------------------------------------------
 -- stopping running work
 
--- Asks a running task to stop, then interrupts it, then kills its worker.
-function Pool:_escalate(fut)
-  local w = fut.worker
-  local grace = fut.stop_grace or fut.group.opts.grace or 5
-  local level = fut.stop_kind == "timeout" and MSG.STOP_TIMEOUT or MSG.STOP_CANCEL
-  w.proc:stop(fut.id, MSG.STOP_ASK)
-  fut.stop_timer = core.timer(math.min(INTERRUPT_AFTER, grace / 2), function()
-    fut.stop_timer = nil
-    if fut.worker == w then
-      w.proc:stop(fut.id, level)
-      -- a task waiting on a queue waits in the parent: end that wait
-      local queue = package.loaded["orch.queue"]
-      if queue then queue.interrupt(w.proc) end
-    end
-  end)
-  fut.kill_timer = core.timer(grace, function()
-    fut.kill_timer = nil
-    if fut.worker == w and not w.dead then
-      log.deliver("warn", ("task %d still running %gs after a stop request: killing %s")
-        :format(fut.id, grace, w.name), w.name, w.pid)
-      w.proc:kill()
-    end
-  end)
+-- Settles a task that has not run (or whose run does not count): cancelled,
+-- or failed with that kind (the group's policy then applies).
+function Pool:_settle_unrun(fut, kind, message)
+  local err = task_error(kind, { message = message or kind })
+  if kind == "cancelled" then
+    err.attempts = fut.attempts
+    return self:_finish(fut, "cancelled", nil, err)
+  end
+  fut.no_retry = true
+  self:_failed(fut, err)
+end
+
+-- Takes a task that is not on a worker out of the queue (or out of its
+-- retry backoff).
+function Pool:_unqueue(fut)
+  if self.retry_waiting[fut] then
+    self.retry_waiting[fut] = nil
+  else
+    fut.dequeued = true
+    self.n_queued = self.n_queued - 1
+  end
+  clear_timers(fut)
 end
 
 --- Stops one task: kind "cancelled" (fut:cancel, group cancel) or
 -- "timeout". grace overrides the group's grace period.
+-- A task still in the queue never runs. A task waiting in a worker's
+-- pipeline is settled at once: the worker is told (the stop signal's ring,
+-- see worker.c) and answers it without running it, so nobody waits for the
+-- task ahead of it. A running task gets the three steps (escalate).
 function Pool:_stop_task(fut, kind, grace)
+  if fut:done() then return end
   if fut.status == "queued" and not fut.worker then
-    fut.dequeued = true
-    self.n_queued = self.n_queued - 1
-    clear_timers(fut)
-    local err = task_error(kind, { message = kind })
-    if kind == "cancelled" then
-      self:_finish(fut, "cancelled", nil, err)
-    else
-      self:_finish(fut, "failed", nil, err)
-    end
-    return
+    self:_unqueue(fut)
+    return self:_settle_unrun(fut, kind)
   end
   if fut.stop_kind then return end
   fut.stop_kind, fut.stop_grace = kind, grace
   if fut.timer then fut.timer:stop(); fut.timer = nil end
   if fut.status == "running" then
-    self:_escalate(fut)
+    escalate(fut, fut.worker)
   else
-    -- waiting in a worker's pipeline: it must not start
     local level = kind == "timeout" and MSG.STOP_TIMEOUT or MSG.STOP_CANCEL
     fut.worker.proc:stop(fut.id, level)
+    self:_settle_unrun(fut, kind)
   end
 end
 
---- fut:kill(): SIGKILL the worker running it; a queued task fails "killed".
+--- fut:kill(): SIGKILL the worker running it (its process group: whatever
+-- the task started goes too); a fresh worker takes its place. A task not
+-- running yet fails "killed" without running. Retried only when retry_on
+-- lists "killed" and the kill came from fut:kill() on a running task.
 function Pool:_kill_task(fut)
+  if fut:done() then return end
   local w = fut.worker
   if not w then
-    fut.dequeued = true
-    self.n_queued = self.n_queued - 1
-    return self:_finish(fut, "failed", nil, task_error("killed", { message = "killed" }))
+    self:_unqueue(fut)
+    return self:_settle_unrun(fut, "killed")
   end
   if fut.status == "running" then
     fut.stop_kind = nil
-    w.kill_kind = "killed"
+    clear_timers(fut)
+    w.killed_task, w.killed, w.retiring = fut, true, true
     w.proc:kill()
   else
-    self:_stop_task(fut, "cancelled")
-    fut.stop_kind = "killed"
+    fut.stop_kind = "cancelled"  -- the worker must not run it (start_head)
+    w.proc:stop(fut.id, MSG.STOP_CANCEL)
+    self:_settle_unrun(fut, "killed")
   end
 end
 
 ---------------------------------------------------------------------------
 -- public API
-
-local next_id = 0
 
 function Pool:_submit(group, fn, ...)
   if self.closed then error("orch.pool: submit on a closed pool", 3) end
@@ -520,11 +590,21 @@ function Pool:_submit(group, fn, ...)
   if t ~= "function" and t ~= "string" then
     error(("orch.pool: submit expects a function or a 'module.name' string, got %s"):format(t), 3)
   end
-  next_id = next_id + 1
-  local fut = Future.new(self, group, next_id, fn, pack(...))
+  local fut = Future.new(self, group, new_id(), fn, pack(...))
   group:_add(fut)
+  if group.failed_fast then
+    -- the group has failed fast: what comes after is cancelled at once
+    self:_finish(fut, "cancelled", nil, task_error("cancelled", { message = "group failed fast" }))
+    return fut
+  end
+  fut.submitting = true
   push_back(self, fut)
   self:_pump()
+  fut.submitting = nil
+  if fut.refused then
+    group:_remove(fut)  -- it could not be sent: as if never submitted
+    error(fut.refused, 3)
+  end
   return fut
 end
 
@@ -549,16 +629,19 @@ function Pool:imap(fn, items, opts)
 end
 
 function Pool:stats()
-  local idle, live = 0, 0
+  local idle, live, waiting = 0, 0, 0
   for i = 1, self.size do
     local w = self.slots[i]
     if w and not w.dead then
       live = live + 1
-      if w.it < w.ih then idle = idle + 1 end
+      if #w.inflight == 0 then idle = idle + 1 end
+      for _, fut in ipairs(w.inflight) do
+        if fut.status == "queued" then waiting = waiting + 1 end  -- sent ahead, not started
+      end
     end
   end
   return {
-    workers = live, idle = idle, queued = self.n_queued, running = self.n_running,
+    workers = live, idle = idle, queued = self.n_queued + waiting, running = self.n_running,
     done = self.n_done, failed = self.n_failed, cancelled = self.n_cancelled,
     restarts = self.restarts,
   }
@@ -598,10 +681,14 @@ function Pool:_cancel_all(grace)
     self:_finish(fut, "cancelled", nil, task_error("cancelled", { message = "cancelled" }))
     fut = pop_front(self)
   end
+  for f in pairs(self.retry_waiting) do self:_stop_task(f, "cancelled", grace) end
   for i = 1, self.size do
     local w = self.slots[i]
     if w then
-      for _, f in ipairs(inflight_list(w)) do self:_stop_task(f, "cancelled", grace) end
+      -- last first: what waits behind the running task is stopped before
+      -- the worker can start it (see group.lua's unfinished)
+      local list = table.move(w.inflight, 1, #w.inflight, 1, {})
+      for k = #list, 1, -1 do self:_stop_task(list[k], "cancelled", grace) end
     end
   end
   self:_maybe_retire()
@@ -624,15 +711,27 @@ function Pool:terminate()
   for _, w in ipairs(killed) do
     w.proc:close()  -- reaps it now: no zombie outlives terminate()
     self.n_live = self.n_live - 1
-    for _, fut in ipairs(inflight_list(w)) do
-      self:_finish(fut, "failed", nil, task_error("killed", { message = "pool terminated", pid = w.pid }))
+    local inflight = w.inflight
+    w.inflight = {}
+    for _, fut in ipairs(inflight) do
+      clear_timers(fut)
+      if not fut:done() then
+        local err = task_error("killed", { message = "pool terminated", pid = w.pid })
+        err.attempts = fut.attempts
+        self:_finish(fut, "failed", nil, err)
+      end
     end
-    w.inflight, w.ih, w.it = {}, 1, 0
   end
-  local fut = pop_front(self)
+  local waiting = {}
+  for fut in pairs(self.retry_waiting) do waiting[#waiting + 1] = fut end
+  self.retry_waiting = {}
+  local fut = pop_front(self) or table.remove(waiting)
   while fut do
-    self:_finish(fut, "failed", nil, task_error("killed", { message = "pool terminated" }))
-    fut = pop_front(self)
+    clear_timers(fut)
+    local err = task_error("killed", { message = "pool terminated" })
+    err.attempts = fut.attempts
+    self:_finish(fut, "failed", nil, err)
+    fut = pop_front(self) or table.remove(waiting)
   end
   self:_release()
 end
@@ -699,7 +798,7 @@ local function new(opts)
   local self = setmetatable({
     opts = opts, size = size, slots = {}, queue = {}, q_head = 1, q_tail = 0,
     n_queued = 0, n_running = 0, n_done = 0, n_failed = 0, n_cancelled = 0,
-    n_live = 0, restarts = 0, pipeline = 1, mean_task = nil,
+    n_live = 0, restarts = 0, retry_waiting = {}, pipeline = 1, mean_task = nil,
   }, Pool)
   self.default_group = Group.new(self, nil, true)
   local ok, err = pcall(function()
