@@ -427,26 +427,79 @@ static lua_Integer function_id(lua_State *L, int fidx)
     return id;
 }
 
-/* proc:task(id, fn, ...) -> true | false: a task frame (false when the
- * channel is closed). A Lua function's code goes to each
- * worker once; its upvalues go with every task. A C function or a
- * "module.name" string goes by name. Errors name the argument that cannot
- * cross ("args[2].conn: cannot send userdata"). */
-static int proc_task(lua_State *L)
+/* The scratch buffer pack_task encodes into: owned by a userdata anchored
+ * in the registry, so a refusal (a Lua error) leaks nothing. */
+static int scratch_ref = LUA_NOREF;
+
+static int scratch_gc(lua_State *L)
+{
+    wbuf_free(lua_touserdata(L, 1));
+    return 0;
+}
+
+static wbuf *scratch(lua_State *L)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, scratch_ref);
+    wbuf *b = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    b->len = b->off = 0;
+    return b;
+}
+
+/* pack_task(fn, ...) -> fnid, body: encodes a task once, at submit, so a
+ * value that cannot cross is refused there, naming its place
+ * ("args[2].conn: cannot send userdata", "upvalue 'handle': ..."). A Lua
+ * function is numbered by its code (fnid > 0) and its body holds its
+ * upvalues; a C function or a "module.name" string travels by name
+ * (fnid 0) at the head of the body. Then the argument count and the
+ * arguments. proc:send_task puts the body in a frame for one worker. */
+static int l_pack_task(lua_State *L)
+{
+    int t = lua_type(L, 1);
+    luaL_argexpected(L, t == LUA_TFUNCTION || t == LUA_TSTRING, 1, "function or module name");
+    int n = lua_gettop(L);
+    lua_Integer fnid = t == LUA_TFUNCTION && !lua_iscfunction(L, 1) ? function_id(L, 1) : 0;
+    wbuf *b = scratch(L);
+    wire_enc e;
+    wire_enc_begin(&e, L, b, WIRE_FUNCTIONS);
+    if (fnid)
+        wire_enc_upvalues(&e, 1);
+    else
+        wire_enc_value(&e, 1, "function");
+    wire_enc_integer(&e, n - 1);
+    static const char *const roots[] = {"args[1]", "args[2]", "args[3]", "args[4]"};
+    char root[32];
+    for (int i = 2; i <= n; i++) {
+        if (i - 2 < 4) {
+            wire_enc_value(&e, i, roots[i - 2]);
+        } else {
+            snprintf(root, sizeof root, "args[%d]", i - 1);
+            wire_enc_value(&e, i, root);
+        }
+    }
+    wire_enc_end(&e);
+    lua_pushinteger(L, fnid);
+    lua_pushlstring(L, b->data, b->len);
+    wbuf_reset(b);
+    return 2;
+}
+
+/* proc:send_task(id, fnid, body) -> true | false: a TASK frame for this
+ * worker; the function's code goes with the first task that uses it.
+ * false when the channel is closed (the child is exiting). */
+static int proc_send_task(lua_State *L)
 {
     proc *p = check_proc(L, 1);
     lua_Integer id = luaL_checkinteger(L, 2);
-    int t = lua_type(L, 3);
-    luaL_argexpected(L, t == LUA_TFUNCTION || t == LUA_TSTRING, 3, "function or module name");
-    int n = lua_gettop(L);
+    lua_Integer fnid = luaL_checkinteger(L, 3);
+    size_t blen;
+    const char *body = luaL_checklstring(L, 4, &blen);
     if (p->fd < 0) {
         lua_pushboolean(L, 0);
         return 1;
     }
-    lua_Integer fnid = 0;
     int first = 0;
-    if (t == LUA_TFUNCTION && !lua_iscfunction(L, 3)) {
-        fnid = function_id(L, 3);
+    if (fnid) {
         lua_getiuservalue(L, 1, UV_FNS_SENT);
         first = lua_rawgeti(L, -1, fnid) == LUA_TNIL;
         lua_pop(L, 2);
@@ -457,27 +510,18 @@ static int proc_task(lua_State *L)
     wire_enc_integer(&e, id);
     wire_enc_integer(&e, fnid);
     if (fnid) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
         if (first)
-            lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn), lua_rawgeti(L, -1, fnid);
+            lua_rawgeti(L, -1, fnid);
         else
-            lua_pushnil(L), lua_pushnil(L);
+            lua_pushnil(L);
         wire_enc_value(&e, lua_gettop(L), "function");
         lua_pop(L, 2);
-        wire_enc_upvalues(&e, 3);
-    } else {
-        wire_enc_value(&e, 3, "function");
     }
-    wire_enc_integer(&e, n - 3);
-    static const char *const roots[] = {"args[1]", "args[2]", "args[3]", "args[4]"};
-    char root[32];
-    for (int i = 4; i <= n; i++) {
-        if (i - 4 < 4) {
-            wire_enc_value(&e, i, roots[i - 4]);
-        } else {
-            snprintf(root, sizeof root, "args[%d]", i - 3);
-            wire_enc_value(&e, i, root);
-        }
-    }
+    if (wbuf_reserve(&p->out, blen) < 0)
+        return luaL_error(L, "orch: not enough memory for a frame");
+    memcpy(p->out.data + p->out.len, body, blen);
+    p->out.len += blen;
     frame_close(L, p, &e, start);
     if (first) {
         lua_getiuservalue(L, 1, UV_FNS_SENT);
@@ -647,7 +691,7 @@ static void weak_table(lua_State *L, int *ref, const char *mode)
 void proc_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"send", proc_send}, {"task", proc_task}, {"stop", proc_stop},
+        {"send", proc_send}, {"send_task", proc_send_task}, {"stop", proc_stop},
         {"kill", proc_kill}, {"pid", proc_pid}, {"alive", proc_alive},
         {"pending", proc_pending}, {"close", proc_gc},
         {"__gc", proc_gc}, {"__close", proc_gc}, {"__tostring", proc_tostring},
@@ -664,6 +708,17 @@ void proc_open(lua_State *L)
         weak_table(L, &code_by_fn, NULL);
         ev_signal_init(&chld_watcher, chld_cb, SIGCHLD);
     }
+    if (scratch_ref == LUA_NOREF) {
+        wbuf *b = lua_newuserdatauv(L, sizeof *b, 0);
+        memset(b, 0, sizeof *b);
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, scratch_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_setmetatable(L, -2);
+        scratch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     lua_pushcfunction(L, l_spawn);
     lua_setfield(L, -2, "spawn");
+    lua_pushcfunction(L, l_pack_task);
+    lua_setfield(L, -2, "pack_task");
 }

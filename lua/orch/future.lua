@@ -10,12 +10,14 @@ Future.__name = "orch.future"
 
 local FINAL = { done = true, failed = true, cancelled = true }
 
-function Future.new(pool, group, id, fn, args)
+-- fnid, body: the task as core.pack_task encoded it at submit.
+function Future.new(pool, group, id, fnid, body)
   -- every field a future will hold, so the table is sized once
   return setmetatable({
-    pool = pool, group = group, id = id, fn = fn, args = args,
+    pool = pool, group = group, id = id, fnid = fnid, body = body,
     status = "queued", attempts = 0, worker = nil, started = nil,
     values = nil, err = nil, timer = nil, callbacks = nil, stop_kind = nil,
+    fn = nil, args = nil,
   }, Future)
 end
 
@@ -77,7 +79,7 @@ function Future:_settle(status, values, err)
   self.status = status
   self.values = values
   self.err = err
-  self.fn, self.args = nil, nil
+  self.body = nil
   local cbs = self.callbacks
   if cbs then
     self.callbacks = nil

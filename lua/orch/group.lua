@@ -101,16 +101,6 @@ function Group:_settled(fut)
   self.n_pending = self.n_pending - 1
 end
 
--- A task refused at submit (it could not be sent): as if never added.
-function Group:_remove(fut)
-  if self.live then
-    self.live[fut] = nil
-  elseif self.futures[#self.futures] == fut then
-    self.futures[#self.futures] = nil
-  end
-  self.n_pending = self.n_pending - 1
-end
-
 local function retry_set(self)
   local list = self.opts.retry_on or { "crashed" }
   local set = self.retry_sets[list]

@@ -18,7 +18,7 @@ local TaskError = require("orch.errors").TaskError
 
 local MSG = core.msg
 local RESULT, ERROR, LOG, CALL = MSG.RESULT, MSG.ERROR, MSG.LOG, MSG.CALL
-local pack, unpack = table.pack, table.unpack
+local pack = table.pack
 
 local Pool = {}
 Pool.__index = Pool
@@ -146,7 +146,7 @@ spawn_worker = function(self, slot)
   self.n_live = self.n_live + 1
   local init = self.opts.init
   if init ~= nil then
-    w.proc:task(0, init)
+    w.proc:send_task(0, core.pack_task(init))
     w.in_init = true
   end
   return w
@@ -204,10 +204,7 @@ local function start_head(self, w, now)
 end
 
 local function send_task(self, w, fut)
-  local args = fut.args
-  local ok, sent = pcall(w.proc.task, w.proc, fut.id, fut.fn, unpack(args, 1, args.n))
-  if not ok then return self:_refused(fut, sent) end
-  if not sent then
+  if not w.proc:send_task(fut.id, fut.fnid, fut.body) then
     -- its channel is closed: the worker is exiting, its exit will tell why
     w.retiring = true
     return push_front(self, fut)
@@ -286,17 +283,6 @@ end
 local function task_error(kind, fields)
   fields.kind = kind
   return TaskError.new(fields)
-end
-
--- A task whose function or arguments cannot cross (the encoder's error
--- names the value). At submit, submit raises it; a task that waited in the
--- queue fails with kind "error" instead.
-function Pool:_refused(fut, err)
-  if fut.submitting then
-    fut.refused = err
-    return
-  end
-  self:_finish(fut, "failed", nil, task_error("error", { message = tostring(err) }))
 end
 
 -- Ends a future that has left the queue and the workers for good.
@@ -590,21 +576,22 @@ function Pool:_submit(group, fn, ...)
   if t ~= "function" and t ~= "string" then
     error(("orch.pool: submit expects a function or a 'module.name' string, got %s"):format(t), 3)
   end
-  local fut = Future.new(self, group, new_id(), fn, pack(...))
+  -- encoded once, here: what cannot cross is refused at submit
+  local fnid, body = core.pack_task(fn, ...)
+  local fut = Future.new(self, group, new_id(), fnid, body)
+  if type(group.opts.on_error) == "function" then
+    fut.fn, fut.args = fn, pack(...)  -- what a policy function may look at
+  end
   group:_add(fut)
   if group.failed_fast then
     -- the group has failed fast: what comes after is cancelled at once
     self:_finish(fut, "cancelled", nil, task_error("cancelled", { message = "group failed fast" }))
     return fut
   end
-  fut.submitting = true
   push_back(self, fut)
-  self:_pump()
-  fut.submitting = nil
-  if fut.refused then
-    group:_remove(fut)  -- it could not be sent: as if never submitted
-    error(fut.refused, 3)
-  end
+  -- with a queue longer than the pool, every worker is as busy as it may
+  -- be: results refill them, so there is nothing to send now
+  if self.n_queued <= self.size + 1 then self:_pump() end
   return fut
 end
 
