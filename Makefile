@@ -101,10 +101,11 @@ install: build
 	install -d $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin
 	install -m 644 lua/orch/*.lua $(DESTDIR)$(LUA_LMOD)/orch/
 	install -m 755 $(MODULE) $(DESTDIR)$(LUA_CMOD)/orch/core.so
-	install -m 755 scripts/orch $(DESTDIR)$(PREFIX)/bin/orch
+	@if [ -f scripts/orch ]; then install -m 755 scripts/orch $(DESTDIR)$(PREFIX)/bin/orch; fi
 
 uninstall:
 	rm -rf $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin/orch
 
+# (luarocks make builds in the tree: src/*.o and orch/core.so)
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan orch src/*.o

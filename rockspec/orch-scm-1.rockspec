@@ -1,0 +1,63 @@
+-- orch: process orchestration for Lua 5.4 on a libev C core.
+-- Build and install from a checkout (offline, nothing is downloaded):
+--   luarocks --lua-version 5.4 make rockspec/orch-scm-1.rockspec
+-- libev is found as an external dependency (Debian: libev-dev); point
+-- LuaRocks elsewhere with LIBEV_DIR=... or LIBEV_INCDIR=... LIBEV_LIBDIR=...
+rockspec_format = "3.0"
+package = "orch"
+version = "scm-1"
+
+source = {
+  url = "git+file://.",  -- `luarocks make` builds the checkout it is run in
+}
+
+description = {
+  summary = "Process pools, supervisors, queues and signals for Lua, on libev",
+  detailed = [[
+orch runs Lua work in pre-forked worker processes with futures, groups and
+failure policies, keeps long-running services under a supervisor with an
+ordered start and shutdown, and handles signals inside its event loop, so
+Ctrl-C stops the children in order instead of killing them mid-write.]],
+  license = "MIT",
+  labels = { "process", "pool", "supervisor", "libev" },
+}
+
+dependencies = {
+  "lua >= 5.4, < 5.5",
+}
+
+external_dependencies = {
+  LIBEV = { header = "ev.h", library = "ev" },
+}
+
+-- The Lua modules: one line per file of lua/orch/. Add a module here when
+-- its file lands (lua/orch/supervisor.lua and lua/orch/queue.lua come with
+-- the services work).
+local lua_modules = {
+  "errors", "future", "group", "log", "loop", "pool", "signal",
+}
+
+local modules = {
+  orch = "lua/orch/init.lua",
+  ["orch.core"] = {
+    -- every file of src/*.c
+    sources = {
+      "src/chan.c", "src/core.c", "src/loop.c", "src/proc.c",
+      "src/sig.c", "src/wbuf.c", "src/wire.c", "src/worker.c",
+    },
+    defines = { "_GNU_SOURCE" },
+    incdirs = { "src", "$(LIBEV_INCDIR)" },
+    libdirs = { "$(LIBEV_LIBDIR)" },
+    libraries = { "ev" },
+  },
+}
+for i = 1, #lua_modules do  -- (a rockspec runs without ipairs)
+  modules["orch." .. lua_modules[i]] = "lua/orch/" .. lua_modules[i] .. ".lua"
+end
+
+build = {
+  type = "builtin",
+  modules = modules,
+  -- TODO: install.bin = { orch = "scripts/orch" } once scripts/orch (the
+  -- `orch run` command) is on this branch.
+}
