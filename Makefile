@@ -101,7 +101,7 @@ install: build
 	install -d $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin
 	install -m 644 lua/orch/*.lua $(DESTDIR)$(LUA_LMOD)/orch/
 	install -m 755 $(MODULE) $(DESTDIR)$(LUA_CMOD)/orch/core.so
-	@if [ -f scripts/orch ]; then install -m 755 scripts/orch $(DESTDIR)$(PREFIX)/bin/orch; fi
+	install -m 755 scripts/orch $(DESTDIR)$(PREFIX)/bin/orch
 
 uninstall:
 	rm -rf $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin/orch

@@ -30,11 +30,10 @@ external_dependencies = {
   LIBEV = { header = "ev.h", library = "ev" },
 }
 
--- The Lua modules: one line per file of lua/orch/. Add a module here when
--- its file lands (lua/orch/supervisor.lua and lua/orch/queue.lua come with
--- the services work).
+-- The Lua modules: one entry per file of lua/orch/ (spec/90-install
+-- checks that none is missing).
 local lua_modules = {
-  "errors", "future", "group", "log", "loop", "pool", "signal",
+  "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
 }
 
 local modules = {
@@ -58,6 +57,7 @@ end
 build = {
   type = "builtin",
   modules = modules,
-  -- TODO: install.bin = { orch = "scripts/orch" } once scripts/orch (the
-  -- `orch run` command) is on this branch.
+  install = {
+    bin = { orch = "scripts/orch" },  -- the `orch run FILE.lua` command
+  },
 }
