@@ -90,7 +90,7 @@ end
 function Group:_add(fut)
   if self.live then
     self.live[fut] = true
-  else
+  elseif not self.is_default then
     self.futures[#self.futures + 1] = fut
   end
   self.n_pending = self.n_pending + 1

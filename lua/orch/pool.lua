@@ -32,7 +32,7 @@ local PIPELINE_MAX = 32
 local PIPELINE_SECONDS = 0.002
 -- A task asked to stop is interrupted this long after the request
 -- (capped by half its grace period), and killed after its grace period.
-local INTERRUPT_AFTER = 0.1
+local INTERRUPT_AFTER = 0.02
 -- Workers that fail their init this many times in a row break the pool.
 local MAX_INIT_FAILURES = 3
 
@@ -359,8 +359,8 @@ function Pool:_message(w, type, id, ...)
     local ran = now - (fut.started or now)
     local mean = self.mean_task and 0.9 * self.mean_task + 0.1 * ran or ran
     self.mean_task = mean
-    self.pipeline = mean > 0 and math.max(1, math.min(PIPELINE_MAX, PIPELINE_SECONDS // mean))
-      or PIPELINE_MAX
+    local depth = mean > 0 and PIPELINE_SECONDS // mean or PIPELINE_MAX
+    self.pipeline = depth > PIPELINE_MAX and PIPELINE_MAX or depth < 1 and 1 or depth
     if fut.status ~= "running" then
       clear_timers(fut)  -- settled while it waited in the pipeline: nothing to tell
     elseif type == RESULT then
