@@ -46,7 +46,9 @@ end
 
 --- Waits, then returns the task's values or raises its TaskError.
 function Future:result()
-  loop.wait(function() return FINAL[self.status] end)
+  if not FINAL[self.status] then
+    loop.wait(function() return FINAL[self.status] end)
+  end
   if self.status == "done" then
     local v = self.values
     return table.unpack(v, 1, v.n)

@@ -1,7 +1,7 @@
 --- Pools: tasks run in pre-forked worker processes.
 --
 -- The parent is the only scheduler. Each worker has a FIFO of tasks sent
--- to it (`inflight`): the first is running, the others wait in its channel
+-- to it (`inflight`, a FIFO from index `ih` to `it`): the first is running, the others wait in its channel
 -- (a short pipeline, so a worker never idles between two small tasks).
 -- A worker that dies is noticed once its exit is reaped and everything it
 -- wrote has been read; its running task fails ("crashed", or the kind of
@@ -131,7 +131,7 @@ end
 
 spawn_worker = function(self, slot)
   local ref = setmetatable({ self }, weak_values)
-  local w = { slot = slot, name = "worker " .. slot, inflight = {}, dispatched = 0 }
+  local w = { slot = slot, name = "worker " .. slot, inflight = {}, ih = 1, it = 0, dispatched = 0 }
   w.proc = core.spawn(worker_main(w.name),
     function(_, ...)
       local pool = ref[1]
@@ -152,6 +152,11 @@ spawn_worker = function(self, slot)
   return w
 end
 
+-- The tasks sent to w, the running one first.
+local function inflight_list(w)
+  return table.move(w.inflight, w.ih, w.it, 1, {})
+end
+
 -- The three steps for the task fut that now runs first on worker w: ask
 -- (orch.stopping() turns true), interrupt (a hook raises "cancelled" or
 -- "timeout" in its Lua code) after a moment, SIGKILL its worker's process
@@ -162,7 +167,7 @@ local function escalate(fut, w)
   w.proc:stop(fut.id, MSG.STOP_ASK)
   fut.stop_timer = core.timer(math.min(INTERRUPT_AFTER, grace / 2), function()
     fut.stop_timer = nil
-    if w.inflight[1] == fut and not w.dead then
+    if w.inflight[w.ih] == fut and not w.dead then
       w.proc:stop(fut.id, level)
       -- a task waiting on a queue waits in the parent: end that wait
       local queue = package.loaded["orch.queue"]
@@ -171,7 +176,7 @@ local function escalate(fut, w)
   end)
   fut.kill_timer = core.timer(grace, function()
     fut.kill_timer = nil
-    if w.inflight[1] == fut and not w.dead then
+    if w.inflight[w.ih] == fut and not w.dead then
       log.deliver("warn", ("task %d still running %gs after a stop request: killing %s")
         :format(fut.id, grace, w.name), w.name, w.pid)
       w.retiring, w.killed = true, true  -- no new work for it
@@ -182,7 +187,7 @@ end
 
 -- Starts the clock of the task that now runs first on w.
 local function start_head(self, w, now)
-  local fut = w.inflight[1]
+  local fut = w.inflight[w.ih]
   if not fut or fut.started then return end
   fut.started = now or core.now()
   if fut.status ~= "queued" then
@@ -211,10 +216,11 @@ local function send_task(self, w, fut)
   end
   fut.worker = w
   fut.attempts = fut.attempts + 1
-  local inflight = w.inflight
-  inflight[#inflight + 1] = fut
+  local t = w.it + 1
+  w.it = t
+  w.inflight[t] = fut
   w.dispatched = w.dispatched + 1
-  if #inflight == 1 then start_head(self, w) end
+  if t == w.ih then start_head(self, w) end
   local max = self.opts.max_tasks_per_worker
   if max and w.dispatched >= max then
     w.retiring = true
@@ -229,9 +235,8 @@ end
 -- Fills w's pipeline from the queue: one task, and more only while the
 -- queue holds more tasks than there are workers.
 local function refill(self, w)
-  local inflight = w.inflight
   local limit = self.n_queued > self.size and self.pipeline or 1
-  while #inflight < limit and not w.retiring do
+  while w.it - w.ih + 1 < limit and not w.retiring do
     local fut = pop_front(self)
     if not fut then return end
     send_task(self, w, fut)
@@ -244,7 +249,7 @@ function Pool:_pump()
   local slots, size = self.slots, self.size
   for i = 1, size do
     local w = slots[i]
-    if usable(w) and #w.inflight == 0 then
+    if usable(w) and w.it < w.ih then
       local fut = pop_front(self)
       if not fut then return end
       send_task(self, w, fut)
@@ -264,7 +269,7 @@ function Pool:_maybe_retire()
   if next(self.retry_waiting) then return end
   for i = 1, self.size do
     local w = self.slots[i]
-    if w and not w.retiring and not w.dead and #w.inflight == 0 then
+    if w and not w.retiring and not w.dead and w.it < w.ih then
       w.retiring = true
       w.proc:send(MSG.QUIT)
     end
@@ -347,8 +352,12 @@ function Pool:_message(w, type, id, ...)
       self:_pump()
       return
     end
-    local inflight = w.inflight
-    local fut = table.remove(inflight, 1)
+    local h = w.ih
+    local fut = w.inflight[h]
+    if fut then
+      w.inflight[h] = nil
+      w.ih = h + 1
+    end
     if not fut or fut.id ~= id then
       log.deliver("error", ("protocol: result for task %s out of order"):format(id), w.name, w.pid)
       w.proc:kill()
@@ -425,8 +434,8 @@ function Pool:_exited(w, how, code)
   w.dead = true
   self.n_live = self.n_live - 1
   if self.slots[w.slot] == w then self.slots[w.slot] = nil end
-  local inflight = w.inflight
-  w.inflight = {}
+  local inflight = inflight_list(w)
+  w.inflight, w.ih, w.it = {}, 1, 0
   local replace = not w.retiring or w.killed or inflight[1] ~= nil
   local head = inflight[1]
   if head and head:done() then
@@ -621,8 +630,8 @@ function Pool:stats()
     local w = self.slots[i]
     if w and not w.dead then
       live = live + 1
-      if #w.inflight == 0 then idle = idle + 1 end
-      for _, fut in ipairs(w.inflight) do
+      if w.it < w.ih then idle = idle + 1 end
+      for _, fut in ipairs(inflight_list(w)) do
         if fut.status == "queued" then waiting = waiting + 1 end  -- sent ahead, not started
       end
     end
@@ -674,7 +683,7 @@ function Pool:_cancel_all(grace)
     if w then
       -- last first: what waits behind the running task is stopped before
       -- the worker can start it (see group.lua's unfinished)
-      local list = table.move(w.inflight, 1, #w.inflight, 1, {})
+      local list = inflight_list(w)
       for k = #list, 1, -1 do self:_stop_task(list[k], "cancelled", grace) end
     end
   end
@@ -698,8 +707,8 @@ function Pool:terminate()
   for _, w in ipairs(killed) do
     w.proc:close()  -- reaps it now: no zombie outlives terminate()
     self.n_live = self.n_live - 1
-    local inflight = w.inflight
-    w.inflight = {}
+    local inflight = inflight_list(w)
+    w.inflight, w.ih, w.it = {}, 1, 0
     for _, fut in ipairs(inflight) do
       clear_timers(fut)
       if not fut:done() then
