@@ -104,6 +104,17 @@ describe("orch.pool", function()
     assert.are.same({}, pool:map(sq, {}))
   end)
 
+  it("maps chunks of tables, keeping shared items shared within a chunk", function()
+    local shared = { n = 1 }
+    local items = { shared, shared, { n = 3 }, { n = 4 }, { n = 5 } }
+    local r = pool:map(function(t) return t end, items, { chunk = 2 })
+    assert.are.equal(r[1], r[2])
+    assert.are.same({ 1, 1, 3, 4, 5 }, { r[1].n, r[2].n, r[3].n, r[4].n, r[5].n })
+    assert.has_error(function()
+      pool:map(function(x) return x end, { 1, io.stdout }, { chunk = 2 })
+    end, "items[2]: cannot send userdata")
+  end)
+
   it("raises the first failure of a map", function()
     local ok, err = pcall(pool.map, pool, function(x)
       if x == 3 then error("three") end

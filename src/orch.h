@@ -72,6 +72,10 @@ ORCH_HIDDEN void wire_enc_begin(wire_enc *e, lua_State *L, wbuf *b, int flags);
  * naming its place from root: "args[2].conn: cannot send userdata". */
 ORCH_HIDDEN void wire_enc_value(wire_enc *e, int idx, const char *root);
 ORCH_HIDDEN void wire_enc_integer(wire_enc *e, lua_Integer n);
+/* Appends a new array table holding t[i..j] of the table at idx, as if
+ * that slice had been built and encoded (map's chunks, with no copy). */
+ORCH_HIDDEN void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j,
+                                const char *root);
 /* Appends the upvalues of the Lua function at fidx: _ENV as a marker,
  * the others by value, named "upvalue 'name'" in errors. */
 ORCH_HIDDEN void wire_enc_upvalues(wire_enc *e, int fidx);

@@ -484,6 +484,33 @@ static int l_pack_task(lua_State *L)
     return 2;
 }
 
+/* pack_chunk(task, fn, items, i, j) -> fnid, body: as
+ * pack_task(task, fn, {items[i..j]}, j - i + 1), without building the
+ * slice: map's chunks. */
+static int l_pack_chunk(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_Integer i = luaL_checkinteger(L, 4), j = luaL_checkinteger(L, 5);
+    luaL_argcheck(L, !lua_iscfunction(L, 1), 1, "a Lua function expected");
+    lua_Integer fnid = function_id(L, 1);
+    wbuf *b = scratch(L);
+    wire_enc e;
+    wire_enc_begin(&e, L, b, WIRE_FUNCTIONS);
+    wire_enc_upvalues(&e, 1);
+    wire_enc_integer(&e, 3);
+    wire_enc_value(&e, 2, "function");
+    wire_enc_slice(&e, 3, i, j, "items");
+    lua_pushinteger(L, j >= i ? j - i + 1 : 0);
+    wire_enc_value(&e, -1, "count");
+    lua_pop(L, 1);
+    wire_enc_end(&e);
+    lua_pushinteger(L, fnid);
+    lua_pushlstring(L, b->data, b->len);
+    wbuf_reset(b);
+    return 2;
+}
+
 /* proc:send_task(id, fnid, body) -> true | false: a TASK frame for this
  * worker; the function's code goes with the first task that uses it.
  * false when the channel is closed (the child is exiting). */
@@ -721,4 +748,6 @@ void proc_open(lua_State *L)
     lua_setfield(L, -2, "spawn");
     lua_pushcfunction(L, l_pack_task);
     lua_setfield(L, -2, "pack_task");
+    lua_pushcfunction(L, l_pack_chunk);
+    lua_setfield(L, -2, "pack_chunk");
 }

@@ -688,6 +688,33 @@ void wire_enc_value(wire_enc *e, int idx, const char *root)
 }
 
 /* A bare zigzag varint, no tag: for headers around the values. */
+void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const char *root)
+{
+    lua_State *L = e->L;
+    idx = lua_absindex(L, idx);
+    e->root = root;
+    e->depth = 0;
+    wire_step *st = enc_enter(e);
+    lua_newtable(L); /* stands for the new table in the numbering */
+    enc_register(e, lua_gettop(L), enc_mark(e));
+    lua_pop(L, 1);
+    size_t n = j >= i ? (size_t)(j - i + 1) : 0;
+    unsigned char *p = enc_room(e, 1 + UVAR_MAX + 1);
+    p[0] = T_TABLE;
+    size_t k = uvar_put(p + 1, (uint64_t)n);
+    p[1 + k] = hash_hint(0);
+    e->b->len += 2 + k;
+    for (lua_Integer x = i; x <= j; x++) {
+        st->kind = S_INT;
+        st->n = x - i + 1;
+        int t = lua_rawgeti(L, idx, x);
+        enc_any(e, lua_gettop(L), t);
+        lua_pop(L, 1);
+    }
+    enc_byte(e, T_NIL);
+    e->depth--;
+}
+
 void wire_enc_integer(wire_enc *e, lua_Integer n)
 {
     enc_uvar(e, zigzag(n));

@@ -2,6 +2,7 @@
 -- retry_on, on_error, grace, backoff). Every task belongs to one group;
 -- pool:submit uses the pool's default group. Cancelling or killing a group
 -- touches only its own tasks.
+local core = require "orch.core"
 local loop = require "orch.loop"
 local log = require "orch.log"
 
@@ -221,6 +222,18 @@ local function run_chunk(fn, items, n)
   return out, n
 end
 
+-- Submits run_chunk(fn, {items[s..e]}, e - s + 1), the slice encoded
+-- straight from items.
+function Group:_submit_chunk(fn, items, s, e)
+  local pool = self.pool
+  if pool.closed then error("orch.pool: submit on a closed pool", 4) end
+  local fut = pool:_enqueue(self, core.pack_chunk(run_chunk, fn, items, s, e))
+  if type(self.opts.on_error) == "function" then
+    fut.fn, fut.args = run_chunk, table.pack(fn, table.move(items, s, e, 1, {}), e - s + 1)
+  end
+  return fut
+end
+
 local function check_map_args(what, fn, items, opts)
   local t = type(fn)
   if t ~= "function" and t ~= "string" then
@@ -253,7 +266,7 @@ local function submit_chunks(self, fn, items, chunk)
   else
     for s = 1, n, chunk do
       local e = math.min(s + chunk - 1, n)
-      futs[#futs + 1] = self.pool:_submit(self, run_chunk, fn, table.move(items, s, e, 1, {}), e - s + 1)
+      futs[#futs + 1] = self:_submit_chunk(fn, items, s, e)
       first[#first + 1] = s
     end
   end
@@ -279,7 +292,7 @@ function Group:_map(fn, items, opts, what)
     cancel_rest(futs)
     error(failed.err, 0)
   end
-  local out, k = {}, 0
+  local out, k = core.array(#items), 0
   for _, f in ipairs(futs) do
     local v = f.values
     if chunk == 1 then

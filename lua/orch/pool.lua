@@ -579,18 +579,9 @@ end
 ---------------------------------------------------------------------------
 -- public API
 
-function Pool:_submit(group, fn, ...)
-  if self.closed then error("orch.pool: submit on a closed pool", 3) end
-  local t = type(fn)
-  if t ~= "function" and t ~= "string" then
-    error(("orch.pool: submit expects a function or a 'module.name' string, got %s"):format(t), 3)
-  end
-  -- encoded once, here: what cannot cross is refused at submit
-  local fnid, body = core.pack_task(fn, ...)
+-- Queues a task encoded by core.pack_task or core.pack_chunk.
+function Pool:_enqueue(group, fnid, body)
   local fut = Future.new(self, group, new_id(), fnid, body)
-  if type(group.opts.on_error) == "function" then
-    fut.fn, fut.args = fn, pack(...)  -- what a policy function may look at
-  end
   group:_add(fut)
   if group.failed_fast then
     -- the group has failed fast: what comes after is cancelled at once
@@ -601,6 +592,20 @@ function Pool:_submit(group, fn, ...)
   -- with a queue longer than the pool, every worker is as busy as it may
   -- be: results refill them, so there is nothing to send now
   if self.n_queued <= self.size + 1 then self:_pump() end
+  return fut
+end
+
+function Pool:_submit(group, fn, ...)
+  if self.closed then error("orch.pool: submit on a closed pool", 3) end
+  local t = type(fn)
+  if t ~= "function" and t ~= "string" then
+    error(("orch.pool: submit expects a function or a 'module.name' string, got %s"):format(t), 3)
+  end
+  -- encoded once, here: what cannot cross is refused at submit
+  local fut = self:_enqueue(group, core.pack_task(fn, ...))
+  if type(group.opts.on_error) == "function" then
+    fut.fn, fut.args = fn, pack(...)  -- what a policy function may look at
+  end
   return fut
 end
 
