@@ -95,7 +95,7 @@ valgrind: build
 	@echo "valgrind: no memory errors, no leaks in orch"
 
 lint:
-	luacheck lua spec scripts bench
+	luacheck lua spec scripts scripts/orch scripts/run-specs bench
 
 install: build
 	install -d $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin

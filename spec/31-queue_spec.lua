@@ -79,7 +79,7 @@ end)
 
 describe("a pool task waiting on a queue", function()
   it("is cancelled at once, and its worker survives", function()
-    local orch = require "orch"
+    -- orch: the module required at the top
     local q = orch.queue{ capacity = 4 }
     local pool <close> = orch.pool{ workers = 1, grace = 5 }
     local fut = pool:submit(function() return q:get() end)
