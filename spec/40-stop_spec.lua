@@ -8,17 +8,9 @@ local with_pool = procs.with_pool
 
 local stopping, osleep = orch.stopping, orch.sleep
 
--- Runs until stopped, in Lua, with no stop checks at all.
-local function busy()
-  local n = 0
-  while true do n = n + 1 end
-end
+local busy = procs.busy  -- runs until stopped, with no stop checks
 
-local function write(path, text)
-  local f = assert(io.open(path, "a"))
-  f:write(text)
-  f:close()
-end
+local write = procs.append
 
 -- Blocks in C (os.execute) for 30 s; its shell writes the pid of the
 -- sleep it runs to pidfile first.

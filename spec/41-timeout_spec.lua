@@ -8,16 +8,9 @@ local with_pool = procs.with_pool
 
 local osleep = orch.sleep
 
-local function busy()
-  local n = 0
-  while true do n = n + 1 end
-end
+local busy = procs.busy  -- runs until stopped, with no stop checks
 
-local function write(path, text)
-  local f = assert(io.open(path, "a"))
-  f:write(text)
-  f:close()
-end
+local write = procs.append
 
 local function getpid() return require("orch.core").getpid() end
 

@@ -8,16 +8,9 @@ local with_pool = procs.with_pool
 
 local stopping, osleep = orch.stopping, orch.sleep
 
-local function busy()
-  local n = 0
-  while true do n = n + 1 end
-end
+local busy = procs.busy  -- runs until stopped, with no stop checks
 
-local function append(path, text)
-  local f = assert(io.open(path, "a"))
-  f:write(text)
-  f:close()
-end
+local append = procs.append
 
 -- Seed 004's task: reads for a long time, one step at a time; task 0 fails
 -- after its first step; the others return once they are asked to stop.

@@ -171,6 +171,19 @@ package.preload["helper.procs"] = function()
     return name
   end
 
+  --- A task body that runs until it is stopped, with no stop checks at all.
+  function procs.busy()
+    local n = 0
+    while true do n = n + 1 end
+  end
+
+  --- Appends text to the file at path (tasks leave traces with it).
+  function procs.append(path, text)
+    local f = assert(io.open(path, "a"))
+    f:write(text)
+    f:close()
+  end
+
   function procs.slurp(path)
     return read(path)
   end

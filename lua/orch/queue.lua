@@ -295,46 +295,41 @@ function M.serve_call(proc, kind, op, id, ...)
   end
 end
 
+-- Calls fn(waiter) for each call of proc still parked on a queue; with
+-- gets_only, for its gets alone.
+local function each_wait(proc, gets_only, fn)
+  for _, st in pairs(queues) do
+    for _, list in ipairs(gets_only and { st.getters } or { st.getters, st.putters }) do
+      for i = list.head, #list do
+        local w = list[i]
+        if w and not w.done and w.proc == proc then fn(w) end
+      end
+    end
+  end
+end
+
+local function time_out(w) finish(w, nil, "timeout") end
+
 --- The supervisor asked proc to stop: its waiting gets end now (nil,
 -- "timeout") and its later gets on an empty queue do not wait.
 function M.wake(proc)
   stopping[proc] = true
-  for _, st in pairs(queues) do
-    local list = st.getters
-    for i = list.head, #list do
-      local w = list[i]
-      if w and not w.done and w.proc == proc then finish(w, nil, "timeout") end
-    end
-  end
+  each_wait(proc, true, time_out)
 end
 
 --- A pool task of proc is being interrupted: what it waits for ends now
 -- (nil, "timeout"), so the interrupt reaches its Lua code at once.
 function M.interrupt(proc)
-  for _, st in pairs(queues) do
-    for _, list in ipairs({ st.getters, st.putters }) do
-      for i = list.head, #list do
-        local w = list[i]
-        if w and not w.done and w.proc == proc then finish(w, nil, "timeout") end
-      end
-    end
-  end
+  each_wait(proc, false, time_out)
 end
 
 --- proc has exited: drop what it still waits for.
 function M.forget(proc)
   stopping[proc] = nil
-  for _, st in pairs(queues) do
-    for _, list in ipairs({ st.getters, st.putters }) do
-      for i = list.head, #list do
-        local w = list[i]
-        if w and not w.done and w.proc == proc then
-          w.done = true
-          if w.timer then w.timer:stop(); w.timer = nil end
-        end
-      end
-    end
-  end
+  each_wait(proc, false, function(w)
+    w.done = true
+    if w.timer then w.timer:stop(); w.timer = nil end
+  end)
 end
 
 local VALID = { capacity = true }
