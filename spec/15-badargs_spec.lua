@@ -58,6 +58,24 @@ describe("bad arguments", function()
     assert.matches("no_such_module", fut:error().message)
   end)
 
+  it("orch.core checks its arguments and names them", function()
+    local core = require "orch.core"
+    assert.has_error(function() core.pack_task(5) end)
+    assert.matches("bad argument #1 to 'orch.core.pack_task' %(function or module name expected", select(2, pcall(core.pack_task, 5)))
+    assert.matches("bad argument #1", select(2, pcall(core.pack_chunk, print, print, {}, 1, 2)))
+    assert.matches("bad argument #3", select(2, pcall(core.pack_chunk, function() end, print, 7, 1, 2)))
+    assert.matches("bad argument #1 to 'orch.core.array'", select(2, pcall(core.array, -1)))
+    assert.matches("must not be negative", select(2, pcall(core.timer, -1, print)))
+    assert.matches("bad argument #2 to 'orch.core.timer'", select(2, pcall(core.timer, 1, 42)))
+    assert.matches("unknown signal 'NOPE'", select(2, pcall(core.signum, "NOPE")))
+    assert.matches("signal must be INT", select(2, pcall(core.on_signal, "KILL", print)))
+    assert.matches("only in a child process", select(2, pcall(core.serve)))
+    assert.matches("only in a child process", select(2, pcall(core.call, "x")))
+    assert.has_error(function() orch.on_signal("BOGUS", print) end,
+      "orch.on_signal: unknown signal 'BOGUS' (valid: INT, TERM, HUP, QUIT, USR1, USR2)")
+    assert.has_error(function() orch.sleep(-1) end, "orch.sleep: seconds must be a non-negative number")
+  end)
+
   it("future methods check their arguments", function()
     local pool <close> = orch.pool{ workers = 1 }
     local fut = pool:submit(function() end)
