@@ -12,12 +12,12 @@ local FINAL = { done = true, failed = true, cancelled = true }
 
 -- fnid, body: the task as core.pack_task encoded it at submit.
 function Future.new(pool, group, id, fnid, body)
-  -- every field a future will hold, so the table is sized once
+  -- the fields every task comes to hold, so the table is sized once
+  -- (timers, callbacks and stop state are rarer and may grow it)
   return setmetatable({
     pool = pool, group = group, id = id, fnid = fnid, body = body,
     status = "queued", attempts = 0, worker = nil, started = nil,
-    values = nil, err = nil, timer = nil, callbacks = nil, stop_kind = nil,
-    fn = nil, args = nil,
+    values = nil, err = nil,
   }, Future)
 end
 
