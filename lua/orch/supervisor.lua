@@ -293,11 +293,11 @@ local function deps_ready(s, by_name)
   return true
 end
 
-local function dependents_down(s)
-  for _, d in ipairs(s.dependents) do
-    if alive(d) then return false end
+local function any_alive(list)
+  for _, s in ipairs(list) do
+    if alive(s) then return true end
   end
-  return true
+  return false
 end
 
 -- Moves every service a step towards its wish; repeats until stable.
@@ -317,7 +317,7 @@ function Supervisor:_reconcile()
     end
     for _, s in ipairs(self.order) do
       if s.want == "down" then
-        if alive(s) and not s.asked and dependents_down(s) then
+        if alive(s) and not s.asked and not any_alive(s.dependents) then
           ask_stop(s)
         end
       elseif not alive(s) and deps_ready(s, self.by_name) then
@@ -334,10 +334,7 @@ function Supervisor:_reconcile()
 end
 
 function Supervisor:_any_alive()
-  for _, s in ipairs(self.services) do
-    if alive(s) then return true end
-  end
-  return false
+  return any_alive(self.services)
 end
 
 -- Called after every event: reconcile, then notice the end.
