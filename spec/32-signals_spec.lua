@@ -53,29 +53,20 @@ local function finish(job)
 end
 
 describe("signals under a supervisor", function()
-  it("TERM to the whole group: ordered shutdown, nothing lost, exit 143", function()
-    local job = start_example()
-    P.signal_group("TERM", job.pid)
-    local rc = P.wait_exit(job, 15)
-    check_nothing_lost(job, rc, 143)
-    finish(job)
-  end)
-
-  it("INT to the whole group (Ctrl-C): the same, exit 130", function()
-    local job = start_example()
-    P.signal_group("INT", job.pid)
-    local rc = P.wait_exit(job, 15)
-    check_nothing_lost(job, rc, 130)
-    finish(job)
-  end)
-
-  it("TERM to the parent alone: the same, exit 143", function()
-    local job = start_example()
-    P.signal("TERM", job.pid)
-    local rc = P.wait_exit(job, 15)
-    check_nothing_lost(job, rc, 143)
-    finish(job)
-  end)
+  for _, case in ipairs({
+    { "TERM to the whole group: ordered shutdown, nothing lost, exit 143", "TERM", P.signal_group, 143 },
+    { "INT to the whole group (Ctrl-C): the same, exit 130", "INT", P.signal_group, 130 },
+    { "TERM to the parent alone: the same, exit 143", "TERM", P.signal, 143 },
+  }) do
+    local title, sig, send, code = case[1], case[2], case[3], case[4]
+    it(title, function()
+      local job = start_example()
+      send(sig, job.pid)
+      local rc = P.wait_exit(job, 15)
+      check_nothing_lost(job, rc, code)
+      finish(job)
+    end)
+  end
 
   it("INT and TERM sent to a child itself do nothing to it", function()
     local job = P.start("spec/scripts/sup_deaf.lua")
