@@ -57,7 +57,7 @@ test: build
 	@$(LUA) scripts/run-specs $(BUSTED) --exclude-tags=slow
 
 stress: build
-	@$(LUA) scripts/run-specs $(BUSTED) --tags=slow
+	@$(LUA) scripts/run-specs $(BUSTED) --tags=slow --exclude-tags=none
 
 demo: build
 	@echo "--- ordered shutdown: TERM after 3 s; produced must equal written"
