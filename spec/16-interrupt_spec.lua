@@ -8,6 +8,10 @@ local function start()
   local p = io.popen(("setsid lua5.4 spec/scripts/pool_interrupt.lua > %s 2>&1 & echo $!"):format(out))
   local pid = tonumber(p:read("l"))
   p:close()
+  finally(function()  -- whatever the assertions say, nothing is left running
+    os.execute(("kill -KILL -%d 2>/dev/null"):format(pid))
+    os.remove(out)
+  end)
   assert.is_true(H.eventually(function() return (H.read_file(out) or ""):find("ready") end, 10))
   local workers = {}
   for w in H.read_file(out):gmatch("worker (%d+)") do workers[#workers + 1] = tonumber(w) end
