@@ -3,6 +3,7 @@
 local orch = require "orch"
 local core = require "orch.core"
 local H = orch_spec
+local wait_for = H.wait_for
 
 describe("orch.pool", function()
   local pool
@@ -200,7 +201,7 @@ describe("closing a pool", function()
     local pool = orch.pool{ workers = 1 }
     local running = pool:submit(function() os.execute("sleep 0.3") return 1 end)
     local queued = pool:submit(function() return 2 end)
-    while running:state() ~= "running" do orch.sleep(0.01) end
+    assert.is_true(wait_for(function() return running:state() == "running" end))
     pool:shutdown{ cancel_pending = true, grace = 2 }
     assert.are.equal("cancelled", queued:state())
     assert.is_true(running:done())

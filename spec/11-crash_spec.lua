@@ -3,6 +3,7 @@
 local orch = require "orch"
 local core = require "orch.core"
 local H = orch_spec
+local wait_for = H.wait_for
 
 local function getpid() return require("orch.core").getpid() end
 
@@ -41,11 +42,12 @@ describe("a worker that dies", function()
     local pid = pid_fut:result()
     local futs = {}
     for i = 1, 6 do futs[i] = pool:submit(function() os.execute("sleep 0.3") return i end) end
-    orch.sleep(0.1)
     local victim
-    for _, f in ipairs(futs) do
-      if f:state() == "running" then victim = f.worker.pid break end
-    end
+    assert.is_true(wait_for(function()
+      for _, f in ipairs(futs) do
+        if f:state() == "running" then victim = f.worker.pid return true end
+      end
+    end))
     assert.is_number(victim)
     os.execute("kill -KILL " .. victim)
     local crashed, done = 0, 0
@@ -68,8 +70,8 @@ describe("a worker that dies", function()
     local pids = {}
     for _, w in pairs(pool.slots) do pids[#pids + 1] = w.pid end
     os.execute("kill -KILL " .. pids[1])
-    assert.is_true(H.eventually(function()
-      orch.sleep(0.01)
+    -- the worker's exit is an event of the loop: wait on it, no polling
+    assert.is_true(wait_for(function()
       return pool:stats().restarts == 1 and pool:stats().workers == 2
     end))
     local r = pool:map(function(x) return x + 1 end, { 1, 2, 3, 4 })

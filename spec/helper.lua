@@ -56,6 +56,12 @@ function H.fd_count()
   return n
 end
 
+-- Runs orch's loop until pred() holds (true) or timeout seconds pass
+-- (false): for conditions that events in this process make true.
+function H.wait_for(pred, timeout)
+  return require("orch.loop").wait(function() return pred() and true end, timeout or 5)
+end
+
 -- Polls an outside condition (another process's state) until it holds or
 -- timeout seconds pass; for things no event of ours can tell.
 function H.eventually(pred, timeout)

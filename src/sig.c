@@ -207,9 +207,12 @@ void sig_child_setup(pid_t parent)
 
 void sig_open(lua_State *L)
 {
-    for (size_t k = 0; k < NHANDLED; k++)
-        if (watchers[k].fn == 0 && !ev_is_active(&watchers[k].w))
+    static int ready;
+    if (!ready) { /* once per process, however often orch.core is opened */
+        for (size_t k = 0; k < NHANDLED; k++)
             watchers[k].fn = LUA_NOREF;
+        ready = 1;
+    }
     static const luaL_Reg fns[] = {
         {"on_signal", l_on_signal}, {"signum", l_signum}, {"signame", l_signame},
         {"die_by", l_die_by}, {NULL, NULL}};

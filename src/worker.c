@@ -307,11 +307,14 @@ static void resolve_name(lua_State *L, int idx)
     lua_replace(L, idx);
 }
 
+/* The id of the task frame being run: 0 is the init task, NO_FRAME means
+ * the frame failed before its id was read. */
+#define NO_FRAME (-1)
+static lua_Integer frame_id = NO_FRAME;
+
 /* run_frame(payload, plen): decodes a TASK frame, runs it, encodes the
  * reply into outbuf. Called in protected mode: a decode or encode failure
  * becomes an ERROR reply (see serve). */
-static lua_Integer frame_id;
-
 static int run_frame(lua_State *L)
 {
     const char *payload = lua_touserdata(L, 1);
@@ -435,7 +438,7 @@ static int l_serve(lua_State *L)
         if (type != MSG_TASK)
             continue;
         size_t mark = outbuf.len;
-        frame_id = 0;
+        frame_id = NO_FRAME;
         last_failed = 0;
         lua_pushcfunction(L, run_frame);
         lua_pushlightuserdata(L, (void *)payload);

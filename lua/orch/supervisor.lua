@@ -493,6 +493,17 @@ function Supervisor:start()
   return true
 end
 
+
+-- The set of s and of every service that depends on it, directly or not.
+local function with_dependents(s, set)
+  set = set or {}
+  if not set[s] then
+    set[s] = true
+    for _, d in ipairs(s.dependents) do with_dependents(d, set) end
+  end
+  return set
+end
+
 --- sup:stop(name?): the ordered stop of every service, or of one service
 -- and those that depend on it. Returns true once they have exited.
 function Supervisor:stop(name)
@@ -505,13 +516,7 @@ function Supervisor:stop(name)
     return true
   end
   local s = check_name(self, name, "stop")
-  local set = {}
-  local function take(t)
-    if set[t] then return end
-    set[t] = true
-    for _, d in ipairs(t.dependents) do take(d) end
-  end
-  take(s)
+  local set = with_dependents(s)
   for t in pairs(set) do
     t.want = "down"
     t.restarting = nil
@@ -533,13 +538,7 @@ function Supervisor:restart(name)
   check_self(self, "restart")
   local s = check_name(self, name, "restart")
   if self.stopping_all then return nil, "stopping" end
-  local set = {}
-  local function take(t)
-    if set[t] then return end
-    set[t] = true
-    for _, d in ipairs(t.dependents) do take(d) end
-  end
-  take(s)
+  local set = with_dependents(s)
   self:_cycle(set)
   self:_check()
   loop.wait(function()

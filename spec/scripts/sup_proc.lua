@@ -8,13 +8,7 @@ local function sh(cmd)
   return ok == true
 end
 
-local function read(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = orch_spec.read_file  -- spec/helper.lua
 P.read = read
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
