@@ -47,6 +47,7 @@ typedef struct proc {
     int status;   /* wait status once reaped */
     unsigned reaped : 1, eof : 1, dirty : 1, enc_open : 1, live : 1;
     size_t enc_start; /* frame being encoded starts here (enc_open) */
+    lua_Integer fn_last; /* the last function id sent (its code is there) */
     wbuf in, out;
     ev_io rio, wio;
     struct proc *next_live, *prev_live;
@@ -267,34 +268,114 @@ static void chld_cb(struct ev_loop *loop, ev_signal *w, int revents)
     proc_reap(loop_state());
 }
 
-/* Decodes every whole frame in p->in and calls on_message(proc, type, ...).
- * A frame that does not decode is reported as type 0 with the reason. */
+static void consume_frame(proc *p, size_t plen)
+{
+    p->in.off += FRAME_HEADER + plen;
+    if (p->in.off == p->in.len)
+        p->in.off = p->in.len = 0;
+}
+
+/* Calls on_message(proc, RESULT, batch, n) for the RESULT frames gathered
+ * in the table at bidx, if any, and leaves a fresh slot for the next run. */
+static void flush_results(lua_State *L, int pidx, int bidx, int *nb)
+{
+    if (*nb == 0)
+        return;
+    lua_getiuservalue(L, pidx, UV_ON_MESSAGE);
+    lua_pushvalue(L, pidx);
+    lua_pushinteger(L, MSG_RESULT);
+    lua_pushvalue(L, bidx);
+    lua_pushinteger(L, *nb);
+    lua_pushnil(L);
+    lua_replace(L, bidx); /* the next run gets a table of its own */
+    *nb = 0;
+    loop_call(L, 4);
+}
+
+/* Decodes a RESULT frame's id and values into the batch at bidx (made on
+ * first use): batch[nb + 1] = id, batch[nb + 2] = {n = count, values...}.
+ * 0, or -1 with d->err. */
+static int gather_result(lua_State *L, wire_dec *d, int bidx, int *nb)
+{
+    int top = lua_gettop(L);
+    if (lua_isnil(L, bidx)) {
+        lua_createtable(L, 16, 0);
+        lua_replace(L, bidx);
+    }
+    if (wire_dec_value(d) < 0)
+        return -1;
+    lua_createtable(L, 1, 1);
+    int n = 0;
+    while (d->pos < d->len) {
+        if (wire_dec_value(d) < 0) {
+            lua_settop(L, top);
+            return -1;
+        }
+        lua_rawseti(L, top + 2, ++n);
+    }
+    lua_pushinteger(L, n);
+    lua_setfield(L, top + 2, "n");
+    lua_rawseti(L, bidx, *nb + 2);
+    lua_rawseti(L, bidx, *nb + 1);
+    *nb += 2;
+    return 0;
+}
+
+/* on_message(proc, 0, "bad frame: why"). */
+static void report_bad(lua_State *L, int pidx, const char *why)
+{
+    lua_getiuservalue(L, pidx, UV_ON_MESSAGE);
+    lua_pushvalue(L, pidx);
+    lua_pushinteger(L, 0);
+    lua_pushfstring(L, "bad frame: %s", why);
+    loop_call(L, 3);
+}
+
+/* Decodes every whole frame in p->in for on_message. A run of RESULT frames
+ * comes in one call, on_message(proc, RESULT, batch, n), batch holding id,
+ * values (a table with its count n) for each; any other frame is
+ * on_message(proc, type, values...). A frame that does not decode is
+ * reported as type 0 with the reason. Order is kept. */
 static void proc_dispatch(lua_State *L, proc *p, int pidx)
 {
     const char *payload;
     size_t plen;
-    int type, r;
+    int type, r, nb = 0;
+    lua_pushnil(L); /* the batch of results */
+    int bidx = lua_gettop(L);
     while (p->in.data && (r = chan_frame_peek(&p->in, &type, &payload, &plen)) != 0) {
+        if (r < 0) {
+            p->in.off = p->in.len;
+            flush_results(L, pidx, bidx, &nb);
+            report_bad(L, pidx, "length over the limit");
+            break;
+        }
+        if (type != MSG_RESULT && nb > 0) {
+            flush_results(L, pidx, bidx, &nb); /* then this frame, peeked again */
+            continue;
+        }
+        wire_dec d;
+        int bad = 0;
+        if (type == MSG_RESULT) {
+            wire_dec_begin(&d, L, payload, plen, 0);
+            bad = gather_result(L, &d, bidx, &nb) < 0;
+            wire_dec_end(&d);
+            consume_frame(p, plen);
+            if (bad) {
+                flush_results(L, pidx, bidx, &nb);
+                report_bad(L, pidx, d.err);
+            }
+            continue;
+        }
         lua_getiuservalue(L, pidx, UV_ON_MESSAGE);
         lua_pushvalue(L, pidx);
         int base = lua_gettop(L);
-        if (r < 0) {
-            p->in.off = p->in.len;
-            lua_pushinteger(L, 0);
-            lua_pushliteral(L, "bad frame: length over the limit");
-            loop_call(L, 3);
-            return;
-        }
         lua_pushinteger(L, type);
-        wire_dec d;
         wire_dec_begin(&d, L, payload, plen, 0);
-        int bad = 0;
         while (d.pos < d.len && !bad)
             bad = wire_dec_value(&d) < 0;
         wire_dec_end(&d);
-        p->in.off += FRAME_HEADER + plen;
-        if (p->in.off == p->in.len)
-            p->in.off = p->in.len = 0;
+        consume_frame(p, plen);
         if (bad) {
             lua_settop(L, base);
             lua_pushinteger(L, 0);
@@ -302,6 +383,8 @@ static void proc_dispatch(lua_State *L, proc *p, int pidx)
         }
         loop_call(L, lua_gettop(L) - base + 1);
     }
+    flush_results(L, pidx, bidx, &nb);
+    lua_settop(L, bidx - 1);
 }
 
 /* ---- writing ---------------------------------------------------------------- */
@@ -446,22 +529,45 @@ static wbuf *scratch(lua_State *L)
     return b;
 }
 
-/* pack_task(fn, ...) -> fnid, body: encodes a task once, at submit, so a
- * value that cannot cross is refused there, naming its place
- * ("args[2].conn: cannot send userdata", "upvalue 'handle': ..."). A Lua
- * function is numbered by its code (fnid > 0) and its body holds its
- * upvalues; a C function or a "module.name" string travels by name
- * (fnid 0) at the head of the body. Then the argument count and the
- * arguments. proc:send_task puts the body in a frame for one worker. */
+/* A packed task is a string: the function's id (TASK_FNID bytes, native
+ * order; 0 for a function sent by name), then what follows the id and the
+ * function in a TASK frame. It never leaves the parent as it is. */
+#define TASK_FNID sizeof(lua_Integer)
+
+static wbuf *task_begin(lua_State *L, lua_Integer fnid, wire_enc *e)
+{
+    wbuf *b = scratch(L);
+    if (wbuf_reserve(b, TASK_FNID) < 0)
+        luaL_error(L, "orch: not enough memory for a task");
+    memcpy(b->data, &fnid, TASK_FNID);
+    b->len = TASK_FNID;
+    wire_enc_begin(e, L, b, WIRE_FUNCTIONS);
+    return b;
+}
+
+static int task_end(lua_State *L, wbuf *b, wire_enc *e)
+{
+    wire_enc_end(e);
+    lua_pushlstring(L, b->data, b->len);
+    wbuf_reset(b);
+    return 1;
+}
+
+/* pack_task(fn, ...) -> task: encodes a task once, at submit, so a value
+ * that cannot cross is refused there, naming its place ("args[2].conn:
+ * cannot send userdata", "upvalue 'handle': ..."). A Lua function is
+ * numbered by its code (fnid > 0) and its upvalues come first; a C
+ * function or a "module.name" string travels by name (fnid 0). Then the
+ * argument count and the arguments. proc:send_task puts it in a frame for
+ * one worker. */
 static int l_pack_task(lua_State *L)
 {
     int t = lua_type(L, 1);
     luaL_argexpected(L, t == LUA_TFUNCTION || t == LUA_TSTRING, 1, "function or module name");
     int n = lua_gettop(L);
     lua_Integer fnid = t == LUA_TFUNCTION && !lua_iscfunction(L, 1) ? function_id(L, 1) : 0;
-    wbuf *b = scratch(L);
     wire_enc e;
-    wire_enc_begin(&e, L, b, WIRE_FUNCTIONS);
+    wbuf *b = task_begin(L, fnid, &e);
     if (fnid)
         wire_enc_upvalues(&e, 1);
     else
@@ -477,14 +583,10 @@ static int l_pack_task(lua_State *L)
             wire_enc_value(&e, i, root);
         }
     }
-    wire_enc_end(&e);
-    lua_pushinteger(L, fnid);
-    lua_pushlstring(L, b->data, b->len);
-    wbuf_reset(b);
-    return 2;
+    return task_end(L, b, &e);
 }
 
-/* pack_chunk(task, fn, items, i, j) -> fnid, body: as
+/* pack_chunk(task, fn, items, i, j) -> task: as
  * pack_task(task, fn, {items[i..j]}, j - i + 1), without building the
  * slice: map's chunks. */
 static int l_pack_chunk(lua_State *L)
@@ -494,9 +596,8 @@ static int l_pack_chunk(lua_State *L)
     lua_Integer i = luaL_checkinteger(L, 4), j = luaL_checkinteger(L, 5);
     luaL_argcheck(L, !lua_iscfunction(L, 1), 1, "a Lua function expected");
     lua_Integer fnid = function_id(L, 1);
-    wbuf *b = scratch(L);
     wire_enc e;
-    wire_enc_begin(&e, L, b, WIRE_FUNCTIONS);
+    wbuf *b = task_begin(L, fnid, &e);
     wire_enc_upvalues(&e, 1);
     wire_enc_integer(&e, 3);
     wire_enc_value(&e, 2, "function");
@@ -504,29 +605,27 @@ static int l_pack_chunk(lua_State *L)
     lua_pushinteger(L, j >= i ? j - i + 1 : 0);
     wire_enc_value(&e, -1, "count");
     lua_pop(L, 1);
-    wire_enc_end(&e);
-    lua_pushinteger(L, fnid);
-    lua_pushlstring(L, b->data, b->len);
-    wbuf_reset(b);
-    return 2;
+    return task_end(L, b, &e);
 }
 
-/* proc:send_task(id, fnid, body) -> true | false: a TASK frame for this
- * worker; the function's code goes with the first task that uses it.
- * false when the channel is closed (the child is exiting). */
+/* proc:send_task(id, task) -> true | false: a TASK frame for this worker;
+ * the function's code goes with the first task that uses it. false when
+ * the channel is closed (the child is exiting). */
 static int proc_send_task(lua_State *L)
 {
     proc *p = check_proc(L, 1);
     lua_Integer id = luaL_checkinteger(L, 2);
-    lua_Integer fnid = luaL_checkinteger(L, 3);
-    size_t blen;
-    const char *body = luaL_checklstring(L, 4, &blen);
+    size_t tlen;
+    const char *task = luaL_checklstring(L, 3, &tlen);
+    luaL_argcheck(L, tlen >= TASK_FNID, 3, "not a packed task");
     if (p->fd < 0) {
         lua_pushboolean(L, 0);
         return 1;
     }
+    lua_Integer fnid;
+    memcpy(&fnid, task, TASK_FNID);
     int first = 0;
-    if (fnid) {
+    if (fnid && fnid != p->fn_last) {
         lua_getiuservalue(L, 1, UV_FNS_SENT);
         first = lua_rawgeti(L, -1, fnid) == LUA_TNIL;
         lua_pop(L, 2);
@@ -545,9 +644,10 @@ static int proc_send_task(lua_State *L)
         wire_enc_value(&e, lua_gettop(L), "function");
         lua_pop(L, 2);
     }
+    size_t blen = tlen - TASK_FNID;
     if (wbuf_reserve(&p->out, blen) < 0)
         return luaL_error(L, "orch: not enough memory for a frame");
-    memcpy(p->out.data + p->out.len, body, blen);
+    memcpy(p->out.data + p->out.len, task + TASK_FNID, blen);
     p->out.len += blen;
     frame_close(L, p, &e, start);
     if (first) {
@@ -556,6 +656,7 @@ static int proc_send_task(lua_State *L)
         lua_rawseti(L, -2, fnid);
         lua_pop(L, 1);
     }
+    p->fn_last = fnid;
     lua_pushboolean(L, 1);
     return 1;
 }

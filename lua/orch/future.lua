@@ -10,14 +10,13 @@ Future.__name = "orch.future"
 
 local FINAL = { done = true, failed = true, cancelled = true }
 
--- fnid, body: the task as core.pack_task encoded it at submit.
-function Future.new(pool, group, id, fnid, body)
-  -- the fields every task comes to hold, so the table is sized once
-  -- (timers, callbacks and stop state are rarer and may grow it)
+-- task: the task as core.pack_task encoded it at submit.
+function Future.new(group, id, task)
+  -- the fields a task comes to hold, so the table is sized once (timers,
+  -- callbacks and stop state are rarer and may grow it)
   return setmetatable({
-    pool = pool, group = group, id = id, fnid = fnid, body = body,
-    status = "queued", attempts = 0, worker = nil, started = nil,
-    values = nil, err = nil,
+    group = group, id = id, task = task, status = "queued", attempts = 0,
+    worker = nil, values = nil, err = nil,
   }, Future)
 end
 
@@ -81,7 +80,7 @@ function Future:_settle(status, values, err)
   self.status = status
   self.values = values
   self.err = err
-  self.body = nil
+  self.task = nil
   local cbs = self.callbacks
   if cbs then
     self.callbacks = nil
@@ -93,14 +92,14 @@ end
 -- then killed after the grace period. Returns true unless it had ended.
 function Future:cancel()
   if FINAL[self.status] then return false end
-  self.pool:_stop_task(self, "cancelled")
+  self.group.pool:_stop_task(self, "cancelled")
   return true
 end
 
 --- SIGKILLs the task's worker now (a queued task fails without running).
 function Future:kill()
   if FINAL[self.status] then return false end
-  self.pool:_kill_task(self)
+  self.group.pool:_kill_task(self)
   return true
 end
 

@@ -185,11 +185,12 @@ local function escalate(fut, w)
   end)
 end
 
--- Starts the clock of the task that now runs first on w.
+-- Starts the clock of the task that now runs first on w (w.started is
+-- the task whose start was seen, at w.started_at).
 local function start_head(self, w, now)
   local fut = w.inflight[w.ih]
-  if not fut or fut.started then return end
-  fut.started = now or core.now()
+  if not fut or w.started == fut then return end
+  w.started, w.started_at = fut, now or core.now()
   if fut.status ~= "queued" then
     -- settled while it waited in the pipeline (see Pool:_stop_task): the
     -- worker answers it without running it, or, if it had just started it,
@@ -209,7 +210,7 @@ local function start_head(self, w, now)
 end
 
 local function send_task(self, w, fut)
-  if not w.proc:send_task(fut.id, fut.fnid, fut.body) then
+  if not w.proc:send_task(fut.id, fut.task) then
     -- its channel is closed: the worker is exiting, its exit will tell why
     w.retiring = true
     return push_front(self, fut)
@@ -317,7 +318,7 @@ function Pool:_failed(fut, err)
   if action == "retry" and not (self.terminated or fut.stop_kind or fut.no_retry) then
     clear_timers(fut)
     if fut.status == "running" then self.n_running = self.n_running - 1 end
-    fut.status, fut.started, fut.worker = "queued", nil, nil
+    fut.status, fut.worker = "queued", nil
     fut.id = new_id()
     local delay = group:_backoff(fut)
     if delay > 0 then
@@ -337,64 +338,100 @@ function Pool:_failed(fut, err)
   if action == "fail_fast" then group:_fail_fast(err) end
 end
 
-function Pool:_message(w, type, id, ...)
-  if type == RESULT or type == ERROR then
+-- The init task (id 0) has answered; message: its error, if it failed.
+function Pool:_init_done(w, failed, message)
+  w.in_init = false
+  if failed then
+    self.init_error = message
+    w.retiring = true  -- it exits with code 3; its slot gets a new worker
+    log.deliver("error", "init failed: " .. tostring(message), w.name, w.pid)
+  else
+    self.init_failures = 0
+  end
+end
+
+-- Takes the task that answered (id) off the head of w's pipeline: nil
+-- after a protocol error (the worker is then killed).
+local function take_head(self, w, id, now)
+  local h = w.ih
+  local fut = w.inflight[h]
+  if fut then
+    w.inflight[h] = nil
+    w.ih = h + 1
+  end
+  if not fut or fut.id ~= id then
+    log.deliver("error", ("protocol: result for task %s out of order"):format(id), w.name, w.pid)
+    w.proc:kill()
+    return nil
+  end
+  -- the mean time a task holds a worker sets the pipeline's depth
+  local ran = w.started == fut and now - w.started_at or 0
+  w.started = nil
+  local mean = self.mean_task
+  mean = mean and 0.9 * mean + 0.1 * ran or ran
+  self.mean_task = mean
+  local depth = mean > 0 and PIPELINE_SECONDS // mean or PIPELINE_MAX
+  self.pipeline = depth > PIPELINE_MAX and PIPELINE_MAX or depth < 1 and 1 or depth
+  return fut
+end
+
+-- w has answered: more work for it, or for the others.
+function Pool:_answered(w)
+  if self.n_queued > 0 then
+    if usable(w) then refill(self, w) else self:_pump() end
+  end
+  self:_maybe_retire()
+end
+
+-- RESULT frames, gathered: batch holds id, values ({n = count, ...}) for
+-- each, n entries in all.
+function Pool:_results(w, batch, n)
+  local now = core.now()
+  for k = 1, n, 2 do
+    local id, values = batch[k], batch[k + 1]
     if id == 0 and w.in_init then
-      w.in_init = false
-      if type == ERROR then
-        local _, message = ...
-        self.init_error = message
-        w.retiring = true  -- it exits with code 3; its slot gets a new worker
-        log.deliver("error", "init failed: " .. tostring(message), w.name, w.pid)
-      else
-        self.init_failures = 0
-      end
-      self:_pump()
-      return
-    end
-    local h = w.ih
-    local fut = w.inflight[h]
-    if fut then
-      w.inflight[h] = nil
-      w.ih = h + 1
-    end
-    if not fut or fut.id ~= id then
-      log.deliver("error", ("protocol: result for task %s out of order"):format(id), w.name, w.pid)
-      w.proc:kill()
-      return
-    end
-    -- the mean time a task holds a worker sets the pipeline's depth
-    local now = core.now()
-    local ran = now - (fut.started or now)
-    local mean = self.mean_task and 0.9 * self.mean_task + 0.1 * ran or ran
-    self.mean_task = mean
-    local depth = mean > 0 and PIPELINE_SECONDS // mean or PIPELINE_MAX
-    self.pipeline = depth > PIPELINE_MAX and PIPELINE_MAX or depth < 1 and 1 or depth
-    if fut.status ~= "running" then
-      clear_timers(fut)  -- settled while it waited in the pipeline: nothing to tell
-    elseif type == RESULT then
-      if fut.stop_kind then
-        self:_stopped(fut, w, nil)
-      else
-        self:_finish(fut, "done", pack(...))
-      end
+      self:_init_done(w, false)
     else
-      local kind, message, traceback, value = ...
-      if fut.stop_kind and kind ~= "error" then
-        self:_stopped(fut, w, nil)
+      local fut = take_head(self, w, id, now)
+      if not fut then return end
+      if fut.status ~= "running" then
+        clear_timers(fut)  -- settled while it waited in the pipeline: nothing to tell
       elseif fut.stop_kind then
-        self:_stopped(fut, w, { message = message, traceback = traceback, value = value })
+        self:_stopped(fut, w, nil)
       else
-        self:_failed(fut, task_error(kind, {
-          message = message, traceback = traceback ~= "" and traceback or nil,
-          value = value, pid = w.pid }))
+        self:_finish(fut, "done", values)
       end
+      start_head(self, w, now)
+    end
+  end
+  self:_answered(w)
+end
+
+function Pool:_message(w, type, id, ...)
+  if type == RESULT then
+    self:_results(w, id, ...)
+  elseif type == ERROR then
+    local kind, message, traceback, value = ...
+    if id == 0 and w.in_init then
+      self:_init_done(w, true, message)
+      return self:_answered(w)
+    end
+    local now = core.now()
+    local fut = take_head(self, w, id, now)
+    if not fut then return end
+    if fut.status ~= "running" then
+      clear_timers(fut)
+    elseif fut.stop_kind and kind ~= "error" then
+      self:_stopped(fut, w, nil)
+    elseif fut.stop_kind then
+      self:_stopped(fut, w, { message = message, traceback = traceback, value = value })
+    else
+      self:_failed(fut, task_error(kind, {
+        message = message, traceback = traceback ~= "" and traceback or nil,
+        value = value, pid = w.pid }))
     end
     start_head(self, w, now)
-    if self.n_queued > 0 then
-      if usable(w) then refill(self, w) else self:_pump() end
-    end
-    self:_maybe_retire()
+    self:_answered(w)
   elseif type == LOG then
     log.deliver(id, (...), w.name, w.pid)
   elseif type == CALL then
@@ -425,7 +462,7 @@ end
 function Pool:_requeue(fut)
   clear_timers(fut)
   if fut.status == "running" then self.n_running = self.n_running - 1 end
-  fut.status, fut.started, fut.worker = "queued", nil, nil
+  fut.status, fut.worker = "queued", nil
   fut.attempts = fut.attempts - 1
   push_front(self, fut)
 end
@@ -580,8 +617,8 @@ end
 -- public API
 
 -- Queues a task encoded by core.pack_task or core.pack_chunk.
-function Pool:_enqueue(group, fnid, body)
-  local fut = Future.new(self, group, new_id(), fnid, body)
+function Pool:_enqueue(group, task)
+  local fut = Future.new(group, new_id(), task)
   group:_add(fut)
   if group.failed_fast then
     -- the group has failed fast: what comes after is cancelled at once
