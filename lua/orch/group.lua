@@ -85,6 +85,7 @@ function Group.new(pool, opts, is_default)
   return setmetatable({
     pool = pool, opts = merged, futures = {}, live = live, n_pending = 0,
     retry_sets = {}, is_default = is_default or false,
+    keeps_args = type(merged.on_error) == "function",  -- a policy function sees fn and args
   }, Group)
 end
 
@@ -228,7 +229,7 @@ function Group:_submit_chunk(fn, items, s, e)
   local pool = self.pool
   if pool.closed then error("orch.pool: submit on a closed pool", 4) end
   local fut = pool:_enqueue(self, core.pack_chunk(run_chunk, fn, items, s, e))
-  if type(self.opts.on_error) == "function" then
+  if self.keeps_args then
     fut.fn, fut.args = run_chunk, table.pack(fn, table.move(items, s, e, 1, {}), e - s + 1)
   end
   return fut

@@ -1,8 +1,9 @@
 --- Pools: tasks run in pre-forked worker processes.
 --
 -- The parent is the only scheduler. Each worker has a FIFO of tasks sent
--- to it (`inflight`, a FIFO from index `ih` to `it`): the first is running, the others wait in its channel
--- (a short pipeline, so a worker never idles between two small tasks).
+-- to it (`inflight`, a ring read from count `ih` to count `it`): the first
+-- is running, the others wait in its channel (a short pipeline, so a
+-- worker never idles between two small tasks).
 -- A worker that dies is noticed once its exit is reaped and everything it
 -- wrote has been read; its running task fails ("crashed", or the kind of
 -- the stop that killed it), the tasks waiting behind it go back to the
@@ -15,10 +16,12 @@ local signal = require "orch.signal"
 local Future = require "orch.future"
 local Group = require "orch.group"
 local TaskError = require("orch.errors").TaskError
+local settle = Future._settle
 
 local MSG = core.msg
 local RESULT, ERROR, LOG, CALL = MSG.RESULT, MSG.ERROR, MSG.LOG, MSG.CALL
 local pack = table.pack
+local pack_task = core.pack_task
 
 local Pool = {}
 Pool.__index = Pool
@@ -29,6 +32,9 @@ Pool.__name = "orch.pool"
 -- PIPELINE_MAX. Short tasks then cost no round trip each, and long ones
 -- are never stuck behind each other on one worker while another idles.
 local PIPELINE_MAX = 32
+-- Slots in a worker's ring: task number i sits at inflight[i % RING + 1].
+-- A worker holds at most PIPELINE_MAX tasks (refill, _pump).
+local RING = 64
 local PIPELINE_SECONDS = 0.002
 -- A task asked to stop is interrupted this long after the request
 -- (capped by half its grace period), and killed after its grace period.
@@ -109,7 +115,7 @@ local function pop_front(self)
     local fut = self.queue[h]
     self.queue[h] = nil
     self.q_head = h + 1
-    if fut.status == "queued" and not fut.dequeued then
+    if fut.status == "queued" then  -- else settled while queued (_unqueue)
       self.n_queued = self.n_queued - 1
       return fut
     end
@@ -154,7 +160,13 @@ end
 
 -- The tasks sent to w, the running one first.
 local function inflight_list(w)
-  return table.move(w.inflight, w.ih, w.it, 1, {})
+  local list, ring = {}, w.inflight
+  for i = w.ih, w.it do list[#list + 1] = ring[i % RING + 1] end
+  return list
+end
+
+local function head_of(w)
+  return w.inflight[w.ih % RING + 1]
 end
 
 -- The three steps for the task fut that now runs first on worker w: ask
@@ -167,7 +179,7 @@ local function escalate(fut, w)
   w.proc:stop(fut.id, MSG.STOP_ASK)
   fut.stop_timer = core.timer(math.min(INTERRUPT_AFTER, grace / 2), function()
     fut.stop_timer = nil
-    if w.inflight[w.ih] == fut and not w.dead then
+    if head_of(w) == fut and not w.dead then
       w.proc:stop(fut.id, level)
       -- a task waiting on a queue waits in the parent: end that wait
       local queue = package.loaded["orch.queue"]
@@ -176,7 +188,7 @@ local function escalate(fut, w)
   end)
   fut.kill_timer = core.timer(grace, function()
     fut.kill_timer = nil
-    if w.inflight[w.ih] == fut and not w.dead then
+    if head_of(w) == fut and not w.dead then
       log.deliver("warn", ("task %d still running %gs after a stop request: killing %s")
         :format(fut.id, grace, w.name), w.name, w.pid)
       w.retiring, w.killed = true, true  -- no new work for it
@@ -188,7 +200,7 @@ end
 -- Starts the clock of the task that now runs first on w (w.started is
 -- the task whose start was seen, at w.started_at).
 local function start_head(self, w, now)
-  local fut = w.inflight[w.ih]
+  local fut = w.inflight[w.ih % RING + 1]
   if not fut or w.started == fut then return end
   w.started, w.started_at = fut, now or core.now()
   if fut.status ~= "queued" then
@@ -219,7 +231,7 @@ local function send_task(self, w, fut)
   fut.attempts = fut.attempts + 1
   local t = w.it + 1
   w.it = t
-  w.inflight[t] = fut
+  w.inflight[t % RING + 1] = fut
   w.dispatched = w.dispatched + 1
   if t == w.ih then start_head(self, w) end
   local max = self.opts.max_tasks_per_worker
@@ -303,7 +315,7 @@ function Pool:_finish(fut, status, values, err)
   else
     self.n_failed = self.n_failed + 1
   end
-  fut:_settle(status, values, err)
+  settle(fut, status, values, err)
   fut.group:_settled(fut)
 end
 
@@ -352,31 +364,37 @@ end
 
 -- Takes the task that answered (id) off the head of w's pipeline: nil
 -- after a protocol error (the worker is then killed).
-local function take_head(self, w, id, now)
+local function take_head(w, id)
   local h = w.ih
-  local fut = w.inflight[h]
+  local k = h % RING + 1
+  local fut = w.inflight[k]
   if fut then
-    w.inflight[h] = nil
+    w.inflight[k] = nil
     w.ih = h + 1
+    w.started = nil
   end
   if not fut or fut.id ~= id then
     log.deliver("error", ("protocol: result for task %s out of order"):format(id), w.name, w.pid)
     w.proc:kill()
     return nil
   end
-  -- the mean time a task holds a worker sets the pipeline's depth
-  local ran = w.started == fut and now - w.started_at or 0
-  w.started = nil
-  local mean = self.mean_task
-  mean = mean and 0.9 * mean + 0.1 * ran or ran
-  self.mean_task = mean
-  local depth = mean > 0 and PIPELINE_SECONDS // mean or PIPELINE_MAX
-  self.pipeline = depth > PIPELINE_MAX and PIPELINE_MAX or depth < 1 and 1 or depth
   return fut
 end
 
--- w has answered: more work for it, or for the others.
-function Pool:_answered(w)
+-- w has answered count tasks: the mean time a task holds a worker (from
+-- the start of the first of them) sets the pipeline's depth, the next task
+-- starts, and there is more work for w or for the others.
+local function answered(self, w, now, count)
+  local since = w.started_at
+  if since and count > 0 then
+    local ran = (now - since) / count
+    local mean = self.mean_task
+    mean = mean and 0.9 * mean + 0.1 * ran or ran
+    self.mean_task = mean
+    local depth = mean > 0 and PIPELINE_SECONDS // mean or PIPELINE_MAX
+    self.pipeline = depth > PIPELINE_MAX and PIPELINE_MAX or depth < 1 and 1 or depth
+  end
+  start_head(self, w, now)
   if self.n_queued > 0 then
     if usable(w) then refill(self, w) else self:_pump() end
   end
@@ -384,27 +402,29 @@ function Pool:_answered(w)
 end
 
 -- RESULT frames, gathered: batch holds id, values ({n = count, ...}) for
--- each, n entries in all.
+-- each, n entries in all. A task that waited in the pipeline may have
+-- ended within the batch: it never showed as running.
 function Pool:_results(w, batch, n)
-  local now = core.now()
+  local now, count = core.now(), 0
   for k = 1, n, 2 do
     local id, values = batch[k], batch[k + 1]
     if id == 0 and w.in_init then
       self:_init_done(w, false)
     else
-      local fut = take_head(self, w, id, now)
+      local fut = take_head(w, id)
       if not fut then return end
-      if fut.status ~= "running" then
+      count = count + 1
+      local status = fut.status
+      if status ~= "running" and status ~= "queued" then
         clear_timers(fut)  -- settled while it waited in the pipeline: nothing to tell
       elseif fut.stop_kind then
         self:_stopped(fut, w, nil)
       else
         self:_finish(fut, "done", values)
       end
-      start_head(self, w, now)
     end
   end
-  self:_answered(w)
+  answered(self, w, now, count)
 end
 
 function Pool:_message(w, type, id, ...)
@@ -414,12 +434,12 @@ function Pool:_message(w, type, id, ...)
     local kind, message, traceback, value = ...
     if id == 0 and w.in_init then
       self:_init_done(w, true, message)
-      return self:_answered(w)
+      return answered(self, w, core.now(), 0)
     end
-    local now = core.now()
-    local fut = take_head(self, w, id, now)
+    local fut = take_head(w, id)
     if not fut then return end
-    if fut.status ~= "running" then
+    local status = fut.status
+    if status ~= "running" and status ~= "queued" then
       clear_timers(fut)
     elseif fut.stop_kind and kind ~= "error" then
       self:_stopped(fut, w, nil)
@@ -430,8 +450,7 @@ function Pool:_message(w, type, id, ...)
         message = message, traceback = traceback ~= "" and traceback or nil,
         value = value, pid = w.pid }))
     end
-    start_head(self, w, now)
-    self:_answered(w)
+    answered(self, w, core.now(), 1)
   elseif type == LOG then
     log.deliver(id, (...), w.name, w.pid)
   elseif type == CALL then
@@ -560,7 +579,6 @@ function Pool:_unqueue(fut)
   if self.retry_waiting[fut] then
     self.retry_waiting[fut] = nil
   else
-    fut.dequeued = true
     self.n_queued = self.n_queued - 1
   end
   clear_timers(fut)
@@ -618,7 +636,9 @@ end
 
 -- Queues a task encoded by core.pack_task or core.pack_chunk.
 function Pool:_enqueue(group, task)
-  local fut = Future.new(group, new_id(), task)
+  local id = last_id + 1
+  last_id = id
+  local fut = Future.new(group, id, task)
   group:_add(fut)
   if group.failed_fast then
     -- the group has failed fast: what comes after is cancelled at once
@@ -632,23 +652,25 @@ function Pool:_enqueue(group, task)
   return fut
 end
 
-function Pool:_submit(group, fn, ...)
-  if self.closed then error("orch.pool: submit on a closed pool", 3) end
+-- pool:submit and group:submit.
+local function submit(self, group, fn, ...)
   local t = type(fn)
-  if t ~= "function" and t ~= "string" then
+  if self.closed or (t ~= "function" and t ~= "string") then
+    if self.closed then error("orch.pool: submit on a closed pool", 3) end
     error(("orch.pool: submit expects a function or a 'module.name' string, got %s"):format(t), 3)
   end
   -- encoded once, here: what cannot cross is refused at submit
-  local fut = self:_enqueue(group, core.pack_task(fn, ...))
-  if type(group.opts.on_error) == "function" then
+  local fut = self:_enqueue(group, pack_task(fn, ...))
+  if group.keeps_args then
     fut.fn, fut.args = fn, pack(...)  -- what a policy function may look at
   end
   return fut
 end
+Pool._submit = submit
 
 --- pool:submit(fn, ...) -> Future
 function Pool:submit(fn, ...)
-  return self:_submit(self.default_group, fn, ...)
+  return submit(self, self.default_group, fn, ...)
 end
 
 --- pool:group(opts) -> Group: a batch with its own options.
