@@ -571,4 +571,44 @@ describe("orch.core wire", function()
                      ("grew by %.0f KiB"):format(collectgarbage("count") - before))
     end)
   end)
+  describe("lists for map's chunks", function()
+    local encode_slice, decode_into = core.encode_slice, core.decode_into
+
+    it("decode a slice into a table at an offset, holes and shared tables kept", function()
+      local shared = { x = 1 }
+      local s = encode_slice({ "a", shared, nil, shared, 5.5, "z" }, 2, 5)
+      local out = { "keep" }
+      assert.equal(4, decode_into(s, out, 2))
+      assert.equal("keep", out[1])
+      assert.equal(1, out[2].x)
+      assert.is_nil(out[3])
+      assert.equal(out[2], out[4])
+      assert.equal(5.5, out[5])
+      assert.is_nil(out[6])
+      assert.equal(0, decode_into(encode_slice({ 1 }, 2, 1), out, 1))
+    end)
+
+    it("refuse what a worker may not send, naming its place in the slice", function()
+      assert.has_error(function() encode_slice({ 1, 2, io.stdout }, 2, 3) end,
+        "result[2]: cannot send userdata")
+      assert.has_error(function() encode_slice({ print }, 1, 1) end)
+    end)
+
+    it("raise on anything but one whole list, and on a bad offset", function()
+      local s = encode_slice({ 1, 2, 3 }, 1, 3)
+      local function bad(str, i)
+        local ok, err = pcall(decode_into, str, {}, i or 1)
+        assert.is_false(ok)
+        return err
+      end
+      assert.matches("truncated", bad(s:sub(1, -2)))
+      assert.matches("bytes after the list", bad(s .. "x"))
+      assert.matches("a list expected", bad(core.encode(1)))
+      assert.matches("a list expected, got nothing", bad(""))
+      assert.matches("keys other than 1..n", bad(core.encode({ 1, 2, x = 3 })))
+      assert.matches("index out of range", bad(s, 0))
+      assert.matches("index out of range", bad(s, math.maxinteger))
+      assert.matches("function", bad(core.encode({ function() end })))
+    end)
+  end)
 end)

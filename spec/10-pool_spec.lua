@@ -116,6 +116,18 @@ describe("orch.pool", function()
     end, "items[2]: cannot send userdata")
   end)
 
+  it("maps chunks whose results have holes, or cannot cross", function()
+    local r = pool:map(function(x) if x % 2 == 0 then return x end end, { 1, 2, 3, 4, 5, 6, 7 }, { chunk = 3 })
+    assert.are.same({ nil, 2, nil, 4, nil, 6, nil }, { table.unpack(r, 1, 7) })
+    local ok, err = pcall(pool.map, pool, function(x)
+      return x == 5 and io.stdout or x
+    end, { 1, 2, 3, 4, 5, 6 }, { chunk = 4 })
+    assert.is_false(ok)
+    assert.is_true(orch.TaskError.is(err))
+    assert.matches("result%[1%]: cannot send userdata", err.message)
+    assert.are.same({ 10, 20, 30 }, pool:map(function(x) return 10 * x end, { 1, 2, 3 }, { chunk = 2 }))
+  end)
+
   it("raises the first failure of a map", function()
     local ok, err = pcall(pool.map, pool, function(x)
       if x == 3 then error("three") end

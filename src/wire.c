@@ -823,6 +823,17 @@ static void dec_register(wire_dec *d, int idx, int shared)
     lua_rawseti(L, d->ctx, d->nrefs);
 }
 
+/* The na values of an array part, into t[base], t[base + 1]... */
+static int dec_array(wire_dec *d, int t, lua_Integer base, size_t na)
+{
+    for (size_t i = 0; i < na; i++) {
+        if (dec_any(d) != 0)
+            return -1;
+        lua_rawseti(d->L, t, base + (lua_Integer)i);
+    }
+    return 0;
+}
+
 static int dec_table(wire_dec *d, size_t at, int shared)
 {
     lua_State *L = d->L;
@@ -843,11 +854,8 @@ static int dec_table(wire_dec *d, size_t at, int shared)
     lua_createtable(L, (int)na, (int)nh);
     int t = lua_gettop(L);
     dec_register(d, t, shared);
-    for (size_t i = 1; i <= na; i++) {
-        if (dec_any(d) != 0)
-            return -1;
-        lua_rawseti(L, t, (lua_Integer)i);
-    }
+    if (dec_array(d, t, 1, na) != 0)
+        return -1;
     for (;;) {
         size_t kat = d->pos;
         if (kat >= d->len)
@@ -1279,6 +1287,81 @@ static int l_encode_strict(lua_State *L)
     return encode_with(L, 0);
 }
 
+/* encode_slice(t, i, j) -> string: the list t[i..j] as one table, as
+ * encode_strict({table.unpack(t, i, j)}) makes it, without building it; a
+ * value that cannot cross is named result[k]. map's chunks of results. */
+static int l_encode_slice(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer i = luaL_checkinteger(L, 2), j = luaL_checkinteger(L, 3);
+    lua_settop(L, 3);
+    wbuf *b = scratch_take(L);
+    int holder = lua_gettop(L);
+    wire_enc e;
+    wire_enc_begin(&e, L, b, 0);
+    wire_enc_slice(&e, 1, i, j, "result");
+    wire_enc_end(&e);
+    lua_pushlstring(L, b->data + b->off, b->len - b->off);
+    scratch_give(L, b, holder);
+    return 1;
+}
+
+/* The one list in d (a table with an array part only, as encode_slice
+ * makes it) into t[base..base + n - 1]. */
+static int dec_list_into(wire_dec *d, int t, lua_Integer base, size_t *n)
+{
+    size_t at = d->pos;
+    if (at >= d->len)
+        return dec_fail(d, at, "a list expected, got nothing");
+    int tag = (unsigned char)d->data[d->pos++];
+    if ((tag & ~T_SHARED) != T_TABLE)
+        return dec_fail(d, at, "a list expected");
+    size_t na;
+    if (dec_count(d, &na, 1, "array size") != 0)
+        return -1;
+    if (d->pos >= d->len)
+        return dec_fail(d, d->pos, "truncated table");
+    d->pos++; /* the hash size hint */
+    if (base < 1 || (lua_Integer)na > LUA_MAXINTEGER - base)
+        return dec_fail(d, at, "index out of range");
+    if (dec_enter(d, at) != 0)
+        return -1;
+    dec_register(d, t, tag & T_SHARED);
+    if (dec_array(d, t, base, na) != 0)
+        return -1;
+    if (d->pos >= d->len)
+        return dec_fail(d, d->pos, "truncated list");
+    if (d->data[d->pos] != T_NIL)
+        return dec_fail(d, d->pos, "a list has keys other than 1..n");
+    d->pos++;
+    d->depth--;
+    if (d->pos != d->len)
+        return dec_fail(d, d->pos, "bytes after the list");
+    *n = na;
+    return 0;
+}
+
+/* decode_into(s, t, i) -> n: s holds one list (encode_slice); its n values
+ * go to t[i..i + n - 1] instead of a new table. Functions are refused. */
+static int l_decode_into(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer base = luaL_checkinteger(L, 3);
+    lua_settop(L, 3);
+    wire_dec d;
+    size_t n = 0;
+    wire_dec_begin(&d, L, s, len, 0);
+    if (dec_list_into(&d, 2, base, &n) != 0) {
+        lua_pushfstring(L, "orch.core.decode_into: %s", d.err);
+        return lua_error(L);
+    }
+    wire_dec_end(&d);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+}
+
 /* decode(s [, allow_functions]) -> the values encoded in s. */
 static int l_decode(lua_State *L)
 {
@@ -1318,4 +1401,9 @@ void wire_open(lua_State *L)
     lua_setfield(L, -2, "encode_strict");
     lua_pushcfunction(L, l_decode);
     lua_setfield(L, -2, "decode");
+    scratch_new(L);
+    lua_pushcclosure(L, l_encode_slice, 1);
+    lua_setfield(L, -2, "encode_slice");
+    lua_pushcfunction(L, l_decode_into);
+    lua_setfield(L, -2, "decode_into");
 }

@@ -212,15 +212,16 @@ end
 ---------------------------------------------------------------------------
 -- map and imap
 
--- Runs in a worker: fn over one chunk of items.
+-- Runs in a worker: fn over one chunk of items. The results take the
+-- items' places and go back as one encoded list, which the parent decodes
+-- straight into map's output (core.decode_into).
 local function run_chunk(fn, items, n)
   if type(fn) == "string" then
     local mod, name = fn:match("^(.*)%.([^.]+)$")
     fn = mod and require(mod)[name] or require(fn)
   end
-  local out = {}
-  for i = 1, n do out[i] = fn(items[i]) end
-  return out, n
+  for i = 1, n do items[i] = fn(items[i]) end
+  return core.encode_slice(items, 1, n)
 end
 
 -- Submits run_chunk(fn, {items[s..e]}, e - s + 1), the slice encoded
@@ -258,20 +259,27 @@ local function check_map_args(what, fn, items, opts)
   return chunk
 end
 
--- Submits items in chunks; returns the futures and each one's first index.
-local function submit_chunks(self, fn, items, chunk)
-  local futs, first = {}, {}
-  local n = #items
-  if chunk == 1 then
-    for i = 1, n do futs[i] = self.pool:_submit(self, fn, items[i]); first[i] = i end
-  else
-    for s = 1, n, chunk do
-      local e = math.min(s + chunk - 1, n)
+-- Items packed between two turns of the loop while map submits, so that
+-- workers start on the first chunks while the others are packed.
+local POLL_ITEMS = 4096
+
+-- Submits items in chunks into futs; first[k]: the first index of futs[k].
+local function submit_chunks(self, fn, items, chunk, futs, first)
+  local n, packed = #items, 0
+  for s = 1, n, chunk do
+    local e = math.min(s + chunk - 1, n)
+    if chunk == 1 then
+      futs[#futs + 1] = self.pool:_submit(self, fn, items[s])
+    else
       futs[#futs + 1] = self:_submit_chunk(fn, items, s, e)
-      first[#first + 1] = s
+    end
+    first[#first + 1] = s
+    packed = packed + chunk
+    if packed >= POLL_ITEMS then
+      packed = 0
+      loop.poll()
     end
   end
-  return futs, first
 end
 
 local function cancel_rest(futs)
@@ -280,30 +288,31 @@ end
 
 function Group:_map(fn, items, opts, what)
   local chunk = check_map_args(what or "group:map", fn, items, opts)
-  local futs = submit_chunks(self, fn, items, chunk)
-  local failed
-  local function watch(fut) if fut.status ~= "done" and not failed then failed = fut end end
-  for _, f in ipairs(futs) do f:on_done(watch) end
-  local remaining = #futs
-  local function count() remaining = remaining - 1 end
-  for _, f in ipairs(futs) do f:on_done(count) end
-  local ok, err = pcall(loop.wait, function() return failed or remaining == 0 end)
-  if not ok then cancel_rest(futs); error(err, 0) end
-  if failed then
-    cancel_rest(futs)
-    error(failed.err, 0)
-  end
-  local out, k = core.array(#items), 0
-  for _, f in ipairs(futs) do
-    local v = f.values
-    if chunk == 1 then
-      k = k + 1
-      out[k] = v[1]
+  local out = core.array(#items)
+  local futs, first = {}, {}
+  local remaining, failure
+  -- a chunk's results go into out as soon as it ends
+  local function collect(f, k)
+    remaining = remaining - 1
+    if failure ~= nil then return end
+    if f.status ~= "done" then
+      failure = f.err
+    elseif chunk == 1 then
+      out[first[k]] = f.values[1]
     else
-      local list, n = v[1], v[2]
-      table.move(list, 1, n, k + 1, out)
-      k = k + n
+      local ok, err = pcall(core.decode_into, f.values[1], out, first[k])
+      if not ok then failure = err end
     end
+  end
+  local ok, err = pcall(function()
+    submit_chunks(self, fn, items, chunk, futs, first)
+    remaining = #futs
+    for k, f in ipairs(futs) do f:on_done(function() collect(f, k) end) end
+    loop.wait(function() return failure ~= nil or remaining == 0 end)
+  end)
+  if not ok or failure ~= nil then
+    cancel_rest(futs)
+    error(ok and failure or err, 0)
   end
   return out
 end
@@ -315,7 +324,9 @@ end
 function Group:_imap(fn, items, opts, what)
   local chunk = check_map_args(what or "group:imap", fn, items, opts)
   local ordered = not (opts and opts.ordered == false)
-  local futs, first = submit_chunks(self, fn, items, chunk)
+  local futs, first = {}, {}
+  local ok, err = pcall(submit_chunks, self, fn, items, chunk, futs, first)
+  if not ok then cancel_rest(futs); error(err, 0) end
   local finished, fin_head = {}, 1  -- completion order
   for _, f in ipairs(futs) do f:on_done(function(x) finished[#finished + 1] = x end) end
   local index = {}
@@ -325,7 +336,8 @@ function Group:_imap(fn, items, opts, what)
     if f.status ~= "done" then cancel_rest(futs); error(f.err, 0) end
     local base = first[index[f]]
     if chunk == 1 then return { { base, f.values[1] } } end
-    local list, n, out = f.values[1], f.values[2], {}
+    local list, out = {}, {}
+    local n = core.decode_into(f.values[1], list, 1)
     for j = 1, n do out[j] = { base + j - 1, list[j] } end
     return out
   end

@@ -39,6 +39,18 @@ function loop.wait(pred, timeout)
   end
 end
 
+--- One turn of the loop that does not block: what has arrived is
+-- handled and what is queued for the children is written. For long runs of
+-- parent work (map packing its chunks) that must not leave workers idle.
+function loop.poll()
+  if core.in_child() then
+    error("orch: this call runs the parent's loop; it cannot run in a child process", 3)
+  end
+  check_interrupt()
+  core.step(0)
+  check_interrupt()
+end
+
 --- orch.sleep(seconds): in the parent, runs the loop for that long; in a
 -- child, sleeps and returns early once the parent asked it to stop.
 function loop.sleep(seconds)
