@@ -596,16 +596,22 @@ static int find_module(lua_State *L)
 static void enc_upvalues(wire_enc *e, int fidx)
 {
     lua_State *L = e->L;
-    lua_Debug ar;
-    lua_pushvalue(L, fidx);
-    lua_getinfo(L, ">u", &ar);
+    int nups = 0;
+    while (lua_getupvalue(L, fidx, nups + 1) != NULL) { /* cheaper than lua_getinfo */
+        lua_pop(L, 1);
+        nups++;
+    }
     wire_step *st = enc_enter(e);
     st->kind = S_UPVAL;
     st->name = NULL;
-    enc_uvar(e, ar.nups);
+    enc_uvar(e, (uint64_t)nups);
+    if (nups == 0) {
+        e->depth--;
+        return;
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
     int globals = lua_gettop(L);
-    for (int i = 1; i <= ar.nups; i++) {
+    for (int i = 1; i <= nups; i++) {
         st->name = lua_getupvalue(L, fidx, i);
         if (strcmp(st->name, "_ENV") == 0 || lua_rawequal(L, -1, globals)) {
             enc_byte(e, T_ENV);
