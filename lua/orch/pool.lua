@@ -636,9 +636,7 @@ end
 
 -- Queues a task encoded by core.pack_task or core.pack_chunk.
 function Pool:_enqueue(group, task)
-  local id = last_id + 1
-  last_id = id
-  local fut = Future.new(group, id, task)
+  local fut = Future.new(group, new_id(), task)
   group:_add(fut)
   if group.failed_fast then
     -- the group has failed fast: what comes after is cancelled at once
