@@ -146,4 +146,28 @@ describe("no leaks", function()
     assert.are.equal(fds, count_fds())
     assert.are.equal(core.getpid(), core.getpid())
   end)
+
+  it("gives each worker its own channel and none of its siblings'", function()
+    local function worker_fds(pid)
+      local tmp = os.tmpname()
+      os.execute(("ls /proc/%d/fd > %s"):format(pid, tmp))
+      local n = 0
+      for _ in io.lines(tmp) do n = n + 1 end
+      os.remove(tmp)
+      return n
+    end
+    local pool <close> = orch.pool{ workers = 3 }
+    pool:map(function(x) return x end, { 1, 2, 3 })
+    local counts = {}
+    for i = 1, 3 do counts[i] = worker_fds(pool.slots[i].pid) end
+    assert.are.same({ counts[1], counts[1], counts[1] }, counts)
+    -- a replacement, forked on its own, holds as many
+    local old = pool.slots[2].pid
+    os.execute("kill -9 " .. old)
+    assert.is_true(H.wait_for(function()
+      return pool.slots[2] and pool.slots[2].pid ~= old and pool.slots[2].proc:alive()
+    end))
+    pool:submit(function() end):wait()
+    assert.are.equal(counts[1], worker_fds(pool.slots[2].pid))
+  end)
 end)
