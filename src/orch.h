@@ -193,6 +193,11 @@ ORCH_HIDDEN void sig_restore_mask(const sigset_t *old);
  * mask empty, the stop signal handled; parent death kills the child. */
 ORCH_HIDDEN void sig_child_setup(pid_t parent);
 
+/* ---- alloc.c: a child's allocator -------------------------------------- */
+/* In a fresh child: small Lua objects come from then on from a slab of the
+ * child's own instead of from free chunks in pages shared with the parent. */
+ORCH_HIDDEN void alloc_child_init(lua_State *L);
+
 /* ---- worker.c: the child's side ---------------------------------------- */
 ORCH_HIDDEN void worker_open(lua_State *L);
 /* Runs in a fresh child with its end of the channel; never returns. */

@@ -553,6 +553,7 @@ static int l_in_child(lua_State *L)
 
 void worker_child_main(lua_State *L, int fd, int fnidx)
 {
+    alloc_child_init(L);
     chan_fd = fd;
     task_L = L;
     cur_id = 0; /* a service is "task 0" for stop requests */
