@@ -41,7 +41,7 @@ local modules = {
   ["orch.core"] = {
     -- every file of src/*.c
     sources = {
-      "src/chan.c", "src/core.c", "src/loop.c", "src/proc.c",
+      "src/alloc.c", "src/chan.c", "src/core.c", "src/loop.c", "src/proc.c",
       "src/sig.c", "src/wbuf.c", "src/wire.c", "src/worker.c",
     },
     defines = { "_GNU_SOURCE" },

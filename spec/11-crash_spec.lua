@@ -146,4 +146,75 @@ describe("no leaks", function()
     assert.are.equal(fds, count_fds())
     assert.are.equal(core.getpid(), core.getpid())
   end)
+
+  it("gives each worker its own channel and none of its siblings'", function()
+    local function worker_fds(pid)
+      local tmp = os.tmpname()
+      os.execute(("ls /proc/%d/fd > %s"):format(pid, tmp))
+      local n = 0
+      for _ in io.lines(tmp) do n = n + 1 end
+      os.remove(tmp)
+      return n
+    end
+    local pool <close> = orch.pool{ workers = 3 }
+    pool:map(function(x) return x end, { 1, 2, 3 })
+    local counts = {}
+    for i = 1, 3 do counts[i] = worker_fds(pool.slots[i].pid) end
+    assert.are.same({ counts[1], counts[1], counts[1] }, counts)
+    -- a replacement, forked on its own, holds as many
+    local old = pool.slots[2].pid
+    os.execute("kill -9 " .. old)
+    assert.is_true(H.wait_for(function()
+      return pool.slots[2] and pool.slots[2].pid ~= old and pool.slots[2].proc:alive()
+    end))
+    pool:submit(function() end):wait()
+    assert.are.equal(counts[1], worker_fds(pool.slots[2].pid))
+  end)
+end)
+
+-- A worker takes its small Lua objects from a slab of its own (alloc.c):
+-- objects that grow and shrink across its size classes and out of it,
+-- kept or collected, stay intact, and freed memory is reused.
+describe("a worker's memory", function()
+  local function churn(rounds)
+    local kept, sum = {}, 0
+    for r = 1, rounds do
+      local batch = {}
+      for i = 1, 2000 do
+        local t = {}
+        for k = 1, (i * 7 + r) % 80 do t[k] = k end  -- array parts of all sizes
+        t.s = ("x"):rep((i * 13) % 700) .. i          -- short and long strings
+        t.f = function() return i end
+        batch[i] = t
+      end
+      for i = 1, #batch, 97 do kept[#kept + 1] = batch[i] end
+      collectgarbage()
+    end
+    for _, t in ipairs(kept) do
+      for k = 1, #t do assert(t[k] == k) end
+      sum = sum + #t + #t.s + t.f()
+    end
+    return sum
+  end
+
+  it("keeps objects intact through allocation and collection", function()
+    local pool <close> = orch.pool{ workers = 1 }
+    assert.are.equal(churn(5), pool:submit(churn, 5):result())
+  end)
+
+  -- (not under ASan, whose quarantine holds freed memory back on purpose)
+  it("does not grow when the same work is done again #noasan", function()
+    local pool <close> = orch.pool{ workers = 1 }
+    local function rss(pid)
+      for line in io.lines(("/proc/%d/status"):format(pid)) do
+        local kib = line:match("^VmRSS:%s+(%d+)")
+        if kib then return tonumber(kib) end
+      end
+    end
+    pool:submit(churn, 5):wait()
+    local pid = pool.slots[1].pid
+    local before = rss(pid)
+    for _ = 1, 5 do pool:submit(churn, 5):wait() end
+    assert.is_true(rss(pid) - before < 2048, "a worker grew by more than 2 MiB")
+  end)
 end)

@@ -38,6 +38,17 @@ describe("values through a pool", function()
     assert.is_true(back.added)
   end)
 
+  it("keeps a task function that refers to itself", function()
+    local function fact(k)
+      if k <= 1 then return 1 end
+      return k * fact(k - 1)
+    end
+    assert.are.equal(3628800, pool:submit(fact, 10):result())
+    -- itself among its arguments, and in a table among them
+    local function me(f, t) return f == me and t[1] == me and t[2] ~= me end
+    assert.is_true(pool:submit(me, me, { me, fact }):result())
+  end)
+
   it("streams a 64 MiB value each way without blocking the loop #novalgrind", function()
     local big = string.rep("0123456789abcdef", 4 * 1024 * 1024)  -- 64 MiB
     local ticks = 0

@@ -65,6 +65,12 @@ describe("bad arguments", function()
     assert.matches("bad argument #1", select(2, pcall(core.pack_chunk, print, print, {}, 1, 2)))
     assert.matches("bad argument #3", select(2, pcall(core.pack_chunk, function() end, print, 7, 1, 2)))
     assert.matches("bad argument #1 to 'orch.core.array'", select(2, pcall(core.array, -1)))
+    assert.matches("bad argument #2 to 'orch.core.spawn' %(fn, on_message, on_exit for each child",
+      select(2, pcall(core.spawn, print)))
+    assert.matches("bad argument #3 to 'orch.core.spawn' %(function expected",
+      select(2, pcall(core.spawn, print, print, 3)))
+    assert.matches("bad argument #4 to 'orch.core.spawn' %(fn, on_message, on_exit",
+      select(2, pcall(core.spawn, print, print, print, print)))
     assert.matches("must not be negative", select(2, pcall(core.timer, -1, print)))
     assert.matches("bad argument #2 to 'orch.core.timer'", select(2, pcall(core.timer, 1, 42)))
     assert.matches("unknown signal 'NOPE'", select(2, pcall(core.signum, "NOPE")))

@@ -89,6 +89,7 @@ typedef struct wire_dec {
     int ctx;    /* absolute stack index of the context (shared values) */
     int nrefs;  /* tables/functions met so far */
     int depth;
+    int fn_ref, fn_idx; /* wire_dec_upvalues' function: its ref, its index */
     char err[160]; /* "byte 17: truncated string" */
 } wire_dec;
 
@@ -102,7 +103,9 @@ ORCH_HIDDEN void wire_dec_begin(wire_dec *d, lua_State *L, const char *data,
 ORCH_HIDDEN int wire_dec_value(wire_dec *d);
 ORCH_HIDDEN int wire_dec_integer(wire_dec *d, lua_Integer *n);
 /* Sets the upvalues written by wire_enc_upvalues on the function at fidx
- * (_ENV becomes the globals). 0 or -1 as above. */
+ * (_ENV becomes the globals). 0 or -1 as above. The function must stay at
+ * fidx until the last value of the frame is decoded: references to it
+ * are resolved from there. */
 ORCH_HIDDEN int wire_dec_upvalues(wire_dec *d, int fidx);
 ORCH_HIDDEN void wire_dec_end(wire_dec *d);
 
@@ -189,6 +192,11 @@ ORCH_HIDDEN void sig_restore_mask(const sigset_t *old);
 /* In a fresh child: job-wide signals become no-ops, the rest default, the
  * mask empty, the stop signal handled; parent death kills the child. */
 ORCH_HIDDEN void sig_child_setup(pid_t parent);
+
+/* ---- alloc.c: a child's allocator -------------------------------------- */
+/* In a fresh child: small Lua objects come from then on from a slab of the
+ * child's own instead of from free chunks in pages shared with the parent. */
+ORCH_HIDDEN void alloc_child_init(lua_State *L);
 
 /* ---- worker.c: the child's side ---------------------------------------- */
 ORCH_HIDDEN void worker_open(lua_State *L);

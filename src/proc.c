@@ -38,11 +38,13 @@
 
 #define PROC_MT "orch.proc"
 #define READ_BUDGET (8u << 20) /* bytes read per readiness, for fairness */
+#define SPAWN_MAX 64           /* children forked by one spawn */
 
 typedef struct proc {
     pid_t pid;    /* 0 before fork and after reaping */
     pid_t owner;  /* the process that forked it */
     int fd;       /* parent's end, -1 when closed */
+    int peer;     /* the child's end, until the fork */
     int self;     /* registry ref while the child may run */
     int status;   /* wait status once reaped */
     unsigned reaped : 1, eof : 1, dirty : 1, enc_open : 1, live : 1;
@@ -166,6 +168,10 @@ static void proc_close(lua_State *L, proc *p)
         p->reaped = 1;
     }
     close_fd(p);
+    if (p->peer >= 0) {
+        close(p->peer);
+        p->peer = -1;
+    }
     wbuf_free(&p->in);
     release(L, p);
 }
@@ -242,7 +248,7 @@ void proc_reap(lua_State *L)
     while (p) {
         proc *next = p->next_live;
         int st;
-        pid_t r = p->reaped ? 0 : waitpid(p->pid, &st, WNOHANG);
+        pid_t r = p->reaped || p->pid <= 0 ? 0 : waitpid(p->pid, &st, WNOHANG);
         if (r == p->pid) {
             p->reaped = 1;
             p->status = st;
@@ -737,7 +743,9 @@ void proc_close_inherited(int keep_fd)
     for (proc *p = live_head; p; p = p->next_live) {
         if (p->fd >= 0 && p->fd != keep_fd)
             close(p->fd);
-        p->fd = -1;
+        if (p->peer >= 0 && p->peer != keep_fd)
+            close(p->peer);
+        p->fd = p->peer = -1;
         p->pid = 0;
         p->live = 0;
     }
@@ -746,62 +754,103 @@ void proc_close_inherited(int keep_fd)
     dirty_head = NULL;
 }
 
-/* spawn(fn, on_message, on_exit) -> proc. The child runs fn(channel) as
- * a worker or service (worker_child_main) and never returns here. */
-static int l_spawn(lua_State *L)
+/* A closed proc (pid 0, fd -1) with its callbacks, pushed on the stack. */
+static proc *new_proc(lua_State *L, int on_message, int on_exit)
 {
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    luaL_checktype(L, 2, LUA_TFUNCTION);
-    luaL_checktype(L, 3, LUA_TFUNCTION);
     proc *p = lua_newuserdatauv(L, sizeof *p, UV_COUNT);
     memset(p, 0, sizeof *p);
-    p->fd = -1;
+    p->fd = p->peer = -1;
     p->self = LUA_NOREF;
     p->owner = getpid();
     luaL_setmetatable(L, PROC_MT);
-    int pidx = lua_gettop(L);
-    lua_pushvalue(L, 2);
-    lua_setiuservalue(L, pidx, UV_ON_MESSAGE);
-    lua_pushvalue(L, 3);
-    lua_setiuservalue(L, pidx, UV_ON_EXIT);
+    lua_pushvalue(L, on_message);
+    lua_setiuservalue(L, -2, UV_ON_MESSAGE);
+    lua_pushvalue(L, on_exit);
+    lua_setiuservalue(L, -2, UV_ON_EXIT);
     lua_newtable(L);
-    lua_setiuservalue(L, pidx, UV_FNS_SENT);
+    lua_setiuservalue(L, -2, UV_FNS_SENT);
+    return p;
+}
 
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-        return luaL_error(L, "orch: socketpair: %s", strerror(errno));
-    fflush(NULL); /* or the child would write the parent's buffered output again */
+/* spawn(fn, on_message, on_exit [, fn2, on_message2, on_exit2, ...])
+ * -> proc... One child per triple; each runs its fn as a worker or service
+ * (worker_child_main) and never returns here.
+ *
+ * The children are forked back to back: everything the parent needs is
+ * allocated before the first fork and filled in after the last one. A
+ * page the parent writes after a fork stops being shared with that child
+ * (copy on write), and between two forks the parent would write for each
+ * child its userdata, tables, ev_io and registry entries, which would stay
+ * private in every child forked before. */
+static int l_spawn(lua_State *L)
+{
+    int nargs = lua_gettop(L);
+    luaL_argcheck(L, nargs >= 3 && nargs % 3 == 0, nargs < 3 ? nargs + 1 : nargs,
+                  "fn, on_message, on_exit for each child");
+    for (int i = 1; i <= nargs; i++)
+        luaL_checktype(L, i, LUA_TFUNCTION);
+    int n = nargs / 3;
+    luaL_argcheck(L, n <= SPAWN_MAX, SPAWN_MAX * 3 + 1, "too many children at once");
+    luaL_checkstack(L, n + LUA_MINSTACK, "too many children");
+    int first = nargs + 1; /* the procs, first .. first + n - 1 */
+    for (int k = 0; k < n; k++)
+        new_proc(L, 3 * k + 2, 3 * k + 3);
+    for (int k = 0; k < n; k++) {
+        proc *p = lua_touserdata(L, first + k);
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+            return luaL_error(L, "orch: socketpair: %s", strerror(errno)); /* __gc closes */
+        p->fd = sv[0];
+        p->peer = sv[1];
+    }
+    /* In the live list before the first fork: SIGCHLD is watched from
+     * then on, and a child forked below never sees its siblings' ends. */
+    for (int k = 0; k < n; k++)
+        live_link(lua_touserdata(L, first + k));
+
+    fflush(NULL); /* or the children would write the parent's buffered output again */
     pid_t parent = getpid();
+    pid_t pids[SPAWN_MAX];
+    int forked, err = 0;
     sigset_t mask;
     sig_block_stop(&mask); /* until the child handles it (sig.c) */
-    pid_t pid = fork();
-    if (pid < 0) {
-        int err = errno;
-        sig_restore_mask(&mask);
-        close(sv[0]);
-        close(sv[1]);
-        return luaL_error(L, "orch: fork: %s", strerror(err));
-    }
-    if (pid == 0) {
-        close(sv[0]);
-        proc_close_inherited(sv[1]);
-        sig_child_setup(parent);
-        worker_child_main(L, sv[1], 1); /* never returns */
+    for (forked = 0; forked < n; forked++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            err = errno;
+            break;
+        }
+        if (pid == 0) {
+            int fd = ((proc *)lua_touserdata(L, first + forked))->peer;
+            proc_close_inherited(fd);
+            sig_child_setup(parent);
+            worker_child_main(L, fd, 3 * forked + 1); /* never returns */
+        }
+        pids[forked] = pid;
     }
     sig_restore_mask(&mask);
-    close(sv[1]);
-    setpgid(pid, pid); /* the child does it too; whichever runs first wins */
-    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
-    p->pid = pid;
-    p->fd = sv[0];
-    lua_pushvalue(L, pidx);
-    p->self = luaL_ref(L, LUA_REGISTRYINDEX);
-    ev_io_init(&p->rio, rio_cb, p->fd, EV_READ);
-    ev_io_init(&p->wio, wio_cb, p->fd, EV_WRITE);
-    ev_io_start(loop_get(), &p->rio);
-    live_link(p);
-    lua_settop(L, pidx);
-    return 1;
+
+    for (int k = 0; k < n; k++) {
+        proc *p = lua_touserdata(L, first + k);
+        close(p->peer);
+        p->peer = -1;
+        if (k >= forked)
+            continue;
+        setpgid(pids[k], pids[k]); /* the child does it too; whichever runs first wins */
+        fcntl(p->fd, F_SETFL, fcntl(p->fd, F_GETFL) | O_NONBLOCK);
+        p->pid = pids[k];
+        lua_pushvalue(L, first + k);
+        p->self = luaL_ref(L, LUA_REGISTRYINDEX);
+        ev_io_init(&p->rio, rio_cb, p->fd, EV_READ);
+        ev_io_init(&p->wio, wio_cb, p->fd, EV_WRITE);
+        ev_io_start(loop_get(), &p->rio);
+    }
+    if (forked < n) {
+        for (int k = 0; k < n; k++)
+            proc_close(L, lua_touserdata(L, first + k)); /* kills those forked */
+        return luaL_error(L, "orch: fork: %s", strerror(err));
+    }
+    return n;
 }
 
 static void weak_table(lua_State *L, int *ref, const char *mode)

@@ -1063,6 +1063,10 @@ static int dec_any(wire_dec *d)
         uint64_t r;
         if (dec_uvar(d, &r, "reference") != 0)
             return -1;
+        if (r >= 1 && r == (uint64_t)d->fn_ref) {
+            lua_pushvalue(L, d->fn_idx);
+            return 0;
+        }
         if (r < 1 || r > (uint64_t)d->nrefs || lua_type(L, d->ctx) != LUA_TTABLE ||
             lua_rawgeti(L, d->ctx, (lua_Integer)r) == LUA_TNIL)
             return dec_fail(d, at, "reference to unknown value %llu",
@@ -1131,6 +1135,7 @@ void wire_dec_begin(wire_dec *d, lua_State *L, const char *data, size_t len,
     d->nrefs = 0;
     d->depth = 0;
     d->err[0] = '\0';
+    d->fn_ref = d->fn_idx = 0;
     lua_pushnil(L); /* the context table, made for the first shared value */
     d->ctx = lua_gettop(L);
 }
@@ -1167,7 +1172,11 @@ int wire_dec_upvalues(wire_dec *d, int fidx)
     if (!lua_checkstack(L, 8))
         return dec_fail(d, d->pos, "not enough stack space");
     d->depth = 0;
-    dec_register(d, fidx, 1);
+    /* Its tag is not in the frame, so the encoder could not say whether
+     * it is referred to again: it stays where it is on the stack and is
+     * found there, which spares most frames a context table. */
+    d->fn_ref = ++d->nrefs;
+    d->fn_idx = fidx;
     if (dec_upvalues(d, fidx) != 0) {
         lua_settop(L, top);
         return -1;

@@ -422,8 +422,6 @@ static int l_serve(lua_State *L)
 {
     if (chan_fd < 0)
         return luaL_error(L, "orch.core.serve: only in a child process of orch");
-    lua_newtable(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, "orch.functions");
     for (;;) {
         wbuf *from;
         int type;
@@ -555,6 +553,7 @@ static int l_in_child(lua_State *L)
 
 void worker_child_main(lua_State *L, int fd, int fnidx)
 {
+    alloc_child_init(L);
     chan_fd = fd;
     task_L = L;
     cur_id = 0; /* a service is "task 0" for stop requests */
@@ -578,6 +577,15 @@ void worker_child_main(lua_State *L, int fd, int fnidx)
 
 void worker_open(lua_State *L)
 {
+    /* The task functions a worker has loaded, by id (run_frame). Made in
+     * the parent, before any fork: a worker that made it would add a key
+     * to the registry and write a page it otherwise shares with the
+     * parent. A worker's entries are its own (copy on write). */
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "orch.functions") != LUA_TTABLE) {
+        lua_newtable(L);
+        lua_setfield(L, LUA_REGISTRYINDEX, "orch.functions");
+    }
+    lua_pop(L, 1);
     static const luaL_Reg fns[] = {
         {"serve", l_serve}, {"send_parent", l_send_parent}, {"call", l_call},
         {"stopping", l_stopping}, {"child_sleep", l_child_sleep},

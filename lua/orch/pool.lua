@@ -126,7 +126,7 @@ end
 ---------------------------------------------------------------------------
 -- workers
 
-local spawn_worker
+local spawn_workers
 
 local function worker_main(name)
   return function()
@@ -135,27 +135,42 @@ local function worker_main(name)
   end
 end
 
-spawn_worker = function(self, slot)
+-- Forks a worker for each of the given slots, in one core.spawn: the
+-- children are forked back to back, so none of them inherits as its own
+-- the pages the parent writes while it sets up the next one.
+local SPAWN_BATCH = 64  -- core.spawn's limit
+spawn_workers = function(self, first, last)
   local ref = setmetatable({ self }, weak_values)
-  local w = { slot = slot, name = "worker " .. slot, inflight = {}, ih = 1, it = 0, dispatched = 0 }
-  w.proc = core.spawn(worker_main(w.name),
-    function(_, ...)
+  local workers, args = {}, {}
+  for slot = first, last do
+    local w = { slot = slot, name = "worker " .. slot, inflight = {}, ih = 1, it = 0, dispatched = 0 }
+    workers[#workers + 1] = w
+    args[#args + 1] = worker_main(w.name)
+    args[#args + 1] = function(_, ...)
       local pool = ref[1]
       if pool then pool:_message(w, ...) end
-    end,
-    function(_, how, code)
+    end
+    args[#args + 1] = function(_, how, code)
       local pool = ref[1]
       if pool then pool:_exited(w, how, code) end
-    end)
-  w.pid = w.proc:pid()
-  self.slots[slot] = w
-  self.n_live = self.n_live + 1
-  local init = self.opts.init
-  if init ~= nil then
-    w.proc:send_task(0, core.pack_task(init))
-    w.in_init = true
+    end
   end
-  return w
+  local init = self.opts.init
+  for i = 1, #workers, SPAWN_BATCH do
+    local j = math.min(i + SPAWN_BATCH - 1, #workers)
+    local procs = { core.spawn(table.unpack(args, 3 * i - 2, 3 * j)) }
+    for k = i, j do
+      local w = workers[k]
+      w.proc = procs[k - i + 1]
+      w.pid = w.proc:pid()
+      self.slots[w.slot] = w
+      self.n_live = self.n_live + 1
+      if init ~= nil then
+        w.proc:send_task(0, core.pack_task(init))
+        w.in_init = true
+      end
+    end
+  end
 end
 
 -- The tasks sent to w, the running one first.
@@ -541,7 +556,7 @@ function Pool:_exited(w, how, code)
     or next(self.retry_waiting) ~= nil
   if needed then
     if replace then self.restarts = self.restarts + 1 end
-    spawn_worker(self, w.slot)
+    spawn_workers(self, w.slot, w.slot)
     self:_pump()
   end
   self:_maybe_retire()
@@ -860,7 +875,7 @@ local function new(opts)
   }, Pool)
   self.default_group = Group.new(self, nil, true)
   local ok, err = pcall(function()
-    for slot = 1, size do spawn_worker(self, slot) end
+    spawn_workers(self, 1, size)
   end)
   if not ok then
     self:terminate()
