@@ -104,7 +104,7 @@ ssize_t chan_fill(int fd, wbuf *b, size_t max)
 int chan_write_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        ssize_t w = write(fd, p, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;

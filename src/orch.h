@@ -159,7 +159,9 @@ ORCH_HIDDEN int chan_flush(int fd, wbuf *b);
 /* Reads what is there (at most max bytes) into b. Returns bytes read, 0 at
  * EOF, -1 with errno (EAGAIN when nothing is there). */
 ORCH_HIDDEN ssize_t chan_fill(int fd, wbuf *b, size_t max);
-/* Blocking versions for the child side. 0 or -1 (errno; EPIPE at EOF). */
+/* Blocking versions for the child side. 0 or -1 (errno). The child writes
+ * to a pipe: once the parent's end is closed (it killed the child or is
+ * gone) a write raises SIGPIPE, as it would for any process. */
 ORCH_HIDDEN int chan_write_all(int fd, const char *p, size_t n);
 
 /* ---- loop.c: the one libev loop and calls into Lua --------------------- */
@@ -179,8 +181,6 @@ ORCH_HIDDEN void proc_open(lua_State *L);
 ORCH_HIDDEN void proc_flush_all(void);
 /* SIGCHLD arrived: reap our own children (waitpid per pid, never -1). */
 ORCH_HIDDEN void proc_reap(lua_State *L);
-/* In a fresh child: close every fd the parent holds for other children. */
-ORCH_HIDDEN void proc_close_inherited(int keep_fd);
 
 /* ---- sig.c: signals ------------------------------------------------------ */
 ORCH_HIDDEN void sig_open(lua_State *L);
@@ -200,8 +200,9 @@ ORCH_HIDDEN void alloc_child_init(lua_State *L);
 
 /* ---- worker.c: the child's side ---------------------------------------- */
 ORCH_HIDDEN void worker_open(lua_State *L);
-/* Runs in a fresh child with its end of the channel; never returns. */
-ORCH_HIDDEN void worker_child_main(lua_State *L, int fd, int fnidx);
+/* Runs in a fresh child with its ends of the channel (it reads frames
+ * from in, writes frames to out); never returns. */
+ORCH_HIDDEN void worker_child_main(lua_State *L, int in, int out, int fnidx);
 /* The stop signal arrived with this value (called from the handler:
  * async-signal-safe, touches only flags and the Lua hook). */
 ORCH_HIDDEN void worker_on_stop_signal(int value);

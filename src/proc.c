@@ -2,10 +2,16 @@
  * proc.c - child processes and the parent's end of their channels.
  *
  * core.spawn(fn) forks a child that runs fn (a pool worker loop or a
- * service) with one end of a socketpair; the parent keeps the other end,
- * non-blocking, watched by an ev_io. Frames that arrive are decoded and
- * handed to the proc's on_message; functions are refused in them, so the
- * parent never loads code a child sent.
+ * service) with a channel of two byte streams: a socketpair carries the
+ * parent's frames to the child, a pipe the child's frames to the parent.
+ * A pipe packs small writes into pages the reader takes in one copy, where
+ * a socket makes a buffer of each write, and a worker writes one result at
+ * a time (before its next task, so that a crash never takes a finished
+ * result with it): reading them through the pipe costs the parent a small
+ * part of what the socket did. The parent's ends are non-blocking; the
+ * pipe's is watched by an ev_io, and its end of file is the child's. Frames
+ * that arrive are decoded and handed to the proc's on_message; functions
+ * are refused in them, so the parent never loads code a child sent.
  *
  * Invariants:
  * - A proc is created closed (pid 0, fd -1) before it takes a pid or an fd,
@@ -20,7 +26,7 @@
  *   always come before its exit.
  * - A failed encode leaves no partial frame: the frame is rolled back the
  *   next time the buffer is touched (enc_open).
- * - In a forked child every inherited proc is inert: its fd is closed, the
+ * - In a forked child every inherited proc is inert: its fds are closed, the
  *   live list is emptied, and close/gc do nothing to the parent's children.
  */
 #include <errno.h>
@@ -43,8 +49,9 @@
 typedef struct proc {
     pid_t pid;    /* 0 before fork and after reaping */
     pid_t owner;  /* the process that forked it */
-    int fd;       /* parent's end, -1 when closed */
-    int peer;     /* the child's end, until the fork */
+    int fd;       /* parent's end of the socket (it writes), -1 when closed */
+    int rfd;      /* parent's end of the pipe (it reads), open with fd */
+    int peer, peer_w; /* the child's ends of both, until the fork */
     int self;     /* registry ref while the child may run */
     int status;   /* wait status once reaped */
     unsigned reaped : 1, eof : 1, dirty : 1, enc_open : 1, live : 1;
@@ -132,7 +139,8 @@ static void close_fd(proc *p)
     ev_io_stop(loop, &p->rio);
     ev_io_stop(loop, &p->wio);
     close(p->fd);
-    p->fd = -1;
+    close(p->rfd);
+    p->fd = p->rfd = -1;
     dirty_unlink(p);
     wbuf_free(&p->out);
     p->enc_open = 0;
@@ -155,6 +163,15 @@ static void kill_group(pid_t pid, int sig)
     }
 }
 
+static void close_peers(proc *p)
+{
+    if (p->peer >= 0)
+        close(p->peer);
+    if (p->peer_w >= 0)
+        close(p->peer_w);
+    p->peer = p->peer_w = -1;
+}
+
 /* Kills the child (and its process group) and reaps it at once. Never
  * raises; does nothing in a process that did not fork it. */
 static void proc_close(lua_State *L, proc *p)
@@ -168,10 +185,7 @@ static void proc_close(lua_State *L, proc *p)
         p->reaped = 1;
     }
     close_fd(p);
-    if (p->peer >= 0) {
-        close(p->peer);
-        p->peer = -1;
-    }
+    close_peers(p);
     wbuf_free(&p->in);
     release(L, p);
 }
@@ -185,7 +199,7 @@ static int read_some(lua_State *L, proc *p, int pidx, int drain)
     size_t budget = drain ? (size_t)-1 : READ_BUDGET;
     int rc = 0;
     while (p->fd >= 0 && budget > 0) {
-        ssize_t n = chan_fill(p->fd, &p->in, budget);
+        ssize_t n = chan_fill(p->rfd, &p->in, budget);
         if (n > 0) {
             budget -= (size_t)n;
             proc_dispatch(L, p, pidx);
@@ -738,14 +752,18 @@ static int proc_tostring(lua_State *L)
     return 1;
 }
 
-void proc_close_inherited(int keep_fd)
+/* In a fresh child: closes every fd the parent holds for its children,
+ * and the ends meant for the child's siblings (all but keep's). */
+static void proc_close_inherited(const proc *keep)
 {
     for (proc *p = live_head; p; p = p->next_live) {
-        if (p->fd >= 0 && p->fd != keep_fd)
+        if (p->fd >= 0) {
             close(p->fd);
-        if (p->peer >= 0 && p->peer != keep_fd)
-            close(p->peer);
-        p->fd = p->peer = -1;
+            close(p->rfd);
+        }
+        if (p != keep)
+            close_peers(p);
+        p->fd = p->rfd = p->peer = p->peer_w = -1;
         p->pid = 0;
         p->live = 0;
     }
@@ -759,7 +777,7 @@ static proc *new_proc(lua_State *L, int on_message, int on_exit)
 {
     proc *p = lua_newuserdatauv(L, sizeof *p, UV_COUNT);
     memset(p, 0, sizeof *p);
-    p->fd = p->peer = -1;
+    p->fd = p->rfd = p->peer = p->peer_w = -1;
     p->self = LUA_NOREF;
     p->owner = getpid();
     luaL_setmetatable(L, PROC_MT);
@@ -797,11 +815,19 @@ static int l_spawn(lua_State *L)
         new_proc(L, 3 * k + 2, 3 * k + 3);
     for (int k = 0; k < n; k++) {
         proc *p = lua_touserdata(L, first + k);
-        int sv[2];
+        int sv[2], pv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
             return luaL_error(L, "orch: socketpair: %s", strerror(errno)); /* __gc closes */
+        if (pipe2(pv, O_CLOEXEC) < 0) {
+            int e = errno;
+            close(sv[0]);
+            close(sv[1]);
+            return luaL_error(L, "orch: pipe: %s", strerror(e));
+        }
         p->fd = sv[0];
         p->peer = sv[1];
+        p->rfd = pv[0];
+        p->peer_w = pv[1];
     }
     /* In the live list before the first fork: SIGCHLD is watched from
      * then on, and a child forked below never sees its siblings' ends. */
@@ -821,10 +847,11 @@ static int l_spawn(lua_State *L)
             break;
         }
         if (pid == 0) {
-            int fd = ((proc *)lua_touserdata(L, first + forked))->peer;
-            proc_close_inherited(fd);
+            proc *own = lua_touserdata(L, first + forked);
+            int in = own->peer, out = own->peer_w;
+            proc_close_inherited(own);
             sig_child_setup(parent);
-            worker_child_main(L, fd, 3 * forked + 1); /* never returns */
+            worker_child_main(L, in, out, 3 * forked + 1); /* never returns */
         }
         pids[forked] = pid;
     }
@@ -832,16 +859,16 @@ static int l_spawn(lua_State *L)
 
     for (int k = 0; k < n; k++) {
         proc *p = lua_touserdata(L, first + k);
-        close(p->peer);
-        p->peer = -1;
+        close_peers(p);
         if (k >= forked)
             continue;
         setpgid(pids[k], pids[k]); /* the child does it too; whichever runs first wins */
         fcntl(p->fd, F_SETFL, fcntl(p->fd, F_GETFL) | O_NONBLOCK);
+        fcntl(p->rfd, F_SETFL, fcntl(p->rfd, F_GETFL) | O_NONBLOCK);
         p->pid = pids[k];
         lua_pushvalue(L, first + k);
         p->self = luaL_ref(L, LUA_REGISTRYINDEX);
-        ev_io_init(&p->rio, rio_cb, p->fd, EV_READ);
+        ev_io_init(&p->rio, rio_cb, p->rfd, EV_READ);
         ev_io_init(&p->wio, wio_cb, p->fd, EV_WRITE);
         ev_io_start(loop_get(), &p->rio);
     }

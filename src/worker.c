@@ -2,7 +2,8 @@
  * worker.c - the child's side: the worker loop, stop requests, and the
  * calls a child makes to its parent.
  *
- * A child reads frames from its blocking end of the channel. A pool worker
+ * A child reads frames from the parent on its blocking end of the
+ * socketpair and writes its own to the pipe (see proc.c). A pool worker
  * runs serve(): read a task, run it under a traceback handler, write one
  * result frame, and again, until the parent says QUIT or goes away.
  *
@@ -32,7 +33,8 @@
 #define RING 64
 
 static lua_State *task_L;         /* the thread tasks run on */
-static int chan_fd = -1;          /* -1: not in a child of orch */
+static int chan_in = -1;          /* frames from the parent; -1: not in a child of orch */
+static int chan_out = -1;         /* frames to the parent */
 static wbuf inbox, deferred, outbuf;
 static volatile sig_atomic_t cur_id = NO_TASK;  /* low 30 bits of the running id */
 static volatile sig_atomic_t running;           /* a task's Lua code may run */
@@ -83,7 +85,7 @@ static int flush_out(void)
 {
     if (outbuf.len == outbuf.off)
         return 0;
-    int rc = chan_write_all(chan_fd, outbuf.data + outbuf.off, outbuf.len - outbuf.off);
+    int rc = chan_write_all(chan_out, outbuf.data + outbuf.off, outbuf.len - outbuf.off);
     wbuf_reset(&outbuf);
     return rc;
 }
@@ -122,7 +124,7 @@ static ssize_t spin_fill(void)
             errno = ENOMEM;
             return -1;
         }
-        ssize_t n = recv(chan_fd, inbox.data + inbox.len, inbox.cap - inbox.len, MSG_DONTWAIT);
+        ssize_t n = recv(chan_in, inbox.data + inbox.len, inbox.cap - inbox.len, MSG_DONTWAIT);
         if (n > 0) {
             inbox.len += (size_t)n;
             return n;
@@ -167,7 +169,7 @@ static int next_frame(lua_State *L, int want_reply, wbuf **from, int *type,
             inbox.off = inbox.len = 0;
         ssize_t n = spin_fill();
         if (n < 0 && errno == EAGAIN)
-            n = chan_fill(chan_fd, &inbox, (size_t)-1);
+            n = chan_fill(chan_in, &inbox, (size_t)-1);
         if (n == 0 || (n < 0 && errno != EAGAIN))
             return 0;
     }
@@ -420,7 +422,7 @@ static int run_frame(lua_State *L)
  * goes away. Exits the child with 3 if the init task (id 0) fails. */
 static int l_serve(lua_State *L)
 {
-    if (chan_fd < 0)
+    if (chan_in < 0)
         return luaL_error(L, "orch.core.serve: only in a child process of orch");
     for (;;) {
         wbuf *from;
@@ -465,7 +467,7 @@ static int l_serve(lua_State *L)
 
 static void check_child(lua_State *L, const char *fn)
 {
-    if (chan_fd < 0)
+    if (chan_in < 0)
         luaL_error(L, "orch.core.%s: only in a child process of orch", fn);
 }
 
@@ -519,7 +521,7 @@ static int l_call(lua_State *L)
 /* stopping() -> boolean: the parent asked this task or service to stop. */
 static int l_stopping(lua_State *L)
 {
-    lua_pushboolean(L, chan_fd >= 0 && stop_level >= STOP_ASK);
+    lua_pushboolean(L, chan_in >= 0 && stop_level >= STOP_ASK);
     return 1;
 }
 
@@ -531,7 +533,7 @@ static int l_child_sleep(lua_State *L)
     clock_gettime(CLOCK_MONOTONIC, &end);
     lua_Number t = (lua_Number)end.tv_sec + end.tv_nsec / 1e9 + secs;
     for (;;) {
-        if (chan_fd >= 0 && stop_level >= STOP_ASK) {
+        if (chan_in >= 0 && stop_level >= STOP_ASK) {
             lua_pushboolean(L, 1);
             return 1;
         }
@@ -547,14 +549,15 @@ static int l_child_sleep(lua_State *L)
 
 static int l_in_child(lua_State *L)
 {
-    lua_pushboolean(L, chan_fd >= 0);
+    lua_pushboolean(L, chan_in >= 0);
     return 1;
 }
 
-void worker_child_main(lua_State *L, int fd, int fnidx)
+void worker_child_main(lua_State *L, int in, int out, int fnidx)
 {
     alloc_child_init(L);
-    chan_fd = fd;
+    chan_in = in;
+    chan_out = out;
     task_L = L;
     cur_id = 0; /* a service is "task 0" for stop requests */
     lua_pushvalue(L, fnidx);
