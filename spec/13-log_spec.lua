@@ -29,6 +29,27 @@ describe("orch.log", function()
     assert.are.equal("warn", records[2].level)
   end)
 
+  it("keeps a worker's records and results in the order it wrote them", function()
+    local events = {}
+    orch.log.handler = function(r) events[#events + 1] = r.message end
+    local pool <close> = orch.pool{ workers = 1 }
+    local futs = {}
+    for i = 1, 200 do
+      futs[i] = pool:submit(function(x)
+        if x % 7 == 0 then require("orch").log.info("log %d", x) end
+        return x
+      end, i)
+      futs[i]:on_done(function(f) events[#events + 1] = "done " .. f:result() end)
+    end
+    for i = 1, 200 do futs[i]:wait() end
+    local want = {}
+    for i = 1, 200 do
+      if i % 7 == 0 then want[#want + 1] = "log " .. i end
+      want[#want + 1] = "done " .. i
+    end
+    assert.are.same(want, events)
+  end)
+
   it("works the same in the parent", function()
     local records = {}
     orch.log.handler = function(r) records[#records + 1] = r end
