@@ -49,6 +49,9 @@ describe("group", function()
       local g = pool:group()
       assert.same({ 1, 4, 9, 16 }, g:map(function(x) return x * x end, { 1, 2, 3, 4 }))
       assert.same({ 2, 4, 6 }, g:map(function(x) return 2 * x end, { 1, 2, 3 }, { chunk = 2 }))
+      -- wait lists each task's outcome: a chunk's is the list of its results
+      local all = assert(g:wait(5))
+      assert.same({ 1, 4, 9, 16, { 2, 4 }, { 6 } }, { table.unpack(all, 1, all.n) })
       local mark = procs.tmpname()
       local ok, err = pcall(g.map, g, function(x)
         if x == 1 then error("bad item", 0) end

@@ -189,6 +189,13 @@ end
 --- Waits until every task of the group has ended. Under fail_fast, returns
 -- nil, first_error; else an array whose i-th entry is the first value of
 -- the i-th task, or its TaskError (n: the count).
+-- A map chunk's results (they come back as one encoded list, see
+-- run_chunk) as a table, and their count.
+local function chunk_results(fut)
+  local list = {}
+  return list, core.decode_into(fut.values[1], list, 1)
+end
+
 function Group:wait(timeout)
   if not loop.wait(function() return self.n_pending == 0 end, timeout) then
     return nil, "timeout"
@@ -196,7 +203,13 @@ function Group:wait(timeout)
   if self.failed_fast then return nil, self.first_error end
   local out = { n = #self.futures }
   for i, fut in ipairs(self.futures) do
-    if fut.status == "done" then out[i] = fut.values[1] else out[i] = fut.err end
+    if fut.status ~= "done" then
+      out[i] = fut.err
+    elseif fut.chunk then
+      out[i] = chunk_results(fut)  -- a map's chunk: the list of its results
+    else
+      out[i] = fut.values[1]
+    end
   end
   return out
 end
@@ -230,6 +243,7 @@ function Group:_submit_chunk(fn, items, s, e)
   local pool = self.pool
   if pool.closed then error("orch.pool: submit on a closed pool", 4) end
   local fut = pool:_enqueue(self, core.pack_chunk(run_chunk, fn, items, s, e))
+  fut.chunk = true
   if self.keeps_args then
     fut.fn, fut.args = run_chunk, table.pack(fn, table.move(items, s, e, 1, {}), e - s + 1)
   end
@@ -336,8 +350,8 @@ function Group:_imap(fn, items, opts, what)
     if f.status ~= "done" then cancel_rest(futs); error(f.err, 0) end
     local base = first[index[f]]
     if chunk == 1 then return { { base, f.values[1] } } end
-    local list, out = {}, {}
-    local n = core.decode_into(f.values[1], list, 1)
+    local list, n = chunk_results(f)
+    local out = {}
     for j = 1, n do out[j] = { base + j - 1, list[j] } end
     return out
   end
