@@ -35,16 +35,15 @@ for i = 1, RANGES do
 end
 
 -- Once a few ranges are done, kill a worker in the middle of its task.
--- (Its pid comes from the pool's internals: the public API needs none.)
+-- (The worker's pid comes from the pool's internals: the public API needs
+-- none.)
 futures[4]:wait()
-local victim
-for _, w in pairs(pool.slots) do
-  local task = w.inflight[1]
-  if task and task.status == "running" then victim = { pid = w.pid, name = w.name, task = task } break end
-end
-assert(victim, "no worker was busy")
 local which
-for i, f in ipairs(futures) do if f == victim.task then which = i end end
+for i, f in ipairs(futures) do
+  if f:state() == "running" then which = i break end
+end
+assert(which, "no task was running")
+local victim = futures[which].worker
 print(("killing %s (pid %d) while it counts range %d"):format(victim.name, victim.pid, which))
 os.execute("kill -KILL " .. victim.pid)
 
