@@ -484,11 +484,7 @@ function Pool:_stopped(fut, w, detail)
   local err = task_error(kind, {
     message = detail and detail.message or kind, traceback = detail and detail.traceback,
     value = detail and detail.value, pid = w and w.pid })
-  if kind == "cancelled" then
-    err.attempts = fut.attempts
-    return self:_finish(fut, "cancelled", nil, err)
-  end
-  fut.stop_kind = nil
+  if kind ~= "cancelled" then fut.stop_kind = nil end  -- a timeout may run again
   self:_failed(fut, err)
 end
 
@@ -579,13 +575,8 @@ end
 -- Settles a task that has not run (or whose run does not count): cancelled,
 -- or failed with that kind (the group's policy then applies).
 function Pool:_settle_unrun(fut, kind, message)
-  local err = task_error(kind, { message = message or kind })
-  if kind == "cancelled" then
-    err.attempts = fut.attempts
-    return self:_finish(fut, "cancelled", nil, err)
-  end
-  fut.no_retry = true
-  self:_failed(fut, err)
+  if kind ~= "cancelled" then fut.no_retry = true end
+  self:_failed(fut, task_error(kind, { message = message or kind }))
 end
 
 -- Takes a task that is not on a worker out of the queue (or out of its
