@@ -61,6 +61,22 @@ describe("orch.core wire", function()
       end
     end)
 
+    it("keeps integers at every length of their encoding, alone and in runs", function()
+      local list = {}
+      for bits = 5, 63 do
+        for _, n in ipairs{ (1 << bits) - 1, 1 << bits, (1 << bits) + 1 } do
+          list[#list + 1] = n
+          list[#list + 1] = -n
+          assert.equal(n, rt(n))
+          assert.equal(-n, rt(-n))
+        end
+      end
+      assert.same(list, decode(encode(list)))
+      local out = {}
+      assert.equal(#list, core.decode_into(core.encode_slice(list, 1, #list), out, 1))
+      assert.same(list, out)
+    end)
+
     it("uses one byte for small integers", function()
       for n = -32, 127 do assert.equal(1, #encode(n)) end
       assert.equal(3, #encode(128))

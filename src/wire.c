@@ -710,12 +710,17 @@ void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const ch
     size_t k = uvar_put(p + 1, (uint64_t)n);
     p[1 + k] = hash_hint(0);
     e->b->len += 2 + k;
+    int top = lua_gettop(L) + 1;
     for (lua_Integer x = i; x <= j; x++) {
-        st->kind = S_INT;
-        st->n = x - i + 1;
         int t = lua_rawgeti(L, idx, x);
-        enc_any(e, lua_gettop(L), t);
-        lua_pop(L, 1);
+        if (t == LUA_TNUMBER && lua_isinteger(L, top)) {
+            enc_int(e, lua_tointeger(L, top)); /* most of map's items: no path to keep */
+        } else {
+            st->kind = S_INT;
+            st->n = x - i + 1;
+            enc_any(e, top, t);
+        }
+        lua_settop(L, top - 1);
     }
     enc_byte(e, T_NIL);
     e->depth--;
@@ -767,6 +772,24 @@ static int dec_fail(wire_dec *d, size_t at, const char *fmt, ...)
 
 static int dec_uvar(wire_dec *d, uint64_t *v, const char *what)
 {
+    const unsigned char *q = (const unsigned char *)d->data + d->pos;
+    if (d->len - d->pos >= 3 && !(q[0] & q[1] & q[2] & 0x80)) {
+        /* at most 3 bytes, all there: integers below 2^21 without a check
+         * a byte (the bulk of map's items and results) */
+        uint64_t r = q[0] & 0x7f;
+        size_t k = 1;
+        if (q[0] & 0x80) {
+            r |= (uint64_t)(q[1] & 0x7f) << 7;
+            k = 2;
+            if (q[1] & 0x80) {
+                r |= (uint64_t)q[2] << 14;
+                k = 3;
+            }
+        }
+        d->pos += k;
+        *v = r;
+        return 0;
+    }
     size_t at = d->pos;
     const unsigned char *p = (const unsigned char *)d->data;
     uint64_t r = 0;
