@@ -63,8 +63,8 @@ describe("orch.core wire", function()
 
     it("keeps integers at every length of their encoding, alone and in runs", function()
       local list = {}
-      for bits = 5, 63 do
-        for _, n in ipairs{ (1 << bits) - 1, 1 << bits, (1 << bits) + 1 } do
+      for width = 5, 63 do
+        for _, n in ipairs{ (1 << width) - 1, 1 << width, (1 << width) + 1 } do
           list[#list + 1] = n
           list[#list + 1] = -n
           assert.equal(n, rt(n))
