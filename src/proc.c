@@ -397,11 +397,11 @@ static void proc_dispatch(lua_State *L, proc *p, int pidx)
         wire_dec_end(&d);
         consume_frame(p, plen);
         if (bad) {
-            lua_settop(L, base);
-            lua_pushinteger(L, 0);
-            lua_pushfstring(L, "bad frame: %s", d.err);
+            lua_settop(L, base - 2);
+            report_bad(L, pidx, d.err);
+        } else {
+            loop_call(L, lua_gettop(L) - base + 1);
         }
-        loop_call(L, lua_gettop(L) - base + 1);
     }
     flush_results(L, pidx, bidx, &nb);
     lua_settop(L, bidx - 1);

@@ -324,9 +324,10 @@ function Group:_map(fn, items, opts, what)
     for k, f in ipairs(futs) do f:on_done(function() collect(f, k) end) end
     loop.wait(function() return failure ~= nil or remaining == 0 end)
   end)
-  if not ok or failure ~= nil then
+  if not ok then failure = err end  -- interrupted, or a chunk could not be packed
+  if failure ~= nil then
     cancel_rest(futs)
-    error(ok and failure or err, 0)
+    error(failure, 0)
   end
   return out
 end

@@ -17,12 +17,17 @@ local function check_interrupt()
   end
 end
 
+-- The loop is the parent's: a child has none to run.
+local function parent_only()
+  if core.in_child() then
+    error("orch: this call runs the parent's loop; it cannot run in a child process", 4)
+  end
+end
+
 --- Runs the loop until pred() is true (returns true) or timeout seconds
 -- have passed (returns false). timeout nil: no limit.
 function loop.wait(pred, timeout)
-  if core.in_child() then
-    error("orch: this call waits on the parent's loop; it cannot run in a child process", 3)
-  end
+  parent_only()
   check_interrupt()
   if pred() then return true end
   local deadline = timeout and core.now() + timeout
@@ -43,9 +48,7 @@ end
 -- handled and what is queued for the children is written. For long runs of
 -- parent work (map packing its chunks) that must not leave workers idle.
 function loop.poll()
-  if core.in_child() then
-    error("orch: this call runs the parent's loop; it cannot run in a child process", 3)
-  end
+  parent_only()
   check_interrupt()
   core.step(0)
   check_interrupt()

@@ -396,6 +396,15 @@ local function take_head(w, id)
   return fut
 end
 
+-- Whether the task that answered still waits for its outcome: one settled
+-- while it waited in the pipeline has nothing left to tell.
+local function awaited(fut)
+  local status = fut.status
+  if status == "running" or status == "queued" then return true end
+  clear_timers(fut)
+  return false
+end
+
 -- w has answered count tasks: the mean time a task holds a worker (from
 -- the start of the first of them) sets the pipeline's depth, the next task
 -- starts, and there is more work for w or for the others.
@@ -429,13 +438,12 @@ function Pool:_results(w, batch, n)
       local fut = take_head(w, id)
       if not fut then return end
       count = count + 1
-      local status = fut.status
-      if status ~= "running" and status ~= "queued" then
-        clear_timers(fut)  -- settled while it waited in the pipeline: nothing to tell
-      elseif fut.stop_kind then
-        self:_stopped(fut, w, nil)
-      else
-        self:_finish(fut, "done", values)
+      if awaited(fut) then
+        if fut.stop_kind then
+          self:_stopped(fut, w, nil)
+        else
+          self:_finish(fut, "done", values)
+        end
       end
     end
   end
@@ -453,17 +461,16 @@ function Pool:_message(w, type, id, ...)
     end
     local fut = take_head(w, id)
     if not fut then return end
-    local status = fut.status
-    if status ~= "running" and status ~= "queued" then
-      clear_timers(fut)
-    elseif fut.stop_kind and kind ~= "error" then
-      self:_stopped(fut, w, nil)
-    elseif fut.stop_kind then
-      self:_stopped(fut, w, { message = message, traceback = traceback, value = value })
-    else
-      self:_failed(fut, task_error(kind, {
-        message = message, traceback = traceback ~= "" and traceback or nil,
-        value = value, pid = w.pid }))
+    if awaited(fut) then
+      if fut.stop_kind then
+        -- stopped: its own error, if it raised one, is the detail
+        self:_stopped(fut, w, kind == "error"
+          and { message = message, traceback = traceback, value = value } or nil)
+      else
+        self:_failed(fut, task_error(kind, {
+          message = message, traceback = traceback ~= "" and traceback or nil,
+          value = value, pid = w.pid }))
+      end
     end
     answered(self, w, core.now(), 1)
   elseif type == LOG then
