@@ -38,6 +38,8 @@ local lua_modules = {
 
 local modules = {
   orch = "lua/orch/init.lua",
+  ["orch.cli"] = "lua/orch/cli/init.lua",   -- the orch command: one module per command
+  ["orch.cli.run"] = "lua/orch/cli/run.lua",
   ["orch.core"] = {
     -- every file of src/*.c
     sources = {

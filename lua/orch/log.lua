@@ -1,7 +1,10 @@
 --- orch.log: logging that works the same in the parent and in children.
 -- In a child, a record is forwarded to the parent over the channel; the
 -- parent calls log.handler(record) with record = { level, message, name,
--- pid, time }. The default handler writes one line to stderr.
+-- pid, time }. The default handler writes one line to stderr; log.json
+-- writes one JSON object per record. Children inherit the level by fork.
+-- When this module loads, ORCH_LOG=level and ORCH_LOG_FORMAT=text|json in
+-- the environment set the level and the handler.
 local core = require "orch.core"
 
 local log = { level = "info", name = "main" }
@@ -15,6 +18,22 @@ local function default_handler(r)
 end
 log.default_handler = default_handler
 log.handler = default_handler
+
+local cjson  -- loaded with the first JSON record: only log.json needs it
+local JSON_KEYS = { "time", "level", "name", "pid", "message" }
+
+--- log.json(record): a handler writing one JSON object per record to
+-- stderr, keys in a fixed order: {"time":...,"level":...,"name":...,
+-- "pid":...,"message":...} (time in seconds since the epoch).
+function log.json(r)
+  cjson = cjson or require "cjson"
+  local parts = {}
+  for i, key in ipairs(JSON_KEYS) do
+    parts[i] = ("%s:%s"):format(cjson.encode(key), cjson.encode(r[key]))
+  end
+  io.stderr:write("{", table.concat(parts, ","), "}\n")
+  io.stderr:flush()
+end
 
 local function enabled(level)
   return LEVELS[level] >= (LEVELS[log.level] or 2)
@@ -43,5 +62,26 @@ end
 for level in pairs(LEVELS) do
   log[level] = function(fmt, ...) return emit(level, fmt, ...) end
 end
+
+-- ORCH_LOG and ORCH_LOG_FORMAT; a value that means nothing is said once
+-- on stderr and left aside.
+local function from_environment()
+  local level, format = os.getenv("ORCH_LOG"), os.getenv("ORCH_LOG_FORMAT")
+  if level and level ~= "" then
+    if LEVELS[level] then
+      log.level = level
+    else
+      io.stderr:write(("orch.log: ORCH_LOG: unknown level '%s' (valid: debug, info, "
+        .. "warn, error); logging at %s\n"):format(level, log.level))
+    end
+  end
+  if format == "json" then
+    log.handler = log.json
+  elseif format and format ~= "" and format ~= "text" then
+    io.stderr:write(("orch.log: ORCH_LOG_FORMAT: unknown format '%s' (valid: text, "
+      .. "json); writing text\n"):format(format))
+  end
+end
+from_environment()
 
 return log

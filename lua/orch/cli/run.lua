@@ -1,0 +1,125 @@
+--- orch run: runs FILE, a Lua script that returns an orch.supervisor spec
+-- (the services are run until they stop) or a function (called with ARGS).
+-- ARGS reach FILE as `...` and as the global `arg` (arg[0] is FILE), as
+-- with `lua FILE ARGS`. Exit: 0 done, 1 a service failed or FILE raised,
+-- 2 bad spec or usage, 128+n when ended by signal n.
+local orch = require "orch"
+local core = require "orch.core"
+local cli = require "orch.cli"
+
+local run = {
+  summary = "Run the services (or the function) a Lua file returns.",
+  operands_end_options = true,  -- `orch run FILE -x` passes -x to FILE
+}
+
+function run.configure(command)
+  command:description([[
+Run FILE, a Lua script that returns a table in the orch.supervisor format
+(its services run until they stop) or a function (called with ARGS).
+ARGS reach FILE as `...` and as `arg`. The first INT or TERM stops the
+services in reverse `after` order, a second one kills what is left; orch then
+ends by that signal (exit status 130 / 143).
+
+  local orch = require "orch"
+  return {
+    services = {
+      { name = "results", run = function() ... end },
+      { name = "worker", run = function() ... end, after = { "results" } },
+    },
+  }]])
+  command:option("--log-level", "Lowest level logged (default: $ORCH_LOG, else info).")
+    :choices({ "debug", "info", "warn", "error" })
+  command:option("--log-format", "One line of text or one JSON object per record\n"
+      .. "(default: $ORCH_LOG_FORMAT, else text).")
+    :choices({ "text", "json" })
+  command:flag("--check", "Load FILE and check the spec it returns, then exit (0 or 2).")
+  command:argument("file", "The Lua file to run.")
+  command:argument("args", "Arguments for FILE."):args("*")
+end
+
+local function fail(message)
+  io.stderr:write("orch: run: ", message, "\n")
+end
+
+-- The signal name an uncaught "interrupted" error carries, or nil.
+local function interrupted_by(err)
+  return tostring(err):match("^interrupted %(SIG(%u+%d*)%)")
+end
+
+-- Calls fn(...); an uncaught interruption ends the process by its signal
+-- (one line, no traceback), any other error is written with its traceback.
+local function call(what, fn, ...)
+  local res = table.pack(xpcall(fn, function(e)
+    if interrupted_by(e) then return e end
+    -- the user's frames only: orch's own start at this xpcall
+    return (debug.traceback(tostring(e), 2):gsub("\n\t%[C%]: in function 'xpcall'.*$", ""))
+  end, ...))
+  if res[1] then return true, table.unpack(res, 2, res.n) end
+  local sig = interrupted_by(res[2])
+  if sig then
+    io.stderr:write("orch: ", tostring(res[2]), "\n")
+    core.die_by(sig)
+  end
+  fail(("%s failed:\n%s"):format(what, tostring(res[2])))
+  return false
+end
+
+local function set_logging(args)
+  if args.log_level then orch.log.level = args.log_level end
+  if args.log_format then
+    orch.log.handler = args.log_format == "json" and orch.log.json or orch.log.default_handler
+  end
+end
+
+-- Loads FILE and runs its main chunk: exit code, or nil and what it returned.
+local function load(args)
+  local fh = io.open(args.file, "r")
+  if not fh then
+    return cli.usage_error("run", ("run: cannot open '%s': no such file or not readable")
+      :format(args.file))
+  end
+  fh:close()
+  local chunk, err = loadfile(args.file)
+  if not chunk then return cli.usage_error("run", "run: " .. err) end
+  _G.arg = table.move(args.args, 1, #args.args, 1, { [0] = args.file })
+  local ok, spec = call(args.file, chunk, table.unpack(args.args))
+  if not ok then return 1 end
+  return nil, spec
+end
+
+local function run_services(args, spec)
+  local good, sup = pcall(orch.supervisor, spec)
+  if not good then
+    return cli.usage_error("run", ("run: %s: %s"):format(args.file,
+      (tostring(sup):gsub("^[^:]*:%d+: ", ""))))
+  end
+  if args.check then
+    io.write(("%s: %d services, spec ok\n"):format(args.file, #spec.services))
+    return 0
+  end
+  local done, why = sup:run()
+  if not done then
+    fail(tostring(why))
+    return 1
+  end
+  return 0
+end
+
+function run.run(args)
+  set_logging(args)
+  local code, spec = load(args)
+  if code then return code end
+  if type(spec) == "function" then
+    if args.check then
+      io.write(args.file, ": a function, ok\n")
+      return 0
+    end
+    return call(args.file .. "'s function", spec, table.unpack(args.args)) and 0 or 1
+  elseif type(spec) == "table" then
+    return run_services(args, spec)
+  end
+  return cli.usage_error("run", ("run: %s must return a table of services (the "
+    .. "orch.supervisor format) or a function, got %s"):format(args.file, type(spec)))
+end
+
+return run
