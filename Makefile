@@ -1,5 +1,7 @@
 # orch - build, test and run. Every target that needs the toolchain first
-# installs what is missing from Debian's packages (make deps).
+# installs what is missing from Debian's packages (make deps; lint and doc
+# install their own tool the same way). install and uninstall never reach
+# the network: `make build install` builds first if needed.
 
 LUA        ?= lua5.4
 LUA_INCDIR ?= /usr/include/lua5.4
@@ -19,14 +21,15 @@ SRCS       = $(wildcard src/*.c)
 OBJS       = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE     = $(BUILD)/orch/core.so
 
-DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks
+DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks lua-argparse lua-cjson
 BUSTED     = busted --lua=$(LUA)
 
 PREFIX     ?= /usr/local
 LUA_LMOD   ?= $(PREFIX)/share/lua/5.4
 LUA_CMOD   ?= $(PREFIX)/lib/lua/5.4
+DOCDIR     ?= $(PREFIX)/share/doc/orch
 
-.PHONY: all deps build test stress demo bench asan valgrind install uninstall clean lint
+.PHONY: all deps build test stress demo bench asan valgrind install uninstall clean lint doc
 
 all: build
 
@@ -95,16 +98,31 @@ valgrind: build
 	@echo "valgrind: no memory errors, no leaks in orch"
 
 lint:
+	@$(MAKE) --no-print-directory deps DEB_PKGS=lua-check
 	luacheck lua spec scripts scripts/orch scripts/run-specs bench
 
-install: build
-	install -d $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin
+# The API reference (LDoc, config.ld) from the doc comments of lua/orch/*.lua.
+doc:
+	@$(MAKE) --no-print-directory deps DEB_PKGS=lua-ldoc
+	ldoc .
+
+# No deps here: installing needs no network. The installed orch command has
+# the prefix's module directories written in, so it runs under any PREFIX
+# (DESTDIR only stages the files).
+install: $(MODULE)
+	install -d $(DESTDIR)$(LUA_LMOD)/orch/cli $(DESTDIR)$(LUA_CMOD)/orch \
+	  $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(DOCDIR)
 	install -m 644 lua/orch/*.lua $(DESTDIR)$(LUA_LMOD)/orch/
+	install -m 644 lua/orch/cli/*.lua $(DESTDIR)$(LUA_LMOD)/orch/cli/
 	install -m 755 $(MODULE) $(DESTDIR)$(LUA_CMOD)/orch/core.so
-	install -m 755 scripts/orch $(DESTDIR)$(PREFIX)/bin/orch
+	sed 's|^-- @INSTALL_PATHS@$$|package.path = "$(LUA_LMOD)/?.lua;$(LUA_LMOD)/?/init.lua;" .. package.path\
+	package.cpath = "$(LUA_CMOD)/?.so;" .. package.cpath|' scripts/orch >$(DESTDIR)$(PREFIX)/bin/orch
+	chmod 755 $(DESTDIR)$(PREFIX)/bin/orch
+	cp -R README.md CHANGELOG.md LICENSE docs $(DESTDIR)$(DOCDIR)/
 
 uninstall:
-	rm -rf $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin/orch
+	rm -rf $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin/orch \
+	  $(DESTDIR)$(DOCDIR)
 
 # (luarocks make builds in the tree: src/*.o and orch/core.so)
 clean:

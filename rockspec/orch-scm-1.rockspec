@@ -1,14 +1,19 @@
--- orch: process orchestration for Lua 5.4 on a libev C core.
+-- orch: process orchestration for Lua 5.4 on a libev C core (Linux only).
 -- Build and install from a checkout (offline, nothing is downloaded):
---   luarocks --lua-version 5.4 make rockspec/orch-scm-1.rockspec
--- libev is found as an external dependency (Debian: libev-dev); point
--- LuaRocks elsewhere with LIBEV_DIR=... or LIBEV_INCDIR=... LIBEV_LIBDIR=...
+--   luarocks --lua-version 5.4 make --deps-mode=none rockspec/orch-scm-1.rockspec
+-- (--deps-mode=none when argparse and lua-cjson come from Debian's
+-- lua-argparse and lua-cjson: LuaRocks does not see apt's packages; without
+-- it LuaRocks fetches them). libev is found as an external dependency
+-- (Debian: libev-dev); point LuaRocks elsewhere with LIBEV_DIR=... or
+-- LIBEV_INCDIR=... LIBEV_LIBDIR=...
+-- rockspec/orch-0.1.0-1.rockspec is the same for the 0.1.0 release.
 rockspec_format = "3.0"
 package = "orch"
 version = "scm-1"
 
 source = {
-  url = "git+file://.",  -- `luarocks make` builds the checkout it is run in
+  url = "git+https://github.com/orch-lua/orch.git",
+  branch = "main",
 }
 
 description = {
@@ -17,29 +22,35 @@ description = {
 orch runs Lua work in pre-forked worker processes with futures, groups and
 failure policies, keeps long-running services under a supervisor with an
 ordered start and shutdown, and handles signals inside its event loop, so
-Ctrl-C stops the children in order instead of killing them mid-write.]],
+Ctrl-C stops the children in order instead of killing them mid-write.
+Linux only (prctl, /proc, process groups).]],
+  homepage = "https://github.com/orch-lua/orch",
+  issues_url = "https://github.com/orch-lua/orch/issues",
   license = "MIT",
   labels = { "process", "pool", "supervisor", "libev" },
 }
 
+supported_platforms = { "linux" }
+
 dependencies = {
   "lua >= 5.4, < 5.5",
+  "argparse >= 0.7",    -- the orch command
+  "lua-cjson >= 2.1",   -- orch.log.json
 }
 
 external_dependencies = {
   LIBEV = { header = "ev.h", library = "ev" },
 }
 
--- The Lua modules: one entry per file of lua/orch/ (spec/90-install
--- checks that none is missing).
+-- The Lua modules: one entry per file of lua/orch/ and lua/orch/cli/
+-- (spec/90-install checks that none is missing).
 local lua_modules = {
-  "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
+  "cli.run", "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
 }
 
 local modules = {
   orch = "lua/orch/init.lua",
-  ["orch.cli"] = "lua/orch/cli/init.lua",   -- the orch command: one module per command
-  ["orch.cli.run"] = "lua/orch/cli/run.lua",
+  ["orch.cli"] = "lua/orch/cli/init.lua",
   ["orch.core"] = {
     -- every file of src/*.c
     sources = {
@@ -53,13 +64,15 @@ local modules = {
   },
 }
 for i = 1, #lua_modules do  -- (a rockspec runs without ipairs)
-  modules["orch." .. lua_modules[i]] = "lua/orch/" .. lua_modules[i] .. ".lua"
+  local name = lua_modules[i]
+  modules["orch." .. name] = "lua/orch/" .. name:gsub("%.", "/") .. ".lua"
 end
 
 build = {
   type = "builtin",
   modules = modules,
   install = {
-    bin = { orch = "scripts/orch" },  -- the `orch run FILE.lua` command
+    bin = { orch = "scripts/orch" },  -- the orch command
   },
+  copy_directories = { "docs" },      -- the guides and the API reference
 }
