@@ -1,6 +1,6 @@
 # orch - build, test and run. Every target that needs the toolchain first
 # installs what is missing from Debian's packages (make deps; lint and doc
-# install their own tool the same way). install and uninstall never reach
+# installs luacheck the same way). install and uninstall never reach
 # the network: `make build install` builds first if needed.
 
 LUA        ?= lua5.4
@@ -21,7 +21,7 @@ SRCS       = $(wildcard src/*.c)
 OBJS       = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE     = $(BUILD)/orch/core.so
 
-DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks lua-argparse lua-cjson
+DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks lua-argparse lua-cjson lua-ldoc lua-markdown
 BUSTED     = busted --lua=$(LUA)
 
 PREFIX     ?= /usr/local
@@ -101,9 +101,9 @@ lint:
 	@$(MAKE) --no-print-directory deps DEB_PKGS=lua-check
 	luacheck lua spec scripts scripts/orch scripts/run-specs bench
 
-# The API reference (LDoc, config.ld) from the doc comments of lua/orch/*.lua.
-doc:
-	@$(MAKE) --no-print-directory deps DEB_PKGS=lua-ldoc
+# The API reference (LDoc, config.ld): docs/ref/index.html, from the doc
+# comments of lua/orch/*.lua and the guides (README.md, docs/*.md).
+doc: deps
 	ldoc .
 
 # No deps here: installing needs no network. The installed orch command has

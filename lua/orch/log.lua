@@ -1,10 +1,10 @@
 --- orch.log: logging that works the same in the parent and in children.
 -- In a child, a record is forwarded to the parent over the channel; the
--- parent calls log.handler(record) with record = { level, message, name,
--- pid, time }. The default handler writes one line to stderr; log.json
+-- parent calls `log.handler(record)` with `record = { level, message, name,
+-- pid, time }`. The default handler writes one line to stderr; `log.json`
 -- writes one JSON object per record. Children inherit the level by fork.
--- When this module loads, ORCH_LOG=level and ORCH_LOG_FORMAT=text|json in
--- the environment set the level and the handler.
+-- When this module loads, `ORCH_LOG=level` and `ORCH_LOG_FORMAT=text|json`
+-- in the environment set the level and the handler.
 local core = require "orch.core"
 
 local log = { level = "info", name = "main" }
@@ -22,9 +22,10 @@ log.handler = default_handler
 local cjson  -- loaded with the first JSON record: only log.json needs it
 local JSON_KEYS = { "time", "level", "name", "pid", "message" }
 
---- log.json(record): a handler writing one JSON object per record to
--- stderr, keys in a fixed order: {"time":...,"level":...,"name":...,
--- "pid":...,"message":...} (time in seconds since the epoch).
+--- A handler writing one JSON object per record to stderr, keys in a fixed
+-- order: `{"time":...,"level":...,"name":...,"pid":...,"message":...}`
+-- (time in seconds since the epoch). Set `orch.log.handler = orch.log.json`.
+-- @tparam table r the record
 function log.json(r)
   cjson = cjson or require "cjson"
   local parts = {}
