@@ -1,5 +1,5 @@
 # orch - build, test and run. Every target that needs the toolchain first
-# installs what is missing from Debian's packages (make deps; lint and doc
+# installs what is missing from Debian's packages (make deps; make lint
 # installs luacheck the same way). install and uninstall never reach
 # the network: `make build install` builds first if needed.
 
