@@ -115,6 +115,19 @@ describe("the orch command", function()
     assert.matches("fn.lua:1: late", out, 1, true)
   end)
 
+  it("exit 0 once every service ended well, 1 when one failed", function()
+    local file, remove = scratch()
+    finally(remove)
+    local code, out = orch_cmd("run " .. file("ok.lua", [[
+      return { services = { { name = "once", restart = "transient", run = function() print("ran") end } } }]]))
+    assert.equal(0, code, out)
+    assert.matches("ran\n", out)
+    code, out = orch_cmd("run " .. file("bad.lua", [[
+      return { services = { { name = "once", restart = "temporary", run = function() error("broken") end } } }]]))
+    assert.equal(1, code, out)
+    assert.matches("broken", out, 1, true)
+  end)
+
   it("--log-level and --log-format json reach the handler, in workers too", function()
     local file, remove = scratch()
     finally(remove)

@@ -87,6 +87,14 @@ local function load(args)
   return nil, spec
 end
 
+-- The name of a service whose last run failed (an error, an exit code
+-- other than 0, a signal), once every service has stopped; else nil.
+local function failed_service(sup)
+  for _, s in ipairs(sup:status()) do
+    if s.state == "failed" or (s.exit_code or 0) ~= 0 or s.signal then return s.name end
+  end
+end
+
 local function run_services(args, spec)
   local good, sup = pcall(orch.supervisor, spec)
   if not good then
@@ -102,7 +110,7 @@ local function run_services(args, spec)
     fail(tostring(why))
     return 1
   end
-  return 0
+  return failed_service(sup) and 1 or 0
 end
 
 function run.run(args)
