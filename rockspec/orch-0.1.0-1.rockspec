@@ -46,7 +46,7 @@ external_dependencies = {
 -- The Lua modules: one entry per file of lua/orch/ and lua/orch/cli/
 -- (spec/90-install checks that none is missing).
 local lua_modules = {
-  "cli.run", "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
+  "cli.run", "cli.usage", "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
 }
 
 local modules = {

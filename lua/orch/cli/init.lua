@@ -12,19 +12,14 @@
 -- the rockspecs' module lists (spec/90-install checks that none is missing).
 --
 -- Exit codes shared by every command: 0 success, 1 the work failed,
--- 2 usage errors (one line saying what, then a hint), 128+n ended by signal n.
+-- 2 usage errors (orch.cli.usage: one line saying what, then a hint),
+-- 128+n ended by signal n.
 local argparse = require "argparse"
+local usage = require "orch.cli.usage"
 
 local COMMANDS = { "run" }
 
-local cli = { COMMANDS = COMMANDS, USAGE_ERROR = 2 }
-
---- Writes a usage error (one line, then where to look) and returns 2.
-function cli.usage_error(command, message)
-  local help = command and ("orch " .. command .. " --help") or "orch --help"
-  io.stderr:write("orch: ", message, "\n", "Try '", help, "' for more information.\n")
-  return cli.USAGE_ERROR
-end
+local cli = { COMMANDS = COMMANDS }
 
 local function print_version()
   io.write("orch ", require("orch").version, "\n")
@@ -91,7 +86,7 @@ function cli.main(argv)
   end
   local ok, result = parser:pparse(args)
   if not ok then
-    return cli.usage_error(modules[name] and name or nil, result)
+    return usage.error(modules[name] and name or nil, result)
   end
   return modules[result.command].run(result)
 end

@@ -5,7 +5,7 @@
 -- 2 bad spec or usage, 128+n when ended by signal n.
 local orch = require "orch"
 local core = require "orch.core"
-local cli = require "orch.cli"
+local usage = require "orch.cli.usage"
 
 local run = {
   summary = "Run the services (or the function) a Lua file returns.",
@@ -75,12 +75,12 @@ end
 local function load(args)
   local fh = io.open(args.file, "r")
   if not fh then
-    return cli.usage_error("run", ("run: cannot open '%s': no such file or not readable")
+    return usage.error("run", ("run: cannot open '%s': no such file or not readable")
       :format(args.file))
   end
   fh:close()
   local chunk, err = loadfile(args.file)
-  if not chunk then return cli.usage_error("run", "run: " .. err) end
+  if not chunk then return usage.error("run", "run: " .. err) end
   _G.arg = table.move(args.args, 1, #args.args, 1, { [0] = args.file })
   local ok, spec = call(args.file, chunk, table.unpack(args.args))
   if not ok then return 1 end
@@ -98,7 +98,7 @@ end
 local function run_services(args, spec)
   local good, sup = pcall(orch.supervisor, spec)
   if not good then
-    return cli.usage_error("run", ("run: %s: %s"):format(args.file,
+    return usage.error("run", ("run: %s: %s"):format(args.file,
       (tostring(sup):gsub("^[^:]*:%d+: ", ""))))
   end
   if args.check then
@@ -126,7 +126,7 @@ function run.run(args)
   elseif type(spec) == "table" then
     return run_services(args, spec)
   end
-  return cli.usage_error("run", ("run: %s must return a table of services (the "
+  return usage.error("run", ("run: %s must return a table of services (the "
     .. "orch.supervisor format) or a function, got %s"):format(args.file, type(spec)))
 end
 
