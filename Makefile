@@ -12,14 +12,14 @@ CFLAGS     ?= $(OPT)
 ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) \
              -I$(LUA_INCDIR) -I$(LIBEV_INCDIR) $(CFLAGS)
 LDFLAGS    ?=
-LIBS       = -L$(LIBEV_LIBDIR) -lev
+LIBS       = -L$(LIBEV_LIBDIR) -lev -lhiredis
 
 BUILD      = build
 SRCS       = $(wildcard src/*.c)
 OBJS       = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE     = $(BUILD)/orch/core.so
 
-DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks
+DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks libhiredis-dev redis-server
 BUSTED     = busted --lua=$(LUA)
 
 PREFIX     ?= /usr/local
