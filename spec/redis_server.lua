@@ -47,7 +47,7 @@ function Server:_launch()
     local log = io.open(self.dir .. "/redis.log")
     local text = log and log:read("a") or ""
     if log then log:close() end
-    return text:find("Ready to accept connections") or not alive(self.pid)
+    return text:lower():find("ready to accept connections", 1, true) or not alive(self.pid)
   end, 5) and alive(self.pid)
 end
 
