@@ -28,6 +28,7 @@ dependencies = {
 
 external_dependencies = {
   LIBEV = { header = "ev.h", library = "ev" },
+  HIREDIS = { header = "hiredis/adapters/libev.h", library = "hiredis" },  -- the broker's client
 }
 
 -- The Lua modules: one entry per file of lua/orch/ (spec/90-install
@@ -42,16 +43,21 @@ local modules = {
     -- every file of src/*.c
     sources = {
       "src/alloc.c", "src/chan.c", "src/core.c", "src/loop.c", "src/proc.c",
-      "src/sig.c", "src/wbuf.c", "src/wire.c", "src/worker.c",
+      "src/redis.c", "src/sha256.c", "src/sig.c", "src/wbuf.c", "src/wire.c", "src/worker.c",
     },
     defines = { "_GNU_SOURCE" },
-    incdirs = { "src", "$(LIBEV_INCDIR)" },
-    libdirs = { "$(LIBEV_LIBDIR)" },
-    libraries = { "ev" },
+    incdirs = { "src", "$(LIBEV_INCDIR)", "$(HIREDIS_INCDIR)" },
+    libdirs = { "$(LIBEV_LIBDIR)", "$(HIREDIS_LIBDIR)" },
+    libraries = { "ev", "hiredis" },
   },
 }
 for i = 1, #lua_modules do  -- (a rockspec runs without ipairs)
   modules["orch." .. lua_modules[i]] = "lua/orch/" .. lua_modules[i] .. ".lua"
+end
+-- The broker's modules (lua/orch/broker/)
+local broker_modules = { "node", "redis", "stream" }
+for i = 1, #broker_modules do
+  modules["orch.broker." .. broker_modules[i]] = "lua/orch/broker/" .. broker_modules[i] .. ".lua"
 end
 
 build = {

@@ -46,7 +46,7 @@ local function check_options(opts)
   end
   if not opts.broker then error("orch.serve: option 'broker' (a Redis URL) is required", 3) end
   for _, k in ipairs{ "workers", "lease", "grace", "max_tasks_per_worker", "result_ttl" } do
-    if opts[k] and not (opts[k] > 0) then
+    if opts[k] and (opts[k] ~= opts[k] or opts[k] <= 0) then
       error(("orch.serve: option '%s' must be positive"):format(k), 3)
     end
   end

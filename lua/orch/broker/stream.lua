@@ -111,7 +111,7 @@ local ERROR_FIELDS = { "kind", "message", "traceback", "value", "exit_code", "si
 -- -> field list for XADD. err: a TaskError or a table of its fields; a
 -- `value` that cannot cross is left out.
 function stream.result_fields(id, node, values, err)
-  local status, p = "done", nil
+  local status, p = "done"
   if err then
     status = "failed"
     local e = {}
