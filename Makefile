@@ -98,8 +98,9 @@ lint:
 	luacheck lua spec scripts scripts/orch scripts/run-specs bench
 
 install: build
-	install -d $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(LUA_LMOD)/orch/broker $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin
 	install -m 644 lua/orch/*.lua $(DESTDIR)$(LUA_LMOD)/orch/
+	install -m 644 lua/orch/broker/*.lua $(DESTDIR)$(LUA_LMOD)/orch/broker/
 	install -m 755 $(MODULE) $(DESTDIR)$(LUA_CMOD)/orch/core.so
 	install -m 755 scripts/orch $(DESTDIR)$(PREFIX)/bin/orch
 

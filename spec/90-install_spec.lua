@@ -27,23 +27,25 @@ local function load_rockspec()
 end
 
 describe("rockspec/orch-scm-1.rockspec", function()
-  it("is a builtin build with libev as an external dependency", function()
+  it("is a builtin build with libev and hiredis as external dependencies", function()
     local spec = load_rockspec()
     assert.equal("orch", spec.package)
     assert.equal("scm-1", spec.version)
     assert.equal("builtin", spec.build.type)
     assert.same({ header = "ev.h", library = "ev" }, spec.external_dependencies.LIBEV)
     local core = spec.build.modules["orch.core"]
-    assert.same({ "ev" }, core.libraries)
+    assert.same({ header = "hiredis/adapters/libev.h", library = "hiredis" },
+      spec.external_dependencies.HIREDIS)
+    assert.same({ "ev", "hiredis" }, core.libraries)
     assert.same({ "_GNU_SOURCE" }, core.defines)
     assert.truthy(core.incdirs and core.libdirs)
   end)
 
   it("lists every lua/orch/*.lua module and every src/*.c file", function()
     local modules = load_rockspec().build.modules
-    local files = listing("ls lua/orch/*.lua")
+    local files = listing("ls lua/orch/*.lua lua/orch/broker/*.lua")
     for file in pairs(files) do
-      local name = file:match("^lua/orch/(.-)%.lua$")
+      local name = file:match("^lua/orch/(.-)%.lua$"):gsub("/", ".")
       local mod = name == "init" and "orch" or "orch." .. name
       assert.equal(file, modules[mod], "module " .. mod .. " missing from the rockspec")
     end
