@@ -8,12 +8,8 @@ local stream = require "orch.broker.stream"
 local redis_server = require "redis_server"
 local H = _G.orch_spec
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local sh = redis_server.sh
+local nodes = {}  -- pids of the nodes a spec started (killed after each)
 
 -- Starts a node in its own process; returns its pid and log path.
 local function start_node(srv, queue, opts)
@@ -21,6 +17,7 @@ local function start_node(srv, queue, opts)
   local log = srv.dir .. "/node-" .. math.random(1e9) .. ".log"
   local pid = tonumber(sh(("%s exec lua5.4 spec/scripts/broker_node.lua %s %s %d %g %g >%s 2>&1 & echo $!")
     :format(opts.env or "", srv.url, queue, opts.workers or 2, opts.lease or 30, opts.grace or 5, log)))
+  nodes[#nodes + 1] = pid
   return pid, log
 end
 
@@ -46,6 +43,13 @@ function Client:submit(id, fn, args, extra)
   assert(self.c:call(stream.add_task(self.keys, fields)))
 end
 
+-- A task's trace: one "x" more in the file at path.
+local function mark(path)
+  local f = io.open(path, "a"); f:write("x"); f:close()
+  f = io.open(path); local s = f:read("a"); f:close()
+  return #s
+end
+
 -- Reads results until `n` have come (or timeout): id -> { status, value, node }.
 function Client:collect(n, timeout)
   local deadline = core.now() + (timeout or 10)
@@ -69,11 +73,14 @@ end
 describe("orch.broker.node", function()
   local srv
   before_each(function() srv = redis_server.start() end)
-  after_each(function() srv:stop() end)
+  after_each(function()
+    for _, pid in ipairs(nodes) do if H.alive(pid) then os.execute("kill -9 " .. pid) end end
+    nodes = {}
+    srv:stop()
+  end)
 
   it("runs tasks from the stream and writes their results and errors back", function()
     local pid, log = start_node(srv, "q1")
-    finally(function() if H.alive(pid) then os.execute("kill -9 " .. pid) end end)
     local cl = client(srv, "q1")
     local base = 100
     for i = 1, 20 do cl:submit("t" .. i, function(x) return x + base, "pid" end, { i }) end
@@ -101,7 +108,6 @@ describe("orch.broker.node", function()
 
   it("with a secret, refuses unsigned, mis-signed and foreign-bytecode tasks", function()
     local pid, log = start_node(srv, "q2", { env = "ORCH_SECRET=k1" })
-    finally(function() if H.alive(pid) then os.execute("kill -9 " .. pid) end end)
     local cl = client(srv, "q2")
     local function f() return "ran" end
     cl:submit("signed", f, {}, { secret = "k1" })
@@ -127,14 +133,10 @@ describe("orch.broker.node", function()
 
   it("a task whose node is SIGKILLed runs again on another node after the lease", function()
     local a, alog = start_node(srv, "q3", { lease = 1, workers = 1 })
-    local b
-    finally(function()
-      for _, p in ipairs{ a, b } do if p and H.alive(p) then os.execute("kill -9 " .. p) end end
-    end)
     local cl = client(srv, "q3")
     local marker = srv.dir .. "/started"
     cl:submit("slow", function(path)
-      local f = io.open(path, "a"); f:write("x"); f:close()
+      mark(path)
       require("orch").sleep(1.5)
       return "finished"
     end, { marker })
@@ -142,7 +144,7 @@ describe("orch.broker.node", function()
     os.execute("kill -9 " .. a)
     assert.is_true(exit_status(a))
     local t0 = core.now()
-    b = start_node(srv, "q3", { lease = 1, workers = 1 })
+    local b = start_node(srv, "q3", { lease = 1, workers = 1 })
     local results, n = cl:collect(1, 15)
     assert.equal(1, n)
     assert.same({ "finished", n = 1 }, results.slow.value)
@@ -155,16 +157,11 @@ describe("orch.broker.node", function()
 
   it("on TERM hands back a task it cannot finish within grace", function()
     local a, alog = start_node(srv, "q4", { lease = 30, grace = 0.3, workers = 1 })
-    local b
-    finally(function()
-      for _, p in ipairs{ a, b } do if p and H.alive(p) then os.execute("kill -9 " .. p) end end
-    end)
     local cl = client(srv, "q4")
     local marker = srv.dir .. "/started"
     cl:submit("long", function(path)
-      local f = io.open(path, "a"); f:write("x"); f:close()
       local core_ = require "orch.core"
-      if #io.open(path):read("a") == 1 then
+      if mark(path) == 1 then
         while true do core_.child_sleep(1) end  -- the first run never ends
       end
       return "second run"
@@ -176,7 +173,7 @@ describe("orch.broker.node", function()
     assert.is_true(core.now() - t0 < 5, "the node took too long to stop")
     assert.matches("handing back 1 running task", H.read_file(alog))
     -- handed back: another node takes it at once, not after the 30 s lease
-    b = start_node(srv, "q4", { lease = 30, workers = 1 })
+    start_node(srv, "q4", { lease = 30, workers = 1 })
     local results, n = cl:collect(1, 15)
     assert.equal(1, n)
     assert.same({ "second run", n = 1 }, results.long.value)

@@ -96,4 +96,4 @@ function Server:stop()
   end
 end
 
-return { start = start }
+return { start = start, sh = sh }
