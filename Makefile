@@ -14,14 +14,15 @@ CFLAGS     ?= $(OPT)
 ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) \
              -I$(LUA_INCDIR) -I$(LIBEV_INCDIR) $(CFLAGS)
 LDFLAGS    ?=
-LIBS       = -L$(LIBEV_LIBDIR) -lev
+LIBS       = -L$(LIBEV_LIBDIR) -lev -lhiredis
 
 BUILD      = build
 SRCS       = $(wildcard src/*.c)
 OBJS       = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE     = $(BUILD)/orch/core.so
 
-DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks lua-argparse lua-cjson lua-ldoc lua-markdown
+DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev libhiredis-dev lua-busted luarocks lua-argparse lua-cjson \
+             lua-ldoc lua-markdown redis-server
 BUSTED     = busted --lua=$(LUA)
 
 PREFIX     ?= /usr/local
@@ -110,10 +111,11 @@ doc: deps
 # the prefix's module directories written in, so it runs under any PREFIX
 # (DESTDIR only stages the files).
 install: $(MODULE)
-	install -d $(DESTDIR)$(LUA_LMOD)/orch/cli $(DESTDIR)$(LUA_CMOD)/orch \
-	  $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(DOCDIR)
+	install -d $(DESTDIR)$(LUA_LMOD)/orch/cli $(DESTDIR)$(LUA_LMOD)/orch/broker \
+	  $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(DOCDIR)
 	install -m 644 lua/orch/*.lua $(DESTDIR)$(LUA_LMOD)/orch/
 	install -m 644 lua/orch/cli/*.lua $(DESTDIR)$(LUA_LMOD)/orch/cli/
+	install -m 644 lua/orch/broker/*.lua $(DESTDIR)$(LUA_LMOD)/orch/broker/
 	install -m 755 $(MODULE) $(DESTDIR)$(LUA_CMOD)/orch/core.so
 	sed 's|^-- @INSTALL_PATHS@$$|package.path = "$(LUA_LMOD)/?.lua;$(LUA_LMOD)/?/init.lua;" .. package.path\
 	package.cpath = "$(LUA_CMOD)/?.so;" .. package.cpath|' scripts/orch >$(DESTDIR)$(PREFIX)/bin/orch

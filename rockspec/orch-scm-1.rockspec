@@ -40,12 +40,13 @@ dependencies = {
 
 external_dependencies = {
   LIBEV = { header = "ev.h", library = "ev" },
+  HIREDIS = { header = "hiredis/adapters/libev.h", library = "hiredis" },  -- the broker's client
 }
 
--- The Lua modules: one entry per file of lua/orch/ and lua/orch/cli/
+-- The Lua modules: one entry per file of lua/orch/ and its folders
 -- (spec/90-install checks that none is missing).
 local lua_modules = {
-  "cli.run", "cli.usage", "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
+  "broker.node", "broker.redis", "broker.stream", "cli.run", "cli.usage", "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
 }
 
 local modules = {
@@ -55,12 +56,12 @@ local modules = {
     -- every file of src/*.c
     sources = {
       "src/alloc.c", "src/chan.c", "src/core.c", "src/loop.c", "src/proc.c",
-      "src/sig.c", "src/wbuf.c", "src/wire.c", "src/worker.c",
+      "src/redis.c", "src/sha256.c", "src/sig.c", "src/wbuf.c", "src/wire.c", "src/worker.c",
     },
     defines = { "_GNU_SOURCE" },
-    incdirs = { "src", "$(LIBEV_INCDIR)" },
-    libdirs = { "$(LIBEV_LIBDIR)" },
-    libraries = { "ev" },
+    incdirs = { "src", "$(LIBEV_INCDIR)", "$(HIREDIS_INCDIR)" },
+    libdirs = { "$(LIBEV_LIBDIR)", "$(HIREDIS_LIBDIR)" },
+    libraries = { "ev", "hiredis" },
   },
 }
 for i = 1, #lua_modules do  -- (a rockspec runs without ipairs)

@@ -79,7 +79,7 @@ local function check_installed(env, cmd_env, lmod, cmod, bin)
 end
 
 describe("the rockspecs", function()
-  it("are builtin builds with libev as an external dependency, Linux only", function()
+  it("are builtin builds with libev and hiredis as external dependencies, Linux only", function()
     for _, path in ipairs(ROCKSPECS) do
       local spec = load_rockspec(path)
       assert.equal("orch", spec.package)
@@ -87,10 +87,12 @@ describe("the rockspecs", function()
       assert.equal("builtin", spec.build.type)
       assert.same({ "linux" }, spec.supported_platforms)
       assert.same({ header = "ev.h", library = "ev" }, spec.external_dependencies.LIBEV)
+      assert.same({ header = "hiredis/adapters/libev.h", library = "hiredis" },
+        spec.external_dependencies.HIREDIS)
       assert.matches("^git%+https://", spec.source.url)
       assert.matches("^https://", spec.description.homepage)
       local core = spec.build.modules["orch.core"]
-      assert.same({ "ev" }, core.libraries)
+      assert.same({ "ev", "hiredis" }, core.libraries)
       assert.same({ "_GNU_SOURCE" }, core.defines)
       assert.truthy(core.incdirs and core.libdirs)
     end

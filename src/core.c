@@ -43,6 +43,7 @@ __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
     sig_open(L);
     worker_open(L);
     wire_open(L);
+    sha256_open(L); redis_open(L); /* broker: signatures, the Redis client */
     static const luaL_Reg fns[] = {
         {"cpu_count", l_cpu_count}, {"getpid", l_getpid}, {"array", l_array}, {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);

@@ -207,4 +207,23 @@ ORCH_HIDDEN void worker_child_main(lua_State *L, int in, int out, int fnidx);
  * async-signal-safe, touches only flags and the Lua hook). */
 ORCH_HIDDEN void worker_on_stop_signal(int value);
 
+/* ---- sha256.c: SHA-256 and HMAC-SHA256 (signed tasks) ------------------ */
+#define SHA256_SIZE 32
+typedef struct sha256_ctx {
+    uint32_t h[8];
+    uint64_t bytes;          /* message length so far */
+    unsigned char buf[64];   /* the block being filled */
+} sha256_ctx;
+ORCH_HIDDEN void sha256_init(sha256_ctx *c);
+ORCH_HIDDEN void sha256_update(sha256_ctx *c, const void *data, size_t n);
+ORCH_HIDDEN void sha256_final(sha256_ctx *c, unsigned char out[SHA256_SIZE]);
+ORCH_HIDDEN void hmac_sha256(const void *key, size_t klen, const void *msg, size_t mlen,
+                             unsigned char out[SHA256_SIZE]);
+/* Registers sha256(msg) and hmac_sha256(key, msg) (hex digests). */
+ORCH_HIDDEN void sha256_open(lua_State *L);
+
+/* ---- redis.c: an asynchronous Redis client on the loop (hiredis) ------- */
+/* Registers redis_connect{...} -> conn in the table at the top of the stack. */
+ORCH_HIDDEN void redis_open(lua_State *L);
+
 #endif

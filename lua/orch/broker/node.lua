@@ -1,0 +1,326 @@
+--- A broker node: a local orch pool fed from a Redis stream.
+--
+-- require("orch.broker.node").serve{ broker = url, queue = "orch",
+--   workers = N, lease = 30, grace = 10, max_tasks_per_worker = nil,
+--   secret = env ORCH_SECRET, result_ttl = 3600 } -> true, signal name
+-- is what `orch worker BROKER_URL [--queue Q] [--workers N] [--lease S]
+-- [--grace S] [--max-tasks-per-worker N] [--log-level L]` runs; the
+-- command then exits as orch does for a run ended by a signal (128+n).
+--
+-- The node reads new tasks with a blocking XREADGROUP on a connection of
+-- its own, asking for as many as it has free workers; a second connection
+-- writes results, renews leases (every lease/3 s) and takes over tasks
+-- whose node stopped renewing (every lease/2 s, while workers are free).
+-- A result is written, the entry acknowledged and deleted in one
+-- transaction; a write the connection lost is sent again once it is back.
+-- On INT or TERM it reads nothing new, lets running tasks finish within
+-- `grace`, hands back what is left (and anything delivered to it that it
+-- never started) for other nodes, then returns. A second signal hurries
+-- the stop: whatever runs is handed back at once.
+local core = require "orch.core"
+local loop = require "orch.loop"
+local log = require "orch.log"
+local redis = require "orch.broker.redis"
+local stream = require "orch.broker.stream"
+
+local node = {}
+
+local BLOCK_MS = 5000
+local OPTIONS = {
+  broker = "string", queue = "string", workers = "number", lease = "number", grace = "number",
+  max_tasks_per_worker = "number", secret = "string", result_ttl = "number",
+}
+
+local function check_options(opts)
+  if type(opts) ~= "table" then error("orch.serve: options must be a table", 3) end
+  local valid = {}
+  for k in pairs(OPTIONS) do valid[#valid + 1] = k end
+  table.sort(valid)
+  for k, v in pairs(opts) do
+    if not OPTIONS[k] then
+      error(("orch.serve: unknown option '%s' (valid: %s)"):format(tostring(k),
+        table.concat(valid, ", ")), 3)
+    elseif type(v) ~= OPTIONS[k] then
+      error(("orch.serve: option '%s' must be a %s, got %s"):format(k, OPTIONS[k], type(v)), 3)
+    end
+  end
+  if not opts.broker then error("orch.serve: option 'broker' (a Redis URL) is required", 3) end
+  for _, k in ipairs{ "workers", "lease", "grace", "max_tasks_per_worker", "result_ttl" } do
+    if opts[k] and (opts[k] ~= opts[k] or opts[k] <= 0) then
+      error(("orch.serve: option '%s' must be positive"):format(k), 3)
+    end
+  end
+end
+
+local function hostname()
+  local f = io.open("/proc/sys/kernel/hostname")
+  local name = f and f:read("l")
+  if f then f:close() end
+  return name or os.getenv("HOSTNAME") or "localhost"
+end
+
+local Node = {}
+Node.__index = Node
+
+local function noop() end
+
+--- Asks for new tasks, as many as there are free workers, unless a read
+-- is already waiting or the node is stopping.
+function Node:pull()
+  local free = self.workers - self.n_running
+  if self.stopping or self.reading or free <= 0 then return end
+  self.reading = true
+  local ok = self.reader:command(stream.read_new(self.keys, self.name, free, BLOCK_MS),
+    function(reply, err)
+      self.reading = false
+      if err or (type(reply) == "table" and reply.err) then
+        return self:read_failed(err or reply.err)
+      end
+      for _, s in ipairs(reply or {}) do
+        for _, entry in ipairs(s[2]) do self:start(entry[1], entry[2], 1) end
+      end
+      self:pull()
+    end)
+  if not ok then self.reading = false end  -- the reconnect pulls again
+end
+
+function Node:read_failed(err)
+  if self.stopping then return end
+  if err:find("^NOGROUP") then  -- the stream was deleted under us
+    log.warn("node %s: %s; creating the consumer group again", self.name, err)
+    self.writer:command(stream.create_group(self.keys), function() self:pull() end)
+  elseif err:find("^disconnected") or err:find("lost") then
+    log.warn("node %s: %s", self.name, err)  -- pulls again on reconnect
+  else
+    error(("orch.serve: XREADGROUP failed: %s"):format(err), 0)
+  end
+end
+
+-- The pool group that runs tasks with this timeout (nil: the pool's).
+function Node:group_for(timeout)
+  if not timeout then return self.pool end
+  local g = self.groups[timeout]
+  if not g then
+    g = self.pool:group{ timeout = timeout }
+    self.groups[timeout] = g
+  end
+  return g
+end
+
+--- Starts the entry delivered for the deliveries-th time, or refuses it
+-- (dead letter, and a failed result for its client).
+function Node:start(entry_id, list, deliveries)
+  local f = stream.fields(list)
+  local max = tonumber(f.max) or stream.MAX_DELIVERIES
+  if deliveries > max then
+    return self:refuse(entry_id, f, list, "crashed",
+      ("crashed: delivered %d times, its node lost each time"):format(deliveries - 1))
+  end
+  local task, why = stream.decode_task(f, self.secret)
+  if not task then
+    log.warn("node %s: task %s refused: %s", self.name, tostring(f.id), why)
+    return self:refuse(entry_id, f, list, "error", why)
+  end
+  local ok, fut = pcall(function()
+    local target = self:group_for(task.timeout)
+    return target:submit(task.fn, table.unpack(task.args, 1, task.args.n))
+  end)
+  if not ok then
+    return self:refuse(entry_id, f, list, "error", tostring(fut))
+  end
+  self.running[entry_id] = { fut = fut, task = task, deliveries = deliveries }
+  self.n_running = self.n_running + 1
+  fut:on_done(function() self:done(entry_id) end)
+end
+
+function Node:refuse(entry_id, f, list, kind, why)
+  self.writer:command(stream.dead_letter(self.keys, list, why, self.name), noop)
+  local result = stream.result_fields(f.id or "?", self.name, nil, { kind = kind, message = why })
+  self:finish(entry_id, f.reply, result)
+end
+
+--- A local task ended: its outcome goes back, unless the task is no
+-- longer this node's (lease lost, handed back).
+function Node:done(entry_id)
+  local r = self.running[entry_id]
+  self.running[entry_id] = nil
+  self.n_running = self.n_running - 1
+  if r.gone then return self:pull() end
+  local res = table.pack(pcall(r.fut.result, r.fut))
+  local result
+  if res[1] then
+    result = stream.result_fields(r.task.id, self.name, table.pack(table.unpack(res, 2, res.n)))
+  else
+    result = stream.result_fields(r.task.id, self.name, nil, res[2])
+  end
+  self:finish(entry_id, r.task.reply, result)
+  self:pull()
+end
+
+--- Writes a result, acknowledges and deletes the entry: one transaction,
+-- sent again after a reconnect until it is through.
+function Node:finish(entry_id, reply, result)
+  self.writing[entry_id] = stream.finish(self.keys, entry_id, reply, result, self.result_ttl)
+  self.n_writing = self.n_writing + 1
+  self:send_finish(entry_id)
+end
+
+function Node:send_finish(entry_id)
+  local cmds = self.writing[entry_id]
+  if not self.writer:command({ "MULTI" }, noop) then return end
+  for _, argv in ipairs(cmds) do self.writer:command(argv, noop) end
+  self.writer:command({ "EXEC" }, function(reply, err)
+    if err or type(reply) ~= "table" or reply.err then
+      log.warn("node %s: result of %s not written: %s", self.name, entry_id,
+        tostring(err or (reply and reply.err) or "transaction aborted"))
+      return  -- sent again once the connection is back
+    end
+    if self.writing[entry_id] then
+      self.writing[entry_id] = nil
+      self.n_writing = self.n_writing - 1
+    end
+  end)
+end
+
+--- Keeps the leases of the running tasks; a task another node took over
+-- is cancelled here and its outcome dropped.
+function Node:renew()
+  local ids = {}
+  for id in pairs(self.running) do ids[#ids + 1] = id end
+  if #ids == 0 then return end
+  self.writer:command(stream.renew(self.keys, self.name, ids), function(lost)
+    if type(lost) ~= "table" or lost.err then return end
+    for _, id in ipairs(lost) do
+      local r = self.running[id]
+      if r and not r.gone then
+        log.warn("node %s: lease of %s lost to another node; cancelling it here", self.name, id)
+        r.gone = true
+        r.fut:cancel()
+      end
+    end
+  end)
+end
+
+--- Takes over tasks whose node stopped renewing their lease.
+function Node:claim()
+  local free = self.workers - self.n_running
+  if self.stopping or self.claiming or free <= 0 then return end
+  self.claiming = true
+  local ok = self.writer:command(stream.claim_stale(self.keys, self.name, self.lease_ms, free),
+    function(reply)
+      self.claiming = false
+      if type(reply) ~= "table" or reply.err or self.stopping then return end
+      for _, e in ipairs(reply) do
+        log.info("node %s: took over %s (delivery %d)", self.name, e[1], e[3])
+        self:start(e[1], e[2], e[3])
+      end
+    end)
+  if not ok then self.claiming = false end
+end
+
+local function every(seconds, fn)
+  local t
+  local function tick()
+    fn()
+    t.timer = core.timer(seconds, tick)
+  end
+  t = { timer = core.timer(seconds, tick) }
+  function t.stop() t.timer:stop() end
+  return t
+end
+
+function Node:reconnected()
+  log.info("node %s: connection to the broker back", self.name)
+  for id in pairs(self.writing) do self:send_finish(id) end
+  self:pull()
+end
+
+function Node:hand_back_all()
+  local pending = 0
+  local function sent() pending = pending - 1 end
+  for id, r in pairs(self.running) do
+    r.gone = true
+    pending = pending + 1
+    self.writer:command(stream.hand_back(self.keys, self.name, id, r.deliveries, self.lease_ms), sent)
+  end
+  -- what was delivered to this node but never started (a read answered
+  -- as it stopped) goes back too
+  local held = self.writer:call(stream.held(self.keys, self.name, 10000), 5)
+  for _, p in ipairs(type(held) == "table" and held or {}) do
+    if not self.running[p[1]] and not self.writing[p[1]] then
+      pending = pending + 1
+      self.writer:command(stream.hand_back(self.keys, self.name, p[1], p[4], self.lease_ms), sent)
+    end
+  end
+  loop.wait(function() return pending <= 0 end, 5)
+end
+
+--- The ordered stop: nothing new, running tasks get `grace` seconds,
+-- the rest goes back to the stream, results still unwritten get a moment.
+function Node:stop()
+  self.reader:close()
+  local deadline = core.now() + self.grace
+  loop.wait(function() return self.hurry or self.n_running == 0 end, self.grace)
+  if self.n_running > 0 then
+    log.info("node %s: handing back %d running task(s)", self.name, self.n_running)
+  end
+  self:hand_back_all()
+  self.pool:terminate()
+  loop.wait(function() return self.n_writing == 0 end, math.max(deadline - core.now(), 1))
+  self.writer:close()
+end
+
+local function connect_all(self, url)
+  local err
+  self.writer, err = redis.connect(url, { on_reconnect = function() self:reconnected() end })
+  if not self.writer then error("orch.serve: " .. err, 0) end
+  self.reader, err = redis.connect(url, { on_reconnect = function() self:pull() end })
+  if not self.reader then self.writer:close(); error("orch.serve: " .. err, 0) end
+  local ok, gerr = self.writer:call(stream.create_group(self.keys), 5)
+  if not ok and not tostring(gerr):find("^BUSYGROUP") then
+    error("orch.serve: cannot create the consumer group: " .. tostring(gerr), 0)
+  end
+end
+
+--- serve(opts) -> true, signal name: runs until INT or TERM, then stops in order.
+function node.serve(opts)
+  check_options(opts)
+  local orch = require "orch"
+  local self = setmetatable({
+    queue = opts.queue or "orch", workers = opts.workers or core.cpu_count(),
+    lease_ms = math.floor((opts.lease or 30) * 1000), grace = opts.grace or 10,
+    secret = opts.secret or os.getenv("ORCH_SECRET"), result_ttl = opts.result_ttl,
+    name = hostname() .. ":" .. core.getpid(), running = {}, n_running = 0, writing = {},
+    n_writing = 0, groups = {},
+  }, Node)
+  self.keys = stream.keys(self.queue)
+  if not self.secret or self.secret == "" then
+    self.secret = nil
+    log.warn("node %s: no secret set (ORCH_SECRET): tasks are not verified; whoever can write"
+      .. " to the stream can run code here", self.name)
+  end
+  connect_all(self, opts.broker)
+  self.pool = orch.pool{ workers = self.workers, max_tasks_per_worker = opts.max_tasks_per_worker }
+  local signal_name
+  local function on_signal(name)
+    if signal_name then self.hurry = true; return end
+    signal_name, self.stopping = name, true
+  end
+  orch.on_signal("INT", on_signal)
+  orch.on_signal("TERM", on_signal)
+  local lease = self.lease_ms / 1000
+  local renewing, claiming = every(lease / 3, function() self:renew() end),
+    every(lease / 2, function() self:claim() end)
+  log.info("node %s: serving queue '%s' with %d workers", self.name, self.queue, self.workers)
+  self:claim()
+  self:pull()
+  loop.wait(function() return self.stopping end)
+  log.info("node %s: %s: stopping", self.name, signal_name)
+  renewing.stop(); claiming.stop()
+  self:stop()
+  orch.on_signal("INT", nil)
+  orch.on_signal("TERM", nil)
+  return true, signal_name
+end
+
+return node

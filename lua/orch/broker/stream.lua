@@ -1,0 +1,242 @@
+--- The broker's stream protocol: how a task travels through Redis Streams
+-- to a node and how its outcome comes back. Pure functions: messages and
+-- the argv of each command; no connection, no waiting.
+--
+-- Keys of queue Q:
+--   orch:Q:tasks         the tasks (a stream; consumer group "nodes")
+--   orch:Q:dead          the dead letters (a stream)
+--   orch:Q:results:C     the results for client C (a stream that expires
+--                        `ttl` seconds after its last result)
+-- A task entry's fields: id (the client's task id), reply (its results
+-- key), max (deliveries allowed), timeout (seconds, "" for none), lua (the
+-- bytecode format of the client's Lua), p (core.encode(fn, args...):
+-- orch's own wire format, functions as bytecode), sig (HMAC-SHA256 of
+-- id, reply, max, timeout, lua and p under the shared secret; "" without).
+-- A result entry: id, status ("done" | "failed"), node, p (encode_strict
+-- of the values table with n, or of the TaskError's fields).
+-- Delivery is at least once: a node holds an entry in the group's pending
+-- list; renew() resets its idle time while the task runs; claim_stale()
+-- takes entries idle longer than the lease, with their delivery counts;
+-- finish() writes the result, acknowledges and deletes the entry in one
+-- transaction, so an entry is acknowledged only with its result written.
+local core = require "orch.core"
+
+local stream = {}
+
+stream.GROUP = "nodes"
+stream.RESULT_TTL = 3600
+stream.MAX_DELIVERIES = 3
+
+--- The format of this Lua's bytecode: the version and the sizes and
+-- layout a dump's header records. A node refuses other formats.
+stream.LUA_FORMAT = _VERSION .. " " .. string.dump(function() end, true):sub(1, 31)
+  :gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+
+function stream.keys(queue)
+  return { tasks = "orch:" .. queue .. ":tasks", dead = "orch:" .. queue .. ":dead",
+           results_prefix = "orch:" .. queue .. ":results:" }
+end
+
+--- A flat list of fields (XREADGROUP's) as a table field -> value.
+function stream.fields(list)
+  local t = {}
+  for i = 1, #list, 2 do t[list[i]] = list[i + 1] end
+  return t
+end
+
+local SIGNED = { "id", "reply", "max", "timeout", "lua", "p" }
+
+local function signature(secret, f)
+  local parts = {}
+  for i, k in ipairs(SIGNED) do parts[i] = #f[k] .. ":" .. f[k] end
+  return core.hmac_sha256(secret, table.concat(parts, ","))
+end
+
+-- Equal strings, compared in a time that does not tell where they differ.
+local function same(a, b)
+  if #a ~= #b then return false end
+  local diff = 0
+  for i = 1, #a do diff = diff | (a:byte(i) ~ b:byte(i)) end
+  return diff == 0
+end
+
+--- task_fields{ id, reply, fn, args (with n), max, timeout, secret } -> field list
+-- for XADD. What cannot cross is refused here, naming its place.
+function stream.task_fields(t)
+  local args = t.args or { n = 0 }
+  local f = {
+    id = tostring(t.id), reply = t.reply, max = tostring(t.max or stream.MAX_DELIVERIES),
+    timeout = t.timeout and tostring(t.timeout) or "", lua = stream.LUA_FORMAT,
+    p = core.encode(t.fn, table.unpack(args, 1, args.n or #args)),
+  }
+  f.sig = t.secret and signature(t.secret, f) or ""
+  local list = {}
+  for _, k in ipairs(SIGNED) do list[#list + 1] = k; list[#list + 1] = f[k] end
+  list[#list + 1] = "sig"; list[#list + 1] = f.sig
+  return list
+end
+
+--- decode_task(fields, secret) -> task | nil, why
+-- task = { id, reply, max, timeout, fn, args (with n) }. Refused: a
+-- missing field, another bytecode format, an unsigned or mis-signed task
+-- when a secret is set, a payload that does not decode.
+function stream.decode_task(f, secret)
+  for _, k in ipairs(SIGNED) do
+    if type(f[k]) ~= "string" then return nil, ("task without field '%s'"):format(k) end
+  end
+  if f.lua ~= stream.LUA_FORMAT then
+    return nil, ("task encoded by another Lua build (its bytecode: %s; this node's: %s)")
+      :format(f.lua, stream.LUA_FORMAT)
+  end
+  if secret then
+    if (f.sig or "") == "" then return nil, "unsigned task refused (this node has a secret)" end
+    if not same(f.sig, signature(secret, f)) then return nil, "task with a bad signature refused" end
+  end
+  local ok, packed = pcall(function() return table.pack(core.decode(f.p, true)) end)
+  if not ok then return nil, "task payload does not decode: " .. tostring(packed) end
+  local fn = packed[1]
+  if type(fn) ~= "function" and type(fn) ~= "string" then
+    return nil, ("task function is a %s"):format(type(fn))
+  end
+  return {
+    id = f.id, reply = f.reply, max = tonumber(f.max) or stream.MAX_DELIVERIES,
+    timeout = tonumber(f.timeout), fn = fn,
+    args = table.pack(table.unpack(packed, 2, packed.n)),
+  }
+end
+
+local ERROR_FIELDS = { "kind", "message", "traceback", "value", "exit_code", "signal" }
+
+--- result_fields(id, node, values) or result_fields(id, node, nil, err)
+-- -> field list for XADD. err: a TaskError or a table of its fields; a
+-- `value` that cannot cross is left out.
+function stream.result_fields(id, node, values, err)
+  local status, p = "done"
+  if err then
+    status = "failed"
+    local e = {}
+    for _, k in ipairs(ERROR_FIELDS) do e[k] = err[k] end
+    local ok, s = pcall(core.encode_strict, e)
+    if not ok then e.value = nil; s = core.encode_strict(e) end
+    p = s
+  else
+    local ok, s = pcall(core.encode_strict, values)
+    if not ok then
+      status = "failed"
+      p = core.encode_strict{ kind = "error", message = "result cannot cross: " .. tostring(s) }
+    else
+      p = s
+    end
+  end
+  return { "id", tostring(id), "status", status, "node", node, "p", p }
+end
+
+--- decode_result(fields) -> id, "done", values (with n) | id, "failed", error fields
+-- (the fields of a TaskError). Functions never decode here.
+function stream.decode_result(f)
+  local ok, v = pcall(core.decode, f.p or "")
+  if not ok or type(v) ~= "table" then
+    return f.id, "failed", { kind = "error", message = "bad result from node "
+      .. tostring(f.node) .. ": " .. tostring(v) }
+  end
+  return f.id, f.status, v
+end
+
+---------------------------------------------------------------------------
+-- commands
+
+function stream.create_group(keys)
+  return { "XGROUP", "CREATE", keys.tasks, stream.GROUP, "0", "MKSTREAM" }
+end
+
+function stream.add_task(keys, fields)
+  local argv = { "XADD", keys.tasks, "*" }
+  table.move(fields, 1, #fields, 4, argv)
+  return argv
+end
+
+--- New entries for this consumer, at most count, waiting block_ms at most.
+function stream.read_new(keys, consumer, count, block_ms)
+  return { "XREADGROUP", "GROUP", stream.GROUP, consumer, "COUNT", count, "BLOCK", block_ms,
+           "STREAMS", keys.tasks, ">" }
+end
+
+--- Results for a client, after the entry id `after` ("0" at first).
+function stream.read_results(results_key, after, count, block_ms)
+  return { "XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", results_key, after }
+end
+
+-- Takes up to ARGV[3] entries idle for ARGV[2] ms, for consumer ARGV[1];
+-- returns { {entry id, fields, deliveries}, ... } (deleted entries left out).
+local CLAIM_SCRIPT = [[
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[4], ARGV[1], ARGV[2], '0-0', 'COUNT', ARGV[3])
+local out = {}
+for _, e in ipairs(r[2]) do
+  if e[2] then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[4], e[1], e[1], 1)
+    out[#out + 1] = { e[1], e[2], p[1] and p[1][4] or 1 }
+  end
+end
+return out
+]]
+
+function stream.claim_stale(keys, consumer, lease_ms, count)
+  return { "EVAL", CLAIM_SCRIPT, 1, keys.tasks, consumer, lease_ms, count, stream.GROUP }
+end
+
+-- Resets the idle time of the entries ARGV[3..] still held by consumer
+-- ARGV[1]; returns the ids it no longer holds (another node took them).
+local RENEW_SCRIPT = [[
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[2], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[1] then
+    redis.call('XCLAIM', KEYS[1], ARGV[2], ARGV[1], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
+]]
+
+function stream.renew(keys, consumer, entry_ids)
+  local argv = { "EVAL", RENEW_SCRIPT, 1, keys.tasks, consumer, stream.GROUP }
+  table.move(entry_ids, 1, #entry_ids, 7, argv)
+  return argv
+end
+
+--- Gives an entry back for another node at once: idle as if its lease had
+-- run out, its delivery count as before this delivery.
+function stream.hand_back(keys, consumer, entry_id, deliveries, lease_ms)
+  return { "XCLAIM", keys.tasks, stream.GROUP, consumer, 0, entry_id, "IDLE", lease_ms + 1,
+           "RETRYCOUNT", math.max(deliveries - 1, 0), "JUSTID" }
+end
+
+--- The entries this consumer holds: { {id, consumer, idle, deliveries}, ... }.
+function stream.held(keys, consumer, count)
+  return { "XPENDING", keys.tasks, stream.GROUP, "-", "+", count, consumer }
+end
+
+--- The commands that finish a delivery, for one MULTI ... EXEC: the
+-- result (when the task has a reply key), its expiry, the ack, the delete.
+function stream.finish(keys, entry_id, reply, result, ttl)
+  local cmds = {}
+  if reply and reply ~= "" then
+    local add = { "XADD", reply, "*" }
+    table.move(result, 1, #result, 4, add)
+    cmds[#cmds + 1] = add
+    cmds[#cmds + 1] = { "EXPIRE", reply, ttl or stream.RESULT_TTL }
+  end
+  cmds[#cmds + 1] = { "XACK", keys.tasks, stream.GROUP, entry_id }
+  cmds[#cmds + 1] = { "XDEL", keys.tasks, entry_id }
+  return cmds
+end
+
+--- A dead letter: the task's own fields, why it died, and which node.
+function stream.dead_letter(keys, fields_list, why, node)
+  local argv = { "XADD", keys.dead, "*", "reason", why, "node", node }
+  table.move(fields_list, 1, #fields_list, #argv + 1, argv)
+  return argv
+end
+
+return stream
