@@ -132,7 +132,7 @@ $(FUZZ_BUILD)/fuzz_%: src/fuzz/fuzz_%.c $$(FUZZ_OBJS_$$*)
 	$(FUZZ_CC) $(ALL_CFLAGS) $(FUZZ_OPT) -fsanitize=fuzzer -o $@ $^ $(FUZZ_LIBS)
 
 lint:
-	luacheck lua spec scripts scripts/orch scripts/run-specs bench
+	luacheck lua spec src/fuzz scripts scripts/orch scripts/run-specs bench
 
 install: build
 	install -d $(DESTDIR)$(LUA_LMOD)/orch $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin

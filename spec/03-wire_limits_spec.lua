@@ -6,16 +6,8 @@
 local core = require "orch.core"
 local decode = core.decode
 
--- unsigned LEB128, to forge inputs
-local function uvar(n)
-  local out = {}
-  repeat
-    local b = n % 128
-    n = n // 128
-    out[#out + 1] = string.char(n > 0 and b + 128 or b)
-  until n == 0
-  return table.concat(out)
-end
+local craft = dofile("src/fuzz/craft.lua")
+local uvar = craft.uvar
 
 local function decode_err(s, allow)
   local ok, msg = pcall(decode, s, allow)
@@ -41,20 +33,7 @@ end
 -- a crafted frame may cost a small multiple of that, never more.
 local BOUND = 64
 
--- k empty tables in a list, each claiming 2^24 pairs in its hash hint
-local function many_hinted(k)
-  return "\6" .. uvar(k) .. "\0" .. ("\6\0\x98\0"):rep(k) .. "\0"
-end
-
--- depth tables nested, each claiming n array values, then n bytes
-local function nested_arrays(depth, n)
-  return ("\6" .. uvar(n) .. "\0"):rep(depth) .. ("\x80"):rep(n)
-end
-
--- depth tables nested, each hinting 2^24 pairs, then n bytes
-local function nested_hinted(depth, n)
-  return ("\6\0\x98"):rep(depth) .. ("\x80"):rep(n)
-end
+local many_hinted, nested_arrays, nested_hinted = craft.many_hinted, craft.nested_arrays, craft.nested_hinted
 
 -- Runs Lua code in a child interpreter with orch.core loaded as core, for
 -- at most `seconds`: its output and whether it finished in time.
@@ -159,24 +138,17 @@ end
 ]]):format(call), 20)
     end
 
-    it("encodes the last two integers as a list of two", function()
-      local out, finished = slice_in_child([[
-        local s = core.encode_slice(t, math.maxinteger - 1, math.maxinteger)
-        local list = core.decode(s)
-        assert(list[1] == "a" and list[2] == "b" and #list == 2)
-        return s]])
-      assert.is_true(finished, "encode_slice did not return")
-      assert.matches("^ok %d+$", out)
-    end)
-
-    it("encodes the first two integers as a list of two", function()
-      local out, finished = slice_in_child([[
-        local s = core.encode_slice(t, math.mininteger, math.mininteger + 1)
-        local list = core.decode(s)
-        assert(list[1] == "c" and list[2] == "d" and #list == 2)
-        return s]])
-      assert.is_true(finished, "encode_slice did not return")
-      assert.matches("^ok %d+$", out)
+    it("encodes the first and the last two integers as lists of two", function()
+      for _, case in ipairs{ { "math.maxinteger - 1", "math.maxinteger", "a", "b" },
+                             { "math.mininteger", "math.mininteger + 1", "c", "d" } } do
+        local out, finished = slice_in_child(([[
+          local s = core.encode_slice(t, %s, %s)
+          local list = core.decode(s)
+          assert(list[1] == %q and list[2] == %q and #list == 2)
+          return s]]):format(table.unpack(case)))
+        assert.is_true(finished, "encode_slice(t, " .. case[1] .. ", " .. case[2] .. ") did not return")
+        assert.matches("^ok %d+$", out)
+      end
     end)
 
     it("refuses a slice longer than a list can be", function()

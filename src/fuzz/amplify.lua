@@ -6,26 +6,14 @@
 package.cpath = (arg[1] or "build/?.so") .. ";" .. package.cpath
 local core = require "orch.core"
 
-local function uvar(n)
-  local out = {}
-  repeat
-    local b = n % 128
-    n = n // 128
-    out[#out + 1] = string.char(n > 0 and b + 128 or b)
-  until n == 0
-  return table.concat(out)
-end
+local craft = dofile("src/fuzz/craft.lua")
 
 local shapes = {
-  { "list of k tables hinting 2^24 pairs each", function(k)
-      return "\6" .. uvar(k) .. "\0" .. ("\6\0\x98\0"):rep(k) .. "\0"
-    end, 8190 },
-  { "200 nested tables claiming n values each", function(n)
-      return ("\6" .. uvar(n) .. "\0"):rep(200) .. ("\x80"):rep(n)
-    end, 257 * 1024 },
-  { "200 nested tables hinting 2^24 pairs, n bytes", function(n)
-      return ("\6\0\x98"):rep(200) .. ("\x80"):rep(n)
-    end, 32 * 1024 },
+  { "list of k tables hinting 2^24 pairs each", craft.many_hinted, 8190 },
+  { "200 nested tables claiming n values each", function(n) return craft.nested_arrays(200, n) end,
+    257 * 1024 },
+  { "200 nested tables hinting 2^24 pairs, n bytes", function(n) return craft.nested_hinted(200, n) end,
+    32 * 1024 },
 }
 
 for _, shape in ipairs(shapes) do
