@@ -30,7 +30,7 @@ LUA_LMOD   ?= $(PREFIX)/share/lua/5.4
 LUA_CMOD   ?= $(PREFIX)/lib/lua/5.4
 DOCDIR     ?= $(PREFIX)/share/doc/orch
 
-.PHONY: all deps build test stress demo bench asan valgrind install uninstall clean lint doc
+.PHONY: all deps build test stress demo bench asan valgrind fuzz install uninstall clean lint doc
 
 all: build
 
@@ -98,9 +98,46 @@ valgrind: build
 	  END {exit bad}' $(VALGRIND_LOG) || { echo "valgrind: orch leaks memory (see above)"; exit 1; }
 	@echo "valgrind: no memory errors, no leaks in orch"
 
+# libFuzzer targets over the code that reads what a worker sends, under
+# ASan and UBSan, outside the module: src/fuzz/fuzz_NAME.c linked with the
+# objects it tests (FUZZ_OBJS_NAME) and liblua5.4, seeded by
+# src/fuzz/seeds.lua NAME, run FUZZ_SECONDS each. An input that crashes one
+# is saved in spec/fuzz/NAME/ (commit it: spec/04-fuzz_replay_spec.lua
+# replays it) and fails the run. A new target: its .c, its FUZZ_OBJS_NAME,
+# its seeds, and its name in FUZZ_TARGETS.
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_BUILD   = build-fuzz
+FUZZ_OPT     = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+               -fno-sanitize-recover=undefined
+FUZZ_LIBS    = -llua5.4
+FUZZ_TARGETS = wire
+FUZZ_OBJS_wire = $(FUZZ_BUILD)/obj/wire.o $(FUZZ_BUILD)/obj/wbuf.o
+
+fuzz: build
+	@$(MAKE) --no-print-directory deps DEB_PKGS="clang libclang-rt-dev"
+	@for t in $(FUZZ_TARGETS); do \
+	  $(MAKE) --no-print-directory $(FUZZ_BUILD)/fuzz_$$t || exit 1; \
+	  mkdir -p $(FUZZ_BUILD)/seeds/$$t $(FUZZ_BUILD)/corpus/$$t spec/fuzz/$$t; \
+	  $(LUA) src/fuzz/seeds.lua $$t $(FUZZ_BUILD)/seeds/$$t || exit 1; \
+	  echo "make fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+	    -print_final_stats=1 -artifact_prefix=spec/fuzz/$$t/ \
+	    $(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/seeds/$$t \
+	    || { echo "make fuzz: $$t failed; the input is saved in spec/fuzz/$$t/"; exit 1; }; \
+	done
+
+$(FUZZ_BUILD)/obj/%.o: src/%.c src/orch.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(ALL_CFLAGS) $(FUZZ_OPT) -fsanitize=fuzzer-no-link -c $< -o $@
+
+.SECONDEXPANSION:
+$(FUZZ_BUILD)/fuzz_%: src/fuzz/fuzz_%.c $$(FUZZ_OBJS_$$*)
+	$(FUZZ_CC) $(ALL_CFLAGS) $(FUZZ_OPT) -fsanitize=fuzzer -o $@ $^ $(FUZZ_LIBS)
+
 lint:
 	@$(MAKE) --no-print-directory deps DEB_PKGS=lua-check
-	luacheck lua spec scripts scripts/orch scripts/run-specs bench
+	luacheck lua spec src/fuzz scripts scripts/orch scripts/run-specs bench
 
 # The API reference (LDoc, config.ld): docs/ref/index.html, from the doc
 # comments of lua/orch/*.lua and the guides (README.md, docs/*.md).
@@ -128,4 +165,4 @@ uninstall:
 
 # (luarocks make builds in the tree: src/*.o and orch/core.so)
 clean:
-	rm -rf build build-asan orch src/*.o
+	rm -rf build build-asan $(FUZZ_BUILD) orch src/*.o

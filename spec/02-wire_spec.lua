@@ -24,15 +24,7 @@ local function decode_err(s, allow)
 end
 
 -- unsigned LEB128, to forge inputs
-local function uvar(n)
-  local out = {}
-  repeat
-    local b = n % 128
-    n = n // 128
-    out[#out + 1] = string.char(n > 0 and b + 128 or b)
-  until n == 0
-  return table.concat(out)
-end
+local uvar = dofile("src/fuzz/craft.lua").uvar
 
 describe("orch.core wire", function()
 

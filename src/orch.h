@@ -85,6 +85,7 @@ typedef struct wire_dec {
     lua_State *L;
     const char *data;
     size_t len, pos;
+    size_t budget; /* bytes not yet claimed by a table's presize */
     int flags;
     int ctx;    /* absolute stack index of the context (shared values) */
     int nrefs;  /* tables/functions met so far */

@@ -45,13 +45,17 @@
  * Invariants. The encoder writes only into a wbuf owned by a userdata and
  * holds no other memory, so a refusal (a Lua error naming the path of the
  * offending value) leaks nothing. The path is kept as a cheap array of
- * steps and turned into text only on error. The decoder never reads past
- * len, checks every length against the bytes left before allocating,
+ * steps and turned into text only on error. A slice's bounds are checked
+ * before anything is written, whatever integers they are. The decoder
+ * never reads past len, checks every length and count against the bytes
+ * left before allocating, presizes tables from one budget per context
+ * (a frame's tables together presize at most a slot per byte of it),
  * bounds nesting, restores the stack on failure and reports "byte N: what"
  * (N counted from 0) instead of raising; only memory errors raise.
  * Lua does not verify bytecode, so functions are decoded (lua_load, mode
  * "b") only under WIRE_FUNCTIONS: from the parent, never from a worker.
  */
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,6 +86,7 @@ enum {
 #define FIXINT_MAX 127
 #define UVAR_MAX 10
 #define NO_TAG ((size_t)-1) /* a ref with no tag in the stream */
+#define WIRE_MAXLIST 0x7fffffff /* values in one list: a Lua table's limit */
 
 /* kinds of wire_step */
 enum { S_INT, S_VAL, S_KEY, S_UPVAL };
@@ -693,31 +698,48 @@ void wire_enc_value(wire_enc *e, int idx, const char *root)
     enc_any(e, idx, lua_type(e->L, idx));
 }
 
-/* A bare zigzag varint, no tag: for headers around the values. */
+/* The number of values in t[i..j], 0 when j < i, counted without
+ * overflow however far apart i and j are; a slice longer than a list
+ * can be is refused (the decoder would refuse it too). */
+static size_t slice_length(wire_enc *e, lua_Integer i, lua_Integer j)
+{
+    if (j < i)
+        return 0;
+    uint64_t span = (uint64_t)j - (uint64_t)i; /* exact: j >= i */
+    if (span >= WIRE_MAXLIST) {
+        char what[128];
+        snprintf(what, sizeof what, "slice " LUA_INTEGER_FMT ".." LUA_INTEGER_FMT
+                 " too long (at most %d values)", (LUAI_UACINT)i, (LUAI_UACINT)j,
+                 WIRE_MAXLIST);
+        enc_fail(e, what);
+    }
+    return (size_t)span + 1;
+}
+
 void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const char *root)
 {
     lua_State *L = e->L;
     idx = lua_absindex(L, idx);
     e->root = root;
     e->depth = 0;
+    size_t n = slice_length(e, i, j);
     wire_step *st = enc_enter(e);
     lua_newtable(L); /* stands for the new table in the numbering */
     enc_register(e, lua_gettop(L), enc_mark(e));
     lua_pop(L, 1);
-    size_t n = j >= i ? (size_t)(j - i + 1) : 0;
     unsigned char *p = enc_room(e, 1 + UVAR_MAX + 1);
     p[0] = T_TABLE;
-    size_t k = uvar_put(p + 1, (uint64_t)n);
-    p[1 + k] = hash_hint(0);
-    e->b->len += 2 + k;
+    size_t w = uvar_put(p + 1, (uint64_t)n);
+    p[1 + w] = hash_hint(0);
+    e->b->len += 2 + w;
     int top = lua_gettop(L) + 1;
-    for (lua_Integer x = i; x <= j; x++) {
-        int t = lua_rawgeti(L, idx, x);
+    for (size_t k = 0; k < n; k++) { /* i + k <= j: no overflow */
+        int t = lua_rawgeti(L, idx, i + (lua_Integer)k);
         if (t == LUA_TNUMBER && lua_isinteger(L, top)) {
             enc_int(e, lua_tointeger(L, top)); /* most of map's items: no path to keep */
         } else {
             st->kind = S_INT;
-            st->n = x - i + 1;
+            st->n = (lua_Integer)k + 1;
             enc_any(e, top, t);
         }
         lua_settop(L, top - 1);
@@ -726,6 +748,7 @@ void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const ch
     e->depth--;
 }
 
+/* A bare zigzag varint, no tag: for headers around the values. */
 void wire_enc_integer(wire_enc *e, lua_Integer n)
 {
     enc_uvar(e, zigzag(n));
@@ -836,20 +859,23 @@ static int dec_enter(wire_dec *d, size_t at)
     return 0;
 }
 
-/* Numbers the table or function at idx; keeps it if a back-reference
- * to it is announced (shared). */
-static void dec_register(wire_dec *d, int idx, int shared)
+/* Numbers the table or function at idx (tag at `at`); keeps it if a
+ * back-reference to it is announced (shared). */
+static int dec_register(wire_dec *d, int idx, size_t at, int shared)
 {
     lua_State *L = d->L;
+    if (d->nrefs == INT_MAX)
+        return dec_fail(d, at, "too many tables and functions");
     ++d->nrefs;
     if (!shared)
-        return;
+        return 0;
     if (lua_type(L, d->ctx) != LUA_TTABLE) {
         lua_createtable(L, 0, 4);
         lua_replace(L, d->ctx);
     }
     lua_pushvalue(L, idx);
     lua_rawseti(L, d->ctx, d->nrefs);
+    return 0;
 }
 
 /* The na values of an array part, into t[base], t[base + 1]... */
@@ -863,6 +889,20 @@ static int dec_array(wire_dec *d, int t, lua_Integer base, size_t na)
     return 0;
 }
 
+/* Claims room for up to n items of `unit` bytes each from the frame's
+ * budget and returns how many it got. Every value has a tag byte of its
+ * own, so a frame that holds what its tables announce never runs out:
+ * the budget only cuts what a crafted frame claims and cannot fill (a
+ * hash hint of 2^24, or each of 200 nested tables claiming the bytes
+ * left), keeping the presizes of one frame within its length. */
+static size_t dec_claim(wire_dec *d, size_t n, size_t unit)
+{
+    if (n > d->budget / unit)
+        n = d->budget / unit;
+    d->budget -= n * unit;
+    return n;
+}
+
 static int dec_table(wire_dec *d, size_t at, int shared)
 {
     lua_State *L = d->L;
@@ -872,18 +912,17 @@ static int dec_table(wire_dec *d, size_t at, int shared)
     if (d->pos >= d->len)
         return dec_fail(d, d->pos, "truncated table");
     unsigned h = (unsigned char)d->data[d->pos++];
-    /* the hint only presizes, within what the bytes left could fill */
+    /* the hint only presizes; a pair has a key and a value */
     size_t nh = h < 0x80 ? h : (size_t)1 << (h - 0x80 > 24 ? 24 : h - 0x80);
-    if (nh > (d->len - d->pos) / 2)
-        nh = (d->len - d->pos) / 2;
-    if (na > 0x7fffffff)
+    if (na > WIRE_MAXLIST)
         return dec_fail(d, at, "table too large");
     if (dec_enter(d, at) != 0)
         return -1;
-    lua_createtable(L, (int)na, (int)nh);
+    int pre_na = (int)dec_claim(d, na, 1);
+    int pre_nh = (int)dec_claim(d, nh, 2);
+    lua_createtable(L, pre_na, pre_nh);
     int t = lua_gettop(L);
-    dec_register(d, t, shared);
-    if (dec_array(d, t, 1, na) != 0)
+    if (dec_register(d, t, at, shared) != 0 || dec_array(d, t, 1, na) != 0)
         return -1;
     for (;;) {
         size_t kat = d->pos;
@@ -937,7 +976,8 @@ static int dec_lfunction(wire_dec *d, size_t at, int shared)
     }
     d->pos += len;
     int f = lua_gettop(L);
-    dec_register(d, f, shared);
+    if (dec_register(d, f, at, shared) != 0)
+        return -1;
     return dec_upvalues(d, f);
 }
 
@@ -1017,8 +1057,7 @@ static int dec_cfunction(wire_dec *d, size_t at, int shared)
         return dec_fail(d, at, "'%.*s.%.*s' is %s here, not a function",
                         (int)(ml > 40 ? 40 : ml), mod, (int)(kl > 40 ? 40 : kl),
                         key, luaL_typename(L, -1));
-    dec_register(d, lua_gettop(L), shared);
-    return 0;
+    return dec_register(d, lua_gettop(L), at, shared);
 }
 
 /* Decodes one value and pushes it; on failure the caller restores the
@@ -1119,15 +1158,15 @@ static int dec_upvalues(wire_dec *d, int fidx)
 {
     lua_State *L = d->L;
     size_t at = d->pos;
-    uint64_t n;
+    size_t n;
     lua_Debug ar;
-    if (dec_uvar(d, &n, "upvalue count") != 0)
+    if (dec_count(d, &n, 1, "upvalue count") != 0)
         return -1;
     lua_pushvalue(L, fidx);
     lua_getinfo(L, ">u", &ar);
     if (n != ar.nups)
-        return dec_fail(d, at, "%llu upvalues for a function that has %d",
-                        (unsigned long long)n, (int)ar.nups);
+        return dec_fail(d, at, "%zu upvalues for a function that has %d", n,
+                        (int)ar.nups);
     if (dec_enter(d, at) != 0)
         return -1;
     for (int i = 1; i <= ar.nups; i++) {
@@ -1154,6 +1193,7 @@ void wire_dec_begin(wire_dec *d, lua_State *L, const char *data, size_t len,
     d->data = data;
     d->len = len;
     d->pos = 0;
+    d->budget = len;
     d->flags = flags;
     d->nrefs = 0;
     d->depth = 0;
@@ -1364,8 +1404,7 @@ static int dec_list_into(wire_dec *d, int t, lua_Integer base, size_t *n)
         return dec_fail(d, at, "index out of range");
     if (dec_enter(d, at) != 0)
         return -1;
-    dec_register(d, t, tag & T_SHARED);
-    if (dec_array(d, t, base, na) != 0)
+    if (dec_register(d, t, at, tag & T_SHARED) != 0 || dec_array(d, t, base, na) != 0)
         return -1;
     if (d->pos >= d->len)
         return dec_fail(d, d->pos, "truncated list");

@@ -1,0 +1,57 @@
+-- Seed inputs for the fuzz targets, made with the real encoder so that
+-- the fuzzer starts from valid encodings of every tag and shape.
+--   lua5.4 src/fuzz/seeds.lua TARGET DIR [cpath]   writes DIR/seed-NNN
+-- As a module (dofile), returns { [target] = function(core) -> list }, so
+-- spec/04-fuzz_replay_spec.lua replays the very same seeds.
+local seeds = {}
+
+-- orch.core.decode's input: any run of values, as a worker's RESULT
+-- payload holds them
+function seeds.wire(core)
+  local enc, out = core.encode_strict, {}
+  local function add(s) out[#out + 1] = s end
+  add(enc(nil, false, true))
+  for _, n in ipairs{ 0, -1, 127, 128, -33, 1 << 20, 1 << 40, math.maxinteger, math.mininteger } do
+    add(enc(n))
+  end
+  for _, x in ipairs{ 0.5, -0.0, 1 / 0, 0 / 0, 5e-324 } do add(enc(x)) end
+  for _, l in ipairs{ 0, 1, 31, 32, 200 } do add(enc(("s"):rep(l))) end
+  add(enc({}))
+  add(enc({ 1, 2, 3, "four", 5.0 }))
+  add(enc({ a = 1, b = "two", [true] = false, [1.5] = 3, [-7] = {} }))
+  add(enc({ 10, 20, nil, 40, x = { y = { z = "deep" } } }))
+  local shared = { "x" }
+  local cyc = { a = shared, b = shared }
+  cyc.self = cyc
+  add(enc(cyc, shared))
+  local many = {}
+  for i = 1, 12 do many[i] = { i } end
+  many.again = many -- past the inline refs: the context table
+  for i = 1, 12 do many[-i] = many[i] end
+  add(enc(many))
+  local nest = {}
+  for _ = 1, 50 do nest = { nest } end
+  add(enc(nest))
+  local hash = {}
+  for i = 1, 300 do hash["k" .. i] = i end -- a hash hint above 127
+  add(enc(hash))
+  add(core.encode_slice({ 1, "b", { 3 }, nil, 5 }, 1, 5))
+  add(core.encode(print, function() return shared end)) -- refused: functions
+  add(enc(1, "two", { 3 }) .. enc(4))
+  return out
+end
+
+if arg and arg[0] and arg[0]:match("seeds%.lua$") then
+  local target, dir, cpath = arg[1], arg[2], arg[3]
+  assert(seeds[target] and dir, "usage: seeds.lua TARGET DIR [cpath]")
+  package.cpath = (cpath or "build/?.so") .. ";" .. package.cpath
+  local list = seeds[target](require "orch.core")
+  for i, s in ipairs(list) do
+    local f = assert(io.open(("%s/seed-%03d"):format(dir, i), "wb"))
+    f:write(s)
+    f:close()
+  end
+  print(("seeds.lua: %d %s seeds in %s"):format(#list, target, dir))
+end
+
+return seeds
