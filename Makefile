@@ -26,7 +26,7 @@ PREFIX     ?= /usr/local
 LUA_LMOD   ?= $(PREFIX)/share/lua/5.4
 LUA_CMOD   ?= $(PREFIX)/lib/lua/5.4
 
-.PHONY: all deps build test stress demo bench asan valgrind install uninstall clean lint
+.PHONY: all deps build test stress chaos demo bench asan valgrind install uninstall clean lint
 
 all: build
 
@@ -56,8 +56,14 @@ $(MODULE): $(OBJS)
 test: build
 	@$(LUA) scripts/run-specs $(BUSTED) --exclude-tags=slow
 
+# Every #slow spec, the chaos trials included.
 stress: build
 	@$(LUA) scripts/run-specs $(BUSTED) --tags=slow --exclude-tags=none
+
+# The chaos trials alone (spec/70-chaos_spec.lua, a few minutes); each part
+# prints a "chaos:" line. Sizes: CHAOS_* (docs/reliability-chaos.md).
+chaos: build
+	@$(LUA) scripts/run-specs $(BUSTED) --tags=chaos --exclude-tags=none
 
 demo: build
 	@echo "--- ordered shutdown: TERM after 3 s; produced must equal written"
