@@ -26,7 +26,7 @@ PREFIX     ?= /usr/local
 LUA_LMOD   ?= $(PREFIX)/share/lua/5.4
 LUA_CMOD   ?= $(PREFIX)/lib/lua/5.4
 
-.PHONY: all deps build test stress chaos demo bench asan valgrind install uninstall clean lint
+.PHONY: all deps build test stress demo bench asan valgrind install uninstall clean lint
 
 all: build
 
@@ -62,6 +62,7 @@ stress: build
 
 # The chaos trials alone (spec/70-chaos_spec.lua, a few minutes); each part
 # prints a "chaos:" line. Sizes: CHAOS_* (docs/reliability-chaos.md).
+.PHONY: chaos
 chaos: build
 	@$(LUA) scripts/run-specs $(BUSTED) --tags=chaos --exclude-tags=none
 
