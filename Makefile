@@ -60,8 +60,15 @@ $(MODULE): $(OBJS)
 test: build
 	@$(LUA) scripts/run-specs $(BUSTED) --exclude-tags=slow
 
+# Every #slow spec, the chaos trials included.
 stress: build
 	@$(LUA) scripts/run-specs $(BUSTED) --tags=slow --exclude-tags=none
+
+# The chaos trials alone (spec/70-chaos_spec.lua, a few minutes); each part
+# prints a "chaos:" line. Sizes: CHAOS_* (docs/reliability-chaos.md).
+.PHONY: chaos
+chaos: build
+	@$(LUA) scripts/run-specs $(BUSTED) --tags=chaos --exclude-tags=none
 
 demo: build
 	@echo "--- ordered shutdown: TERM after 3 s; produced must equal written"
