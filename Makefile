@@ -65,7 +65,7 @@ stress: build
 	@$(LUA) scripts/run-specs $(BUSTED) --tags=slow --exclude-tags=none
 
 # The chaos trials alone (spec/70-chaos_spec.lua, a few minutes); each part
-# prints a "chaos:" line. Sizes: CHAOS_* (docs/reliability-chaos.md).
+# prints a "chaos:" line. Sizes: CHAOS_* (docs/reliability.md).
 .PHONY: chaos
 chaos: build
 	@$(LUA) scripts/run-specs $(BUSTED) --tags=chaos --exclude-tags=none

@@ -3,7 +3,7 @@
 -- signals at random moments into an ordered shutdown, the parent SIGKILLed
 -- at random moments while it forks, and many lifecycles in one process.
 -- Each part prints one "chaos:" line with its figures. Sizes come from the
--- environment (CHAOS_*, see docs/reliability-chaos.md); CHAOS_SEED replays
+-- environment (CHAOS_*, see docs/reliability.md); CHAOS_SEED replays
 -- a run's random moments.
 local orch = require "orch"
 local core = require "orch.core"
