@@ -9,8 +9,9 @@
 -- An event line is { ch = {name, sub}, el = element, n = count, args = {...} }.
 -- Elements (the tables busted passes around) are sent once as
 -- { id = n, parent = id, fields = {...} } in `new` and referred to by id after;
--- each event carries the element's fields again since busted updates them
--- (start and end times, duration, random seed). The suite root has id 0.
+-- each event carries the fields of the elements it names again, since
+-- busted updates them (start and end times, duration, the random seed a
+-- block's tests were shuffled with). The suite root has id 0.
 local frame = require "orch.busted.frame"
 
 -- Fields of an element that are tables worth sending; the others hold
@@ -20,8 +21,7 @@ local TABLE_FIELDS = { trace = true, attributes = true }
 local function plain(v, depth)
   local t = type(v)
   if t == "string" or t == "number" or t == "boolean" or t == "nil" then return v end
-  local mt = t == "table" and getmetatable(v)
-  if t ~= "table" or depth > 4 or (mt and mt.__tostring) then return tostring(v) end
+  if t ~= "table" or depth > 4 then return tostring(v) end
   local copy = {}
   for k, x in pairs(v) do
     if type(x) ~= "function" and (type(k) == "string" or type(k) == "number") then
@@ -73,7 +73,7 @@ return function()
       local args = { ... }
       for i = 1, n do
         local id = type(args[i]) == "table" and ref(args[i])
-        args[i] = id and { ref = id } or plain(args[i], 1)
+        args[i] = id and { ref = id, fields = fields(args[i]) } or plain(args[i], 1)
       end
       local id = ref(element)
       local channel = ch

@@ -78,7 +78,11 @@ function Replay:event(idx, ev)
     if ev.fields then update(element, ev.fields) end
     local args = ev.args
     for i = 1, ev.n do
-      if type(args[i]) == "table" and args[i].ref then args[i] = f.elements[args[i].ref] end
+      local a = args[i]
+      if type(a) == "table" and a.ref then
+        args[i] = f.elements[a.ref]
+        if a.ref ~= 0 then update(args[i], a.fields) end
+      end
     end
     track(f, ev.ch, element)
     self.busted.publish(ev.ch, element, unpack(args, 1, ev.n))
