@@ -15,6 +15,16 @@ local CHECK = {
   maxfail = function(v) return math.tointeger(tonumber(v)) and tonumber(v) >= 1, "a positive integer" end,
 }
 
+local HELP = [[
+Usage: orch busted [-j N] [--timeout S] [--maxfail N] [busted options] [PATHS...]
+  -j, --jobs N     spec files run at once (default: the number of CPUs)
+  --timeout S      a spec file running longer than S seconds is an error
+  --maxfail N      stop everything once N tests failed or errored
+Each spec file runs in a fresh process; the output is busted's (-o ...).
+busted's own options follow.
+
+]]
+
 --- cli.split(argv) -> opts, busted_args | nil, err: orch's own options out
 -- of a command line, checked (jobs defaults to the number of CPUs).
 function cli.split(argv)
@@ -59,6 +69,9 @@ function cli.run(args)
   if not opts then
     io.stderr:write("orch busted: ", rest, "\n")
     return 2
+  end
+  for _, a in ipairs(rest) do
+    if a == "--help" or a == "-h" then io.stderr:write(HELP) end
   end
   return require("orch.busted.run").run(rest, opts)
 end
