@@ -40,17 +40,7 @@ local function run_spec_file(queue, idx, command)
   assert(queue:put({ idx, false, how, code }))
 end
 
---- dispatch.run(opts): runs every file, returns once each has finished or
--- should_stop() said to stop (running files are then stopped: a stop
--- request, then SIGKILL of their process group after a second).
--- opts: count (number of files), order (indices, in the order to start
--- them), command(idx) -> shell command, jobs, timeout (seconds or nil),
--- on_event(idx, line), on_finish(idx, outcome), should_stop() -> truthy.
--- outcome: { kind = "exit", how = "exit"|"signal", code = n } when the
--- spec process ended; { kind = TaskError.kind, message = ... } when its
--- task failed (timeout, the worker killed); { kind = "stopped" } for the
--- files that were running or waiting when the run was stopped.
-function dispatch.run(opts)
+local function run_files(opts)
   local queue = orch.queue{}
   local pool <close> = orch.pool{ workers = math.max(1, math.min(opts.jobs, opts.count)),
                                   timeout = opts.timeout, grace = 1 }
@@ -93,6 +83,26 @@ function dispatch.run(opts)
     drain()
     for idx = 1, opts.count do finish(idx, { kind = "stopped" }) end
   end
+end
+
+--- dispatch.run(opts): runs every file, returns once each has finished or
+-- should_stop() said to stop (running files are then stopped: a stop
+-- request, then SIGKILL of their process group after a second).
+-- opts: count (number of files), order (indices, in the order to start
+-- them), command(idx) -> shell command, jobs, timeout (seconds or nil),
+-- on_event(idx, line), on_finish(idx, outcome), should_stop() -> truthy.
+-- outcome: { kind = "exit", how = "exit"|"signal", code = n } when the
+-- spec process ended; { kind = TaskError.kind, message = ... } when its
+-- task failed (timeout, the worker killed); { kind = "stopped" } for the
+-- files that were running or waiting when the run was stopped.
+function dispatch.run(opts)
+  -- A worker killed for a timeout or a stop is this run's expected outcome,
+  -- reported as the file's error: orch's own warning about it is not shown.
+  local log_level = orch.log.level
+  orch.log.level = "error"
+  local ok, err = pcall(run_files, opts)
+  orch.log.level = log_level
+  if not ok then error(err, 0) end
 end
 
 return dispatch

@@ -85,10 +85,11 @@ local function get(s, pos, depth)
     return (raw:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)), start + len
   elseif tag == "{" then
     if depth > 64 then bad(pos, "tables nested too deep") end
-    local t, k, v = {}, nil, nil
+    local t = {}
     pos = pos + 1
     while s:sub(pos, pos) ~= "}" do
       if pos > #s then bad(pos, "'}' expected") end
+      local k, v
       k, pos = get(s, pos, depth + 1)
       v, pos = get(s, pos, depth + 1)
       if k == nil or k ~= k then bad(pos, "a nil or NaN table key") end

@@ -91,7 +91,7 @@ return function()
     { "test", "start" }, { "test", "end" }, { "failure" }, { "error" }, { "pending" },
   }
 
-  function handler:subscribe()
+  function handler.subscribe()
     for _, ch in ipairs(CHANNELS) do
       busted.subscribe(ch, recorder(ch))
     end

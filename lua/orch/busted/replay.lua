@@ -10,7 +10,7 @@
 -- the table itself. A file that ends before its process said it was done
 -- (a crash, a timeout) gets an error on the test it was running, or on the
 -- file, and its open blocks are closed, so handlers see a complete tree.
-local unpack = table.unpack or unpack
+local unpack = table.unpack
 
 local Replay = {}
 Replay.__index = Replay
@@ -49,7 +49,7 @@ local function update(element, fields)
   for k, v in pairs(fields) do element[k] = v end
 end
 
-function Replay:_element(f, ref)
+local function element_of(f, ref)
   if type(ref) == "table" then return ref end   -- outside the tree: its fields
   return f.elements[ref]
 end
@@ -74,7 +74,7 @@ function Replay:event(idx, ev)
     self:_attach(f.elements[ev.new.parent] or self.root, element)
     if element.descriptor == "file" then f.file = element end
   elseif ev.ch then
-    local element = self:_element(f, ev.el)
+    local element = element_of(f, ev.el)
     if ev.fields then update(element, ev.fields) end
     local args = ev.args
     for i = 1, ev.n do
