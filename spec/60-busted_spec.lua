@@ -165,6 +165,23 @@ describe("orch busted when a spec process dies", function()
   end)
 end)
 
+describe("orch busted SIGKILLed", function()
+  it("leaves no spec process running", function()
+    local pidfile = os.tmpname()
+    local p = io.popen(("cd %s && { %s slow/spin_fixture.lua >/dev/null 2>&1 & echo $! >%s; wait; }")
+      :format(DIR, ORCH_BUSTED, pidfile))
+    local running = "pgrep -f 'slow/spi[n]_fixture' >/dev/null"
+    assert.truthy(orch_spec.eventually(function()
+      return orch_spec.read_file(pidfile) ~= "" and os.execute(running)
+    end, 10))
+    orch_spec.eventually(function() return false end, 0.5)   -- the test is spinning
+    os.execute("kill -KILL " .. orch_spec.read_file(pidfile))
+    p:close()
+    os.remove(pidfile)
+    assert.truthy(orch_spec.eventually(function() return not os.execute(running) end, 3))
+  end)
+end)
+
 describe("orch busted's own options", function()
   it("refuses bad values with exit status 2", function()
     for _, args in ipairs({ "-j 0", "-j x", "--timeout=-1", "--maxfail", "--maxfail 1.5" }) do
