@@ -39,8 +39,8 @@ for round = 1, ROUNDS do
     r.best_serial, r.best_parallel = math.min(r.best_serial, serial), math.min(r.best_parallel, parallel)
     r.same = r.same and scode == pcode and scounts == pcounts
     r.counts = scounts .. (scounts == pcounts and "" or (" vs " .. pcounts))
-    io.stderr:write(("round %d: %s: busted %.2f s, orch busted -j 2 %.2f s\n")
-      :format(round, s.name, serial, parallel))
+    io.stderr:write(("round %d: %s: busted %.2f s (exit %s, %s), orch busted -j 2 %.2f s (exit %s, %s)\n")
+      :format(round, s.name, serial, scode, scounts, parallel, pcode, pcounts))
   end
 end
 
