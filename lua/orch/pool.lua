@@ -833,23 +833,23 @@ function Pool:__tostring()
 end
 
 ---------------------------------------------------------------------------
--- default signal behaviour of a plain script with pools: the first INT or
--- TERM cancels the pools' work and raises "interrupted" in the waiting
--- script; a second one kills every worker and ends the process by it.
+-- default signal behaviour of a plain script with pools (signal.two_stage):
+-- the first INT or TERM cancels the pools' work and raises "interrupted" in
+-- the waiting script; a second one kills every worker and ends the process
+-- by it.
 
-local interrupts = 0
+local party = {}
 
-local function on_interrupt(name)
-  interrupts = interrupts + 1
-  if interrupts == 1 then
-    for p in pairs(pools) do
-      if not p.terminated then p.closed = true; p:_cancel_all() end
-    end
-    loop.interrupted = name
-  else
-    for p in pairs(pools) do p:terminate() end
-    core.die_by(name)
+function party.stop(name)
+  for p in pairs(pools) do
+    if not p.terminated then p.closed = true; p:_cancel_all() end
   end
+  loop.interrupted = name
+end
+
+function party.kill(name)
+  for p in pairs(pools) do p:terminate() end
+  core.die_by(name)
 end
 
 local defaults_installed = false
@@ -857,8 +857,7 @@ local defaults_installed = false
 local function install_defaults()
   if defaults_installed then return end
   defaults_installed = true
-  signal.set_default("INT", on_interrupt)
-  signal.set_default("TERM", on_interrupt)
+  signal.two_stage(party)
 end
 
 --- orch.pool(opts) -> Pool

@@ -175,29 +175,34 @@ end
 
 local active = {}  -- running supervisors
 local n_active = 0
-local removers = nil
+local remove_default = nil
 local signalled = nil  -- the first signal's name
-local interrupts = 0
 
-local function on_signal(name)
-  interrupts = interrupts + 1
-  if interrupts == 1 then
-    signalled = name
-    for sup in pairs(active) do sup:_shutdown(("signal %s"):format(name)) end
-  else
-    for sup in pairs(active) do sup:_kill_all(("second signal %s"):format(name)) end
-  end
+-- After each signal: the supervisors move on; once none runs, the process
+-- ends by the first signal.
+local function after_signal()
   for sup in pairs(active) do sup:_check() end
   if n_active == 0 and signalled then core.die_by(signalled) end
+end
+
+local party = {}
+
+function party.stop(name)
+  signalled = name
+  for sup in pairs(active) do sup:_shutdown(("signal %s"):format(name)) end
+  after_signal()
+end
+
+function party.kill(name)
+  for sup in pairs(active) do sup:_kill_all(("second signal %s"):format(name)) end
+  after_signal()
 end
 
 local function activate(sup)
   if active[sup] then return end
   active[sup] = true
   n_active = n_active + 1
-  if not removers then
-    removers = { signal.set_default("INT", on_signal), signal.set_default("TERM", on_signal) }
-  end
+  if not remove_default then remove_default = signal.two_stage(party) end
 end
 
 local function deactivate(sup)
@@ -205,12 +210,11 @@ local function deactivate(sup)
   active[sup] = nil
   n_active = n_active - 1
   if n_active == 0 then
-    if removers then
-      for _, remove in ipairs(removers) do remove() end
-      removers = nil
+    if remove_default then
+      remove_default()
+      remove_default = nil
     end
     if signalled then core.die_by(signalled) end  -- all down: end as Unix expects
-    interrupts = 0
   end
 end
 
