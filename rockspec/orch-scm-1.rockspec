@@ -46,7 +46,8 @@ external_dependencies = {
 -- The Lua modules: one entry per file of lua/orch/ and its folders
 -- (spec/90-install checks that none is missing).
 local lua_modules = {
-  "broker.node", "broker.redis", "broker.stream", "cli.run", "cli.usage", "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
+  "broker.node", "broker.redis", "broker.stream", "child", "cli.run", "cli.usage",
+  "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
 }
 
 local modules = {

@@ -13,13 +13,14 @@ local core = require "orch.core"
 local loop = require "orch.loop"
 local log = require "orch.log"
 local signal = require "orch.signal"
+local child = require "orch.child"
 local Future = require "orch.future"
 local Group = require "orch.group"
 local TaskError = require("orch.errors").TaskError
 local settle = Future._settle
 
 local MSG = core.msg
-local RESULT, ERROR, LOG, CALL = MSG.RESULT, MSG.ERROR, MSG.LOG, MSG.CALL
+local RESULT, ERROR = MSG.RESULT, MSG.ERROR
 local pack = table.pack
 local pack_task = core.pack_task
 
@@ -36,9 +37,6 @@ local PIPELINE_MAX = 32
 -- A worker holds at most PIPELINE_MAX tasks (refill, _pump).
 local RING = 64
 local PIPELINE_SECONDS = 0.002
--- A task asked to stop is interrupted this long after the request
--- (capped by half its grace period), and killed after its grace period.
-local INTERRUPT_AFTER = 0.02
 -- Workers that fail their init this many times in a row break the pool.
 local MAX_INIT_FAILURES = 3
 
@@ -184,31 +182,20 @@ local function head_of(w)
   return w.inflight[w.ih % RING + 1]
 end
 
--- The three steps for the task fut that now runs first on worker w: ask
--- (orch.stopping() turns true), interrupt (a hook raises "cancelled" or
--- "timeout" in its Lua code) after a moment, SIGKILL its worker's process
--- group after the grace period. Each step is skipped once w has answered.
+-- The three stop steps (child.stop) for the task fut that now runs first
+-- on worker w: ask (orch.stopping() turns true), interrupt (a hook raises
+-- "cancelled" or "timeout" in its Lua code), SIGKILL of its worker's
+-- process group after the grace period. Each step is skipped once w has
+-- answered.
 local function escalate(fut, w)
   local grace = fut.stop_grace or fut.group.opts.grace or 5
   local level = fut.stop_kind == "timeout" and MSG.STOP_TIMEOUT or MSG.STOP_CANCEL
-  w.proc:stop(fut.id, MSG.STOP_ASK)
-  fut.stop_timer = core.timer(math.min(INTERRUPT_AFTER, grace / 2), function()
-    fut.stop_timer = nil
-    if head_of(w) == fut and not w.dead then
-      w.proc:stop(fut.id, level)
-      -- a task waiting on a queue waits in the parent: end that wait
-      local queue = package.loaded["orch.queue"]
-      if queue then queue.interrupt(w.proc) end
-    end
-  end)
-  fut.kill_timer = core.timer(grace, function()
-    fut.kill_timer = nil
-    if head_of(w) == fut and not w.dead then
-      log.deliver("warn", ("task %d still running %gs after a stop request: killing %s")
-        :format(fut.id, grace, w.name), w.name, w.pid)
-      w.retiring, w.killed = true, true  -- no new work for it
-      w.proc:kill()
-    end
+  child.stop(w.proc, fut.id, fut, grace, level, function()
+    return head_of(w) == fut and not w.dead
+  end, function()
+    log.deliver("warn", ("task %d still running %gs after a stop request: killing %s")
+      :format(fut.id, grace, w.name), w.name, w.pid)
+    w.retiring, w.killed = true, true  -- no new work for it
   end)
 end
 
@@ -309,8 +296,7 @@ end
 
 local function clear_timers(fut)
   if fut.timer then fut.timer:stop(); fut.timer = nil end
-  if fut.stop_timer then fut.stop_timer:stop(); fut.stop_timer = nil end
-  if fut.kill_timer then fut.kill_timer:stop(); fut.kill_timer = nil end
+  if fut.stop_timer or fut.kill_timer then child.clear_steps(fut) end
 end
 
 local function task_error(kind, fields)
@@ -389,7 +375,7 @@ local function take_head(w, id)
     w.started = nil
   end
   if not fut or fut.id ~= id then
-    log.deliver("error", ("protocol: result for task %s out of order"):format(id), w.name, w.pid)
+    child.protocol_error(w.proc, w.name, ("result for task %s out of order"):format(id))
     w.proc:kill()
     return nil
   end
@@ -473,13 +459,8 @@ function Pool:_message(w, type, id, ...)
       end
     end
     answered(self, w, core.now(), 1)
-  elseif type == LOG then
-    log.deliver(id, (...), w.name, w.pid)
-  elseif type == CALL then
-    require("orch.queue").serve_call(w.proc, id, ...)
-  elseif type == 0 then
-    log.deliver("error", "protocol: " .. tostring(id), w.name, w.pid)
-    w.proc:kill()
+  elseif not child.frame(w.proc, w.name, type, id, ...) then
+    w.proc:kill()  -- its channel cannot be trusted
   end
 end
 
@@ -506,6 +487,7 @@ end
 
 function Pool:_exited(w, how, code)
   w.dead = true
+  child.exited(w.proc)
   self.n_live = self.n_live - 1
   if self.slots[w.slot] == w then self.slots[w.slot] = nil end
   local inflight = inflight_list(w)
@@ -781,6 +763,7 @@ function Pool:terminate()
   end
   for _, w in ipairs(killed) do
     w.proc:close()  -- reaps it now: no zombie outlives terminate()
+    child.exited(w.proc)
     self.n_live = self.n_live - 1
     local inflight = inflight_list(w)
     w.inflight, w.ih, w.it = {}, 1, 0

@@ -26,7 +26,7 @@ local core = require "orch.core"
 local loop = require "orch.loop"
 local log = require "orch.log"
 local signal = require "orch.signal"
-local queue = require "orch.queue"
+local child = require "orch.child"
 
 local MSG = core.msg
 local unpack = table.unpack
@@ -228,33 +228,28 @@ local function say(s, level, fmt, ...)
 end
 
 local function spawn(self, s)
-  local function child()
+  local function main()
     log.name = s.name
     M.current_service = s.name
     s.run(unpack(s.args, 1, s.args.n or #s.args))
   end
   local function on_message(proc, type, ...)
-    if type == MSG.LOG then
-      local level, message = ...
-      log.deliver(level, message, s.name, proc:pid())
-    elseif type == MSG.READY then
+    if type == MSG.READY then
       if s.proc == proc and s.state == "starting" then
         if s.ready_timer then s.ready_timer:stop(); s.ready_timer = nil end
         s.state = "running"
         say(s, "info", "ready")
         self:_check()
       end
-    elseif type == MSG.CALL then
-      queue.serve_call(proc, ...)
-    elseif type == 0 then
-      log.deliver("error", "protocol: " .. tostring((...)), s.name, proc:pid())
+    else
+      child.frame(proc, s.name, type, ...)
     end
   end
   local function on_exit(proc, how, code)
     self:_exited(s, proc, how, code)
   end
   s.exit_code, s.signal, s.asked, s.not_ready = nil, nil, false, nil
-  local proc = core.spawn(child, on_message, on_exit)
+  local proc = core.spawn(main, on_message, on_exit)
   s.proc, s.pid = proc, proc:pid()
   if s.notify then
     s.state = "starting"
@@ -273,20 +268,16 @@ local function spawn(self, s)
   end
 end
 
+-- A service's stop steps (child.stop): asked now, SIGKILLed after its
+-- grace period; a service is never interrupted inside its Lua code.
 local function ask_stop(s)
   s.asked = true
   s.state = "stopping"
   local proc = s.proc
   say(s, "info", "stop requested (grace %gs)", s.grace)
-  proc:stop(0, MSG.STOP_ASK)
-  queue.wake(proc)
-  s.grace_timer = core.timer(s.grace, function()
-    s.grace_timer = nil
-    if s.proc == proc then
-      say(s, "warn", "killed after grace (%gs)", s.grace)
-      s.killed = true
-      proc:kill()
-    end
+  child.stop(proc, 0, s, s.grace, nil, function() return s.proc == proc end, function()
+    say(s, "warn", "killed after grace (%gs)", s.grace)
+    s.killed = true
   end)
 end
 
@@ -375,10 +366,10 @@ function Supervisor:_cycle(set)
 end
 
 function Supervisor:_exited(s, proc, how, code)
-  queue.forget(proc)
+  child.exited(proc)
   if s.proc ~= proc then return end
   s.proc = nil
-  if s.grace_timer then s.grace_timer:stop(); s.grace_timer = nil end
+  child.clear_steps(s)
   if s.ready_timer then s.ready_timer:stop(); s.ready_timer = nil end
   local failed
   if how == "signal" then
