@@ -47,8 +47,8 @@ external_dependencies = {
 -- (spec/90-install checks that none is missing).
 local lua_modules = {
   "backlog", "broker.node", "broker.redis", "broker.stream", "child", "cli.run",
-  "cli.usage", "dispatch", "errors", "future", "group", "log", "loop", "pool", "queue",
-  "signal", "supervisor",
+  "cli.usage", "dispatch", "errors", "future", "group", "log", "loop", "map", "pool",
+  "queue", "signal", "supervisor",
 }
 
 local modules = {

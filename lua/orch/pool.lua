@@ -22,6 +22,7 @@ local backlog = require "orch.backlog"
 local dispatch = require "orch.dispatch"
 local Future = require "orch.future"
 local Group = require "orch.group"
+local map = require "orch.map"
 local TaskError = require("orch.errors").TaskError
 local settle = Future._settle
 local clear_timers = Future.clear_timers
@@ -256,14 +257,14 @@ function Pool:group(opts)
   return Group.new(self, opts)
 end
 
---- pool:map(fn, items, opts) -> results (see Group:map).
+--- pool:map(fn, items, opts) -> results (see orch.map).
 function Pool:map(fn, items, opts)
-  return self.default_group:_map(fn, items, opts, "pool:map")
+  return map.map(self.default_group, fn, items, opts, "pool:map")
 end
 
 --- pool:imap(fn, items, opts) -> iterator yielding i, result.
 function Pool:imap(fn, items, opts)
-  return self.default_group:_imap(fn, items, opts, "pool:imap")
+  return map.imap(self.default_group, fn, items, opts, "pool:imap")
 end
 
 function Pool:stats()
