@@ -48,7 +48,7 @@ external_dependencies = {
 local lua_modules = {
   "backlog", "broker.node", "broker.redis", "broker.stream", "child", "cli.run",
   "cli.usage", "dispatch", "errors", "future", "group", "log", "loop", "map", "pool",
-  "queue", "signal", "supervisor",
+  "queue", "services", "signal", "supervisor",
 }
 
 local modules = {
