@@ -47,7 +47,9 @@ external_dependencies = {
 -- The Lua modules: one entry per file of lua/orch/ and its folders
 -- (spec/90-install checks that none is missing).
 local lua_modules = {
-  "broker.node", "broker.redis", "broker.stream", "cli.run", "cli.usage", "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
+  "backlog", "broker.node", "broker.redis", "broker.stream", "child", "cli.run",
+  "cli.usage", "dispatch", "errors", "future", "group", "log", "loop", "map", "pool",
+  "queue", "services", "signal", "supervisor",
 }
 
 local modules = {

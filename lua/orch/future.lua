@@ -1,6 +1,11 @@
 --- Futures: the parent's handle on one task.
 -- States: "queued" -> "running" -> "done" | "failed" | "cancelled"
 -- (a queued task can go straight to "cancelled" or "failed").
+--
+-- Internal interface, for the pool and its dispatcher: Future.new(group,
+-- id, task), fut:_settle(status, values, err) (the pool alone settles),
+-- Future.clear_timers(fut). A future's cancel and kill go to its pool's
+-- _stop_task and _kill_task (pool.lua's header).
 local loop = require "orch.loop"
 local child = require "orch.child"
 local TaskError = require("orch.errors").TaskError
