@@ -50,7 +50,8 @@ local lua_modules = {
   "busted.dispatch", "busted.frame", "busted.recorder", "busted.replay",
   "busted.run", "busted.schedule", "busted.spec_process", "busted.suite",
   "cli.busted", "cli.run", "cli.usage",
-  "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
+  "backlog", "child", "dispatch", "errors", "future", "group", "log", "loop", "map", "pool",
+  "queue", "services", "signal", "supervisor",
 }
 
 local modules = {
