@@ -43,6 +43,8 @@ __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
     sig_open(L);
     worker_open(L);
     wire_open(L);
+    control_open(L);
+    tty_open(L);
     static const luaL_Reg fns[] = {
         {"cpu_count", l_cpu_count}, {"getpid", l_getpid}, {"array", l_array}, {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);

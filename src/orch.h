@@ -207,4 +207,14 @@ ORCH_HIDDEN void worker_child_main(lua_State *L, int in, int out, int fnidx);
  * async-signal-safe, touches only flags and the Lua hook). */
 ORCH_HIDDEN void worker_on_stop_signal(int value);
 
+/* ---- control.c: the control socket and its client ------------------------
+ * core.ctl_listen (a Unix socket on the loop: same-uid peers only, line
+ * framing with a size limit, non-blocking per-connection buffers),
+ * core.ctl_connect (the blocking client of orch ctl), the per-user
+ * directory, and a process's age for status reports. */
+ORCH_HIDDEN void control_open(lua_State *L);
+
+/* ---- tty.c: raw keys and the size of a terminal (orch top) --------------- */
+ORCH_HIDDEN void tty_open(lua_State *L);
+
 #endif
