@@ -687,6 +687,12 @@ static int l_ctl_sockets(lua_State *L)
     return 1;
 }
 
+static int l_geteuid(lua_State *L)
+{
+    lua_pushinteger(L, geteuid());
+    return 1;
+}
+
 /* pid_age(pid) -> seconds since the process started | nil (Linux /proc). */
 static int l_pid_age(lua_State *L)
 {
@@ -762,6 +768,7 @@ void control_open(lua_State *L)
     }
     static const luaL_Reg fns[] = {
         {"ctl_listen", l_ctl_listen}, {"ctl_connect", l_ctl_connect}, {"ctl_dir", l_ctl_dir},
-        {"ctl_sockets", l_ctl_sockets}, {"pid_age", l_pid_age}, {NULL, NULL}};
+        {"ctl_sockets", l_ctl_sockets}, {"pid_age", l_pid_age}, {"geteuid", l_geteuid},
+        {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);
 }
