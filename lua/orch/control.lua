@@ -190,7 +190,7 @@ end
 -- One request line: parsed, checked, run; one answer line.
 local function request(conn, line)
   local ok, req = pcall(cjson.decode, line)
-  if not ok or type(req) ~= "table" then
+  if not ok or type(req) ~= "table" or req[1] ~= nil then
     return refuse(conn, nil, "bad_request", "a request is one JSON object per line")
   end
   local id = req.id
