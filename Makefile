@@ -21,7 +21,7 @@ SRCS       = $(wildcard src/*.c)
 OBJS       = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE     = $(BUILD)/orch/core.so
 
-DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks lua-argparse lua-cjson lua-ldoc lua-markdown
+DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks lua-argparse lua-cjson lua-ldoc lua-markdown socat tmux
 BUSTED     = busted --lua=$(LUA)
 
 PREFIX     ?= /usr/local

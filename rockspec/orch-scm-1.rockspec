@@ -45,7 +45,8 @@ external_dependencies = {
 -- The Lua modules: one entry per file of lua/orch/ and lua/orch/cli/
 -- (spec/90-install checks that none is missing).
 local lua_modules = {
-  "cli.run", "cli.usage", "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
+  "cli.ctl", "cli.remote", "cli.run", "cli.top", "cli.usage", "control", "errors", "future", "group",
+  "log", "loop", "pool", "queue", "signal", "status", "supervisor",
 }
 
 local modules = {
@@ -54,8 +55,8 @@ local modules = {
   ["orch.core"] = {
     -- every file of src/*.c
     sources = {
-      "src/alloc.c", "src/chan.c", "src/core.c", "src/loop.c", "src/proc.c",
-      "src/sig.c", "src/wbuf.c", "src/wire.c", "src/worker.c",
+      "src/alloc.c", "src/chan.c", "src/control.c", "src/core.c", "src/loop.c", "src/proc.c",
+      "src/sig.c", "src/tty.c", "src/wbuf.c", "src/wire.c", "src/worker.c",
     },
     defines = { "_GNU_SOURCE" },
     incdirs = { "src", "$(LIBEV_INCDIR)" },

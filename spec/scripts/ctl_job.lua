@@ -23,7 +23,9 @@ local sup = orch.supervisor{
   },
 }
 status.register(sup, "supervisor")
-local pool <close> = orch.pool{ workers = 2, grace = 1 }
+-- on_error as a function keeps each task's function with its future,
+-- where orch.status finds the task's source:line
+local pool <close> = orch.pool{ workers = 2, grace = 1, on_error = function() return "continue" end }
 status.register(pool, "pool")
 local function spin()
   while true do end
