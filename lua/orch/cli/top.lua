@@ -122,6 +122,18 @@ local function draw(lines, selectable, sel, message, rows, cols)
   io.flush()
 end
 
+-- The keys in what one read brought (several when typed fast): escape
+-- sequences such as "\27[A" whole, other bytes one by one.
+local function split_keys(bytes)
+  local keys, i = {}, 1
+  while i <= #bytes do
+    local seq = bytes:match("^\27%[[%d;]*[%a~]", i) or bytes:match("^\27O%a", i)
+    keys[#keys + 1] = seq or bytes:sub(i, i)
+    i = i + #keys[#keys]
+  end
+  return keys
+end
+
 local function move(sel, key, n)
   if key == "\27[A" or key == "k" then return math.max(1, sel - 1) end
   if key == "\27[B" or key == "j" then return math.min(math.max(n, 1), sel + 1) end
@@ -143,8 +155,9 @@ local function live(session)
     local lines, selectable = layout(st, records, rows)
     sel = math.min(sel, math.max(#selectable, 1))
     draw(lines, selectable, sel, message, rows, cols)
-    key = core.tty_key(REFRESH)
-    if key then
+    for _, k in ipairs(split_keys(core.tty_key(REFRESH) or "")) do
+      key = k
+      if key == "q" then break end
       local selected = selectable[sel]
       sel = move(sel, key, #selectable)
       message = ACTION_KEYS[key] and act(session, key, selected) or message
