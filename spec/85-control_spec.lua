@@ -305,7 +305,7 @@ describe("the control socket", function()
 
   it("a socket left by a SIGKILLed run is not listed and is replaced", function()
     local xdg = runtime_dir()
-    local a, path = start_job(xdg)
+    local a = start_job(xdg)
     P.signal_group("KILL", a.pid)
     P.wait_exit(a)
     assert.equal(1, #core.ctl_sockets(xdg .. "/orch"))  -- still there

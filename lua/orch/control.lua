@@ -132,23 +132,14 @@ local function check_task(req)
   return id
 end
 
-local function service_command(action)
+-- A command that checks its operand, then acts on it through orch.status.
+local function acting(check, act, action)
   return function(req)
-    local name, err, code = check_name(req)
-    if not name then return nil, err, code end
-    local done, detail, why = status.service(action, name)
+    local operand, err, code = check(req)
+    if not operand then return nil, err, code end
+    local done, detail, why = act(action, operand)
     if not done then return nil, detail, why end
     return { detail = detail }
-  end
-end
-
-local function task_command(action)
-  return function(req)
-    local id, err, code = check_task(req)
-    if not id then return nil, err, code end
-    local done, detail, why = status.task(action, id)
-    if not done then return nil, detail, why end
-    return {}
   end
 end
 
@@ -159,11 +150,11 @@ local COMMANDS = {
              uptime = core.now() - server.started }
   end,
   status = status_answer,
-  stop = service_command("stop"),
-  start = service_command("start"),
-  restart = service_command("restart"),
-  cancel = task_command("cancel"),
-  kill = task_command("kill"),
+  stop = acting(check_name, status.service, "stop"),
+  start = acting(check_name, status.service, "start"),
+  restart = acting(check_name, status.service, "restart"),
+  cancel = acting(check_task, status.task, "cancel"),
+  kill = acting(check_task, status.task, "kill"),
   logs = function(req, conn)
     local n = req.lines ~= nil and math.tointeger(req.lines)
     if req.lines ~= nil and not (n and n >= 0) then

@@ -141,11 +141,13 @@ local function move(sel, key, n)
 end
 
 local function live(session)
-  local term <close> = assert(core.tty_raw())
+  local term = assert(core.tty_raw())
   io.write("\27[?1049h\27[?25l\27[2J")
-  local restore <close> = setmetatable({}, { __close = function()
+  -- the terminal is given back however the view ends (q, an error, Ctrl-C)
+  local cleanup <close> = setmetatable({}, { __close = function()
     io.write("\27[?25h\27[?1049l")
     io.flush()
+    term:restore()
   end })
   local sel, message, key = 1, nil, nil
   while key ~= "q" do
