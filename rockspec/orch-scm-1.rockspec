@@ -49,9 +49,9 @@ local lua_modules = {
   "broker.node", "broker.redis", "broker.stream",
   "busted.dispatch", "busted.frame", "busted.recorder", "busted.replay",
   "busted.run", "busted.schedule", "busted.spec_process", "busted.suite",
-  "cli.busted", "cli.run", "cli.usage",
-  "backlog", "child", "dispatch", "errors", "future", "group", "log", "loop", "map", "pool",
-  "queue", "services", "signal", "supervisor",
+  "cli.busted", "cli.ctl", "cli.remote", "cli.run", "cli.top", "cli.usage",
+  "backlog", "child", "control", "dispatch", "errors", "future", "group", "log", "loop", "map",
+  "pool", "queue", "services", "signal", "status", "supervisor",
 }
 
 local modules = {
@@ -60,8 +60,9 @@ local modules = {
   ["orch.core"] = {
     -- every file of src/*.c
     sources = {
-      "src/alloc.c", "src/chan.c", "src/core.c", "src/loop.c", "src/proc.c",
-      "src/redis.c", "src/sha256.c", "src/sig.c", "src/wbuf.c", "src/wire.c", "src/worker.c",
+      "src/alloc.c", "src/chan.c", "src/control.c", "src/core.c", "src/loop.c", "src/proc.c",
+      "src/redis.c", "src/sha256.c", "src/sig.c", "src/tty.c", "src/wbuf.c", "src/wire.c",
+      "src/worker.c",
     },
     defines = { "_GNU_SOURCE" },
     incdirs = { "src", "$(LIBEV_INCDIR)", "$(HIREDIS_INCDIR)" },

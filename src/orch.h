@@ -226,5 +226,14 @@ ORCH_HIDDEN void sha256_open(lua_State *L);
 /* ---- redis.c: an asynchronous Redis client on the loop (hiredis) ------- */
 /* Registers redis_connect{...} -> conn in the table at the top of the stack. */
 ORCH_HIDDEN void redis_open(lua_State *L);
+/* ---- control.c: the control socket and its client ------------------------
+ * core.ctl_listen (a Unix socket on the loop: same-uid peers only, line
+ * framing with a size limit, non-blocking per-connection buffers),
+ * core.ctl_connect (the blocking client of orch ctl), the per-user
+ * directory, and a process's age for status reports. */
+ORCH_HIDDEN void control_open(lua_State *L);
+
+/* ---- tty.c: raw keys and the size of a terminal (orch top) --------------- */
+ORCH_HIDDEN void tty_open(lua_State *L);
 
 #endif
