@@ -23,7 +23,7 @@ local dispatch = require "orch.dispatch"
 local Future = require "orch.future"
 local Group = require "orch.group"
 local map = require "orch.map"
-local status = require "orch.status"
+local registry = require "orch.status"
 local TaskError = require("orch.errors").TaskError
 local settle = Future._settle
 local clear_timers = Future.clear_timers
@@ -343,7 +343,7 @@ end
 
 function Pool:_release()
   pools[self] = nil
-  status.unregister(self)
+  registry.unregister(self)
 end
 
 --- pool:status_tasks() -> the tasks not settled yet, for orch.status: those
@@ -429,7 +429,7 @@ local function new(opts)
     error(err, 2)
   end
   pools[self] = true
-  status.register(self, "pool")
+  registry.register(self, "pool")
   install_defaults()
   return self
 end
