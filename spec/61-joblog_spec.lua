@@ -138,3 +138,15 @@ describe("joblog", function()
     assert.is_truthy(joblog.fingerprint(os.time, {}))
   end)
 end)
+
+describe("joblog.pending", function()
+  local function e(state, line) return { state = state, line = line } end
+
+  it("gives the ranges left to run, the count done and the first failure", function()
+    local prior = { [2] = e("done", 3), [3] = e("done", 4), [5] = e("error", 6), [6] = e("crashed", 5) }
+    assert.are.same({ { 1, 1, 4, 4, 7, 8 }, 2, 6 }, { joblog.pending(prior, 8, false) })
+    assert.are.same({ { 1, 1, 4, 8 }, 2 }, { joblog.pending(prior, 8, true) })
+    assert.are.same({ { 1, 3 }, 0 }, { joblog.pending({}, 3) })
+    assert.are.same({ {}, 2 }, { joblog.pending({ e("done", 3), e("done", 4) }, 2) })
+  end)
+end)

@@ -175,13 +175,14 @@ local function header(fn_sum, total, items_sum)
 end
 
 -- One line of the log read back: index, entry, or nil if it does not read.
-local ROW = "^(%d+)\t(%l+)\t(%d+)\t([^\t]*)\t(%d*)\t(%x*)\t(.*)$"
-local function parse_row(line)
+local ROW = "^(%d+)\t(%l+)\t(%d+)\t([%d.]*)\t(%d*)\t(%x*)\t(.*)$"
+local function parse_row(line, lineno)
   local index, state, attempts, seconds, pid, result, message = line:match(ROW)
   if not index or not (state == "done" or FAILED_KINDS[state]) then return nil end
   if #result % 2 == 1 or (state == "done") ~= (result ~= "") then return nil end
   local entry = { state = state, attempts = tonumber(attempts), seconds = tonumber(seconds),
-    pid = tonumber(pid), result = result ~= "" and result or nil, message = unescape(message) }
+    pid = tonumber(pid), result = result ~= "" and result or nil, message = unescape(message),
+    line = lineno }
   return tonumber(index), entry
 end
 
@@ -225,7 +226,7 @@ local function read_entries(path, text, want)
     if lineno == 1 then
       check_header(path, parse_header(line), want)
     elseif line ~= COLUMNS and line:sub(1, 1) ~= "#" then
-      local index, entry = parse_row(line)
+      local index, entry = parse_row(line, lineno)
       if index and index >= 1 and index <= want.total then
         entries[index] = entry
       elseif nl == #text then
@@ -288,13 +289,15 @@ function joblog.open(path, fn, items, resume)
   return setmetatable({ path = path, file = f, lines = {} }, Log), prior
 end
 
---- Items first..first+n-1 done, with the values list[1..n]; attempts,
--- seconds (each item's) and the worker's pid are the same for all of them.
-function Log:done_list(first, list, n, attempts, seconds, pid)
+--- Items first..first+n-1 done, with the values list[from..from+n-1];
+-- attempts, seconds (the chunk's, nil: not known) and the worker's pid
+-- are the same for all of them.
+function Log:done_list(first, list, from, n, attempts, seconds, pid)
   local enc, encoded = core.encode, {}
-  for j = 1, n do encoded[j] = enc(list[j]) end
+  for j = 1, n do encoded[j] = enc(list[from + j - 1]) end
   local digits = hex(table.concat(encoded))
-  local mid = ("\tdone\t%d\t%.6f\t%s\t"):format(attempts or 1, seconds or 0, pid or "")
+  local mid = ("\tdone\t%d\t%s\t%s\t"):format(attempts or 1,
+    seconds and ("%.6f"):format(seconds / n) or "", pid or "")
   local lines, pos = self.lines, 1
   local k = #lines
   for j = 1, n do
@@ -306,7 +309,7 @@ end
 
 --- Item index done: its value, attempts, seconds and worker pid.
 function Log:done(index, value, attempts, seconds, pid)
-  self:done_list(index, { value }, 1, attempts, seconds, pid)
+  self:done_list(index, { value }, 1, 1, attempts, seconds, pid)
 end
 
 --- Item index failed: err is its TaskError.
@@ -332,6 +335,31 @@ function Log:close()
   self.file = nil
 end
 Log.__close = Log.close
+
+--- What a resumed run has left to do, from what the log holds (prior,
+-- as joblog.open returns it) of n items: the ranges to run (first and
+-- last index, pairs in one list), how many are done already, and the
+-- first failure the log holds when failures are not run again (nil: none).
+function joblog.pending(prior, n, rerun_failed)
+  local ranges, done, failure, failure_line = {}, 0, nil, math.huge
+  local from
+  for i = 1, n do
+    local e = prior[i]
+    local skip = e and (e.state == "done" or not rerun_failed)
+    if e and e.state == "done" then
+      done = done + 1
+    elseif e and not rerun_failed and e.line < failure_line then
+      failure, failure_line = i, e.line
+    end
+    if skip and from then
+      ranges[#ranges + 1], ranges[#ranges + 2], from = from, i - 1, nil
+    elseif not skip and not from then
+      from = i
+    end
+  end
+  if from then ranges[#ranges + 1], ranges[#ranges + 2] = from, n end
+  return ranges, done, failure
+end
 
 --- A done entry's value, decoded.
 function joblog.value(entry)
