@@ -51,7 +51,7 @@ local lua_modules = {
   "busted.dispatch", "busted.frame", "busted.recorder", "busted.replay",
   "busted.run", "busted.schedule", "busted.spec_process", "busted.suite",
   "cli.busted", "cli.run", "cli.usage",
-  "backlog", "child", "dispatch", "errors", "future", "group", "log", "loop", "map", "pool",
+  "backlog", "child", "dispatch", "errors", "future", "group", "joblog", "log", "loop", "map", "pool", "progress",
   "queue", "services", "signal", "supervisor",
 }
 
