@@ -9,9 +9,9 @@
 --   17	done	1	0.000012	4242	0a22
 --   18	error	1	0.000340	4243		item 18: boom
 --
--- The first line names the run: fingerprints of the function (its code and
--- upvalues) and of the items, in a canonical form that does not depend on
--- a table's iteration order, so the same script gives the same header. A
+-- The first line names the run: fingerprints of the function (its code,
+-- the line it is defined at included, and its upvalues) and of the items,
+-- in a canonical form that does not depend on a table's iteration order, so the same script gives the same header. A
 -- log with another header is refused, never mixed in. state is "done" or
 -- the failure's kind; seconds is the item's share of its chunk's time;
 -- result is the done item's value as core.encode writes it, in hex; error
