@@ -7,7 +7,7 @@ on Linux).
 
 runs one workload in this fresh process and prints `key value` lines
 (seconds, microseconds or KiB) for bench/run.lua to read. Workloads:
-submit, map, roundtrip, memory, shutdown. Only the workload itself is
+submit, map, map_default, roundtrip, memory, shutdown. Only the workload itself is
 timed: interpreter start-up, pool start-up and warm-up are not.
 """
 import multiprocessing as mp
@@ -62,6 +62,18 @@ def bench_map():
     print("seconds", secs)
 
 
+def bench_map_default():
+    """pool.map with its default chunksize (ceil(n / (4 * workers)))."""
+    items = list(range(N_MAP))
+    with mp.Pool(WORKERS) as pool:
+        warm(pool)
+        t0 = time.perf_counter()
+        out = pool.map(inc, items)
+        secs = time.perf_counter() - t0
+    assert len(out) == N_MAP and out[-1] == N_MAP
+    print("seconds", secs)
+
+
 def bench_roundtrip():
     times = [0.0] * N_ROUNDTRIP
     with mp.Pool(WORKERS) as pool:
@@ -96,7 +108,8 @@ def bench_shutdown():
 
 
 WORKLOADS = {
-    "submit": bench_submit, "map": bench_map, "roundtrip": bench_roundtrip,
+    "submit": bench_submit, "map": bench_map, "map_default": bench_map_default,
+    "roundtrip": bench_roundtrip,
     "memory": bench_memory, "shutdown": bench_shutdown,
 }
 

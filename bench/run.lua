@@ -87,6 +87,26 @@ local function orch_workload(name)
     assert(#out == N_MAP and out[N_MAP] == N_MAP + 1)
     teardown(pool)
 
+  elseif name == "map_default" or name == "map_progress" or name == "map_joblog" then
+    -- map's default options (chunk "auto"), then the same with a progress
+    -- line (to a file: plain lines) or a job log, to show what they cost
+    local items = {}
+    for i = 1, N_MAP do items[i] = i end
+    local pool = new_pool(WORKERS)
+    local opts, joblog = {}, nil
+    if name == "map_progress" then
+      opts.progress = true
+    elseif name == "map_joblog" then
+      joblog = os.tmpname()
+      opts.joblog = joblog
+    end
+    local t0 = now()
+    local out = pool:map(inc, items, opts)
+    print("seconds", now() - t0)
+    if joblog then os.remove(joblog) end
+    assert(#out == N_MAP and out[N_MAP] == N_MAP + 1)
+    teardown(pool)
+
   elseif name == "roundtrip" then
     local pool = new_pool(WORKERS)
     local times = {}
@@ -119,7 +139,8 @@ local function orch_workload(name)
     print("seconds", now() - t0)
 
   else
-    io.stderr:write("usage: lua5.4 bench/run.lua [submit|map|roundtrip|memory|shutdown]\n")
+    io.stderr:write("usage: lua5.4 bench/run.lua "
+      .. "[submit|map|map_default|map_progress|map_joblog|roundtrip|memory|shutdown]\n")
     os.exit(2)
   end
 end
@@ -134,7 +155,8 @@ local PYTHON = os.getenv("PYTHON") or "python3"
 local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS")) or 3
 -- Seconds one measurement may take before it counts as hung; a side that
 -- hung once is not run again for that workload.
-local LIMIT = { submit = 60, map = 60, roundtrip = 60, memory = 20, shutdown = 20 }
+local LIMIT = { submit = 60, map = 60, map_default = 60, map_progress = 60, map_joblog = 120,
+  roundtrip = 60, memory = 20, shutdown = 20 }
 local STOP_LIMIT = 120
 
 local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
@@ -178,7 +200,10 @@ print(("%d rounds, each workload through orch then Python in fresh processes; "
   .. "times: best round, memory: median"):format(ROUNDS))
 print()
 
-local WORKLOADS = { "submit", "map", "roundtrip", "memory", "shutdown" }
+local WORKLOADS = { "submit", "map", "map_default", "map_progress", "map_joblog", "roundtrip",
+  "memory", "shutdown" }
+-- the workloads only one side runs (the other has no such option)
+local ORCH_ONLY = { map_progress = true, map_joblog = true }
 local results = { orch = {}, python = {} }  -- side -> workload -> list of result tables
 local errors = {}
 local hung = {}  -- "side workload" -> true
@@ -188,7 +213,7 @@ for round = 1, ROUNDS do
   for _, w in ipairs(WORKLOADS) do
     io.stderr:write(" ", w)
     local sides = { { "orch", LUA .. " " .. sh_quote(root .. "bench/run.lua") .. " " .. w } }
-    if has_python then
+    if has_python and not ORCH_ONLY[w] then
       sides[2] = { "python", PYTHON .. " " .. sh_quote(root .. "bench/pool.py") .. " " .. w }
     end
     for _, s in ipairs(sides) do
@@ -236,6 +261,12 @@ local ROWS = {
     function(s) return ("%.0f/s"):format(N_SUBMIT / s) end, 10 },
   { "map 1M integers, chunk 1000", "map", "seconds", best,
     function(s) return ("%.3f s"):format(s) end, 2 },
+  { "map 1M integers, default options", "map_default", "seconds", best,
+    function(s) return ("%.3f s"):format(s) end, 1 },
+  { "  the same with progress = true", "map_progress", "seconds", best,
+    function(s) return ("%.3f s"):format(s) end },
+  { "  the same with a joblog", "map_joblog", "seconds", best,
+    function(s) return ("%.3f s"):format(s) end },
   { "round trip, mean", "roundtrip", "mean_us", best,
     function(us) return ("%.1f us"):format(us) end, 4 },
   { "round trip, median", "roundtrip", "median_us", best,
@@ -255,13 +286,20 @@ local met_count, rows = 0, 0
 for _, row in ipairs(ROWS) do
   local label, w, key, pick, show, target, target_fmt = table.unpack(row)
   local o, p = pick("orch", w, key), pick("python", w, key)
-  local ratio = o and p and o > 0 and p / o
-  local met = ratio and ratio >= target
-  rows = rows + 1
-  if met then met_count = met_count + 1 end
-  print(fmt:format(label, o and show(o) or "-", p and show(p) or "-",
-    ratio and ("%.2fx"):format(ratio) or "-", (target_fmt or ">= %dx"):format(target),
-    ratio == nil and "?" or met and "yes" or "NO"))
+  if not target then
+    -- an orch-only row: its cost over map's default options
+    local base = best("orch", "map_default", "seconds")
+    print(fmt:format(label, o and show(o) or "-", "", o and base and ("+%.0f%%"):format((o / base - 1) * 100)
+      or "-", "", ""))
+  else
+    local ratio = o and p and o > 0 and p / o
+    local met = ratio and ratio >= target
+    rows = rows + 1
+    if met then met_count = met_count + 1 end
+    print(fmt:format(label, o and show(o) or "-", p and show(p) or "-",
+      ratio and ("%.2fx"):format(ratio) or "-", (target_fmt or ">= %dx"):format(target),
+      ratio == nil and "?" or met and "yes" or "NO"))
+  end
 end
 print(("-"):rep(86))
 print(("%d of %d targets met (ratio: how many times orch is faster, or smaller)"):format(met_count, rows))
