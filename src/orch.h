@@ -142,27 +142,62 @@ enum {
 /* Stop levels carried by the stop signal. */
 enum { STOP_ASK = 1, STOP_CANCEL = 2, STOP_TIMEOUT = 3 };
 
-/* ---- chan.c: framing over a socket (plumbing, no Lua) ------------------ */
-/* Appends a frame header of this type to b, the length left to fill in;
- * *start is where the frame begins. 0, or -1 (ENOMEM). */
-ORCH_HIDDEN int chan_frame_begin(wbuf *b, int type, size_t *start);
-/* Fills in the length of the frame that starts at start. 0 or -1 (too big). */
-ORCH_HIDDEN int chan_frame_end(wbuf *b, size_t start);
-/* If b[off..len) holds a whole frame, sets *type, *payload and *plen (the
- * payload after the header) and returns 1; 0 if more bytes are needed; -1
- * for a length over FRAME_MAX. The frame is consumed with
- * b->off += FRAME_HEADER + plen. */
-ORCH_HIDDEN int chan_frame_peek(const wbuf *b, int *type, const char **payload, size_t *plen);
-/* Writes what it can of b without blocking (b->off advances). 0 when all is
- * written, 1 when the socket is full, -1 on error (errno). */
-ORCH_HIDDEN int chan_flush(int fd, wbuf *b);
-/* Reads what is there (at most max bytes) into b. Returns bytes read, 0 at
- * EOF, -1 with errno (EAGAIN when nothing is there). */
-ORCH_HIDDEN ssize_t chan_fill(int fd, wbuf *b, size_t max);
-/* Blocking versions for the child side. 0 or -1 (errno). The child writes
- * to a pipe: once the parent's end is closed (it killed the child or is
- * gone) a write raises SIGPIPE, as it would for any process. */
-ORCH_HIDDEN int chan_write_all(int fd, const char *p, size_t n);
+/* ---- chan.c: a framed endpoint (plumbing; chan_enc_* raise) -----------
+ * Frames come in from rfd into `in`, go out from `out` to wfd. At most one
+ * frame is open in `out` (being encoded), and it never leaves: writing,
+ * measuring or opening the next frame drops it first. */
+typedef struct chan {
+    int rfd, wfd;      /* -1 when closed */
+    wbuf in, out;
+    size_t frame_at;   /* where the open frame starts in out */
+    int frame_open;
+} chan;
+
+ORCH_HIDDEN void chan_init(chan *c, int rfd, int wfd);
+/* Closes both fds and frees `out` (an open frame with it); `in` stays,
+ * with the frames not yet consumed. chan_free also frees `in`. */
+ORCH_HIDDEN void chan_close(chan *c);
+ORCH_HIDDEN void chan_free(chan *c);
+/* Closes both fds and touches no memory (a child closing what it
+ * inherited: the buffers are pages it still shares with the parent). */
+ORCH_HIDDEN void chan_close_fds(chan *c);
+/* Opens a frame of this type at the end of out. 0, or -1 (ENOMEM). */
+ORCH_HIDDEN int chan_frame_begin(chan *c, int type);
+/* Closes the open frame (fills in its length). 0, or -1 when it is over
+ * FRAME_MAX (then dropped). */
+ORCH_HIDDEN int chan_frame_end(chan *c);
+/* Drops the open frame, if any. */
+ORCH_HIDDEN void chan_rollback(chan *c);
+/* Bytes of whole frames in out not yet written. */
+ORCH_HIDDEN size_t chan_pending(chan *c);
+/* If b[off..len) starts with a whole frame, sets *type, *payload and *plen
+ * (the payload after the header) and returns 1; 0 if more bytes are
+ * needed; -1 for a length over FRAME_MAX. b is a chan's `in` or any
+ * buffer of frames. */
+ORCH_HIDDEN int chan_peek(const wbuf *b, int *type, const char **payload, size_t *plen);
+/* Marks the frame chan_peek found as read. Its bytes stay valid until the
+ * buffer is next filled. */
+ORCH_HIDDEN void chan_consume(wbuf *b, size_t plen);
+/* Writes what it can of out without blocking. 0 when all is written, 1
+ * when the socket is full, -1 on error (errno). */
+ORCH_HIDDEN int chan_flush(chan *c);
+/* Writes all of out, blocking (the child). 0, or -1 (errno); out is
+ * emptied either way. */
+ORCH_HIDDEN int chan_flush_blocking(chan *c);
+/* Reads what is there (at most max bytes) into in. Returns bytes read, 0
+ * at EOF, -1 with errno (EAGAIN when nothing is there). */
+ORCH_HIDDEN ssize_t chan_fill(chan *c, size_t max);
+/* As chan_fill, but polls a socket for up to ns nanoseconds, never
+ * blocking: -1 with EAGAIN when nothing came. */
+ORCH_HIDDEN ssize_t chan_fill_spin(chan *c, long ns);
+/* Binding: opens a frame and a wire context on it (raises on ENOMEM);
+ * chan_enc_end closes both (raises when the frame is too big). An encode
+ * that raises in between leaves an open frame that never leaves. */
+ORCH_HIDDEN void chan_enc_begin(lua_State *L, chan *c, int type, wire_enc *e, int flags);
+ORCH_HIDDEN void chan_enc_end(lua_State *L, chan *c, wire_enc *e);
+/* One frame of this type holding the values at first..top, named
+ * "value[k]" in errors. */
+ORCH_HIDDEN void chan_enc_values(lua_State *L, chan *c, int type, int first, int flags);
 
 /* ---- loop.c: the one libev loop and calls into Lua --------------------- */
 struct ev_loop;

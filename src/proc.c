@@ -24,8 +24,8 @@
  * - on_exit(proc, how, code) is called once, after the child is reaped AND
  *   every byte it wrote has been read and dispatched: a child's messages
  *   always come before its exit.
- * - A failed encode leaves no partial frame: the frame is rolled back the
- *   next time the buffer is touched (enc_open).
+ * - A failed encode leaves no partial frame: the channel drops its open
+ *   frame the next time it is touched (chan.c).
  * - In a forked child every inherited proc is inert: its fds are closed, the
  *   live list is emptied, and close/gc do nothing to the parent's children.
  */
@@ -49,15 +49,12 @@
 typedef struct proc {
     pid_t pid;    /* 0 before fork and after reaping */
     pid_t owner;  /* the process that forked it */
-    int fd;       /* parent's end of the socket (it writes), -1 when closed */
-    int rfd;      /* parent's end of the pipe (it reads), open with fd */
+    chan ch;      /* wfd: the parent's end of the socket, rfd: of the pipe */
     int peer, peer_w; /* the child's ends of both, until the fork */
     int self;     /* registry ref while the child may run */
     int status;   /* wait status once reaped */
-    unsigned reaped : 1, eof : 1, dirty : 1, enc_open : 1, live : 1;
-    size_t enc_start; /* frame being encoded starts here (enc_open) */
+    unsigned reaped : 1, eof : 1, dirty : 1, live : 1;
     lua_Integer fn_last; /* the last function id sent (its code is there) */
-    wbuf in, out;
     ev_io rio, wio;
     struct proc *next_live, *prev_live;
     struct proc *next_dirty;
@@ -123,27 +120,15 @@ static void dirty_unlink(proc *p)
 
 /* ---- closing ---------------------------------------------------------------- */
 
-static void out_rollback(proc *p)
-{
-    if (p->enc_open) {
-        p->out.len = p->enc_start;
-        p->enc_open = 0;
-    }
-}
-
 static void close_fd(proc *p)
 {
-    if (p->fd < 0)
+    if (p->ch.wfd < 0)
         return;
     struct ev_loop *loop = loop_get();
     ev_io_stop(loop, &p->rio);
     ev_io_stop(loop, &p->wio);
-    close(p->fd);
-    close(p->rfd);
-    p->fd = p->rfd = -1;
+    chan_close(&p->ch);
     dirty_unlink(p);
-    wbuf_free(&p->out);
-    p->enc_open = 0;
 }
 
 static void release(lua_State *L, proc *p)
@@ -186,7 +171,7 @@ static void proc_close(lua_State *L, proc *p)
     }
     close_fd(p);
     close_peers(p);
-    wbuf_free(&p->in);
+    chan_free(&p->ch);
     release(L, p);
 }
 
@@ -198,8 +183,8 @@ static int read_some(lua_State *L, proc *p, int pidx, int drain)
 {
     size_t budget = drain ? (size_t)-1 : READ_BUDGET;
     int rc = 0;
-    while (p->fd >= 0 && budget > 0) {
-        ssize_t n = chan_fill(p->rfd, &p->in, budget);
+    while (p->ch.rfd >= 0 && budget > 0) {
+        ssize_t n = chan_fill(&p->ch, budget);
         if (n > 0) {
             budget -= (size_t)n;
             proc_dispatch(L, p, pidx);
@@ -246,12 +231,11 @@ static void wio_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)revents;
     proc *p = (proc *)((char *)w - offsetof(proc, wio));
-    out_rollback(p);
-    int rc = chan_flush(p->fd, &p->out);
+    int rc = chan_flush(&p->ch);
     if (rc <= 0) {
         ev_io_stop(loop, w);
         if (rc < 0)
-            wbuf_reset(&p->out); /* the child is gone: its exit will tell */
+            wbuf_reset(&p->ch.out); /* the child is gone: its exit will tell */
     }
 }
 
@@ -270,7 +254,7 @@ void proc_reap(lua_State *L)
             int pidx = lua_gettop(L);
             read_some(L, p, pidx, 1); /* all it wrote comes before its exit */
             close_fd(p);
-            wbuf_free(&p->in);
+            chan_free(&p->ch);
             live_unlink(p);
             deliver_exit(L, p, pidx);
             release(L, p);
@@ -286,13 +270,6 @@ static void chld_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)loop; (void)w; (void)revents;
     proc_reap(loop_state());
-}
-
-static void consume_frame(proc *p, size_t plen)
-{
-    p->in.off += FRAME_HEADER + plen;
-    if (p->in.off == p->in.len)
-        p->in.off = p->in.len = 0;
 }
 
 /* Calls on_message(proc, RESULT, batch, n) for the RESULT frames gathered
@@ -351,7 +328,7 @@ static void report_bad(lua_State *L, int pidx, const char *why)
     loop_call(L, 3);
 }
 
-/* Decodes every whole frame in p->in for on_message. A run of RESULT frames
+/* Decodes every whole frame in p->ch.in for on_message. A run of RESULT frames
  * comes in one call, on_message(proc, RESULT, batch, n), batch holding id,
  * values (a table with its count n) for each; any other frame is
  * on_message(proc, type, values...). A frame that does not decode is
@@ -363,9 +340,9 @@ static void proc_dispatch(lua_State *L, proc *p, int pidx)
     int type, r, nb = 0;
     lua_pushnil(L); /* the batch of results */
     int bidx = lua_gettop(L);
-    while (p->in.data && (r = chan_frame_peek(&p->in, &type, &payload, &plen)) != 0) {
+    while (p->ch.in.data && (r = chan_peek(&p->ch.in, &type, &payload, &plen)) != 0) {
         if (r < 0) {
-            p->in.off = p->in.len;
+            p->ch.in.off = p->ch.in.len;
             flush_results(L, pidx, bidx, &nb);
             report_bad(L, pidx, "length over the limit");
             break;
@@ -380,7 +357,7 @@ static void proc_dispatch(lua_State *L, proc *p, int pidx)
             wire_dec_begin(&d, L, payload, plen, 0);
             bad = gather_result(L, &d, bidx, &nb) < 0;
             wire_dec_end(&d);
-            consume_frame(p, plen);
+            chan_consume(&p->ch.in, plen);
             if (bad) {
                 flush_results(L, pidx, bidx, &nb);
                 report_bad(L, pidx, d.err);
@@ -395,7 +372,7 @@ static void proc_dispatch(lua_State *L, proc *p, int pidx)
         while (d.pos < d.len && !bad)
             bad = wire_dec_value(&d) < 0;
         wire_dec_end(&d);
-        consume_frame(p, plen);
+        chan_consume(&p->ch.in, plen);
         if (bad) {
             lua_settop(L, base - 2);
             report_bad(L, pidx, d.err);
@@ -425,14 +402,13 @@ void proc_flush_all(void)
         dirty_head = p->next_dirty;
         p->dirty = 0;
         p->next_dirty = NULL;
-        if (p->fd < 0 || ev_is_active(&p->wio))
+        if (p->ch.wfd < 0 || ev_is_active(&p->wio))
             continue;
-        out_rollback(p);
-        int rc = chan_flush(p->fd, &p->out);
+        int rc = chan_flush(&p->ch);
         if (rc > 0)
             ev_io_start(loop_get(), &p->wio);
         else if (rc < 0)
-            wbuf_reset(&p->out);
+            wbuf_reset(&p->ch.out);
     }
 }
 
@@ -442,49 +418,19 @@ static proc *check_proc(lua_State *L, int i)
 }
 
 
-/* Opens a frame in p->out; the caller encodes into *e and calls frame_close. */
-static void frame_open(lua_State *L, proc *p, int type, wire_enc *e, size_t *start)
-{
-    out_rollback(p);
-    p->enc_start = p->out.len;
-    p->enc_open = 1;
-    if (chan_frame_begin(&p->out, type, start) < 0)
-        luaL_error(L, "orch: not enough memory for a frame");
-    wire_enc_begin(e, L, &p->out, WIRE_FUNCTIONS);
-}
-
-static void frame_close(lua_State *L, proc *p, wire_enc *e, size_t start)
-{
-    wire_enc_end(e);
-    if (chan_frame_end(&p->out, start) < 0) {
-        out_rollback(p);
-        luaL_error(L, "orch: a frame is larger than 2 GiB");
-    }
-    p->enc_open = 0;
-    mark_dirty(p);
-}
-
 /* proc:send(type, ...) -> true: one frame holding the message type and
  * values; false when the channel is closed (the child is exiting). */
 static int proc_send(lua_State *L)
 {
     proc *p = check_proc(L, 1);
-    if (p->fd < 0) {
+    if (p->ch.wfd < 0) {
         lua_pushboolean(L, 0);
         return 1;
     }
     lua_Integer type = luaL_checkinteger(L, 2);
-    int n = lua_gettop(L);
-    wire_enc e;
-    size_t start;
     luaL_argcheck(L, type > 0 && type < 256, 2, "message type out of range");
-    frame_open(L, p, (int)type, &e, &start);
-    char root[32];
-    for (int i = 3; i <= n; i++) {
-        snprintf(root, sizeof root, "value[%d]", i - 2);
-        wire_enc_value(&e, i, root);
-    }
-    frame_close(L, p, &e, start);
+    chan_enc_values(L, &p->ch, (int)type, 3, WIRE_FUNCTIONS);
+    mark_dirty(p);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -638,7 +584,7 @@ static int proc_send_task(lua_State *L)
     size_t tlen;
     const char *task = luaL_checklstring(L, 3, &tlen);
     luaL_argcheck(L, tlen >= TASK_FNID, 3, "not a packed task");
-    if (p->fd < 0) {
+    if (p->ch.wfd < 0) {
         lua_pushboolean(L, 0);
         return 1;
     }
@@ -651,8 +597,7 @@ static int proc_send_task(lua_State *L)
         lua_pop(L, 2);
     }
     wire_enc e;
-    size_t start;
-    frame_open(L, p, MSG_TASK, &e, &start);
+    chan_enc_begin(L, &p->ch, MSG_TASK, &e, WIRE_FUNCTIONS);
     wire_enc_integer(&e, id);
     wire_enc_integer(&e, fnid);
     if (fnid) {
@@ -665,11 +610,12 @@ static int proc_send_task(lua_State *L)
         lua_pop(L, 2);
     }
     size_t blen = tlen - TASK_FNID;
-    if (wbuf_reserve(&p->out, blen) < 0)
+    if (wbuf_reserve(&p->ch.out, blen) < 0)
         return luaL_error(L, "orch: not enough memory for a frame");
-    memcpy(p->out.data + p->out.len, task + TASK_FNID, blen);
-    p->out.len += blen;
-    frame_close(L, p, &e, start);
+    memcpy(p->ch.out.data + p->ch.out.len, task + TASK_FNID, blen);
+    p->ch.out.len += blen;
+    chan_enc_end(L, &p->ch, &e);
+    mark_dirty(p);
     if (first) {
         lua_getiuservalue(L, 1, UV_FNS_SENT);
         lua_pushboolean(L, 1);
@@ -734,8 +680,7 @@ static int proc_alive(lua_State *L)
 static int proc_pending(lua_State *L)
 {
     proc *p = check_proc(L, 1);
-    out_rollback(p);
-    lua_pushinteger(L, (lua_Integer)(p->out.len - p->out.off));
+    lua_pushinteger(L, (lua_Integer)chan_pending(&p->ch));
     return 1;
 }
 
@@ -757,13 +702,10 @@ static int proc_tostring(lua_State *L)
 static void proc_close_inherited(const proc *keep)
 {
     for (proc *p = live_head; p; p = p->next_live) {
-        if (p->fd >= 0) {
-            close(p->fd);
-            close(p->rfd);
-        }
+        chan_close_fds(&p->ch);
         if (p != keep)
             close_peers(p);
-        p->fd = p->rfd = p->peer = p->peer_w = -1;
+        p->peer = p->peer_w = -1;
         p->pid = 0;
         p->live = 0;
     }
@@ -777,7 +719,8 @@ static proc *new_proc(lua_State *L, int on_message, int on_exit)
 {
     proc *p = lua_newuserdatauv(L, sizeof *p, UV_COUNT);
     memset(p, 0, sizeof *p);
-    p->fd = p->rfd = p->peer = p->peer_w = -1;
+    chan_init(&p->ch, -1, -1);
+    p->peer = p->peer_w = -1;
     p->self = LUA_NOREF;
     p->owner = getpid();
     luaL_setmetatable(L, PROC_MT);
@@ -824,9 +767,8 @@ static int l_spawn(lua_State *L)
             close(sv[1]);
             return luaL_error(L, "orch: pipe: %s", strerror(e));
         }
-        p->fd = sv[0];
+        chan_init(&p->ch, pv[0], sv[0]);
         p->peer = sv[1];
-        p->rfd = pv[0];
         p->peer_w = pv[1];
     }
     /* In the live list before the first fork: SIGCHLD is watched from
@@ -863,13 +805,13 @@ static int l_spawn(lua_State *L)
         if (k >= forked)
             continue;
         setpgid(pids[k], pids[k]); /* the child does it too; whichever runs first wins */
-        fcntl(p->fd, F_SETFL, fcntl(p->fd, F_GETFL) | O_NONBLOCK);
-        fcntl(p->rfd, F_SETFL, fcntl(p->rfd, F_GETFL) | O_NONBLOCK);
+        fcntl(p->ch.wfd, F_SETFL, fcntl(p->ch.wfd, F_GETFL) | O_NONBLOCK);
+        fcntl(p->ch.rfd, F_SETFL, fcntl(p->ch.rfd, F_GETFL) | O_NONBLOCK);
         p->pid = pids[k];
         lua_pushvalue(L, first + k);
         p->self = luaL_ref(L, LUA_REGISTRYINDEX);
-        ev_io_init(&p->rio, rio_cb, p->rfd, EV_READ);
-        ev_io_init(&p->wio, wio_cb, p->fd, EV_WRITE);
+        ev_io_init(&p->rio, rio_cb, p->ch.rfd, EV_READ);
+        ev_io_init(&p->wio, wio_cb, p->ch.wfd, EV_WRITE);
         ev_io_start(loop_get(), &p->rio);
     }
     if (forked < n) {

@@ -33,9 +33,8 @@
 #define RING 64
 
 static lua_State *task_L;         /* the thread tasks run on */
-static int chan_in = -1;          /* frames from the parent; -1: not in a child of orch */
-static int chan_out = -1;         /* frames to the parent */
-static wbuf inbox, deferred, outbuf;
+static chan ch = {.rfd = -1, .wfd = -1}; /* to the parent; rfd -1: not in a child of orch */
+static wbuf deferred;             /* frames kept while a call waits for its reply */
 static volatile sig_atomic_t cur_id = NO_TASK;  /* low 30 bits of the running id */
 static volatile sig_atomic_t running;           /* a task's Lua code may run */
 static volatile sig_atomic_t stop_level;        /* for cur_id */
@@ -81,18 +80,9 @@ static int ring_level(int id)
 
 /* ---- channel -------------------------------------------------------------- */
 
-static int flush_out(void)
-{
-    if (outbuf.len == outbuf.off)
-        return 0;
-    int rc = chan_write_all(chan_out, outbuf.data + outbuf.off, outbuf.len - outbuf.off);
-    wbuf_reset(&outbuf);
-    return rc;
-}
-
 static void child_exit(int code)
 {
-    flush_out();
+    chan_flush_blocking(&ch);
     fflush(NULL);
     _exit(code);
 }
@@ -109,67 +99,40 @@ static int move_frame(wbuf *src, wbuf *dst, const char *payload, size_t plen)
     return 0;
 }
 
-/* Polls the channel for a short while before the caller blocks on it: the
+/* The channel is polled this long before the worker blocks on it: the
  * next task of a busy caller is taken without sleeping and being woken,
- * which costs more than the task itself when tasks are small. Returns as
- * read(2), -1 with EAGAIN when nothing came. */
+ * which costs more than the task itself when tasks are small. */
 #define SPIN_NS 50000L
-
-static ssize_t spin_fill(void)
-{
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        if (wbuf_reserve(&inbox, 64 * 1024) < 0) {
-            errno = ENOMEM;
-            return -1;
-        }
-        ssize_t n = recv(chan_in, inbox.data + inbox.len, inbox.cap - inbox.len, MSG_DONTWAIT);
-        if (n > 0) {
-            inbox.len += (size_t)n;
-            return n;
-        }
-        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-            return n;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > SPIN_NS) {
-            errno = EAGAIN;
-            return -1;
-        }
-    }
-}
 
 /* Finds the next frame: from `deferred` first unless want_reply, then from
  * the channel, blocking. With want_reply, frames that are not MSG_REPLY are
  * moved to `deferred`. Returns 1 with the frame in *from (consume it with
- * consume()), 0 at EOF, raises on a bad frame. */
+ * chan_consume), 0 at EOF, raises on a bad frame. */
 static int next_frame(lua_State *L, int want_reply, wbuf **from, int *type,
                       const char **payload, size_t *plen)
 {
-    if (!want_reply && chan_frame_peek(&deferred, type, payload, plen) == 1) {
+    if (!want_reply && chan_peek(&deferred, type, payload, plen) == 1) {
         *from = &deferred;
         return 1;
     }
     for (;;) {
-        int r = chan_frame_peek(&inbox, type, payload, plen);
+        int r = chan_peek(&ch.in, type, payload, plen);
         if (r < 0)
             return luaL_error(L, "orch: bad frame from the parent");
         if (r == 1) {
             if (!want_reply || *type == MSG_REPLY) {
-                *from = &inbox;
+                *from = &ch.in;
                 return 1;
             }
-            if (move_frame(&inbox, &deferred, *payload, *plen) < 0)
+            if (move_frame(&ch.in, &deferred, *payload, *plen) < 0)
                 return luaL_error(L, "orch: not enough memory");
             continue;
         }
-        if (flush_out() < 0)
+        if (chan_flush_blocking(&ch) < 0)
             return 0;
-        if (inbox.off == inbox.len)
-            inbox.off = inbox.len = 0;
-        ssize_t n = spin_fill();
+        ssize_t n = chan_fill_spin(&ch, SPIN_NS);
         if (n < 0 && errno == EAGAIN)
-            n = chan_fill(chan_in, &inbox, (size_t)-1);
+            n = chan_fill(&ch, (size_t)-1);
         if (n == 0 || (n < 0 && errno != EAGAIN))
             return 0;
     }
@@ -220,22 +183,6 @@ static int msgh(lua_State *L)
     return 1;
 }
 
-/* Marks the frame read; its bytes stay where they are until the buffer is
- * next filled, so a payload being decoded stays valid. */
-static void consume(wbuf *from, size_t plen)
-{
-    from->off += FRAME_HEADER + plen;
-    if (from->off == from->len)
-        from->off = from->len = 0;
-}
-
-static void frame_begin(lua_State *L, int type, wire_enc *e, size_t *start)
-{
-    if (chan_frame_begin(&outbuf, type, start) < 0)
-        luaL_error(L, "orch: not enough memory");
-    wire_enc_begin(e, L, &outbuf, 0);
-}
-
 /* The parent decodes every field of a child's frame as a value. */
 static void enc_id(lua_State *L, wire_enc *e, lua_Integer id)
 {
@@ -244,24 +191,16 @@ static void enc_id(lua_State *L, wire_enc *e, lua_Integer id)
     lua_pop(L, 1);
 }
 
-static void frame_end(lua_State *L, wire_enc *e, size_t start)
-{
-    wire_enc_end(e);
-    if (chan_frame_end(&outbuf, start) < 0)
-        luaL_error(L, "orch: a frame is larger than 2 GiB");
-}
-
 /* encode_error(id, kind, message, traceback, value): an ERROR frame.
  * Run in protected mode: the value may refuse to cross. */
 static int encode_error(lua_State *L)
 {
     wire_enc e;
-    size_t start;
-    frame_begin(L, MSG_ERROR, &e, &start);
+    chan_enc_begin(L, &ch, MSG_ERROR, &e, 0);
     enc_id(L, &e, lua_tointeger(L, 1));
     for (int i = 2; i <= 5; i++)
         wire_enc_value(&e, i, "error");
-    frame_end(L, &e, start);
+    chan_enc_end(L, &ch, &e);
     return 0;
 }
 
@@ -270,7 +209,6 @@ static int last_failed; /* the last task replied with an error */
 static void reply_error(lua_State *L, lua_Integer id, const char *kind, int msg_idx,
                         int tb_idx, int val_idx)
 {
-    size_t mark = outbuf.len;
     last_failed = 1;
     for (int attempt = 0; attempt < 2; attempt++) {
         lua_pushcfunction(L, encode_error);
@@ -285,7 +223,7 @@ static void reply_error(lua_State *L, lua_Integer id, const char *kind, int msg_
         if (lua_pcall(L, 5, 0, 0) == LUA_OK)
             return;
         lua_pop(L, 1);
-        outbuf.len = mark;
+        chan_rollback(&ch);
     }
 }
 
@@ -315,7 +253,7 @@ static void resolve_name(lua_State *L, int idx)
 static lua_Integer frame_id = NO_FRAME;
 
 /* run_frame(payload, plen): decodes a TASK frame, runs it, encodes the
- * reply into outbuf. Called in protected mode: a decode or encode failure
+ * reply into the channel. Called in protected mode: a decode or encode failure
  * becomes an ERROR reply (see serve). */
 static int run_frame(lua_State *L)
 {
@@ -390,11 +328,10 @@ static int run_frame(lua_State *L)
     int level = interrupted;
     cur_id = NO_TASK;
 
-    wire_enc e;
-    size_t start;
     if (rc == LUA_OK) {
         int nres = lua_gettop(L) - 1;
-        frame_begin(L, MSG_RESULT, &e, &start);
+        wire_enc e;
+        chan_enc_begin(L, &ch, MSG_RESULT, &e, 0);
         enc_id(L, &e, id);
         static const char *const roots[] = {"result[1]", "result[2]", "result[3]"};
         char root[32];
@@ -406,7 +343,7 @@ static int run_frame(lua_State *L)
                 wire_enc_value(&e, i + 1, root);
             }
         }
-        frame_end(L, &e, start);
+        chan_enc_end(L, &ch, &e);
         return 0;
     }
     /* error value at 2 (msgh ran) */
@@ -422,7 +359,7 @@ static int run_frame(lua_State *L)
  * goes away. Exits the child with 3 if the init task (id 0) fails. */
 static int l_serve(lua_State *L)
 {
-    if (chan_in < 0)
+    if (ch.rfd < 0)
         return luaL_error(L, "orch.core.serve: only in a child process of orch");
     for (;;) {
         wbuf *from;
@@ -432,12 +369,11 @@ static int l_serve(lua_State *L)
         lua_settop(L, 0);
         if (!next_frame(L, 0, &from, &type, &payload, &plen))
             break;
-        consume(from, plen);
+        chan_consume(from, plen);
         if (type == MSG_QUIT)
             break;
         if (type != MSG_TASK)
             continue;
-        size_t mark = outbuf.len;
         frame_id = NO_FRAME;
         last_failed = 0;
         lua_pushcfunction(L, run_frame);
@@ -447,14 +383,14 @@ static int l_serve(lua_State *L)
             /* the frame did not decode, or a result could not cross */
             running = 0;
             cur_id = NO_TASK;
-            outbuf.len = mark;
+            chan_rollback(&ch);
             int msg = lua_gettop(L);
             lua_pushliteral(L, "");
             reply_error(L, frame_id, "error", msg, msg + 1, msg);
         }
         /* Each result leaves before the next task starts: a worker that
          * dies in that task must not take finished results with it. */
-        if (flush_out() < 0)
+        if (chan_flush_blocking(&ch) < 0)
             break;
         if (frame_id == 0 && last_failed)
             child_exit(3); /* init failed: this worker is of no use */
@@ -467,7 +403,7 @@ static int l_serve(lua_State *L)
 
 static void check_child(lua_State *L, const char *fn)
 {
-    if (chan_in < 0)
+    if (ch.rfd < 0)
         luaL_error(L, "orch.core.%s: only in a child process of orch", fn);
 }
 
@@ -476,18 +412,9 @@ static int l_send_parent(lua_State *L)
 {
     check_child(L, "send_parent");
     lua_Integer type = luaL_checkinteger(L, 1);
-    int n = lua_gettop(L);
     luaL_argcheck(L, type > 0 && type < 256, 1, "message type out of range");
-    wire_enc e;
-    size_t start;
-    frame_begin(L, (int)type, &e, &start);
-    char root[32];
-    for (int i = 2; i <= n; i++) {
-        snprintf(root, sizeof root, "value[%d]", i - 1);
-        wire_enc_value(&e, i, root);
-    }
-    frame_end(L, &e, start);
-    if (flush_out() < 0)
+    chan_enc_values(L, &ch, (int)type, 2, 0);
+    if (chan_flush_blocking(&ch) < 0)
         return luaL_error(L, "orch: the parent is gone");
     return 0;
 }
@@ -512,7 +439,7 @@ static int l_call(lua_State *L)
     while (!bad && d.pos < d.len)
         bad = wire_dec_value(&d) < 0;
     wire_dec_end(&d);
-    consume(from, plen);
+    chan_consume(from, plen);
     if (bad)
         return luaL_error(L, "orch: bad reply from the parent: %s", d.err);
     return lua_gettop(L);
@@ -521,7 +448,7 @@ static int l_call(lua_State *L)
 /* stopping() -> boolean: the parent asked this task or service to stop. */
 static int l_stopping(lua_State *L)
 {
-    lua_pushboolean(L, chan_in >= 0 && stop_level >= STOP_ASK);
+    lua_pushboolean(L, ch.rfd >= 0 && stop_level >= STOP_ASK);
     return 1;
 }
 
@@ -533,7 +460,7 @@ static int l_child_sleep(lua_State *L)
     clock_gettime(CLOCK_MONOTONIC, &end);
     lua_Number t = (lua_Number)end.tv_sec + end.tv_nsec / 1e9 + secs;
     for (;;) {
-        if (chan_in >= 0 && stop_level >= STOP_ASK) {
+        if (ch.rfd >= 0 && stop_level >= STOP_ASK) {
             lua_pushboolean(L, 1);
             return 1;
         }
@@ -549,15 +476,14 @@ static int l_child_sleep(lua_State *L)
 
 static int l_in_child(lua_State *L)
 {
-    lua_pushboolean(L, chan_in >= 0);
+    lua_pushboolean(L, ch.rfd >= 0);
     return 1;
 }
 
 void worker_child_main(lua_State *L, int in, int out, int fnidx)
 {
     alloc_child_init(L);
-    chan_in = in;
-    chan_out = out;
+    chan_init(&ch, in, out);
     task_L = L;
     cur_id = 0; /* a service is "task 0" for stop requests */
     lua_pushvalue(L, fnidx);
