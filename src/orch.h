@@ -33,6 +33,13 @@ ORCH_HIDDEN int wbuf_reserve(wbuf *b, size_t extra); /* 0, or -1 (ENOMEM) */
 ORCH_HIDDEN void wbuf_compact(wbuf *b);                /* drop consumed bytes */
 ORCH_HIDDEN void wbuf_reset(wbuf *b);                  /* len = off = 0; may shrink */
 ORCH_HIDDEN void wbuf_free(wbuf *b);
+/* A scratch buffer: pushes a new one (a userdata owning a wbuf), to be
+ * upvalue 1 of a C function. In that function, take pushes its holder and
+ * returns it emptied (a fresh one if it is in use); give puts it back,
+ * holder at that index, once the encoding succeeded. */
+ORCH_HIDDEN wbuf *wbuf_scratch_new(lua_State *L);
+ORCH_HIDDEN wbuf *wbuf_scratch_take(lua_State *L);
+ORCH_HIDDEN void wbuf_scratch_give(lua_State *L, wbuf *b, int holder);
 
 /* ---- wire.c: the value serializer --------------------------------------
  * Encodes Lua values (nil, boolean, integer, float, string, table with
@@ -198,6 +205,24 @@ ORCH_HIDDEN void chan_enc_end(lua_State *L, chan *c, wire_enc *e);
 /* One frame of this type holding the values at first..top, named
  * "value[k]" in errors. */
 ORCH_HIDDEN void chan_enc_values(lua_State *L, chan *c, int type, int first, int flags);
+
+/* ---- task.c: a task's wire form ---------------------------------------- */
+ORCH_HIDDEN void task_open(lua_State *L);
+/* The fnid of the packed task at arg (raises if it is not one); *task and
+ * *tlen are its bytes. */
+ORCH_HIDDEN lua_Integer task_fnid(lua_State *L, int arg, const char **task, size_t *tlen);
+/* Encodes a TASK frame's fields into e: id, the packed task's fnid, its
+ * code (with_code: the first task of that function for this worker) or
+ * nil, then the rest of the packed task. */
+ORCH_HIDDEN void task_put(lua_State *L, wire_enc *e, lua_Integer id, const char *task,
+                          size_t tlen, int with_code);
+/* Child: decodes a TASK frame's payload and pushes its function and
+ * arguments; returns the argument count. Raises on a bad frame; *id is
+ * set as soon as the id is read. */
+ORCH_HIDDEN int task_load(lua_State *L, const char *payload, size_t plen, lua_Integer *id);
+/* Replaces the "module.name" (or "module") at idx with require(module).name
+ * (or require(module)); raises when that is not a function or callable. */
+ORCH_HIDDEN void task_resolve(lua_State *L, int idx);
 
 /* ---- loop.c: the one libev loop and calls into Lua --------------------- */
 struct ev_loop;

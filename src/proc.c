@@ -67,10 +67,6 @@ static proc *live_head;
 static proc *dirty_head;
 static int live_count;
 static ev_signal chld_watcher;
-static lua_Integer fn_counter;
-static int fn_by_closure = LUA_NOREF; /* weak-keyed: closure -> fnid */
-static int fn_by_code = LUA_NOREF;    /* bytecode -> fnid */
-static int code_by_fn = LUA_NOREF;    /* fnid -> bytecode */
 
 static void proc_dispatch(lua_State *L, proc *p, int pidx);
 
@@ -435,145 +431,6 @@ static int proc_send(lua_State *L)
     return 1;
 }
 
-/* Pushes the id of the Lua function at fidx, dumping and numbering its
- * code the first time that code is seen (closures of one prototype share an
- * id, so the worker caches each piece of code once). */
-static lua_Integer function_id(lua_State *L, int fidx)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_closure);
-    lua_pushvalue(L, fidx);
-    lua_rawget(L, -2);
-    if (lua_isinteger(L, -1)) {
-        lua_Integer id = lua_tointeger(L, -1);
-        lua_pop(L, 2);
-        return id;
-    }
-    lua_pop(L, 1);
-    wire_dump_function(L, fidx);               /* closures, code */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_code);
-    lua_pushvalue(L, -2);
-    lua_rawget(L, -2);                         /* closures, code, bycode, id? */
-    lua_Integer id;
-    if (lua_isinteger(L, -1)) {
-        id = lua_tointeger(L, -1);
-        lua_pop(L, 1);
-    } else {
-        lua_pop(L, 1);
-        id = ++fn_counter;
-        lua_pushvalue(L, -2);
-        lua_pushinteger(L, id);
-        lua_rawset(L, -3);                     /* bycode[code] = id */
-        lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
-        lua_pushvalue(L, -3);
-        lua_rawseti(L, -2, id);                /* codes[id] = code */
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 2);                             /* closures */
-    lua_pushvalue(L, fidx);
-    lua_pushinteger(L, id);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
-    return id;
-}
-
-/* The scratch buffer pack_task encodes into: owned by a userdata anchored
- * in the registry, so a refusal (a Lua error) leaks nothing. */
-static int scratch_ref = LUA_NOREF;
-
-static int scratch_gc(lua_State *L)
-{
-    wbuf_free(lua_touserdata(L, 1));
-    return 0;
-}
-
-static wbuf *scratch(lua_State *L)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, scratch_ref);
-    wbuf *b = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    b->len = b->off = 0;
-    return b;
-}
-
-/* A packed task is a string: the function's id (TASK_FNID bytes, native
- * order; 0 for a function sent by name), then what follows the id and the
- * function in a TASK frame. It never leaves the parent as it is. */
-#define TASK_FNID sizeof(lua_Integer)
-
-static wbuf *task_begin(lua_State *L, lua_Integer fnid, wire_enc *e)
-{
-    wbuf *b = scratch(L);
-    if (wbuf_reserve(b, TASK_FNID) < 0)
-        luaL_error(L, "orch: not enough memory for a task");
-    memcpy(b->data, &fnid, TASK_FNID);
-    b->len = TASK_FNID;
-    wire_enc_begin(e, L, b, WIRE_FUNCTIONS);
-    return b;
-}
-
-static int task_end(lua_State *L, wbuf *b, wire_enc *e)
-{
-    wire_enc_end(e);
-    lua_pushlstring(L, b->data, b->len);
-    wbuf_reset(b);
-    return 1;
-}
-
-/* pack_task(fn, ...) -> task: encodes a task once, at submit, so a value
- * that cannot cross is refused there, naming its place ("args[2].conn:
- * cannot send userdata", "upvalue 'handle': ..."). A Lua function is
- * numbered by its code (fnid > 0) and its upvalues come first; a C
- * function or a "module.name" string travels by name (fnid 0). Then the
- * argument count and the arguments. proc:send_task puts it in a frame for
- * one worker. */
-static int l_pack_task(lua_State *L)
-{
-    int t = lua_type(L, 1);
-    luaL_argexpected(L, t == LUA_TFUNCTION || t == LUA_TSTRING, 1, "function or module name");
-    int n = lua_gettop(L);
-    lua_Integer fnid = t == LUA_TFUNCTION && !lua_iscfunction(L, 1) ? function_id(L, 1) : 0;
-    wire_enc e;
-    wbuf *b = task_begin(L, fnid, &e);
-    if (fnid)
-        wire_enc_upvalues(&e, 1);
-    else
-        wire_enc_value(&e, 1, "function");
-    wire_enc_integer(&e, n - 1);
-    static const char *const roots[] = {"args[1]", "args[2]", "args[3]", "args[4]"};
-    char root[32];
-    for (int i = 2; i <= n; i++) {
-        if (i - 2 < 4) {
-            wire_enc_value(&e, i, roots[i - 2]);
-        } else {
-            snprintf(root, sizeof root, "args[%d]", i - 1);
-            wire_enc_value(&e, i, root);
-        }
-    }
-    return task_end(L, b, &e);
-}
-
-/* pack_chunk(task, fn, items, i, j) -> task: as
- * pack_task(task, fn, {items[i..j]}, j - i + 1), without building the
- * slice: map's chunks. */
-static int l_pack_chunk(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    luaL_checktype(L, 3, LUA_TTABLE);
-    lua_Integer i = luaL_checkinteger(L, 4), j = luaL_checkinteger(L, 5);
-    luaL_argcheck(L, !lua_iscfunction(L, 1), 1, "a Lua function expected");
-    lua_Integer fnid = function_id(L, 1);
-    wire_enc e;
-    wbuf *b = task_begin(L, fnid, &e);
-    wire_enc_upvalues(&e, 1);
-    wire_enc_integer(&e, 3);
-    wire_enc_value(&e, 2, "function");
-    wire_enc_slice(&e, 3, i, j, "items");
-    lua_pushinteger(L, j >= i ? j - i + 1 : 0);
-    wire_enc_value(&e, -1, "count");
-    lua_pop(L, 1);
-    return task_end(L, b, &e);
-}
-
 /* proc:send_task(id, task) -> true | false: a TASK frame for this worker;
  * the function's code goes with the first task that uses it. false when
  * the channel is closed (the child is exiting). */
@@ -582,14 +439,12 @@ static int proc_send_task(lua_State *L)
     proc *p = check_proc(L, 1);
     lua_Integer id = luaL_checkinteger(L, 2);
     size_t tlen;
-    const char *task = luaL_checklstring(L, 3, &tlen);
-    luaL_argcheck(L, tlen >= TASK_FNID, 3, "not a packed task");
+    const char *task;
+    lua_Integer fnid = task_fnid(L, 3, &task, &tlen);
     if (p->ch.wfd < 0) {
         lua_pushboolean(L, 0);
         return 1;
     }
-    lua_Integer fnid;
-    memcpy(&fnid, task, TASK_FNID);
     int first = 0;
     if (fnid && fnid != p->fn_last) {
         lua_getiuservalue(L, 1, UV_FNS_SENT);
@@ -598,22 +453,7 @@ static int proc_send_task(lua_State *L)
     }
     wire_enc e;
     chan_enc_begin(L, &p->ch, MSG_TASK, &e, WIRE_FUNCTIONS);
-    wire_enc_integer(&e, id);
-    wire_enc_integer(&e, fnid);
-    if (fnid) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
-        if (first)
-            lua_rawgeti(L, -1, fnid);
-        else
-            lua_pushnil(L);
-        wire_enc_value(&e, lua_gettop(L), "function");
-        lua_pop(L, 2);
-    }
-    size_t blen = tlen - TASK_FNID;
-    if (wbuf_reserve(&p->ch.out, blen) < 0)
-        return luaL_error(L, "orch: not enough memory for a frame");
-    memcpy(p->ch.out.data + p->ch.out.len, task + TASK_FNID, blen);
-    p->ch.out.len += blen;
+    task_put(L, &e, id, task, tlen, first);
     chan_enc_end(L, &p->ch, &e);
     mark_dirty(p);
     if (first) {
@@ -822,18 +662,6 @@ static int l_spawn(lua_State *L)
     return n;
 }
 
-static void weak_table(lua_State *L, int *ref, const char *mode)
-{
-    lua_newtable(L);
-    if (mode) {
-        lua_createtable(L, 0, 1);
-        lua_pushstring(L, mode);
-        lua_setfield(L, -2, "__mode");
-        lua_setmetatable(L, -2);
-    }
-    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
-}
-
 void proc_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
@@ -848,25 +676,11 @@ void proc_open(lua_State *L)
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
-    if (fn_by_closure == LUA_NOREF) {
-        weak_table(L, &fn_by_closure, "k");
-        weak_table(L, &fn_by_code, NULL);
-        weak_table(L, &code_by_fn, NULL);
+    static int ready;
+    if (!ready) { /* once per process, however often orch.core is opened */
         ev_signal_init(&chld_watcher, chld_cb, SIGCHLD);
-    }
-    if (scratch_ref == LUA_NOREF) {
-        wbuf *b = lua_newuserdatauv(L, sizeof *b, 0);
-        memset(b, 0, sizeof *b);
-        lua_createtable(L, 0, 1);
-        lua_pushcfunction(L, scratch_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_setmetatable(L, -2);
-        scratch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        ready = 1;
     }
     lua_pushcfunction(L, l_spawn);
     lua_setfield(L, -2, "spawn");
-    lua_pushcfunction(L, l_pack_task);
-    lua_setfield(L, -2, "pack_task");
-    lua_pushcfunction(L, l_pack_chunk);
-    lua_setfield(L, -2, "pack_chunk");
 }

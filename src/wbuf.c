@@ -5,6 +5,10 @@
  * append at len, readers consume from off. Capacity grows geometrically;
  * a buffer that grew large for one big frame is given back once it is
  * empty again, so one 64 MiB value does not pin 64 MiB for ever.
+ *
+ * A scratch buffer is a wbuf owned by a userdata, the upvalue of the C
+ * function that encodes into it: a Lua error raised while it is filled
+ * leaks nothing, and a nested call never shares it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -63,4 +67,51 @@ void wbuf_free(wbuf *b)
     free(b->data);
     b->data = NULL;
     b->len = b->off = b->cap = 0;
+}
+
+/* ---- scratch buffers ------------------------------------------------------
+ * A C function that encodes into a scratch buffer holds it as its upvalue 1
+ * (a userdata that frees the buffer when collected). It is taken out (the
+ * upvalue set to false) while in use and put back on success: a nested
+ * call (from a finalizer) or the call after an error makes a fresh one,
+ * and the one left behind by an error is collected with its userdata. */
+
+#define SCRATCH_MT "orch.scratch"
+
+static int scratch_gc(lua_State *L)
+{
+    wbuf_free(luaL_checkudata(L, 1, SCRATCH_MT));
+    return 0;
+}
+
+wbuf *wbuf_scratch_new(lua_State *L)
+{
+    wbuf *b = lua_newuserdatauv(L, sizeof *b, 0);
+    memset(b, 0, sizeof *b); /* empty before it can own anything */
+    if (luaL_newmetatable(L, SCRATCH_MT)) {
+        lua_pushcfunction(L, scratch_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return b;
+}
+
+wbuf *wbuf_scratch_take(lua_State *L)
+{
+    wbuf *b = lua_touserdata(L, lua_upvalueindex(1));
+    if (b)
+        lua_pushvalue(L, lua_upvalueindex(1));
+    else
+        b = wbuf_scratch_new(L);
+    lua_pushboolean(L, 0);
+    lua_replace(L, lua_upvalueindex(1));
+    wbuf_reset(b);
+    return b;
+}
+
+void wbuf_scratch_give(lua_State *L, wbuf *b, int holder)
+{
+    wbuf_reset(b);
+    lua_pushvalue(L, holder);
+    lua_replace(L, lua_upvalueindex(1));
 }

@@ -227,26 +227,6 @@ static void reply_error(lua_State *L, lua_Integer id, const char *kind, int msg_
     }
 }
 
-/* Resolves "module.name" (or "module") with require, in the worker. */
-static void resolve_name(lua_State *L, int idx)
-{
-    const char *name = lua_tostring(L, idx);
-    const char *dot = strrchr(name, '.');
-    lua_getglobal(L, "require");
-    if (dot == NULL) {
-        lua_pushvalue(L, idx);
-        lua_call(L, 1, 1);
-    } else {
-        lua_pushlstring(L, name, (size_t)(dot - name));
-        lua_call(L, 1, 1);
-        lua_getfield(L, -1, dot + 1);
-        lua_remove(L, -2);
-    }
-    if (!lua_isfunction(L, -1) && !luaL_getmetafield(L, -1, "__call"))
-        luaL_error(L, "'%s' is not a function in the worker", name);
-    lua_replace(L, idx);
-}
-
 /* The id of the task frame being run: 0 is the init task, NO_FRAME means
  * the frame failed before its id was read. */
 #define NO_FRAME (-1)
@@ -260,43 +240,9 @@ static int run_frame(lua_State *L)
     const char *payload = lua_touserdata(L, 1);
     size_t plen = (size_t)lua_tointeger(L, 2);
     lua_settop(L, 0);
-    wire_dec d;
-    wire_dec_begin(&d, L, payload, plen, WIRE_FUNCTIONS); /* ctx at 1 */
-    lua_Integer id, fnid, nargs;
-    if (wire_dec_integer(&d, &id) < 0 || wire_dec_integer(&d, &fnid) < 0)
-        return luaL_error(L, "bad task frame: %s", d.err);
-    frame_id = id;
-    lua_pushcfunction(L, msgh); /* 2 */
-    if (fnid > 0) {
-        lua_getfield(L, LUA_REGISTRYINDEX, "orch.functions"); /* 3 */
-        if (wire_dec_value(&d) < 0) /* code or nil */
-            return luaL_error(L, "bad task frame: %s", d.err);
-        if (lua_isstring(L, -1)) {
-            size_t n;
-            const char *code = lua_tolstring(L, -1, &n);
-            if (luaL_loadbufferx(L, code, n, "=task", "b") != LUA_OK)
-                return lua_error(L);
-            lua_rawseti(L, 3, fnid);
-        }
-        lua_pop(L, 1);
-        if (lua_rawgeti(L, 3, fnid) != LUA_TFUNCTION)
-            return luaL_error(L, "bad task frame: function %d is not known here", (int)fnid);
-        lua_remove(L, 3); /* fn at 3 */
-        if (wire_dec_upvalues(&d, 3) < 0)
-            return luaL_error(L, "bad task frame: %s", d.err);
-    } else {
-        if (wire_dec_value(&d) < 0)
-            return luaL_error(L, "bad task frame: %s", d.err);
-        if (lua_type(L, 3) == LUA_TSTRING)
-            resolve_name(L, 3);
-    }
-    if (wire_dec_integer(&d, &nargs) < 0 || nargs < 0 || nargs > 1000000)
-        return luaL_error(L, "bad task frame: argument count");
-    luaL_checkstack(L, (int)nargs + 8, "too many arguments");
-    for (lua_Integer i = 0; i < nargs; i++)
-        if (wire_dec_value(&d) < 0)
-            return luaL_error(L, "bad task frame: %s", d.err);
-    lua_remove(L, 1); /* the decoder's context; msgh at 1, fn at 2 */
+    lua_pushcfunction(L, msgh); /* 1 */
+    int nargs = task_load(L, payload, plen, &frame_id); /* fn at 2, args */
+    lua_Integer id = frame_id;
 
     int low = (int)(id & 0x3fffffff);
     running = 0;
@@ -321,7 +267,7 @@ static int run_frame(lua_State *L)
         interrupted = stop_level;
         rc = LUA_ERRRUN;
     } else {
-        rc = lua_pcall(L, (int)nargs, LUA_MULTRET, 1);
+        rc = lua_pcall(L, nargs, LUA_MULTRET, 1);
         running = 0;
         lua_sethook(L, NULL, 0, 0);
     }
@@ -506,15 +452,6 @@ void worker_child_main(lua_State *L, int in, int out, int fnidx)
 
 void worker_open(lua_State *L)
 {
-    /* The task functions a worker has loaded, by id (run_frame). Made in
-     * the parent, before any fork: a worker that made it would add a key
-     * to the registry and write a page it otherwise shares with the
-     * parent. A worker's entries are its own (copy on write). */
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "orch.functions") != LUA_TTABLE) {
-        lua_newtable(L);
-        lua_setfield(L, LUA_REGISTRYINDEX, "orch.functions");
-    }
-    lua_pop(L, 1);
     static const luaL_Reg fns[] = {
         {"serve", l_serve}, {"send_parent", l_send_parent}, {"call", l_call},
         {"stopping", l_stopping}, {"child_sleep", l_child_sleep},
