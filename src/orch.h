@@ -233,12 +233,14 @@ ORCH_HIDDEN lua_State *loop_state(void);
  * with a traceback. On error, keeps the error, breaks out of the loop and
  * returns -1; loop_step raises it again once ev_run has returned. */
 ORCH_HIDDEN int loop_call(lua_State *L, int nargs);
+/* fn runs each time the loop is about to block (once per turn), before
+ * it polls; registering it again does nothing. At most 4 hooks. */
+typedef void (*loop_hook)(void);
+ORCH_HIDDEN void loop_on_before_block(loop_hook fn);
 ORCH_HIDDEN void loop_open(lua_State *L);
 
 /* ---- proc.c: children and their channels -------------------------------- */
 ORCH_HIDDEN void proc_open(lua_State *L);
-/* Called by the loop before it blocks: writes every pending frame. */
-ORCH_HIDDEN void proc_flush_all(void);
 /* SIGCHLD arrived: reap our own children (waitpid per pid, never -1). */
 ORCH_HIDDEN void proc_reap(lua_State *L);
 

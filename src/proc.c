@@ -391,7 +391,8 @@ static void mark_dirty(proc *p)
     }
 }
 
-void proc_flush_all(void)
+/* The loop is about to block: write every frame queued this turn. */
+static void flush_all(void)
 {
     while (dirty_head) {
         proc *p = dirty_head;
@@ -679,6 +680,7 @@ void proc_open(lua_State *L)
     static int ready;
     if (!ready) { /* once per process, however often orch.core is opened */
         ev_signal_init(&chld_watcher, chld_cb, SIGCHLD);
+        loop_on_before_block(flush_all);
         ready = 1;
     }
     lua_pushcfunction(L, l_spawn);
