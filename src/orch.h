@@ -146,8 +146,28 @@ enum {
 #define FRAME_HEADER 5
 #define FRAME_MAX ((size_t)0x7fffffff)
 
-/* Stop levels carried by the stop signal. */
+/* Stop levels carried by the stop signal. Its value (an int) packs the
+ * low 30 bits of the task id over the level's 2 bits; these two helpers
+ * are the only place that knows. */
 enum { STOP_ASK = 1, STOP_CANCEL = 2, STOP_TIMEOUT = 3 };
+#define STOP_ID_MASK 0x3fffffffu
+
+static inline int stop_pack(lua_Integer id, int level)
+{
+    return (int)(((unsigned)id & STOP_ID_MASK) << 2 | (unsigned)level);
+}
+
+/* The task id as a stop value carries it (a task's key in the child). */
+static inline int stop_key(lua_Integer id)
+{
+    return (int)((unsigned)id & STOP_ID_MASK);
+}
+
+static inline void stop_unpack(int value, int *key, int *level)
+{
+    *key = (int)((unsigned)value >> 2);
+    *level = value & 3;
+}
 
 /* ---- chan.c: a framed endpoint (plumbing; chan_enc_* raise) -----------
  * Frames come in from rfd into `in`, go out from `out` to wfd. At most one
@@ -252,8 +272,12 @@ ORCH_HIDDEN int sig_stop_signal(void);           /* the realtime stop signal */
 ORCH_HIDDEN void sig_block_stop(sigset_t *old);
 ORCH_HIDDEN void sig_restore_mask(const sigset_t *old);
 /* In a fresh child: job-wide signals become no-ops, the rest default, the
- * mask empty, the stop signal handled; parent death kills the child. */
+ * mask empty but for the stop signal; parent death kills the child. */
 ORCH_HIDDEN void sig_child_setup(pid_t parent);
+/* In a child: handler takes the stop signal from now on (SA_SIGINFO), and
+ * a request that came before it is delivered. */
+typedef void (*sig_stop_handler)(int sig, siginfo_t *si, void *uc);
+ORCH_HIDDEN void sig_child_accept_stop(sig_stop_handler handler);
 
 /* ---- alloc.c: a child's allocator -------------------------------------- */
 /* In a fresh child: small Lua objects come from then on from a slab of the
@@ -263,10 +287,8 @@ ORCH_HIDDEN void alloc_child_init(lua_State *L);
 /* ---- worker.c: the child's side ---------------------------------------- */
 ORCH_HIDDEN void worker_open(lua_State *L);
 /* Runs in a fresh child with its ends of the channel (it reads frames
- * from in, writes frames to out); never returns. */
+ * from in, writes frames to out): takes the stop signal, runs the
+ * function at fnidx; never returns. */
 ORCH_HIDDEN void worker_child_main(lua_State *L, int in, int out, int fnidx);
-/* The stop signal arrived with this value (called from the handler:
- * async-signal-safe, touches only flags and the Lua hook). */
-ORCH_HIDDEN void worker_on_stop_signal(int value);
 
 #endif

@@ -482,7 +482,7 @@ static int proc_stop(lua_State *L)
         return 2;
     }
     union sigval v;
-    v.sival_int = (int)(((unsigned)id & 0x3fffffffu) << 2 | (unsigned)level);
+    v.sival_int = stop_pack(id, (int)level);
     if (sigqueue(p->pid, sig_stop_signal(), v) < 0) {
         lua_pushnil(L);
         lua_pushfstring(L, "sigqueue %d: %s", (int)p->pid, strerror(errno));

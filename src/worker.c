@@ -53,10 +53,14 @@ static void stop_hook(lua_State *L, lua_Debug *ar)
     }
 }
 
-void worker_on_stop_signal(int value)
+/* The stop signal's handler: async-signal-safe, touches only flags and
+ * the Lua hook (as lua.c's laction). */
+static void stop_handler(int sig, siginfo_t *si, void *uc)
 {
-    int id = (int)((unsigned)value >> 2);
-    int level = value & 3;
+    (void)sig; (void)uc;
+    int saved = errno;
+    int value = si->si_value.sival_int, id, level;
+    stop_unpack(value, &id, &level);
     ring[ring_n % RING] = value;
     ring_n = ring_n + 1;
     if (id == cur_id && level > stop_level) {
@@ -64,6 +68,7 @@ void worker_on_stop_signal(int value)
         if (level >= STOP_CANCEL && running && task_L)
             lua_sethook(task_L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
     }
+    errno = saved;
 }
 
 /* The highest stop level the ring holds for id (0: none). */
@@ -71,9 +76,10 @@ static int ring_level(int id)
 {
     int best = 0;
     for (int k = 0; k < RING; k++) {
-        int v = ring[k];
-        if (v && (int)((unsigned)v >> 2) == id && (v & 3) > best)
-            best = v & 3;
+        int v = ring[k], key, level;
+        stop_unpack(v, &key, &level);
+        if (v && key == id && level > best)
+            best = level;
     }
     return best;
 }
@@ -244,7 +250,7 @@ static int run_frame(lua_State *L)
     int nargs = task_load(L, payload, plen, &frame_id); /* fn at 2, args */
     lua_Integer id = frame_id;
 
-    int low = (int)(id & 0x3fffffff);
+    int low = stop_key(id);
     running = 0;
     cur_id = low;
     stop_level = 0;
@@ -432,6 +438,7 @@ void worker_child_main(lua_State *L, int in, int out, int fnidx)
     chan_init(&ch, in, out);
     task_L = L;
     cur_id = 0; /* a service is "task 0" for stop requests */
+    sig_child_accept_stop(stop_handler); /* a request already queued comes now */
     lua_pushvalue(L, fnidx);
     lua_pushcfunction(L, msgh);
     lua_insert(L, -2);
