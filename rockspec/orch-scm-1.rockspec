@@ -41,8 +41,9 @@ local modules = {
   ["orch.core"] = {
     -- every file of src/*.c
     sources = {
-      "src/alloc.c", "src/chan.c", "src/core.c", "src/loop.c", "src/proc.c",
-      "src/sig.c", "src/task.c", "src/wbuf.c", "src/wire.c", "src/worker.c",
+      "src/alloc.c", "src/chan.c", "src/conn.c", "src/core.c", "src/dispatch.c",
+      "src/loop.c", "src/proc.c", "src/sig.c", "src/task.c", "src/wbuf.c",
+      "src/wire.c", "src/worker.c",
     },
     defines = { "_GNU_SOURCE" },
     incdirs = { "src", "$(LIBEV_INCDIR)" },

@@ -16,6 +16,7 @@
 
 #include <lua.h>
 #include <lauxlib.h>
+#include <ev.h>
 
 #define ORCH_HIDDEN __attribute__((visibility("hidden")))
 
@@ -245,7 +246,6 @@ ORCH_HIDDEN int task_load(lua_State *L, const char *payload, size_t plen, lua_In
 ORCH_HIDDEN void task_resolve(lua_State *L, int idx);
 
 /* ---- loop.c: the one libev loop and calls into Lua --------------------- */
-struct ev_loop;
 ORCH_HIDDEN struct ev_loop *loop_get(void);
 /* The thread that is inside core.step(): the one callbacks run on. */
 ORCH_HIDDEN lua_State *loop_state(void);
@@ -259,10 +259,42 @@ typedef void (*loop_hook)(void);
 ORCH_HIDDEN void loop_on_before_block(loop_hook fn);
 ORCH_HIDDEN void loop_open(lua_State *L);
 
-/* ---- proc.c: children and their channels -------------------------------- */
+/* ---- dispatch.c: a child's frames handed to Lua ------------------------ */
+/* Decodes every whole frame in `in` (consuming it) for on_message, user
+ * value uv of the proc at pidx: on_message(proc, type, values...), a run
+ * of RESULT frames as on_message(proc, RESULT, batch, n), a frame that
+ * does not decode as on_message(proc, 0, "bad frame: why"). */
+ORCH_HIDDEN void dispatch_frames(lua_State *L, wbuf *in, int pidx, int uv);
+
+/* ---- conn.c: the parent's end of a child's channel, on the loop ---------- */
+typedef struct conn {
+    chan ch;           /* rfd: the parent's end of the pipe, wfd: of the socket */
+    ev_io rio, wio;
+    int holder;        /* registry ref of the userdata the conn lives in */
+    int uv;            /* the holder's user value slot of on_message */
+    int queued;        /* on the list of conns written before the loop blocks */
+    struct conn *next_queued;
+} conn;
+
+/* Closed (fds -1) and on no list. */
+ORCH_HIDDEN void conn_init(conn *c);
+/* With its fds in c->ch: makes them non-blocking and starts reading.
+ * Frames read go to dispatch_frames(holder, uv). */
+ORCH_HIDDEN void conn_start(conn *c, int holder, int uv);
+/* Frames were added to c->ch.out: write them before the loop blocks. */
+ORCH_HIDDEN void conn_queued(conn *c);
+/* Reads (all there is with drain, else a turn's budget) and dispatches,
+ * the holder at hidx. 0, or -1 once the channel is at its end (closed). */
+ORCH_HIDDEN int conn_read(lua_State *L, conn *c, int hidx, int drain);
+/* Stops watching, closes the fds, drops what was not written; ch.in stays.
+ * Idempotent. */
+ORCH_HIDDEN void conn_close(conn *c);
+/* In a fresh child: closes an inherited conn's fds, touches no buffer,
+ * and forgets the parent's queued list. */
+ORCH_HIDDEN void conn_forget(conn *c);
+
+/* ---- proc.c: child processes --------------------------------------------- */
 ORCH_HIDDEN void proc_open(lua_State *L);
-/* SIGCHLD arrived: reap our own children (waitpid per pid, never -1). */
-ORCH_HIDDEN void proc_reap(lua_State *L);
 
 /* ---- sig.c: signals ------------------------------------------------------ */
 ORCH_HIDDEN void sig_open(lua_State *L);
