@@ -3,15 +3,18 @@
  * calls a child makes to its parent.
  *
  * A child reads frames from the parent on its blocking end of the
- * socketpair and writes its own to the pipe (see proc.c). A pool worker
- * runs serve(): read a task, run it under a traceback handler, write one
- * result frame, and again, until the parent says QUIT or goes away.
+ * socketpair and writes its own to the pipe (see proc.c), both through one
+ * chan (chan.c). A pool worker runs serve(): read a task, load it
+ * (task.c), run it under a traceback handler, write one result frame, and
+ * again, until the parent says QUIT or goes away.
  *
- * Stop requests come as the stop signal (sig.c) carrying a task id and a
- * level. The handler only stores flags and, for a cancel or a timeout of the
- * task that is running, sets a count hook (as lua.c does for Ctrl-C); the
- * hook raises "cancelled" or "timeout" at the next Lua instruction, so
- * <close> variables and pcall cleanup still run. A request for a task that
+ * Stop requests come as the stop signal carrying a task id and a level
+ * (stop_unpack). Its handler lives here and is installed by
+ * worker_child_main; sig.c keeps the signal blocked until then, so a
+ * request is never lost. The handler only stores flags and, for a cancel
+ * or a timeout of the task that is running, sets a count hook (as lua.c
+ * does for Ctrl-C); the hook raises "cancelled" or "timeout" at the next
+ * Lua instruction, so <close> variables and pcall cleanup still run. A request for a task that
  * has not started yet (it waits in the pipeline) is remembered in a ring,
  * and that task is answered "cancelled" without running.
  *
@@ -23,7 +26,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -238,27 +240,21 @@ static void reply_error(lua_State *L, lua_Integer id, const char *kind, int msg_
 #define NO_FRAME (-1)
 static lua_Integer frame_id = NO_FRAME;
 
-/* run_frame(payload, plen): decodes a TASK frame, runs it, encodes the
- * reply into the channel. Called in protected mode: a decode or encode failure
- * becomes an ERROR reply (see serve). */
-static int run_frame(lua_State *L)
+/* Runs the task below nargs arguments (msgh at 1, fn at 2) as task id,
+ * under stop requests: a cancel or timeout that came before it starts
+ * answers it without running. Returns as lua_pcall; `interrupted` says
+ * whether a stop request ended it, and with which level. */
+static int run_task(lua_State *L, int nargs, lua_Integer id)
 {
-    const char *payload = lua_touserdata(L, 1);
-    size_t plen = (size_t)lua_tointeger(L, 2);
-    lua_settop(L, 0);
-    lua_pushcfunction(L, msgh); /* 1 */
-    int nargs = task_load(L, payload, plen, &frame_id); /* fn at 2, args */
-    lua_Integer id = frame_id;
-
-    int low = stop_key(id);
+    int key = stop_key(id);
     running = 0;
-    cur_id = low;
+    cur_id = key;
     stop_level = 0;
     interrupted = 0;
     lua_sethook(L, NULL, 0, 0);
     task_L = L;
     running = 1;
-    int pending = ring_level(low);
+    int pending = ring_level(key);
     if (pending > stop_level)
         stop_level = pending;
     int rc;
@@ -277,28 +273,47 @@ static int run_frame(lua_State *L)
         running = 0;
         lua_sethook(L, NULL, 0, 0);
     }
-    int level = interrupted;
     cur_id = NO_TASK;
+    return rc;
+}
 
-    if (rc == LUA_OK) {
-        int nres = lua_gettop(L) - 1;
-        wire_enc e;
-        chan_enc_begin(L, &ch, MSG_RESULT, &e, 0);
-        enc_id(L, &e, id);
-        static const char *const roots[] = {"result[1]", "result[2]", "result[3]"};
-        char root[32];
-        for (int i = 1; i <= nres; i++) {
-            if (i <= 3) {
-                wire_enc_value(&e, i + 1, roots[i - 1]);
-            } else {
-                snprintf(root, sizeof root, "result[%d]", i);
-                wire_enc_value(&e, i + 1, root);
-            }
+/* A RESULT frame: id, then the values at from..top. */
+static void reply_result(lua_State *L, lua_Integer id, int from)
+{
+    int nres = lua_gettop(L) - from + 1;
+    wire_enc e;
+    chan_enc_begin(L, &ch, MSG_RESULT, &e, 0);
+    enc_id(L, &e, id);
+    static const char *const roots[] = {"result[1]", "result[2]", "result[3]"};
+    char root[32];
+    for (int i = 1; i <= nres; i++) {
+        if (i <= 3) {
+            wire_enc_value(&e, from + i - 1, roots[i - 1]);
+        } else {
+            snprintf(root, sizeof root, "result[%d]", i);
+            wire_enc_value(&e, from + i - 1, root);
         }
-        chan_enc_end(L, &ch, &e);
+    }
+    chan_enc_end(L, &ch, &e);
+}
+
+/* run_frame(payload, plen): loads a TASK frame (task.c), runs it, encodes
+ * the reply into the channel. Called in protected mode: a decode or
+ * encode failure becomes an ERROR reply (see serve). */
+static int run_frame(lua_State *L)
+{
+    const char *payload = lua_touserdata(L, 1);
+    size_t plen = (size_t)lua_tointeger(L, 2);
+    lua_settop(L, 0);
+    lua_pushcfunction(L, msgh); /* 1 */
+    int nargs = task_load(L, payload, plen, &frame_id); /* fn at 2, args */
+    lua_Integer id = frame_id;
+    if (run_task(L, nargs, id) == LUA_OK) {
+        reply_result(L, id, 2);
         return 0;
     }
     /* error value at 2 (msgh ran) */
+    int level = interrupted;
     const char *kind = level == STOP_TIMEOUT ? "timeout" : level ? "cancelled" : "error";
     lua_getfield(L, LUA_REGISTRYINDEX, "orch.message");
     lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
