@@ -5,6 +5,10 @@
  * never touches Lua except where a function takes a lua_State; binding code
  * turns results into Lua values and errors. Only luaopen_orch_core is
  * exported from the shared object; everything declared here is hidden.
+ *
+ * One section per file, lowest first: a file calls only what is declared
+ * above its own section; the loop reaches above itself only through its
+ * before-block hooks and Lua callbacks.
  */
 #ifndef ORCH_H
 #define ORCH_H
@@ -39,6 +43,8 @@ ORCH_HIDDEN void wbuf_free(wbuf *b);
  * returns it emptied (a fresh one if it is in use); give puts it back,
  * holder at that index, once the encoding succeeded. */
 ORCH_HIDDEN wbuf *wbuf_scratch_new(lua_State *L);
+/* t[name] = fn, with a scratch buffer of its own as upvalue 1 (t on top). */
+ORCH_HIDDEN void wbuf_scratch_fn(lua_State *L, lua_CFunction fn, const char *name);
 ORCH_HIDDEN wbuf *wbuf_scratch_take(lua_State *L);
 ORCH_HIDDEN void wbuf_scratch_give(lua_State *L, wbuf *b, int holder);
 
@@ -129,7 +135,7 @@ ORCH_HIDDEN void wire_open(lua_State *L);
  * A frame is a 4-byte little-endian payload length, one byte of message
  * type, then the payload: one wire context holding the message's fields.
  * Stop requests do not travel in frames: they are a realtime signal whose
- * value carries the task id and the level (see proc_stop). */
+ * value carries the task id and the level (stop_pack below). */
 enum {
     /* parent -> child */
     MSG_TASK = 1,   /* id, fnid, [bytecode|nil, upvalues] or fn, nargs, args... */
@@ -259,6 +265,26 @@ typedef void (*loop_hook)(void);
 ORCH_HIDDEN void loop_on_before_block(loop_hook fn);
 ORCH_HIDDEN void loop_open(lua_State *L);
 
+/* ---- sig.c: signals ------------------------------------------------------ */
+ORCH_HIDDEN void sig_open(lua_State *L);
+ORCH_HIDDEN int sig_stop_signal(void);           /* the realtime stop signal */
+/* Around fork: the stop signal stays blocked (pending, never lost) until
+ * the child has its handler; the parent restores its mask with *old. */
+ORCH_HIDDEN void sig_block_stop(sigset_t *old);
+ORCH_HIDDEN void sig_restore_mask(const sigset_t *old);
+/* In a fresh child: job-wide signals become no-ops, the rest default, the
+ * mask empty but for the stop signal; parent death kills the child. */
+ORCH_HIDDEN void sig_child_setup(pid_t parent);
+/* In a child: handler takes the stop signal from now on (SA_SIGINFO), and
+ * a request that came before it is delivered. */
+typedef void (*sig_stop_handler)(int sig, siginfo_t *si, void *uc);
+ORCH_HIDDEN void sig_child_accept_stop(sig_stop_handler handler);
+
+/* ---- alloc.c: a child's allocator -------------------------------------- */
+/* In a fresh child: small Lua objects come from then on from a slab of the
+ * child's own instead of from free chunks in pages shared with the parent. */
+ORCH_HIDDEN void alloc_child_init(lua_State *L);
+
 /* ---- dispatch.c: a child's frames handed to Lua ------------------------ */
 /* Decodes every whole frame in `in` (consuming it) for on_message, user
  * value uv of the proc at pidx: on_message(proc, type, values...), a run
@@ -293,34 +319,14 @@ ORCH_HIDDEN void conn_close(conn *c);
  * and forgets the parent's queued list. */
 ORCH_HIDDEN void conn_forget(conn *c);
 
-/* ---- proc.c: child processes --------------------------------------------- */
-ORCH_HIDDEN void proc_open(lua_State *L);
-
-/* ---- sig.c: signals ------------------------------------------------------ */
-ORCH_HIDDEN void sig_open(lua_State *L);
-ORCH_HIDDEN int sig_stop_signal(void);           /* the realtime stop signal */
-/* Around fork: the stop signal stays blocked (pending, never lost) until
- * the child has its handler; the parent restores its mask with *old. */
-ORCH_HIDDEN void sig_block_stop(sigset_t *old);
-ORCH_HIDDEN void sig_restore_mask(const sigset_t *old);
-/* In a fresh child: job-wide signals become no-ops, the rest default, the
- * mask empty but for the stop signal; parent death kills the child. */
-ORCH_HIDDEN void sig_child_setup(pid_t parent);
-/* In a child: handler takes the stop signal from now on (SA_SIGINFO), and
- * a request that came before it is delivered. */
-typedef void (*sig_stop_handler)(int sig, siginfo_t *si, void *uc);
-ORCH_HIDDEN void sig_child_accept_stop(sig_stop_handler handler);
-
-/* ---- alloc.c: a child's allocator -------------------------------------- */
-/* In a fresh child: small Lua objects come from then on from a slab of the
- * child's own instead of from free chunks in pages shared with the parent. */
-ORCH_HIDDEN void alloc_child_init(lua_State *L);
-
 /* ---- worker.c: the child's side ---------------------------------------- */
 ORCH_HIDDEN void worker_open(lua_State *L);
 /* Runs in a fresh child with its ends of the channel (it reads frames
  * from in, writes frames to out): takes the stop signal, runs the
  * function at fnidx; never returns. */
 ORCH_HIDDEN void worker_child_main(lua_State *L, int in, int out, int fnidx);
+
+/* ---- proc.c: child processes --------------------------------------------- */
+ORCH_HIDDEN void proc_open(lua_State *L);
 
 #endif

@@ -304,12 +304,8 @@ void task_open(lua_State *L)
         lua_setfield(L, LUA_REGISTRYINDEX, FUNCTIONS);
     }
     lua_pop(L, 1);
-    wbuf_scratch_new(L);
-    lua_pushcclosure(L, l_pack_task, 1);
-    lua_setfield(L, -2, "pack_task");
-    wbuf_scratch_new(L);
-    lua_pushcclosure(L, l_pack_chunk, 1);
-    lua_setfield(L, -2, "pack_chunk");
+    wbuf_scratch_fn(L, l_pack_task, "pack_task");
+    wbuf_scratch_fn(L, l_pack_chunk, "pack_chunk");
     lua_pushcfunction(L, l_resolve);
     lua_setfield(L, -2, "resolve");
 }

@@ -96,6 +96,13 @@ wbuf *wbuf_scratch_new(lua_State *L)
     return b;
 }
 
+void wbuf_scratch_fn(lua_State *L, lua_CFunction fn, const char *name)
+{
+    wbuf_scratch_new(L);
+    lua_pushcclosure(L, fn, 1);
+    lua_setfield(L, -2, name);
+}
+
 wbuf *wbuf_scratch_take(lua_State *L)
 {
     wbuf *b = lua_touserdata(L, lua_upvalueindex(1));

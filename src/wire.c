@@ -1384,17 +1384,11 @@ static int l_decode(lua_State *L)
 
 void wire_open(lua_State *L)
 {
-    wbuf_scratch_new(L);
-    lua_pushcclosure(L, l_encode, 1);
-    lua_setfield(L, -2, "encode");
-    wbuf_scratch_new(L);
-    lua_pushcclosure(L, l_encode_strict, 1);
-    lua_setfield(L, -2, "encode_strict");
+    wbuf_scratch_fn(L, l_encode, "encode");
+    wbuf_scratch_fn(L, l_encode_strict, "encode_strict");
     lua_pushcfunction(L, l_decode);
     lua_setfield(L, -2, "decode");
-    wbuf_scratch_new(L);
-    lua_pushcclosure(L, l_encode_slice, 1);
-    lua_setfield(L, -2, "encode_slice");
+    wbuf_scratch_fn(L, l_encode_slice, "encode_slice");
     lua_pushcfunction(L, l_decode_into);
     lua_setfield(L, -2, "decode_into");
 }
