@@ -40,8 +40,9 @@ ORCH_HIDDEN void wbuf_reset(wbuf *b);                  /* len = off = 0; may shr
 ORCH_HIDDEN void wbuf_free(wbuf *b);
 /* A scratch buffer: pushes a new one (a userdata owning a wbuf), to be
  * upvalue 1 of a C function. In that function, take pushes its holder and
- * returns it emptied (a fresh one if it is in use); give puts it back,
- * holder at that index, once the encoding succeeded. */
+ * returns it emptied (a fresh one if it is busy: a nested call, or an
+ * error left it so); give, holder at that index, frees it for the next
+ * call once the encoding succeeded. */
 ORCH_HIDDEN wbuf *wbuf_scratch_new(lua_State *L);
 /* t[name] = fn, with a scratch buffer of its own as upvalue 1 (t on top). */
 ORCH_HIDDEN void wbuf_scratch_fn(lua_State *L, lua_CFunction fn, const char *name);

@@ -71,29 +71,36 @@ void wbuf_free(wbuf *b)
 
 /* ---- scratch buffers ------------------------------------------------------
  * A C function that encodes into a scratch buffer holds it as its upvalue 1
- * (a userdata that frees the buffer when collected). It is taken out (the
- * upvalue set to false) while in use and put back on success: a nested
- * call (from a finalizer) or the call after an error makes a fresh one,
- * and the one left behind by an error is collected with its userdata. */
+ * (a userdata that frees the buffer when collected), marked busy while in
+ * use. A call that finds it busy (a nested call from a finalizer, or any
+ * call after an error left it busy) uses a fresh one, which becomes the
+ * upvalue once that call succeeds; one left busy by an error is then
+ * collected with its userdata. The common path touches no upvalue. */
 
 #define SCRATCH_MT "orch.scratch"
 
+typedef struct scratch {
+    wbuf b; /* first: a scratch's wbuf is the scratch */
+    int busy;
+} scratch;
+
 static int scratch_gc(lua_State *L)
 {
-    wbuf_free(luaL_checkudata(L, 1, SCRATCH_MT));
+    scratch *s = luaL_checkudata(L, 1, SCRATCH_MT);
+    wbuf_free(&s->b);
     return 0;
 }
 
 wbuf *wbuf_scratch_new(lua_State *L)
 {
-    wbuf *b = lua_newuserdatauv(L, sizeof *b, 0);
-    memset(b, 0, sizeof *b); /* empty before it can own anything */
+    scratch *s = lua_newuserdatauv(L, sizeof *s, 0);
+    memset(s, 0, sizeof *s); /* empty before it can own anything */
     if (luaL_newmetatable(L, SCRATCH_MT)) {
         lua_pushcfunction(L, scratch_gc);
         lua_setfield(L, -2, "__gc");
     }
     lua_setmetatable(L, -2);
-    return b;
+    return &s->b;
 }
 
 void wbuf_scratch_fn(lua_State *L, lua_CFunction fn, const char *name)
@@ -105,20 +112,24 @@ void wbuf_scratch_fn(lua_State *L, lua_CFunction fn, const char *name)
 
 wbuf *wbuf_scratch_take(lua_State *L)
 {
-    wbuf *b = lua_touserdata(L, lua_upvalueindex(1));
-    if (b)
-        lua_pushvalue(L, lua_upvalueindex(1));
-    else
-        b = wbuf_scratch_new(L);
-    lua_pushboolean(L, 0);
-    lua_replace(L, lua_upvalueindex(1));
-    wbuf_reset(b);
-    return b;
+    lua_pushvalue(L, lua_upvalueindex(1)); /* on the stack: alive while in use */
+    scratch *s = lua_touserdata(L, -1);
+    if (s->busy) {
+        lua_pop(L, 1);
+        s = (scratch *)wbuf_scratch_new(L);
+    }
+    s->busy = 1;
+    wbuf_reset(&s->b);
+    return &s->b;
 }
 
 void wbuf_scratch_give(lua_State *L, wbuf *b, int holder)
 {
+    scratch *s = (scratch *)b;
+    s->busy = 0;
     wbuf_reset(b);
-    lua_pushvalue(L, holder);
-    lua_replace(L, lua_upvalueindex(1));
+    if (lua_touserdata(L, lua_upvalueindex(1)) != s) {
+        lua_pushvalue(L, holder);
+        lua_replace(L, lua_upvalueindex(1));
+    }
 }

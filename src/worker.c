@@ -79,8 +79,10 @@ static int ring_level(int id)
     int best = 0;
     for (int k = 0; k < RING; k++) {
         int v = ring[k], key, level;
+        if (v == 0)
+            continue; /* most slots, most of the time */
         stop_unpack(v, &key, &level);
-        if (v && key == id && level > best)
+        if (key == id && level > best)
             best = level;
     }
     return best;
