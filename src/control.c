@@ -61,7 +61,7 @@ static const char refused_line[] =
 
 struct listener;
 
-typedef struct conn {
+typedef struct peer {
     ev_io rw, ww;
     int fd;
     pid_t owner;
@@ -74,8 +74,8 @@ typedef struct conn {
     size_t max_line;
     wbuf in, out;
     struct listener *srv;
-    struct conn *next;
-} conn;
+    struct peer *next;
+} peer;
 
 typedef struct listener {
     ev_io w;
@@ -85,7 +85,7 @@ typedef struct listener {
     int nconns;
     size_t max_line;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    conn *conns;
+    peer *conns;
     struct listener *next;
 } listener;
 
@@ -185,7 +185,7 @@ static int peer_is_us(int fd)
 
 /* ---- connections ----------------------------------------------------------- */
 
-static void conn_release(lua_State *L, conn *c)
+static void peer_release(lua_State *L, peer *c)
 {
     if (c->fd < 0)
         return;
@@ -199,7 +199,7 @@ static void conn_release(lua_State *L, conn *c)
         wbuf_free(&c->in);
     listener *s = c->srv;
     if (s) {
-        for (conn **p = &s->conns; *p; p = &(*p)->next)
+        for (peer **p = &s->conns; *p; p = &(*p)->next)
             if (*p == c) { *p = c->next; break; }
         s->nconns--;
         c->srv = NULL;
@@ -208,7 +208,7 @@ static void conn_release(lua_State *L, conn *c)
     c->self = LUA_NOREF;
 }
 
-static void conn_watch(conn *c, ev_io *w, int on)
+static void peer_watch(peer *c, ev_io *w, int on)
 {
     struct ev_loop *loop = loop_get();
     if (on && !ev_is_active(w)) {
@@ -223,7 +223,7 @@ static void conn_watch(conn *c, ev_io *w, int on)
 
 /* Writes what the socket takes; the write watcher covers the rest. Once all
  * is written, a closing connection is half-closed (draining) or closed. */
-static void conn_flush(lua_State *L, conn *c)
+static void peer_flush(lua_State *L, peer *c)
 {
     while (c->out.off < c->out.len) {
         ssize_t n = send(c->fd, c->out.data + c->out.off, c->out.len - c->out.off,
@@ -234,35 +234,35 @@ static void conn_flush(lua_State *L, conn *c)
             continue;
         } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             wbuf_compact(&c->out);
-            conn_watch(c, &c->ww, 1);
+            peer_watch(c, &c->ww, 1);
             return;
         } else {
-            conn_release(L, c);  /* the client is gone */
+            peer_release(L, c);  /* the client is gone */
             return;
         }
     }
     wbuf_reset(&c->out);
-    conn_watch(c, &c->ww, 0);
+    peer_watch(c, &c->ww, 0);
     if (c->closing && (c->eof || !c->draining))
-        conn_release(L, c);
+        peer_release(L, c);
     else if (c->closing)
         shutdown(c->fd, SHUT_WR);  /* the answer is out; keep dropping input */
 }
 
-static void conn_write_cb(struct ev_loop *loop, ev_io *w, int revents)
+static void peer_write_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop; (void)revents;
-    conn *c = (conn *)((char *)w - offsetof(conn, ww));
-    conn_flush(loop_state(), c);
+    peer *c = (peer *)((char *)w - offsetof(peer, ww));
+    peer_flush(loop_state(), c);
 }
 
 /* Calls handler(conn, line) or handler(conn, nil, why). 0, or -1 when the
  * handler raised (kept by loop_call; the loop is broken out of). */
-static int conn_call(lua_State *L, conn *c, const char *line, size_t len, const char *why)
+static int peer_call(lua_State *L, peer *c, const char *line, size_t len, const char *why)
 {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->self);  /* conn */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->self);  /* peer */
     lua_getiuservalue(L, -1, 1);                  /* conn handler */
-    lua_insert(L, -2);                            /* handler conn */
+    lua_insert(L, -2);                            /* handler peer */
     if (line)
         lua_pushlstring(L, line, len);
     else
@@ -273,10 +273,10 @@ static int conn_call(lua_State *L, conn *c, const char *line, size_t len, const 
 }
 
 /* Hands every whole line to the handler, one at a time. */
-static void conn_dispatch(lua_State *L, conn *c)
+static void peer_dispatch(lua_State *L, peer *c)
 {
     c->busy = 1;
-    conn_watch(c, &c->rw, 0);
+    peer_watch(c, &c->rw, 0);
     while (c->fd >= 0 && !c->closing) {
         char *start = c->in.data + c->in.off;
         size_t avail = c->in.len - c->in.off;
@@ -286,18 +286,18 @@ static void conn_dispatch(lua_State *L, conn *c)
             c->in.off += len + 1;
             if (len > c->max_line) {
                 c->draining = 1;
-                conn_call(L, c, NULL, 0, "too long");
+                peer_call(L, c, NULL, 0, "too long");
                 c->closing = 1;
-            } else if (conn_call(L, c, start, len && start[len - 1] == '\r' ? len - 1 : len, NULL) < 0) {
+            } else if (peer_call(L, c, start, len && start[len - 1] == '\r' ? len - 1 : len, NULL) < 0) {
                 break;
             }
         } else if (avail > c->max_line) {
             c->in.off = c->in.len;
             c->draining = 1;
-            conn_call(L, c, NULL, 0, "too long");
+            peer_call(L, c, NULL, 0, "too long");
             c->closing = 1;
         } else if (c->eof) {
-            conn_call(L, c, NULL, 0, "eof");
+            peer_call(L, c, NULL, 0, "eof");
             break;
         } else {
             break;
@@ -310,52 +310,52 @@ static void conn_dispatch(lua_State *L, conn *c)
     }
     wbuf_compact(&c->in);
     if (c->closing && c->out.off == c->out.len)
-        conn_flush(L, c);
+        peer_flush(L, c);
     if (c->fd >= 0 && !c->eof)
-        conn_watch(c, &c->rw, 1);
+        peer_watch(c, &c->rw, 1);
 }
 
 /* After a too-long line: what comes is dropped, up to DRAIN_MAX bytes;
  * the connection closes at the client's EOF. */
-static void conn_drain(lua_State *L, conn *c, ssize_t n)
+static void peer_drain(lua_State *L, peer *c, ssize_t n)
 {
     c->drained += n > 0 ? (size_t)n : 0;
     if (c->drained > DRAIN_MAX) {
-        conn_release(L, c);
+        peer_release(L, c);
     } else if (c->eof) {
-        conn_watch(c, &c->rw, 0);
+        peer_watch(c, &c->rw, 0);
         if (c->out.off == c->out.len)
-            conn_release(L, c);  /* else conn_flush closes it */
+            peer_release(L, c);  /* else peer_flush closes it */
     }
 }
 
-static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents)
+static void peer_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop; (void)revents;
-    conn *c = (conn *)w;
+    peer *c = (peer *)w;
     lua_State *L = loop_state();
     if (c->busy)
         return;
     if (wbuf_reserve(&c->in, READ_CHUNK) < 0)
-        return conn_release(L, c);
+        return peer_release(L, c);
     ssize_t n = read(c->fd, c->in.data + c->in.len, READ_CHUNK);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     if (n <= 0)
         c->eof = 1;  /* EOF, or a reset: the client will send no more */
     if (c->draining)
-        return conn_drain(L, c, n);
+        return peer_drain(L, c, n);
     if (n > 0)
         c->in.len += (size_t)n;
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->self);  /* anchors c while Lua runs */
-    conn_dispatch(L, c);
+    peer_dispatch(L, c);
     lua_pop(L, 1);
 }
 
 /* A connection userdata for fd (accepted, ours), held by the registry. */
-static void conn_new(lua_State *L, listener *s, int fd)
+static void peer_new(lua_State *L, listener *s, int fd)
 {
-    conn *c = lua_newuserdatauv(L, sizeof *c, 1);
+    peer *c = lua_newuserdatauv(L, sizeof *c, 1);
     memset(c, 0, sizeof *c);
     c->fd = -1;
     c->self = LUA_NOREF;
@@ -370,9 +370,9 @@ static void conn_new(lua_State *L, listener *s, int fd)
     s->conns = c;
     s->nconns++;
     c->self = luaL_ref(L, LUA_REGISTRYINDEX);  /* pops it */
-    ev_io_init(&c->rw, conn_read_cb, fd, EV_READ);
-    ev_io_init(&c->ww, conn_write_cb, fd, EV_WRITE);
-    conn_watch(c, &c->rw, 1);
+    ev_io_init(&c->rw, peer_read_cb, fd, EV_READ);
+    ev_io_init(&c->ww, peer_write_cb, fd, EV_WRITE);
+    peer_watch(c, &c->rw, 1);
 }
 
 static void listener_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -394,7 +394,7 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             continue;
         }
         lua_rawgeti(L, LUA_REGISTRYINDEX, s->self);
-        conn_new(L, s, fd);
+        peer_new(L, s, fd);
         lua_pop(L, 1);
     }
 }
@@ -416,7 +416,7 @@ static void listener_release(lua_State *L, listener *s)
     if (s->fd < 0)
         return;
     while (s->conns)
-        conn_release(L, s->conns);
+        peer_release(L, s->conns);
     if (s->owner == getpid()) {
         ev_ref(loop_get());
         ev_io_stop(loop_get(), &s->w);
@@ -485,9 +485,9 @@ static int listener_count(lua_State *L)
 /* ---- binding: connections ------------------------------------------------- */
 
 /* conn:send(text) -> true | nil, "closed" | "full" */
-static int conn_send(lua_State *L)
+static int peer_send(lua_State *L)
 {
-    conn *c = luaL_checkudata(L, 1, CONN_MT);
+    peer *c = luaL_checkudata(L, 1, CONN_MT);
     size_t len;
     const char *p = luaL_checklstring(L, 2, &len);
     if (c->fd < 0 || c->closing) {
@@ -505,33 +505,33 @@ static int conn_send(lua_State *L)
     memcpy(c->out.data + c->out.len, p, len);
     c->out.len += len;
     if (!ev_is_active(&c->ww))
-        conn_flush(L, c);
+        peer_flush(L, c);
     lua_pushboolean(L, 1);
     return 1;
 }
 
 /* conn:close(): closes once what was sent is written. */
-static int conn_close(lua_State *L)
+static int peer_close(lua_State *L)
 {
-    conn *c = luaL_checkudata(L, 1, CONN_MT);
+    peer *c = luaL_checkudata(L, 1, CONN_MT);
     if (c->fd < 0 || c->closing)
         return 0;
     c->closing = 1;
     if (!c->busy && c->out.off == c->out.len)
-        conn_flush(L, c);
+        peer_flush(L, c);
     return 0;
 }
 
-static int conn_closed(lua_State *L)
+static int peer_closed(lua_State *L)
 {
-    conn *c = luaL_checkudata(L, 1, CONN_MT);
+    peer *c = luaL_checkudata(L, 1, CONN_MT);
     lua_pushboolean(L, c->fd < 0 || c->closing);
     return 1;
 }
 
-static int conn_gc(lua_State *L)
+static int peer_gc(lua_State *L)
 {
-    conn *c = luaL_checkudata(L, 1, CONN_MT);
+    peer *c = luaL_checkudata(L, 1, CONN_MT);
     wbuf_free(&c->in);  /* unreachable, so released already */
     wbuf_free(&c->out);
     return 0;
@@ -729,7 +729,7 @@ static void ctl_atexit(void)
 static void ctl_atfork_child(void)
 {
     for (listener *s = listeners; s; s = s->next) {
-        for (conn *c = s->conns; c; c = c->next) {
+        for (peer *c = s->conns; c; c = c->next) {
             close(c->fd);
             c->fd = -1;
         }
@@ -751,8 +751,8 @@ void control_open(lua_State *L)
         {"close", listener_close}, {"path", listener_path}, {"connections", listener_count},
         {"__close", listener_close}, {"__gc", listener_close}, {NULL, NULL}};
     static const luaL_Reg conn_methods[] = {
-        {"send", conn_send}, {"close", conn_close}, {"closed", conn_closed},
-        {"__gc", conn_gc}, {NULL, NULL}};
+        {"send", peer_send}, {"close", peer_close}, {"closed", peer_closed},
+        {"__gc", peer_gc}, {NULL, NULL}};
     static const luaL_Reg client_methods[] = {
         {"send", client_send}, {"read_line", client_read_line}, {"close", client_close},
         {"__close", client_close}, {"__gc", client_close}, {NULL, NULL}};

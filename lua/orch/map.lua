@@ -43,10 +43,7 @@ end
 -- straight into map's output (core.decode_into), with the worker's pid and
 -- the chunk's seconds. An item that fails is named.
 local function run_chunk(fn, items, n)
-  if type(fn) == "string" then
-    local mod, name = fn:match("^(.*)%.([^.]+)$")
-    fn = mod and require(mod)[name] or require(fn)
-  end
+  if type(fn) == "string" then fn = core.resolve(fn) end
   local started, i, traceback = core.now(), 0, nil
   local ok, err = xpcall(function()
     for j = 1, n do
