@@ -50,8 +50,8 @@ local lua_modules = {
   "busted.dispatch", "busted.frame", "busted.recorder", "busted.replay",
   "busted.run", "busted.schedule", "busted.spec_process", "busted.suite",
   "cli.busted", "cli.ctl", "cli.remote", "cli.run", "cli.top", "cli.usage",
-  "backlog", "child", "control", "dispatch", "errors", "future", "group", "log", "loop", "map",
-  "pool", "queue", "services", "signal", "status", "supervisor",
+  "backlog", "check", "child", "control", "dispatch", "errors", "future", "group", "log", "loop",
+  "map", "pool", "queue", "services", "signal", "status", "supervisor",
 }
 
 local modules = {

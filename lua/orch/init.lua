@@ -2,17 +2,24 @@
 -- Pools of pre-forked workers with futures, groups and failure policies;
 -- supervisors with ordered start and shutdown; queues between processes;
 -- signals handled inside the loop. See README.md and docs/API.md.
+-- @module orch
+
+-- First of all, the Lua version: the C core is built for 5.4's API, and
+-- another interpreter would fail loading it with an undefined symbol.
+require("orch.check").lua_version(_VERSION)
+
 local core = require "orch.core"
 local loop = require "orch.loop"
 local log = require "orch.log"
 local signal = require "orch.signal"
 local pool = require "orch.pool"
-local TaskError = require("orch.errors").TaskError
+local errors = require "orch.errors"
 
 local orch = {
   version = core.version,
   log = log,
-  TaskError = TaskError,
+  TaskError = errors.TaskError,
+  Interrupted = errors.Interrupted,
   on_signal = signal.on_signal,
   sleep = loop.sleep,
   cpu_count = core.cpu_count,

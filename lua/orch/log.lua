@@ -6,6 +6,7 @@
 -- When this module loads, `ORCH_LOG=level` and `ORCH_LOG_FORMAT=text|json`
 -- in the environment set the level and the handler.
 local core = require "orch.core"
+local check = require "orch.check"
 
 local log = { level = "info", name = "main" }
 
@@ -50,9 +51,24 @@ function log.deliver(level, message, name, pid)
   end
 end
 
+-- The record's message: fmt formatted with the arguments, or fmt itself
+-- (any value, by tostring) when there are none.
+local function message_of(level, fmt, ...)
+  if select("#", ...) == 0 then return tostring(fmt) end
+  if type(fmt) ~= "string" then
+    check.fail("orch.log." .. level, "format must be a string (got %s)", check.show(fmt))
+  end
+  local ok, message = pcall(string.format, fmt, ...)
+  if not ok then
+    -- string.format numbers its arguments as orch.log.LEVEL does
+    check.fail("orch.log." .. level, "%s", (message:gsub(" to '[%w.]*format'", "", 1)))
+  end
+  return message
+end
+
 local function emit(level, fmt, ...)
   if not enabled(level) then return end
-  local message = select("#", ...) > 0 and fmt:format(...) or tostring(fmt)
+  local message = message_of(level, fmt, ...)
   if core.in_child() then
     core.send_parent(core.msg.LOG, level, message)
   else

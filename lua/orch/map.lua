@@ -6,6 +6,7 @@
 -- Uses the pool's internal interface (pool.lua's header): _submit and
 -- _enqueue.
 local core = require "orch.core"
+local check = require "orch.check"
 local loop = require "orch.loop"
 
 local map = {}
@@ -26,7 +27,7 @@ end
 -- straight from items.
 local function submit_chunk(group, fn, items, s, e)
   local pool = group.pool
-  if pool.closed then error("orch.pool: submit on a closed pool", 4) end
+  if pool.closed then check.fail("orch.pool", "submit on a closed pool") end
   local fut = pool:_enqueue(group, core.pack_chunk(run_chunk, fn, items, s, e))
   fut.chunk = true
   if group.keeps_args then
@@ -38,21 +39,21 @@ end
 local function check_map_args(what, fn, items, opts)
   local t = type(fn)
   if t ~= "function" and t ~= "string" then
-    error(("%s: expects a function or a 'module.name' string, got %s"):format(what, t), 4)
+    check.fail(what, "expects a function or a 'module.name' string (got %s)", check.show(fn))
   end
   if type(items) ~= "table" then
-    error(("%s: items must be a table (an array), got %s"):format(what, type(items)), 4)
+    check.fail(what, "items must be a table (an array) (got %s)", check.show(items))
   end
   if opts ~= nil and type(opts) ~= "table" then
-    error(("%s: options must be a table, got %s"):format(what, type(opts)), 4)
+    check.fail(what, "options must be a table (got %s)", check.show(opts))
   end
   local chunk = opts and opts.chunk or 1
   if math.type(chunk) ~= "integer" or chunk < 1 then
-    error(("%s: option 'chunk' must be a positive integer, got %s"):format(what, tostring(chunk)), 4)
+    check.fail(what, "option 'chunk' must be a positive integer (got %s)", check.show(chunk))
   end
   for k in pairs(opts or {}) do
     if k ~= "chunk" and k ~= "ordered" then
-      error(("%s: unknown option '%s' (valid: chunk, ordered)"):format(what, tostring(k)), 4)
+      check.fail(what, "unknown option '%s' (valid: chunk, ordered)", tostring(k))
     end
   end
   return chunk
