@@ -91,6 +91,18 @@ function H.run_lua(code, env)
   return out:gsub("exit=%d+%s*$", ""), code_
 end
 
+-- Collects orch's log records instead of writing them to stderr, for
+-- the rest of the running test (the spec passes busted's finally, which
+-- restores the handler): specs that provoke failures keep busted's output
+-- clean. Returns the list the records go to.
+function H.capture_logs(finally)
+  local log = require "orch.log"
+  local records, saved = {}, log.handler
+  log.handler = function(r) records[#records + 1] = r end
+  finally(function() log.handler = saved end)
+  return records
+end
+
 ---------------------------------------------------------------------------
 -- stop specs (spec/4x): processes left behind. require "helper.procs".
 -- Reads /proc without forking, so counting never adds a process.
