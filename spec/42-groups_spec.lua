@@ -1,6 +1,10 @@
 -- Groups: a batch with its own options. submit, map, imap, wait, cancel and
 -- kill; cancelling or killing one group never touches another's tasks.
 local orch = require "orch"
+-- what its tests provoke on purpose (kills after a grace period, failing
+-- inits) is logged: collected, not written into busted's output
+setup(orch_spec.quiet_logs)
+teardown(orch_spec.restore_logs)
 local core = require "orch.core"
 local procs = require "helper.procs"
 local with_pool = procs.with_pool

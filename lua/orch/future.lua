@@ -12,6 +12,8 @@ local child = require "orch.child"
 local TaskError = require("orch.errors").TaskError
 local clear_steps = child.clear_steps
 
+--- The parent's handle on one task, made by pool:submit and group:submit.
+-- @type Future
 local Future = {}
 Future.__index = Future
 Future.__name = "orch.future"
@@ -99,7 +101,7 @@ function Future:_call(fn)
   end
 end
 
---- Settles the future (called by the pool). status: done | failed | cancelled.
+-- Settles the future (called by the pool). status: done | failed | cancelled.
 function Future:_settle(status, values, err)
   self.status = status
   self.values = values
@@ -112,7 +114,7 @@ function Future:_settle(status, values, err)
   end
 end
 
---- Stops the timers a future may hold: `timer` (its time limit, or its
+-- Stops the timers a future may hold: `timer` (its time limit, or its
 -- retry backoff) and those of its stop steps (child.stop). For the pool
 -- and its dispatcher.
 function Future.clear_timers(fut)

@@ -12,6 +12,8 @@ local loop = require "orch.loop"
 local log = require "orch.log"
 local map = require "orch.map"
 
+--- A batch of tasks with its own options, made by pool:group(opts).
+-- @type Group
 local Group = {}
 Group.__index = Group
 Group.__name = "orch.group"
@@ -24,7 +26,7 @@ local OPTIONS = {
 local KINDS = { error = true, timeout = true, crashed = true, killed = true, cancelled = true }
 local ACTIONS = { continue = true, fail_fast = true, retry = true }
 
---- Checks the failure-policy options shared by pools and groups (the
+-- Checks the failure-policy options shared by pools and groups (the
 -- kinds of the values are checked already): retry_on's kinds, on_error.
 function Group.check_policy(opts, who)
   if opts.retry_on ~= nil then
@@ -93,7 +95,7 @@ local function retry_set(self)
   return set
 end
 
---- What to do about a failure: "retry", "continue" or "fail_fast".
+-- What to do about a failure: "retry", "continue" or "fail_fast".
 function Group:_decide(err, fut)
   local on_error = self.opts.on_error or "continue"
   if type(on_error) == "function" then
@@ -115,7 +117,7 @@ function Group:_decide(err, fut)
   return on_error
 end
 
---- Seconds to wait before the next attempt (backoff doubles each time).
+-- Seconds to wait before the next attempt (backoff doubles each time).
 function Group:_backoff(fut)
   local b = self.opts.backoff
   if not b or b <= 0 then return 0 end
@@ -147,7 +149,7 @@ local function unfinished(self)
   return table.move(running, 1, #running, #waiting + 1, waiting)
 end
 
---- On the first failure: cancel the group's queued tasks (they never run)
+-- On the first failure: cancel the group's queued tasks (they never run)
 -- and give the running ones the three-step stop. A group stays failed: its
 -- wait returns nil, first_error, and tasks submitted later are cancelled at
 -- once. The pool's own group (on_error = "fail_fast" on the pool) stops

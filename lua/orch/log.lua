@@ -41,7 +41,7 @@ local function enabled(level)
   return LEVELS[level] >= (LEVELS[log.level] or 2)
 end
 
---- Delivers a record in the parent (from a child or from the parent itself).
+-- Delivers a record in the parent (from a child or from the parent itself).
 function log.deliver(level, message, name, pid)
   if not enabled(level) then return end
   local ok, err = pcall(log.handler, {
@@ -79,6 +79,27 @@ end
 for level in pairs(LEVELS) do
   log[level] = function(fmt, ...) return emit(level, fmt, ...) end
 end
+
+--- Logs a record at level "debug": fmt formatted with the arguments
+-- (string.format), or fmt itself (any value) when there are none.
+-- @function debug
+-- @param fmt a format string
+-- @param ... its arguments
+
+--- Logs a record at level "info" (as debug).
+-- @function info
+-- @param fmt
+-- @param ...
+
+--- Logs a record at level "warn" (as debug).
+-- @function warn
+-- @param fmt
+-- @param ...
+
+--- Logs a record at level "error" (as debug).
+-- @function error
+-- @param fmt
+-- @param ...
 
 -- ORCH_LOG and ORCH_LOG_FORMAT; a value that means nothing is said once
 -- on stderr and left aside.

@@ -10,7 +10,7 @@ local loop = {}
 -- An interruption on its way: { signal = "INT", settled = fn | nil }.
 local pending = nil
 
---- The first INT/TERM of a plain script (the pools' default) or the end
+-- The first INT/TERM of a plain script (the pools' default) or the end
 -- of a supervisor's ordered shutdown after a signal: the waiting script
 -- gets an Interrupted error, so its <close> handlers run. It is raised
 -- once settled() holds (nil: at once): until then the wait goes on
@@ -35,7 +35,7 @@ local function parent_only()
   end
 end
 
---- Runs the loop until pred() is true (returns true) or timeout seconds
+-- Runs the loop until pred() is true (returns true) or timeout seconds
 -- have passed (returns false). timeout nil: no limit.
 function loop.wait(pred, timeout)
   parent_only()
@@ -55,7 +55,7 @@ function loop.wait(pred, timeout)
   end
 end
 
---- One turn of the loop that does not block: what has arrived is
+-- One turn of the loop that does not block: what has arrived is
 -- handled and what is queued for the children is written. For long runs of
 -- parent work (map packing its chunks) that must not leave workers idle.
 function loop.poll()

@@ -33,6 +33,9 @@ local push, pop = backlog.push, backlog.pop
 local pack = table.pack
 local pack_task = core.pack_task
 
+--- A pool of worker processes, made by orch.pool(opts); a to-be-closed
+-- value (leaving its scope shuts it down).
+-- @type Pool
 local Pool = {}
 Pool.__index = Pool
 Pool.__name = "orch.pool"
@@ -62,7 +65,7 @@ local function check_options(opts)
   return opts
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- outcomes
 
 local function task_error(kind, fields)
@@ -146,7 +149,7 @@ local function side_of(self)
   }
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- stopping tasks
 
 -- Settles a task that has not run (or whose run does not count): cancelled,
@@ -167,7 +170,7 @@ local function unqueue(self, fut)
   clear_timers(fut)
 end
 
---- Stops one task: kind "cancelled" (fut:cancel, group cancel) or
+-- Stops one task: kind "cancelled" (fut:cancel, group cancel) or
 -- "timeout". grace overrides the group's grace period. A task in the
 -- backlog never runs; one the dispatcher holds gets the stop steps, or,
 -- not started yet, is settled at once (dispatch.lua's stop_task).
@@ -180,7 +183,7 @@ function Pool:_stop_task(fut, kind, grace)
   if self.dispatcher:stop_task(fut, kind, grace) then settle_unrun(self, fut, kind) end
 end
 
---- fut:kill(): SIGKILL the worker running it; a fresh worker takes its
+-- fut:kill(): SIGKILL the worker running it; a fresh worker takes its
 -- place. A task not running yet fails "killed" without running. Retried
 -- only when retry_on lists "killed" and the kill came from fut:kill() on
 -- a running task.
@@ -193,7 +196,7 @@ function Pool:_kill_task(fut)
   if self.dispatcher:kill_task(fut) then settle_unrun(self, fut, "killed") end
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- public API
 
 -- Queues a task encoded by core.pack_task or core.pack_chunk.
@@ -362,7 +365,7 @@ function Pool:_release()
   status.unregister(self)
 end
 
---- pool:status_tasks() -> the tasks not settled yet, for orch.status: those
+-- pool:status_tasks() -> the tasks not settled yet, for orch.status: those
 -- its workers hold, then those queued ({ id, state, pid, started, fn, future }).
 function Pool:status_tasks()
   local list, d = {}, self.dispatcher
@@ -399,7 +402,7 @@ function Pool:__tostring()
   return ("orch.pool (%d workers%s)"):format(self.size, self.closed and ", closed" or "")
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- default signal behaviour of a plain script with pools (signal.two_stage):
 -- the first INT or TERM cancels the pools' work and raises "interrupted" in
 -- the waiting script; a second one kills every worker and ends the process
@@ -435,7 +438,7 @@ local function install_defaults()
   signal.two_stage(party)
 end
 
---- orch.pool(opts) -> Pool
+-- orch.pool(opts) -> Pool
 local function new(opts)
   opts = check_options(opts)
   if core.in_child() then check.fail("orch.pool", "pools are created in the parent process") end

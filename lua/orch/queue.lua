@@ -55,7 +55,7 @@ local function h_len(self) return require("orch.queue").len(self) end
 function Handle.__len(self) return M.len(self) end
 function Handle.__tostring(self) return ("orch.queue (%d)"):format(self.__orch_queue) end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- the parent's side: state and the broker
 
 local function count(st) return st.tail - st.head + 1 end
@@ -224,8 +224,11 @@ local function wait_local(st, op, ...)
   return nil, x
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- the public operations (a handle's methods call these)
+
+--- A queue handle's methods: q:put, q:get, q:close, q:len.
+-- @section Queue
 
 --- q:put(v, timeout): adds v (any value that crosses processes but nil),
 -- waiting at most timeout seconds (nil: no limit) for room.
@@ -348,7 +351,7 @@ child.on_call("queue", serve_call, watch)
 
 local OPTIONS = { capacity = "positive integer" }
 
---- orch.queue{ capacity = N } -> handle. Created in the parent, before the
+-- orch.queue{ capacity = N } -> handle. Created in the parent, before the
 -- pools and supervisors whose children use it.
 function M.new(opts)
   opts = check.options("orch.queue", opts, OPTIONS)

@@ -31,7 +31,7 @@ function signal.on_signal(name, fn)
   core.on_signal(name, fn or current_default(name))
 end
 
---- Installs orch's default handler for name unless the script has its own.
+-- Installs orch's default handler for name unless the script has its own.
 -- Defaults stack: a supervisor's, installed while it runs, hides the
 -- pools' one until it is removed. Returns the function that removes it.
 function signal.set_default(name, fn)
@@ -47,7 +47,7 @@ function signal.set_default(name, fn)
   end
 end
 
---- orch's INT/TERM default for a party that runs children (the pools, the
+-- orch's INT/TERM default for a party that runs children (the pools, the
 -- running supervisors): the first INT or TERM calls party.stop(name) (the
 -- ordered stop of what it runs), every later one party.kill(name). Parties
 -- stack like set_default: the newest hides the others until it is

@@ -37,6 +37,9 @@ local unpack = table.unpack
 
 local M = {}
 
+--- Services with an ordered start and stop, made by orch.supervisor(spec);
+-- a to-be-closed value (leaving its scope stops it, in order).
+-- @type Supervisor
 local Supervisor = {}
 Supervisor.__index = Supervisor
 Supervisor.__name = "orch.supervisor"
@@ -44,7 +47,7 @@ Supervisor.__name = "orch.supervisor"
 -- In a service's child: the service's name (orch.ready needs it).
 M.current_service = nil
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- signals: the first INT/TERM starts the ordered shutdown of every running
 -- supervisor, the second kills what is left; once all is down the waiting
 -- script gets an Interrupted error (its <close> handlers run), which, left
@@ -103,7 +106,7 @@ local function deactivate(sup)
   end
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- the reconciler
 
 local function alive(s) return s.proc ~= nil end
@@ -363,7 +366,7 @@ function Supervisor:_kill_all(why)
   end
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- the public methods
 
 local function check_self(self, fn)
@@ -492,12 +495,12 @@ function Supervisor:__tostring()
   return ("orch.supervisor (%d services)"):format(#self.services)
 end
 
---- Closing a supervisor stops it (ordered).
+-- Closing a supervisor stops it (ordered).
 function Supervisor:__close()
   if self.started and not self.finished then self:stop() end
 end
 
---- orch.supervisor(spec) -> Supervisor
+-- orch.supervisor(spec) -> Supervisor
 function M.new(spec)
   local services, by_name, order = services_of(spec)
   if core.in_child() then check.fail("orch.supervisor", "supervisors run in the parent process") end
@@ -512,7 +515,7 @@ function M.new(spec)
   return sup
 end
 
---- orch.ready(): inside a service, says it is ready. Elsewhere it does
+-- orch.ready(): inside a service, says it is ready. Elsewhere it does
 -- nothing and returns false.
 function M.ready()
   if not (core.in_child() and M.current_service) then return false end
