@@ -90,9 +90,9 @@ local modules = {
   ["orch.core"] = {
     -- every file of src/*.c
     sources = {
-      "src/alloc.c", "src/chan.c", "src/conn.c", "src/control.c", "src/core.c",
-      "src/dispatch.c", "src/loop.c", "src/proc.c", "src/redis.c", "src/sha256.c",
-      "src/sig.c", "src/task.c", "src/tty.c", "src/wbuf.c", "src/wire.c",
+      "src/alloc.c", "src/chan.c", "src/conn.c", "src/control.c", "src/control_client.c",
+      "src/core.c", "src/dispatch.c", "src/exit.c", "src/loop.c", "src/proc.c", "src/redis.c",
+      "src/sha256.c", "src/sig.c", "src/task.c", "src/tty.c", "src/wbuf.c", "src/wire.c",
       "src/worker.c",
     },
     defines = { "_GNU_SOURCE" },

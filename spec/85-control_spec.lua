@@ -325,4 +325,28 @@ describe("the control socket", function()
     assert.equal(1, P.wait_exit(d))
     assert.matches("another orch answers there", P.stderr(d), 1, true)
   end)
+
+  -- Ended by its signal (core.die_by), a run raises no atexit handler:
+  -- its socket is removed before the signal is raised.
+  local function sockets(xdg) return #core.ctl_sockets(xdg .. "/orch") end
+
+  it("a run ended by TERM removes its socket (a script, exit 143)", function()
+    local xdg = runtime_dir()
+    local job = start_job(xdg, { CTL_SPIN = "0" })
+    assert.equal(1, sockets(xdg))
+    P.signal("TERM", job.pid)
+    assert.equal(143, P.wait_exit(job), P.stderr(job))
+    assert.equal(0, sockets(xdg))
+  end)
+
+  it("orch run ended by INT removes its socket (exit 130)", function()
+    local xdg = runtime_dir()
+    local job = P.start("scripts/orch", { "run", "spec/scripts/sup_services.lua" },
+      { XDG_RUNTIME_DIR = xdg })
+    assert.is_true(P.wait_for(function() return sockets(xdg) == 1 end, 10), P.stderr(job))
+    assert.is_true(P.wait_output(job, "once ran", 10, "out"))
+    P.signal("INT", job.pid)
+    assert.equal(130, P.wait_exit(job), P.stderr(job))
+    assert.equal(0, sockets(xdg))
+  end)
 end)

@@ -1,9 +1,10 @@
 /*
- * control.c - the control socket: a Unix socket on the loop that lets the
- * same user talk to a running orch, and the blocking client `orch ctl`
- * uses to talk to it.
+ * control.c - the server side of the control socket: a Unix socket on the
+ * loop that lets the same user talk to a running orch (its client is
+ * control_client.c), the per-user directory it lives in, and a process's
+ * age for the status it reports.
  *
- * Server side (core.ctl_listen): a listening socket and its connections
+ * core.ctl_listen: a listening socket and its connections
  * are ev_io watchers on orch's one loop; every read and write is
  * non-blocking, and each connection owns an input and an output buffer.
  * Requests are lines: each whole line is handed to the Lua handler as
@@ -26,14 +27,13 @@
  * - In a forked child, atfork closes every inherited control fd and makes
  *   the objects inert: a child never answers, unlinks or holds a client.
  * - Nothing here keeps the loop alive: the watchers are unref'd.
+ * - The sockets of this process are removed before it ends: at exit()
+ *   and before core.die_by raises its signal (exit.c's hooks).
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -47,13 +47,11 @@
 
 #define LISTENER_MT "orch.ctl_listener"
 #define CONN_MT "orch.ctl_conn"
-#define CLIENT_MT "orch.ctl_client"
 
 #define READ_CHUNK 65536
 #define MAX_CONNS 256               /* open connections per listener */
 #define OUT_MAX (16u << 20)         /* bytes queued to one slow reader */
 #define DRAIN_MAX ((size_t)64 << 20) /* bytes dropped after a too-long line */
-#define CLIENT_LINE_MAX ((size_t)256 << 20)
 
 static const char refused_line[] =
     "{\"v\":1,\"ok\":false,\"code\":\"permission_denied\","
@@ -93,24 +91,12 @@ static listener *listeners;  /* every open listener of this process */
 
 /* ---- plumbing: sockets and the directory --------------------------------- */
 
-static int fill_addr(struct sockaddr_un *a, const char *path)
-{
-    memset(a, 0, sizeof *a);
-    a->sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof a->sun_path) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    strcpy(a->sun_path, path);
-    return 0;
-}
-
 /* A listening socket at path, mode 0600. -1 with errno (EADDRINUSE when a
  * file is there: the caller decides whether it is stale). */
 static int ctl_bind(const char *path)
 {
     struct sockaddr_un a;
-    if (fill_addr(&a, path) < 0)
+    if (ctl_fill_addr(&a, path) < 0)
         return -1;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -122,27 +108,6 @@ static int ctl_bind(const char *path)
         int e = errno;
         if (rc == 0)
             unlink(path);
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
-}
-
-/* A blocking connection to path, or -1 with errno (ECONNREFUSED: nobody
- * listens there, the socket is stale). */
-static int ctl_dial(const char *path)
-{
-    struct sockaddr_un a;
-    if (fill_addr(&a, path) < 0)
-        return -1;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    while (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        if (errno == EINTR)
-            continue;
-        int e = errno;
         close(fd);
         errno = e;
         return -1;
@@ -401,16 +366,6 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 /* ---- binding: listeners ------------------------------------------------------ */
 
-static int errno_result(lua_State *L, const char *what)
-{
-    int e = errno;
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", what, strerror(e));
-    lua_pushstring(L, e == ECONNREFUSED ? "ECONNREFUSED" : e == ENOENT ? "ENOENT"
-                      : e == EADDRINUSE ? "EADDRINUSE" : e == EACCES ? "EACCES" : "EIO");
-    return 3;
-}
-
 static void listener_release(lua_State *L, listener *s)
 {
     if (s->fd < 0)
@@ -444,14 +399,14 @@ static int l_ctl_listen(lua_State *L)
     luaL_setmetatable(L, LISTENER_MT);
     if (strlen(path) >= sizeof s->path) {
         errno = ENAMETOOLONG;
-        return errno_result(L, path);
+        return ctl_errno_result(L, path);
     }
     strcpy(s->path, path);
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, -2, 1);
     s->fd = ctl_bind(path);
     if (s->fd < 0)
-        return errno_result(L, path);
+        return ctl_errno_result(L, path);
     s->owner = getpid();
     s->max_line = (size_t)max_line;
     s->next = listeners;
@@ -537,119 +492,6 @@ static int peer_gc(lua_State *L)
     return 0;
 }
 
-/* ---- binding: the client side ------------------------------------------------ */
-
-typedef struct client {
-    int fd;
-    wbuf in;
-} client;
-
-/* ctl_connect(path) -> client | nil, err, code ("ECONNREFUSED": stale) */
-static int l_ctl_connect(lua_State *L)
-{
-    const char *path = luaL_checkstring(L, 1);
-    client *k = lua_newuserdatauv(L, sizeof *k, 0);
-    memset(k, 0, sizeof *k);
-    k->fd = -1;
-    luaL_setmetatable(L, CLIENT_MT);
-    k->fd = ctl_dial(path);
-    if (k->fd < 0)
-        return errno_result(L, path);
-    return 1;
-}
-
-static client *check_client(lua_State *L)
-{
-    client *k = luaL_checkudata(L, 1, CLIENT_MT);
-    if (k->fd < 0)
-        luaL_error(L, "orch.control: client is closed");
-    return k;
-}
-
-/* client:send(text) -> true | nil, err */
-static int client_send(lua_State *L)
-{
-    client *k = check_client(L);
-    size_t len;
-    const char *p = luaL_checklstring(L, 2, &len);
-    while (len > 0) {
-        ssize_t n = send(k->fd, p, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return errno_result(L, "send");
-        p += n;
-        len -= (size_t)n;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* client:read_line([timeout]) -> line | nil, "timeout" | "closed" | err */
-static int client_read_line(lua_State *L)
-{
-    client *k = check_client(L);
-    double timeout = luaL_optnumber(L, 2, -1);
-    double deadline = timeout >= 0 ? mono_now() + timeout : 0;
-    for (;;) {
-        char *start = k->in.data + k->in.off;
-        size_t avail = k->in.len - k->in.off;
-        char *nl = avail ? memchr(start, '\n', avail) : NULL;
-        if (nl) {
-            lua_pushlstring(L, start, (size_t)(nl - start));
-            k->in.off += (size_t)(nl - start) + 1;
-            wbuf_compact(&k->in);
-            return 1;
-        }
-        if (avail > CLIENT_LINE_MAX)
-            return luaL_error(L, "orch.control: answer line over %d MiB", (int)(CLIENT_LINE_MAX >> 20));
-        int ms = -1;
-        if (timeout >= 0) {
-            double left = deadline - mono_now();
-            if (left <= 0) {
-                lua_pushnil(L);
-                lua_pushliteral(L, "timeout");
-                return 2;
-            }
-            ms = (int)(left * 1000) + 1;
-        }
-        struct pollfd pfd = {k->fd, POLLIN, 0};
-        int rc = poll(&pfd, 1, ms);
-        if (rc < 0 && errno != EINTR)
-            return errno_result(L, "poll");
-        if (rc <= 0)
-            continue;
-        if (wbuf_reserve(&k->in, READ_CHUNK) < 0)
-            return luaL_error(L, "orch.control: out of memory");
-        ssize_t n = read(k->fd, k->in.data + k->in.len, READ_CHUNK);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "closed");
-            return 2;
-        }
-        k->in.len += (size_t)n;
-    }
-}
-
-static int client_close(lua_State *L)
-{
-    client *k = luaL_checkudata(L, 1, CLIENT_MT);
-    if (k->fd >= 0)
-        close(k->fd);
-    k->fd = -1;
-    wbuf_free(&k->in);
-    return 0;
-}
-
 /* ---- binding: the directory ----------------------------------------------------- */
 
 /* ctl_dir(dir) -> true | nil, err: makes the per-user directory (0700). */
@@ -662,28 +504,6 @@ static int l_ctl_dir(lua_State *L)
         return 2;
     }
     lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* ctl_sockets(dir) -> { name, ... }: the sockets in dir that we own. */
-static int l_ctl_sockets(lua_State *L)
-{
-    const char *dir = luaL_checkstring(L, 1);
-    lua_newtable(L);
-    DIR *d = opendir(dir);
-    if (!d)
-        return 1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        struct stat st;
-        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0
-            && S_ISSOCK(st.st_mode) && st.st_uid == geteuid()) {
-            lua_pushstring(L, e->d_name);
-            lua_rawseti(L, -2, ++n);
-        }
-    }
-    closedir(d);
     return 1;
 }
 
@@ -717,8 +537,8 @@ static int l_pid_age(lua_State *L)
     return 1;
 }
 
-/* At exit: the sockets of this process go with it. */
-static void ctl_atexit(void)
+/* Before the process ends: its sockets go with it. */
+static void ctl_before_exit(void)
 {
     for (listener *s = listeners; s; s = s->next)
         if (s->owner == getpid())
@@ -744,7 +564,7 @@ void control_open(lua_State *L)
     static int ready;
     if (!ready) {
         pthread_atfork(NULL, NULL, ctl_atfork_child);
-        atexit(ctl_atexit);
+        exit_hook_add(ctl_before_exit);
         ready = 1;
     }
     static const luaL_Reg listener_methods[] = {
@@ -753,11 +573,8 @@ void control_open(lua_State *L)
     static const luaL_Reg conn_methods[] = {
         {"send", peer_send}, {"close", peer_close}, {"closed", peer_closed},
         {"__gc", peer_gc}, {NULL, NULL}};
-    static const luaL_Reg client_methods[] = {
-        {"send", client_send}, {"read_line", client_read_line}, {"close", client_close},
-        {"__close", client_close}, {"__gc", client_close}, {NULL, NULL}};
     const struct { const char *name; const luaL_Reg *methods; } types[] = {
-        {LISTENER_MT, listener_methods}, {CONN_MT, conn_methods}, {CLIENT_MT, client_methods}};
+        {LISTENER_MT, listener_methods}, {CONN_MT, conn_methods}};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         if (luaL_newmetatable(L, types[i].name)) {
             luaL_setfuncs(L, types[i].methods, 0);
@@ -767,8 +584,8 @@ void control_open(lua_State *L)
         lua_pop(L, 1);
     }
     static const luaL_Reg fns[] = {
-        {"ctl_listen", l_ctl_listen}, {"ctl_connect", l_ctl_connect}, {"ctl_dir", l_ctl_dir},
-        {"ctl_sockets", l_ctl_sockets}, {"pid_age", l_pid_age}, {"geteuid", l_geteuid},
+        {"ctl_listen", l_ctl_listen}, {"ctl_dir", l_ctl_dir}, {"pid_age", l_pid_age},
+        {"geteuid", l_geteuid},
         {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);
 }

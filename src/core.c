@@ -47,6 +47,7 @@ __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
     sha256_open(L);  /* signed tasks */
     redis_open(L);   /* the broker's client */
     control_open(L); /* the control socket */
+    control_client_open(L); /* orch ctl's end of it */
     tty_open(L);     /* orch top's terminal */
     static const luaL_Reg fns[] = {
         {"cpu_count", l_cpu_count}, {"getpid", l_getpid}, {"array", l_array}, {NULL, NULL}};

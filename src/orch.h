@@ -49,6 +49,16 @@ ORCH_HIDDEN void wbuf_scratch_fn(lua_State *L, lua_CFunction fn, const char *nam
 ORCH_HIDDEN wbuf *wbuf_scratch_take(lua_State *L);
 ORCH_HIDDEN void wbuf_scratch_give(lua_State *L, wbuf *b, int holder);
 
+/* ---- exit.c: work done before the process ends ------------------------
+ * fn runs once before this process ends: at exit(), or in core.die_by
+ * before it raises the signal that ends the process. Hooks run in reverse
+ * order of registration; registering one again does nothing; at most 4.
+ * A hook touches no Lua and checks it runs in the process it acts for. */
+typedef void (*exit_hook)(void);
+ORCH_HIDDEN void exit_hook_add(exit_hook fn);
+/* Runs (and forgets) the hooks: exit() and core.die_by call it. */
+ORCH_HIDDEN void exit_hooks_run(void);
+
 /* ---- wire.c: the value serializer --------------------------------------
  * Encodes Lua values (nil, boolean, integer, float, string, table with
  * shared references and cycles, function) into bytes; decodes them with
@@ -349,11 +359,22 @@ ORCH_HIDDEN void sha256_open(lua_State *L);
 /* ---- redis.c: an asynchronous Redis client on the loop (hiredis) ------- */
 /* Registers redis_connect{...} -> conn in the table at the top of the stack. */
 ORCH_HIDDEN void redis_open(lua_State *L);
-/* ---- control.c: the control socket and its client ------------------------
+/* ---- control_client.c: the control socket's client -----------------------
+ * core.ctl_connect (the blocking client of orch ctl, orch top and the
+ * stale-socket probe) and core.ctl_sockets (the sockets in a directory). */
+ORCH_HIDDEN void control_client_open(lua_State *L);
+/* Shared with the server: a's sun_path = path; 0, or -1 (ENAMETOOLONG). */
+struct sockaddr_un;
+ORCH_HIDDEN int ctl_fill_addr(struct sockaddr_un *a, const char *path);
+/* Pushes nil, "what: strerror(errno)", the errno's name ("ECONNREFUSED",
+ * "ENOENT", "EADDRINUSE", "EACCES", else "EIO"); returns 3. */
+ORCH_HIDDEN int ctl_errno_result(lua_State *L, const char *what);
+
+/* ---- control.c: the control socket's server, on the loop ------------------
  * core.ctl_listen (a Unix socket on the loop: same-uid peers only, line
- * framing with a size limit, non-blocking per-connection buffers),
- * core.ctl_connect (the blocking client of orch ctl), the per-user
- * directory, and a process's age for status reports. */
+ * framing with a size limit, non-blocking per-connection buffers), the
+ * per-user directory, and a process's age for status reports. Its
+ * sockets are removed before the process ends (an exit hook). */
 ORCH_HIDDEN void control_open(lua_State *L);
 
 /* ---- tty.c: raw keys and the size of a terminal (orch top) --------------- */

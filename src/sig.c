@@ -156,6 +156,7 @@ static int l_signame(lua_State *L)
 static int l_die_by(lua_State *L)
 {
     int sig = signum(L, 1);
+    exit_hooks_run(); /* what an exit() would have done (control sockets) */
     fflush(NULL);
     signal(sig, SIG_DFL);
     sigset_t set;

@@ -2,6 +2,7 @@
 -- db and web (web after db) and a pool of 2 workers running 3 tasks that
 -- spin until stopped. Prints the socket path on stdout once serving.
 -- CTL_PATH: serve at that path instead of the per-user directory.
+-- CTL_SPIN: how many spinning tasks (default 3; with 0 a TERM ends the job).
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = (os.getenv("ORCH_CPATH") or "build/?.so") .. ";" .. package.cpath
 local orch = require "orch"
@@ -30,7 +31,7 @@ status.register(pool, "pool")
 local function spin()
   while true do end
 end
-for _ = 1, 3 do pool:submit(spin) end
+for _ = 1, tonumber(os.getenv("CTL_SPIN") or 3) do pool:submit(spin) end
 
 io.stdout:write(path, "\n")
 io.stdout:flush()
