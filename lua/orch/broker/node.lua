@@ -28,7 +28,7 @@ local node = {}
 local BLOCK_MS = 5000
 local OPTIONS = {
   broker = "string", queue = "string", workers = "number", lease = "number", grace = "number",
-  max_tasks_per_worker = "number", secret = "string", result_ttl = "number",
+  max_tasks_per_worker = "number", secret = "string", result_ttl = "number", quiet = "boolean",
 }
 
 local function check_options(opts)
@@ -96,21 +96,31 @@ function Node:read_failed(err)
   end
 end
 
--- The pool group that runs tasks with this timeout (nil: the pool's).
-function Node:group_for(timeout)
-  if not timeout then return self.pool end
-  local g = self.groups[timeout]
+-- The pool group that runs tasks with this timeout and grace (nil: the
+-- pool's).
+function Node:group_for(timeout, grace)
+  if not timeout and not grace then return self.pool end
+  local key = tostring(timeout) .. "/" .. tostring(grace)
+  local g = self.groups[key]
   if not g then
-    g = self.pool:group{ timeout = timeout }
-    self.groups[timeout] = g
+    g = self.pool:group{ timeout = timeout, grace = grace }
+    self.groups[key] = g
   end
   return g
 end
 
 --- Starts the entry delivered for the deliveries-th time, or refuses it
--- (dead letter, and a failed result for its client).
-function Node:start(entry_id, list, deliveries)
+-- (dead letter, and a failed result for its client). stop: a stop its
+-- client asked for before this node had it (the entry is answered with
+-- that outcome and never runs).
+function Node:start(entry_id, list, deliveries, stop)
   local f = stream.fields(list)
+  stop = stop or self.early_stops[entry_id]
+  if stop then
+    self.early_stops[entry_id] = nil
+    local result = stream.result_fields(f.id or "?", self.name, nil, { kind = stop, message = stop })
+    return self:finish(entry_id, f.reply, result)
+  end
   local max = tonumber(f.max) or stream.MAX_DELIVERIES
   if deliveries > max then
     return self:refuse(entry_id, f, list, "crashed",
@@ -122,7 +132,7 @@ function Node:start(entry_id, list, deliveries)
     return self:refuse(entry_id, f, list, "error", why)
   end
   local ok, fut = pcall(function()
-    local target = self:group_for(task.timeout)
+    local target = self:group_for(task.timeout, task.grace)
     return target:submit(task.fn, table.unpack(task.args, 1, task.args.n))
   end)
   if not ok then
@@ -212,7 +222,7 @@ function Node:claim()
       if type(reply) ~= "table" or reply.err or self.stopping then return end
       for _, e in ipairs(reply) do
         log.info("node %s: took over %s (delivery %d)", self.name, e[1], e[3])
-        self:start(e[1], e[2], e[3])
+        self:start(e[1], e[2], e[3], e[4] or nil)
       end
     end)
   if not ok then self.claiming = false end
@@ -227,6 +237,49 @@ local function every(seconds, fn)
   t = { timer = core.timer(seconds, tick) }
   function t.stop() t.timer:stop() end
   return t
+end
+
+--- Reads stop requests from the control stream: a running task gets
+-- its local cancel or kill; one not here yet is remembered for a while
+-- (its entry may be on its way to this node).
+function Node:watch()
+  if self.stopping or self.watching then return end
+  self.watching = true
+  local ok = self.control:command(stream.read_control(self.keys, self.control_after, BLOCK_MS),
+    function(reply, err)
+      self.watching = false
+      if err or (type(reply) == "table" and reply.err) then return end
+      for _, s in ipairs(reply or {}) do
+        for _, entry in ipairs(s[2]) do
+          self.control_after = entry[1]
+          local f = stream.fields(entry[2])
+          self:apply_stop(f.entry, f.stop)
+        end
+      end
+      self:watch()
+    end)
+  if not ok then self.watching = false end  -- the reconnect watches again
+end
+
+function Node:apply_stop(entry_id, stop)
+  local r = self.running[entry_id]
+  if not r then
+    self.early_stops[entry_id] = stop
+    self.early_at[entry_id] = core.now()
+    return
+  end
+  if r.gone or r.stopped then return end
+  r.stopped = stop
+  log.info("node %s: %s asked for %s", self.name, stop, entry_id)
+  if stop == "killed" then r.fut:kill() else r.fut:cancel() end
+end
+
+-- Stops asked for entries this node never got are forgotten after a lease.
+function Node:forget_early_stops()
+  local old = core.now() - self.lease_ms / 1000
+  for id, at in pairs(self.early_at) do
+    if at < old then self.early_at[id], self.early_stops[id] = nil, nil end
+  end
 end
 
 function Node:reconnected()
@@ -258,7 +311,11 @@ end
 --- The ordered stop: nothing new, running tasks get `grace` seconds,
 -- the rest goes back to the stream, results still unwritten get a moment.
 function Node:stop()
+  if self.stopped then return end
+  self.stopped, self.stopping = true, true
+  self.renew_timer.stop(); self.claim_timer.stop()
   self.reader:close()
+  self.control:close()
   local deadline = core.now() + self.grace
   loop.wait(function() return self.hurry or self.n_running == 0 end, self.grace)
   if self.n_running > 0 then
@@ -276,14 +333,23 @@ local function connect_all(self, url)
   if not self.writer then error("orch.serve: " .. err, 0) end
   self.reader, err = redis.connect(url, { on_reconnect = function() self:pull() end })
   if not self.reader then self.writer:close(); error("orch.serve: " .. err, 0) end
+  self.control, err = redis.connect(url, { on_reconnect = function() self:watch() end })
+  if not self.control then
+    self.writer:close(); self.reader:close()
+    error("orch.serve: " .. err, 0)
+  end
   local ok, gerr = self.writer:call(stream.create_group(self.keys), 5)
   if not ok and not tostring(gerr):find("^BUSYGROUP") then
     error("orch.serve: cannot create the consumer group: " .. tostring(gerr), 0)
   end
+  local tail = self.writer:call(stream.control_tail(self.keys), 5)
+  self.control_after = type(tail) == "table" and tail[1] and tail[1][1] or "0-0"
 end
 
---- serve(opts) -> true, signal name: runs until INT or TERM, then stops in order.
-function node.serve(opts)
+--- start(opts) -> node: serves the queue from now on, in this process's
+-- loop (what serve and a pool's own workers on a broker use). opts as
+-- serve's, plus quiet = true (no warning about a missing secret).
+function node.start(opts)
   check_options(opts)
   local orch = require "orch"
   local self = setmetatable({
@@ -291,16 +357,33 @@ function node.serve(opts)
     lease_ms = math.floor((opts.lease or 30) * 1000), grace = opts.grace or 10,
     secret = opts.secret or os.getenv("ORCH_SECRET"), result_ttl = opts.result_ttl,
     name = hostname() .. ":" .. core.getpid(), running = {}, n_running = 0, writing = {},
-    n_writing = 0, groups = {},
+    n_writing = 0, groups = {}, early_stops = {}, early_at = {},
   }, Node)
   self.keys = stream.keys(self.queue)
   if not self.secret or self.secret == "" then
     self.secret = nil
-    log.warn("node %s: no secret set (ORCH_SECRET): tasks are not verified; whoever can write"
-      .. " to the stream can run code here", self.name)
+    if not opts.quiet then
+      log.warn("node %s: no secret set (ORCH_SECRET): tasks are not verified; whoever can write"
+        .. " to the stream can run code here", self.name)
+    end
   end
   connect_all(self, opts.broker)
   self.pool = orch.pool{ workers = self.workers, max_tasks_per_worker = opts.max_tasks_per_worker }
+  local lease = self.lease_ms / 1000
+  self.renew_timer = every(lease / 3, function() self:renew(); self:forget_early_stops() end)
+  self.claim_timer = every(lease / 2, function() self:claim() end)
+  log.info("node %s: serving queue '%s' with %d workers", self.name, self.queue, self.workers)
+  self:claim()
+  self:pull()
+  self:watch()
+  return self
+end
+
+--- serve(opts) -> true, signal name: runs until INT or TERM, then stops in order.
+function node.serve(opts)
+  check_options(opts)
+  local orch = require "orch"
+  local self = node.start(opts)
   local signal_name
   local function on_signal(name)
     if signal_name then self.hurry = true; return end
@@ -308,15 +391,8 @@ function node.serve(opts)
   end
   orch.on_signal("INT", on_signal)
   orch.on_signal("TERM", on_signal)
-  local lease = self.lease_ms / 1000
-  local renewing, claiming = every(lease / 3, function() self:renew() end),
-    every(lease / 2, function() self:claim() end)
-  log.info("node %s: serving queue '%s' with %d workers", self.name, self.queue, self.workers)
-  self:claim()
-  self:pull()
   loop.wait(function() return self.stopping end)
   log.info("node %s: %s: stopping", self.name, signal_name)
-  renewing.stop(); claiming.stop()
   self:stop()
   orch.on_signal("INT", nil)
   orch.on_signal("TERM", nil)
