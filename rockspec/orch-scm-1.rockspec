@@ -46,10 +46,10 @@ external_dependencies = {
 -- The Lua modules: one entry per file of lua/orch/ and its folders
 -- (spec/90-install checks that none is missing).
 local lua_modules = {
-  "broker.node", "broker.redis", "broker.stream",
+  "broker.dispatch", "broker.node", "broker.redis", "broker.stream",
   "busted.dispatch", "busted.frame", "busted.recorder", "busted.replay",
   "busted.run", "busted.schedule", "busted.spec_process", "busted.suite",
-  "cli.busted", "cli.ctl", "cli.remote", "cli.run", "cli.top", "cli.usage",
+  "cli.busted", "cli.ctl", "cli.remote", "cli.run", "cli.top", "cli.usage", "cli.worker",
   "backlog", "child", "control", "dispatch", "errors", "future", "group", "log", "loop", "map",
   "pool", "queue", "services", "signal", "status", "supervisor",
 }

@@ -40,6 +40,7 @@ local OPTIONS = {
   workers = "number", max_tasks_per_worker = "number", timeout = "number",
   retries = "number", retry_on = "table", on_error = "string|function",
   grace = "number", init = "function|string", backoff = "number",
+  broker = "string", queue = "string", lease = "number", secret = "string",
 }
 local VALID = {}
 for k in pairs(OPTIONS) do VALID[#VALID + 1] = k end
@@ -73,8 +74,11 @@ local function check_options(opts)
     end
   end
   local n = opts.workers
-  if n ~= nil and (math.type(n) ~= "integer" or n < 1) then
+  if n ~= nil and (math.type(n) ~= "integer" or n < 1) and not (opts.broker and n == 0) then
     fail_option("option 'workers' must be a positive integer, got %s", tostring(n))
+  end
+  if not opts.broker and (opts.queue or opts.lease or opts.secret) then
+    fail_option("options 'queue', 'lease' and 'secret' need option 'broker'")
   end
   local m = opts.max_tasks_per_worker
   if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
@@ -255,7 +259,9 @@ end
 
 --- pool:group(opts) -> Group: a batch with its own options.
 function Pool:group(opts)
-  return Group.new(self, opts)
+  local group = Group.new(self, opts)
+  group.keeps_args = group.keeps_args or self.dispatcher.needs_args  -- a broker sends them
+  return group
 end
 
 --- pool:map(fn, items, opts) -> results (see orch.map).
@@ -419,10 +425,12 @@ local function new(opts)
     opts = opts, backlog = backlog.new(), retry_waiting = {},
     n_done = 0, n_failed = 0, n_cancelled = 0,
   }, Pool)
-  local d = dispatch.new(side_of(self), opts)
+  -- local workers, or tasks through a broker to other hosts
+  local d = (opts.broker and require("orch.broker.dispatch") or dispatch).new(side_of(self), opts)
   -- size and slots: the workers, for tests and benchmarks that look at them
   self.dispatcher, self.eager, self.size, self.slots = d, d.eager, d.size, d.slots
   self.default_group = Group.new(self, nil, true)
+  self.default_group.keeps_args = self.default_group.keeps_args or d.needs_args
   local ok, err = pcall(d.start, d)
   if not ok then
     self:terminate()

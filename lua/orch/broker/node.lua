@@ -124,7 +124,7 @@ function Node:start(entry_id, list, deliveries, stop)
   local max = tonumber(f.max) or stream.MAX_DELIVERIES
   if deliveries > max then
     return self:refuse(entry_id, f, list, "crashed",
-      ("crashed: delivered %d times, its node lost each time"):format(deliveries - 1))
+      ("crashed: delivered %d times, its node lost each time"):format(deliveries - 1), deliveries - 1)
   end
   local task, why = stream.decode_task(f, self.secret)
   if not task then
@@ -143,9 +143,10 @@ function Node:start(entry_id, list, deliveries, stop)
   fut:on_done(function() self:done(entry_id) end)
 end
 
-function Node:refuse(entry_id, f, list, kind, why)
+function Node:refuse(entry_id, f, list, kind, why, deliveries)
   self.writer:command(stream.dead_letter(self.keys, list, why, self.name), noop)
-  local result = stream.result_fields(f.id or "?", self.name, nil, { kind = kind, message = why })
+  local result = stream.result_fields(f.id or "?", self.name, nil,
+    { kind = kind, message = why, deliveries = deliveries })
   self:finish(entry_id, f.reply, result)
 end
 
@@ -327,6 +328,33 @@ function Node:stop()
   self.writer:close()
 end
 
+--- Stops without waiting (a pool's own node, stopped from the loop):
+-- nothing new, running tasks handed back at once, the workers killed;
+-- on_released() once what was sent has been answered.
+function Node:release(on_released)
+  if self.stopped then return end
+  self.stopped, self.stopping = true, true
+  self.renew_timer.stop(); self.claim_timer.stop()
+  self.reader:close()
+  self.control:close()
+  local pending = 1
+  local function sent()
+    pending = pending - 1
+    if pending == 0 then
+      self.writer:close()
+      if on_released then on_released() end
+    end
+  end
+  for id, r in pairs(self.running) do
+    r.gone = true
+    local ok = self.writer:command(stream.hand_back(self.keys, self.name, id, r.deliveries,
+      self.lease_ms), sent)
+    if ok then pending = pending + 1 end
+  end
+  self.pool:terminate()
+  if not self.writer:command({ "PING" }, sent) then sent() end  -- after the writes before it
+end
+
 local function connect_all(self, url)
   local err
   self.writer, err = redis.connect(url, { on_reconnect = function() self:reconnected() end })
@@ -360,6 +388,7 @@ function node.start(opts)
     n_writing = 0, groups = {}, early_stops = {}, early_at = {},
   }, Node)
   self.keys = stream.keys(self.queue)
+  connect_all(self, opts.broker)
   if not self.secret or self.secret == "" then
     self.secret = nil
     if not opts.quiet then
@@ -367,7 +396,6 @@ function node.start(opts)
         .. " to the stream can run code here", self.name)
     end
   end
-  connect_all(self, opts.broker)
   self.pool = orch.pool{ workers = self.workers, max_tasks_per_worker = opts.max_tasks_per_worker }
   local lease = self.lease_ms / 1000
   self.renew_timer = every(lease / 3, function() self:renew(); self:forget_early_stops() end)

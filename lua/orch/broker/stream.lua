@@ -117,7 +117,7 @@ function stream.decode_task(f, secret)
   }
 end
 
-local ERROR_FIELDS = { "kind", "message", "traceback", "value", "exit_code", "signal" }
+local ERROR_FIELDS = { "kind", "message", "traceback", "value", "exit_code", "signal", "deliveries" }
 
 --- result_fields(id, node, values) or result_fields(id, node, nil, err)
 -- -> field list for XADD. err: a TaskError or a table of its fields; a
