@@ -69,12 +69,12 @@ function worker.run(args)
   local ok, err = check(args)
   if not ok then return usage.error("worker", err) end
   if args.log_level then orch.log.level = args.log_level end
-  local served, sig = pcall(node.serve, {
+  local served, result, sig = pcall(node.serve, {
     broker = args.broker, queue = args.queue, workers = args.workers, lease = args.lease,
     grace = args.grace, max_tasks_per_worker = args.max_tasks_per_worker,
   })
   if not served then
-    io.stderr:write("orch: worker: ", (tostring(sig):gsub("^orch%.serve: ", "")), "\n")
+    io.stderr:write("orch: worker: ", (tostring(result):gsub("^orch%.serve: ", "")), "\n")
     return 1
   end
   io.stderr:flush()
