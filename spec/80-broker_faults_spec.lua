@@ -51,18 +51,20 @@ describe("orch.pool on a broker, when things fail", function()
     srv = redis_server.start()
     local a = srv:worker("k", { workers = 2, lease = 1 })
     local pool = broker_pool{ broker = srv.url, queue = "k", retries = 1 }
-    local started = srv.dir .. "/started"
+    local started, killed = srv.dir .. "/started", srv.dir .. "/killed"
     local futs, settled = {}, {}
     for i = 1, 4 do
-      futs[i] = pool:submit(function(x, path)
+      -- runs until node a is gone: those a took never end there
+      futs[i] = pool:submit(function(x, path, flag)
         local f = io.open(path, "a"); f:write("x"); f:close()
-        require("orch").sleep(0.5)
+        while not io.open(flag) do require("orch").sleep(0.02) end
         return x * 10
-      end, i, started)
+      end, i, started, killed)
       futs[i]:on_done(function() settled[i] = (settled[i] or 0) + 1 end)
     end
     assert.is_true(H.wait_for(function() return count(started) >= 2 end, 10), a:output())
     a:kill("KILL")
+    io.open(killed, "w"):close()
     srv:worker("k", { workers = 2, lease = 1 })
     for i = 1, 4 do assert.equal(i * 10, futs[i]:result()) end
     orch.sleep(0.3)  -- room for a late duplicate

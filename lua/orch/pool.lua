@@ -259,9 +259,7 @@ end
 
 --- pool:group(opts) -> Group: a batch with its own options.
 function Pool:group(opts)
-  local group = Group.new(self, opts)
-  group.keeps_args = group.keeps_args or self.dispatcher.needs_args  -- a broker sends them
-  return group
+  return Group.new(self, opts)
 end
 
 --- pool:map(fn, items, opts) -> results (see orch.map).
@@ -430,7 +428,6 @@ local function new(opts)
   -- size and slots: the workers, for tests and benchmarks that look at them
   self.dispatcher, self.eager, self.size, self.slots = d, d.eager, d.size, d.slots
   self.default_group = Group.new(self, nil, true)
-  self.default_group.keeps_args = self.default_group.keeps_args or d.needs_args
   local ok, err = pcall(d.start, d)
   if not ok then
     self:terminate()

@@ -122,6 +122,11 @@ end
 -- the task's function and arguments on the future; and the tasks of one
 -- turn go out together.
 function B:pump()
+  -- the task just queued: its group keeps each task's function and
+  -- arguments on the future (pool.lua and map.lua do, right after this)
+  local bl = self.backlog
+  local last = bl[bl.tail]
+  if last then last.group.keeps_args = true end
   if self.pump_timer or self.backlog.n == 0 or self.terminated then return end
   self.pump_timer = core.timer(0, function()
     self.pump_timer = nil
@@ -456,7 +461,7 @@ function broker.new(side, opts)
     url = opts.broker, url_text = opts.broker:gsub("//[^@/]*@", "//"),
     queue = opts.queue or "orch", lease = opts.lease or 30,
     secret = secret ~= "" and secret or nil, size = opts.workers or 0,
-    max_tasks = opts.max_tasks_per_worker, eager = math.huge, needs_args = true,
+    max_tasks = opts.max_tasks_per_worker, eager = math.huge,
     slots = {}, by_id = {}, n_held = 0, n_live = 1, stops = {}, after = "0",
   }, B)
   self.keys = stream.keys(self.queue)

@@ -64,10 +64,34 @@ Node.__index = Node
 
 local function noop() end
 
---- Asks for new tasks, as many as there are free workers, unless a read
--- is already waiting or the node is stopping.
+-- Tasks taken ahead of the free workers while tasks are short and the
+-- stream has more: per worker, as many as fit in AHEAD_SECONDS of the mean
+-- task time, at most AHEAD_MAX; they wait in the local pool (which sends
+-- them ahead to busy workers, as it does for its own backlog). None once
+-- a read found fewer entries than it asked for (the stream is drained),
+-- nor while a task has run longer than AHEAD_SECONDS (the mean is then
+-- stale), so a task never waits here while another node is idle.
+local AHEAD_SECONDS, AHEAD_MAX = 0.02, 64
+
+function Node:ahead()
+  local mean = self.mean_task
+  if not (self.backlogged and mean) or self.long_task then return 0 end
+  return self.workers * math.min(AHEAD_MAX, math.floor(AHEAD_SECONDS / math.max(mean, 1e-6)))
+end
+
+-- Every AHEAD_SECONDS while tasks run: is one of them long?
+function Node:check_long()
+  local old, long = core.now() - AHEAD_SECONDS, false
+  for _, r in pairs(self.running) do
+    if r.since < old then long = true; break end
+  end
+  self.long_task = long
+end
+
+--- Asks for new tasks, as many as there are free workers (and some ahead,
+-- see above), unless a read is already waiting or the node is stopping.
 function Node:pull()
-  local free = self.workers - self.n_running
+  local free = self.workers + self:ahead() - self.n_running - self:n_waiting()
   if self.stopping or self.reading or free <= 0 then return end
   self.reading = true
   local ok = self.reader:command(stream.read_new(self.keys, self.name, free, BLOCK_MS),
@@ -76,9 +100,14 @@ function Node:pull()
       if err or (type(reply) == "table" and reply.err) then
         return self:read_failed(err or reply.err)
       end
+      local got = 0
       for _, s in ipairs(reply or {}) do
-        for _, entry in ipairs(s[2]) do self:start(entry[1], entry[2], 1) end
+        for _, entry in ipairs(s[2]) do
+          got = got + 1
+          self:take(entry[1], entry[2], 1)
+        end
       end
+      self.backlogged = got >= free
       self:pull()
     end)
   if not ok then self.reading = false end  -- the reconnect pulls again
@@ -107,6 +136,38 @@ function Node:group_for(timeout, grace)
     self.groups[key] = g
   end
   return g
+end
+
+function Node:n_waiting()
+  return self.waiting.tail - self.waiting.head + 1
+end
+
+--- Runs a delivered entry when a worker is free (or, for short tasks,
+-- soon will be), else keeps it, in order, until one is: a task never
+-- waits in a worker's pipeline behind a long one.
+function Node:take(entry_id, list, deliveries, stop)
+  if self.n_running < self.workers + self:ahead() then return self:start(entry_id, list, deliveries, stop) end
+  local q = self.waiting
+  q.tail = q.tail + 1
+  q[q.tail] = { entry_id, list, deliveries, stop }
+end
+
+function Node:start_waiting()
+  local q = self.waiting
+  while not self.stopping and self.n_running < self.workers + self:ahead() and q.head <= q.tail do
+    local e = q[q.head]
+    q[q.head], q.head = nil, q.head + 1
+    self:start(e[1], e[2], e[3], e[4])
+  end
+end
+
+-- The entries delivered to this node: running, then waiting.
+function Node:held_entries()
+  local list = {}
+  for id, r in pairs(self.running) do list[#list + 1] = { id, r.deliveries } end
+  local q = self.waiting
+  for i = q.head, q.tail do list[#list + 1] = { q[i][1], q[i][3] } end
+  return list
 end
 
 --- Starts the entry delivered for the deliveries-th time, or refuses it
@@ -138,7 +199,7 @@ function Node:start(entry_id, list, deliveries, stop)
   if not ok then
     return self:refuse(entry_id, f, list, "error", tostring(fut))
   end
-  self.running[entry_id] = { fut = fut, task = task, deliveries = deliveries }
+  self.running[entry_id] = { fut = fut, task = task, deliveries = deliveries, since = core.now() }
   self.n_running = self.n_running + 1
   fut:on_done(function() self:done(entry_id) end)
 end
@@ -156,7 +217,12 @@ function Node:done(entry_id)
   local r = self.running[entry_id]
   self.running[entry_id] = nil
   self.n_running = self.n_running - 1
-  if r.gone then return self:pull() end
+  if r.gone then
+    self:start_waiting()
+    return self:pull()
+  end
+  local took = core.now() - r.since
+  self.mean_task = self.mean_task and 0.9 * self.mean_task + 0.1 * took or took
   local res = table.pack(pcall(r.fut.result, r.fut))
   local result
   if res[1] then
@@ -165,30 +231,43 @@ function Node:done(entry_id)
     result = stream.result_fields(r.task.id, self.name, nil, res[2])
   end
   self:finish(entry_id, r.task.reply, result)
+  self:start_waiting()
   self:pull()
 end
 
---- Writes a result, acknowledges and deletes the entry: one transaction,
--- sent again after a reconnect until it is through.
+--- Writes a result, acknowledges and deletes the entry: one transaction
+-- with the others finished in this turn of the loop, sent again after a
+-- reconnect until it is through.
 function Node:finish(entry_id, reply, result)
   self.writing[entry_id] = stream.finish(self.keys, entry_id, reply, result, self.result_ttl)
   self.n_writing = self.n_writing + 1
-  self:send_finish(entry_id)
+  self.to_write[#self.to_write + 1] = entry_id
+  if not self.write_timer then
+    self.write_timer = core.timer(0, function()
+      self.write_timer = nil
+      local ids = self.to_write
+      self.to_write = {}
+      self:send_finish(ids)
+    end)
+  end
 end
 
-function Node:send_finish(entry_id)
-  local cmds = self.writing[entry_id]
-  if not self.writer:command({ "MULTI" }, noop) then return end
-  for _, argv in ipairs(cmds) do self.writer:command(argv, noop) end
+function Node:send_finish(ids)
+  if #ids == 0 or not self.writer:command({ "MULTI" }, noop) then return end
+  for _, id in ipairs(ids) do
+    for _, argv in ipairs(self.writing[id]) do self.writer:command(argv, noop) end
+  end
   self.writer:command({ "EXEC" }, function(reply, err)
     if err or type(reply) ~= "table" or reply.err then
-      log.warn("node %s: result of %s not written: %s", self.name, entry_id,
+      log.warn("node %s: %d result(s) not written: %s", self.name, #ids,
         tostring(err or (reply and reply.err) or "transaction aborted"))
       return  -- sent again once the connection is back
     end
-    if self.writing[entry_id] then
-      self.writing[entry_id] = nil
-      self.n_writing = self.n_writing - 1
+    for _, id in ipairs(ids) do
+      if self.writing[id] then
+        self.writing[id] = nil
+        self.n_writing = self.n_writing - 1
+      end
     end
   end)
 end
@@ -197,7 +276,7 @@ end
 -- is cancelled here and its outcome dropped.
 function Node:renew()
   local ids = {}
-  for id in pairs(self.running) do ids[#ids + 1] = id end
+  for i, e in ipairs(self:held_entries()) do ids[i] = e[1] end
   if #ids == 0 then return end
   self.writer:command(stream.renew(self.keys, self.name, ids), function(lost)
     if type(lost) ~= "table" or lost.err then return end
@@ -214,7 +293,7 @@ end
 
 --- Takes over tasks whose node stopped renewing their lease.
 function Node:claim()
-  local free = self.workers - self.n_running
+  local free = self.workers - self.n_running - self:n_waiting()
   if self.stopping or self.claiming or free <= 0 then return end
   self.claiming = true
   local ok = self.writer:command(stream.claim_stale(self.keys, self.name, self.lease_ms, free),
@@ -223,7 +302,7 @@ function Node:claim()
       if type(reply) ~= "table" or reply.err or self.stopping then return end
       for _, e in ipairs(reply) do
         log.info("node %s: took over %s (delivery %d)", self.name, e[1], e[3])
-        self:start(e[1], e[2], e[3], e[4] or nil)
+        self:take(e[1], e[2], e[3], e[4] or nil)
       end
     end)
   if not ok then self.claiming = false end
@@ -285,23 +364,28 @@ end
 
 function Node:reconnected()
   log.info("node %s: connection to the broker back", self.name)
-  for id in pairs(self.writing) do self:send_finish(id) end
+  local ids = {}
+  for id in pairs(self.writing) do ids[#ids + 1] = id end
+  self.to_write = {}
+  self:send_finish(ids)
   self:pull()
 end
 
 function Node:hand_back_all()
   local pending = 0
   local function sent() pending = pending - 1 end
-  for id, r in pairs(self.running) do
-    r.gone = true
+  local back = {}
+  for _, r in pairs(self.running) do r.gone = true end
+  for _, e in ipairs(self:held_entries()) do
+    back[e[1]] = true
     pending = pending + 1
-    self.writer:command(stream.hand_back(self.keys, self.name, id, r.deliveries, self.lease_ms), sent)
+    self.writer:command(stream.hand_back(self.keys, self.name, e[1], e[2], self.lease_ms), sent)
   end
-  -- what was delivered to this node but never started (a read answered
+  -- what was delivered to this node but never taken (a read answered
   -- as it stopped) goes back too
   local held = self.writer:call(stream.held(self.keys, self.name, 10000), 5)
   for _, p in ipairs(type(held) == "table" and held or {}) do
-    if not self.running[p[1]] and not self.writing[p[1]] then
+    if not back[p[1]] and not self.writing[p[1]] then
       pending = pending + 1
       self.writer:command(stream.hand_back(self.keys, self.name, p[1], p[4], self.lease_ms), sent)
     end
@@ -314,7 +398,7 @@ end
 function Node:stop()
   if self.stopped then return end
   self.stopped, self.stopping = true, true
-  self.renew_timer.stop(); self.claim_timer.stop()
+  self.renew_timer.stop(); self.claim_timer.stop(); self.long_timer.stop()
   self.reader:close()
   self.control:close()
   local deadline = core.now() + self.grace
@@ -334,7 +418,7 @@ end
 function Node:release(on_released)
   if self.stopped then return end
   self.stopped, self.stopping = true, true
-  self.renew_timer.stop(); self.claim_timer.stop()
+  self.renew_timer.stop(); self.claim_timer.stop(); self.long_timer.stop()
   self.reader:close()
   self.control:close()
   local pending = 1
@@ -345,9 +429,9 @@ function Node:release(on_released)
       if on_released then on_released() end
     end
   end
-  for id, r in pairs(self.running) do
-    r.gone = true
-    local ok = self.writer:command(stream.hand_back(self.keys, self.name, id, r.deliveries,
+  for _, r in pairs(self.running) do r.gone = true end
+  for _, e in ipairs(self:held_entries()) do
+    local ok = self.writer:command(stream.hand_back(self.keys, self.name, e[1], e[2],
       self.lease_ms), sent)
     if ok then pending = pending + 1 end
   end
@@ -385,7 +469,8 @@ function node.start(opts)
     lease_ms = math.floor((opts.lease or 30) * 1000), grace = opts.grace or 10,
     secret = opts.secret or os.getenv("ORCH_SECRET"), result_ttl = opts.result_ttl,
     name = hostname() .. ":" .. core.getpid(), running = {}, n_running = 0, writing = {},
-    n_writing = 0, groups = {}, early_stops = {}, early_at = {},
+    n_writing = 0, groups = {}, early_stops = {}, early_at = {}, to_write = {},
+    waiting = { head = 1, tail = 0 },
   }, Node)
   self.keys = stream.keys(self.queue)
   connect_all(self, opts.broker)
@@ -400,6 +485,7 @@ function node.start(opts)
   local lease = self.lease_ms / 1000
   self.renew_timer = every(lease / 3, function() self:renew(); self:forget_early_stops() end)
   self.claim_timer = every(lease / 2, function() self:claim() end)
+  self.long_timer = every(AHEAD_SECONDS, function() self:check_long() end)
   log.info("node %s: serving queue '%s' with %d workers", self.name, self.queue, self.workers)
   self:claim()
   self:pull()
