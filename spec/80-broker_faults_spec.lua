@@ -5,7 +5,6 @@
 -- restarted with its append-only file while tasks are queued and running,
 -- signed tasks and refused ones, and a client that goes away.
 local orch = require "orch"
-local core = require "orch.core"
 local redis = require "orch.broker.redis"
 local stream = require "orch.broker.stream"
 local redis_server = require "redis_server"

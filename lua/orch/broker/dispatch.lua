@@ -447,7 +447,7 @@ local function check(opts)
   if opts.queue and not opts.queue:match("^[%w_.%-]+$") then
     bad("option 'queue' must be letters, digits, '_', '.' or '-' (got %q)", opts.queue)
   end
-  if opts.lease and not (opts.lease > 0) then bad("option 'lease' must be positive") end
+  if opts.lease and (opts.lease ~= opts.lease or opts.lease <= 0) then bad("option 'lease' must be positive") end
   if opts.init ~= nil then bad("option 'init' does not apply to a pool on a broker") end
 end
 
