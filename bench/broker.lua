@@ -62,12 +62,7 @@ local function measure(pool)
   return { rate = rate, mean = mean, median = median, p99 = p99, map = map_seconds(pool) }
 end
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local sh = redis_server.sh
 
 local function python_submit()
   local out = sh("python3 " .. root .. "bench/pool.py submit 2>&1")

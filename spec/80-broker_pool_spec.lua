@@ -17,12 +17,7 @@ local function mark(path)
   return #s
 end
 
-local function count(path)
-  local f = io.open(path)
-  if not f then return 0 end
-  local s = f:read("a"); f:close()
-  return #s
-end
+local count = redis_server.marks
 
 -- Runs in a task: marks path, then sleeps until a stop request (or 30 s).
 local function block(path)

@@ -32,6 +32,7 @@ local loop = require "orch.loop"
 local log = require "orch.log"
 local backlog = require "orch.backlog"
 local redis = require "orch.broker.redis"
+local node = require "orch.broker.node"
 local stream = require "orch.broker.stream"
 local TaskError = require("orch.errors").TaskError
 
@@ -334,21 +335,15 @@ function B:_reconnected()
 end
 
 local function connect(self, url)
-  local err
-  self.writer, err = redis.connect(url, {
-    on_disconnect = function(why) self:_disconnected(why) end,
-    on_reconnect = function() self:_reconnected() end,
+  local clients, err = redis.connect_each(url, {
+    { on_disconnect = function(why) self:_disconnected(why) end,
+      on_reconnect = function() self:_reconnected() end },
+    { on_reconnect = function() self:_read() end },
   })
-  if not self.writer then error("orch.pool: broker: " .. err, 0) end
-  self.reader, err = redis.connect(url, { on_reconnect = function() self:_read() end })
-  if not self.reader then
-    self.writer:close()
-    error("orch.pool: broker: " .. err, 0)
-  end
-  local ok, gerr = self.writer:call(stream.create_group(self.keys), 5)
-  if not ok and not tostring(gerr):find("^BUSYGROUP") then
-    error("orch.pool: broker: cannot create the consumer group: " .. tostring(gerr), 0)
-  end
+  if not clients then error("orch.pool: broker: " .. err, 0) end
+  self.writer, self.reader = clients[1], clients[2]
+  local ok, gerr = node.ensure_group(self.writer, self.keys)
+  if not ok then error("orch.pool: broker: " .. gerr, 0) end
 end
 
 local client_seq = 0
@@ -365,7 +360,7 @@ end
 function B:start()
   connect(self, self.url)
   if self.size > 0 then
-    self.node = require("orch.broker.node").start{
+    self.node = node.start{
       broker = self.url, queue = self.queue, workers = self.size, lease = self.lease,
       secret = self.secret, max_tasks_per_worker = self.max_tasks, quiet = true,
     }

@@ -88,13 +88,18 @@ function Node:check_long()
   self.long_task = long
 end
 
---- Asks for new tasks, as many as there are free workers (and some ahead,
--- see above), unless a read is already waiting or the node is stopping.
+--- Asks for new tasks, as many as there are free workers (a read that
+-- waits for them), or, with none free, some ahead (see above) of those
+-- there are now; unless a read is already out or the node is stopping.
 function Node:pull()
-  local free = self.workers + self:ahead() - self.n_running - self:n_waiting()
-  if self.stopping or self.reading or free <= 0 then return end
+  local free = self.workers - self.n_running - self:n_waiting()
+  local count, block = free, BLOCK_MS
+  if free <= 0 then  -- reading ahead: what is there now, never a read that waits
+    count, block = free + self:ahead(), nil
+  end
+  if self.stopping or self.reading or count <= 0 then return end
   self.reading = true
-  local ok = self.reader:command(stream.read_new(self.keys, self.name, free, BLOCK_MS),
+  local ok = self.reader:command(stream.read_new(self.keys, self.name, count, block),
     function(reply, err)
       self.reading = false
       if err or (type(reply) == "table" and reply.err) then
@@ -107,7 +112,7 @@ function Node:pull()
           self:take(entry[1], entry[2], 1)
         end
       end
-      self.backlogged = got >= free
+      self.backlogged = got >= count
       self:pull()
     end)
   if not ok then self.reading = false end  -- the reconnect pulls again
@@ -439,21 +444,24 @@ function Node:release(on_released)
   if not self.writer:command({ "PING" }, sent) then sent() end  -- after the writes before it
 end
 
+--- ensure_group(client, keys) -> true | nil, err: the queue's consumer
+-- group exists (created with its stream when missing).
+function node.ensure_group(client, keys)
+  local ok, err = client:call(stream.create_group(keys), 5)
+  if ok or tostring(err):find("^BUSYGROUP") then return true end
+  return nil, "cannot create the consumer group: " .. tostring(err)
+end
+
 local function connect_all(self, url)
-  local err
-  self.writer, err = redis.connect(url, { on_reconnect = function() self:reconnected() end })
-  if not self.writer then error("orch.serve: " .. err, 0) end
-  self.reader, err = redis.connect(url, { on_reconnect = function() self:pull() end })
-  if not self.reader then self.writer:close(); error("orch.serve: " .. err, 0) end
-  self.control, err = redis.connect(url, { on_reconnect = function() self:watch() end })
-  if not self.control then
-    self.writer:close(); self.reader:close()
-    error("orch.serve: " .. err, 0)
-  end
-  local ok, gerr = self.writer:call(stream.create_group(self.keys), 5)
-  if not ok and not tostring(gerr):find("^BUSYGROUP") then
-    error("orch.serve: cannot create the consumer group: " .. tostring(gerr), 0)
-  end
+  local clients, err = redis.connect_each(url, {
+    { on_reconnect = function() self:reconnected() end },
+    { on_reconnect = function() self:pull() end },
+    { on_reconnect = function() self:watch() end },
+  })
+  if not clients then error("orch.serve: " .. err, 0) end
+  self.writer, self.reader, self.control = clients[1], clients[2], clients[3]
+  local ok, gerr = node.ensure_group(self.writer, self.keys)
+  if not ok then error("orch.serve: " .. gerr, 0) end
   local tail = self.writer:call(stream.control_tail(self.keys), 5)
   self.control_after = type(tail) == "table" and tail[1] and tail[1][1] or "0-0"
 end

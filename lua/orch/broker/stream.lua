@@ -167,8 +167,13 @@ function stream.add_task(keys, fields)
   return argv
 end
 
---- New entries for this consumer, at most count, waiting block_ms at most.
+--- New entries for this consumer, at most count, waiting block_ms at most
+-- (nil: only those there now).
 function stream.read_new(keys, consumer, count, block_ms)
+  if not block_ms then
+    return { "XREADGROUP", "GROUP", stream.GROUP, consumer, "COUNT", count,
+             "STREAMS", keys.tasks, ">" }
+  end
   return { "XREADGROUP", "GROUP", stream.GROUP, consumer, "COUNT", count, "BLOCK", block_ms,
            "STREAMS", keys.tasks, ">" }
 end
