@@ -67,11 +67,13 @@ local function noop() end
 -- Tasks taken ahead of the free workers while tasks are short and the
 -- stream has more: per worker, as many as fit in AHEAD_SECONDS of the mean
 -- task time, at most AHEAD_MAX; they wait in the local pool (which sends
--- them ahead to busy workers, as it does for its own backlog). None once
--- a read found fewer entries than it asked for (the stream is drained),
--- nor while a task has run longer than AHEAD_SECONDS (the mean is then
--- stale), so a task never waits here while another node is idle.
-local AHEAD_SECONDS, AHEAD_MAX = 0.02, 64
+-- them ahead to busy workers, as it does for its own backlog). A read
+-- ahead never waits, and takes nothing unless the stream holds more
+-- undelivered entries than it asks for (stream.read_ahead); none once a
+-- read found fewer entries than it asked for, nor while a task has run
+-- longer than AHEAD_SECONDS (the mean is then stale). So a task never
+-- waits here while another node is idle.
+local AHEAD_SECONDS, AHEAD_MAX = 0.05, 128
 
 function Node:ahead()
   local mean = self.mean_task
@@ -92,14 +94,14 @@ end
 -- waits for them), or, with none free, some ahead (see above) of those
 -- there are now; unless a read is already out or the node is stopping.
 function Node:pull()
+  if self.stopping or self.reading then return end
   local free = self.workers - self.n_running - self:n_waiting()
-  local count, block = free, BLOCK_MS
-  if free <= 0 then  -- reading ahead: what is there now, never a read that waits
-    count, block = free + self:ahead(), nil
-  end
-  if self.stopping or self.reading or count <= 0 then return end
+  local count = free > 0 and free or free + self:ahead()
+  if count <= 0 then return end
   self.reading = true
-  local ok = self.reader:command(stream.read_new(self.keys, self.name, count, block),
+  local ok = self.reader:command(free > 0 and stream.read_new(self.keys, self.name, free, BLOCK_MS)
+    -- reading ahead: never a read that waits, nor one that leaves others idle
+    or stream.read_ahead(self.keys, self.name, count),
     function(reply, err)
       self.reading = false
       if err or (type(reply) == "table" and reply.err) then

@@ -167,15 +167,25 @@ function stream.add_task(keys, fields)
   return argv
 end
 
---- New entries for this consumer, at most count, waiting block_ms at most
--- (nil: only those there now).
+--- New entries for this consumer, at most count, waiting block_ms at most.
 function stream.read_new(keys, consumer, count, block_ms)
-  if not block_ms then
-    return { "XREADGROUP", "GROUP", stream.GROUP, consumer, "COUNT", count,
-             "STREAMS", keys.tasks, ">" }
-  end
   return { "XREADGROUP", "GROUP", stream.GROUP, consumer, "COUNT", count, "BLOCK", block_ms,
            "STREAMS", keys.tasks, ">" }
+end
+
+-- Reads ARGV[3] new entries for consumer ARGV[2], without waiting, only if
+-- the stream holds more than that not yet delivered (entries minus those
+-- pending): what is left still keeps the other nodes busy.
+local AHEAD_SCRIPT = [[
+local waiting = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], ARGV[1])[1]
+if waiting <= tonumber(ARGV[3]) then return false end
+return redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+]]
+
+--- Entries read ahead of the free workers (see AHEAD_SCRIPT); nil reply
+-- when the stream holds too few.
+function stream.read_ahead(keys, consumer, count)
+  return { "EVAL", AHEAD_SCRIPT, 1, keys.tasks, stream.GROUP, consumer, count }
 end
 
 --- Results for a client, after the entry id `after` ("0" at first).
