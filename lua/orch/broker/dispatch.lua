@@ -91,31 +91,55 @@ local function unsend(self, fut)
   push_front(self.backlog, fut)
 end
 
-local function send(self, fut)
-  local ok, fields = fields_of(self, fut)
-  if not ok then
-    fut.no_retry = true
-    return self.failed(fut, task_error("error", { message = "cannot send to the broker: "
-      .. tostring(fields) }))
-  end
-  hold(self, fut)
-  local id = fut.id
-  local sent = self.writer:command(stream.add_task(self.keys, fields), function(reply, err)
-    if fut.id ~= id or fut.worker ~= HELD then return end  -- settled meanwhile
-    if type(reply) == "string" then
-      fut.entry = reply
-      if fut.stop_wanted then self:_queue_stop(fut, fut.stop_wanted) end
-    elseif err then
-      unsend(self, fut)  -- the connection went with the answer: sent again once back
-    else
-      release(self, fut)
-      fut.no_retry = true
-      self.failed(fut, task_error("error", { message = "the broker refused the task: "
-        .. tostring(reply and reply.err) }))
+-- Tasks sent in one command at the most.
+local SEND_BATCH = 512
+
+-- The answer to a batch of XADDs: each task's entry id, or why none.
+local function sent(self, futs, ids, reply, err)
+  for i, fut in ipairs(futs) do
+    if fut.id == ids[i] and fut.worker == HELD then  -- else settled meanwhile
+      local entry = type(reply) == "table" and not reply.err and reply[i]
+      if entry then
+        fut.entry = entry
+        if fut.stop_wanted then self:_queue_stop(fut, fut.stop_wanted) end
+      elseif err then
+        unsend(self, fut)  -- the connection went with the answer: sent again once back
+      else
+        release(self, fut)
+        fut.no_retry = true
+        self.failed(fut, task_error("error", { message = "the broker refused the task: "
+          .. tostring(type(reply) == "table" and reply.err or reply) }))
+      end
     end
+  end
+end
+
+-- Sends up to SEND_BATCH tasks of the backlog; false when the connection
+-- is down (they are back in the backlog).
+local function send_batch(self)
+  local futs, ids, lists = {}, {}, {}
+  local fut = pop(self.backlog)
+  while fut do
+    local ok, fields = fields_of(self, fut)
+    if ok then
+      hold(self, fut)
+      futs[#futs + 1], ids[#futs + 1], lists[#futs + 1] = fut, fut.id, fields
+      if #futs == SEND_BATCH then break end
+    else
+      fut.no_retry = true
+      self.failed(fut, task_error("error", { message = "cannot send to the broker: "
+        .. tostring(fields) }))
+    end
+    fut = pop(self.backlog)
+  end
+  if #futs == 0 then return true end
+  local ok = self.writer:command(stream.add_tasks(self.keys, lists), function(reply, err)
+    sent(self, futs, ids, reply, err)
   end)
-  if not sent then unsend(self, fut) end
-  return sent
+  if not ok then
+    for i = #futs, 1, -1 do unsend(self, futs[i]) end
+  end
+  return ok
 end
 
 --- Sends every task of the backlog to the stream, at the next turn of
@@ -139,11 +163,7 @@ function B:_send_backlog()
   local bl = self.backlog
   if bl.n == 0 or self.terminated then return end
   if not self.writer:connected() then return end  -- sent once reconnected
-  local fut = pop(bl)
-  while fut do
-    if not send(self, fut) then break end
-    fut = pop(bl)
-  end
+  while bl.n > 0 and send_batch(self) do end
   self:_read()
 end
 

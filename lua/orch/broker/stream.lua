@@ -167,6 +167,24 @@ function stream.add_task(keys, fields)
   return argv
 end
 
+-- XADDs the tasks ARGV[2..] (ARGV[1] fields each) in order; returns
+-- their entry ids.
+local ADD_SCRIPT = [[
+local n, ids = tonumber(ARGV[1]), {}
+for i = 2, #ARGV, n do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + n - 1))
+end
+return ids
+]]
+
+--- Several tasks (field lists of task_fields, all of one length) in one
+-- command: the reply is the list of their entry ids.
+function stream.add_tasks(keys, field_lists)
+  local argv = { "EVAL", ADD_SCRIPT, 1, keys.tasks, #field_lists[1] }
+  for _, fields in ipairs(field_lists) do table.move(fields, 1, #fields, #argv + 1, argv) end
+  return argv
+end
+
 --- New entries for this consumer, at most count, waiting block_ms at most.
 function stream.read_new(keys, consumer, count, block_ms)
   return { "XREADGROUP", "GROUP", stream.GROUP, consumer, "COUNT", count, "BLOCK", block_ms,
