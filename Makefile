@@ -82,6 +82,7 @@ demo: build
 
 bench: build
 	$(LUA) bench/run.lua
+	$(LUA) bench/broker.lua
 
 # AddressSanitizer + UBSan build of the module, then the specs with the
 # sanitizer runtime preloaded into the stock interpreter.

@@ -47,6 +47,7 @@ external_dependencies = {
 -- (spec/90-install checks that none is missing).
 local lua_modules = {
   "backlog",
+  "broker.dispatch",
   "broker.node",
   "broker.redis",
   "broker.stream",
@@ -66,6 +67,7 @@ local lua_modules = {
   "cli.run",
   "cli.top",
   "cli.usage",
+  "cli.worker",
   "control",
   "dispatch",
   "errors",
@@ -90,10 +92,10 @@ local modules = {
   ["orch.core"] = {
     -- every file of src/*.c
     sources = {
-      "src/alloc.c", "src/chan.c", "src/conn.c", "src/control.c", "src/control_client.c",
-      "src/core.c", "src/dispatch.c", "src/exit.c", "src/loop.c", "src/proc.c", "src/redis.c",
-      "src/sha256.c", "src/sig.c", "src/task.c", "src/tty.c", "src/wbuf.c", "src/wire.c",
-      "src/worker.c",
+      "src/alloc.c", "src/chan.c", "src/conn.c", "src/control.c",
+      "src/control_client.c", "src/core.c", "src/dispatch.c", "src/exit.c",
+      "src/loop.c", "src/proc.c", "src/redis.c", "src/sha256.c", "src/sig.c",
+      "src/task.c", "src/tty.c", "src/wbuf.c", "src/wire.c", "src/worker.c",
     },
     defines = { "_GNU_SOURCE" },
     incdirs = { "src", "$(LIBEV_INCDIR)", "$(HIREDIS_INCDIR)" },

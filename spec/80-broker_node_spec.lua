@@ -116,9 +116,9 @@ describe("orch.broker.node", function()
     cl:submit("foreign", f, {}, { secret = "k1", tamper = function(list)
       list[10] = "Lua 5.4 1b4c756154" -- the lua field, then re-signed below
       local m = stream.fields(list)
-      list[14] = core.hmac_sha256("k1", table.concat({ #m.id .. ":" .. m.id, #m.reply .. ":" .. m.reply,
+      list[16] = core.hmac_sha256("k1", table.concat({ #m.id .. ":" .. m.id, #m.reply .. ":" .. m.reply,
         #m.max .. ":" .. m.max, #m.timeout .. ":" .. m.timeout, #m.lua .. ":" .. m.lua,
-        #m.p .. ":" .. m.p }, ","))
+        #m.p .. ":" .. m.p, #m.grace .. ":" .. m.grace }, ","))
     end })
     local results, n = cl:collect(4)
     assert.equal(4, n, H.read_file(log))

@@ -102,10 +102,12 @@ local function check_opts(what, opts)
   end
 end
 
--- The chunk size: opts.chunk, or "auto" from the item count and workers.
+-- The chunk size: opts.chunk, or "auto" from the item count and workers
+-- (a pool on a broker may have none of its own: then as if it had one,
+-- and AUTO_MAX keeps the chunks spread over the nodes).
 local function chunk_size(what, group, n, chunk)
   if chunk == nil or chunk == "auto" then
-    local per = -(-n // (AUTO_PER_WORKER * (group.pool.size or 1)))
+    local per = -(-n // (AUTO_PER_WORKER * math.max(group.pool.size or 1, 1)))
     return math.max(1, math.min(per, AUTO_MAX))
   end
   if math.type(chunk) ~= "integer" or chunk < 1 then

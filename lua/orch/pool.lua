@@ -46,7 +46,12 @@ local OPTIONS = {
   timeout = "positive number", retries = "non-negative integer", retry_on = "table",
   on_error = "string or function", grace = "non-negative number",
   init = "function or string", backoff = "non-negative number",
+  broker = "string", queue = "string", lease = "positive number", secret = "string",
 }
+-- With a broker, a pool may have no workers of its own: nodes run its tasks.
+local BROKER_OPTIONS = {}
+for k, v in pairs(OPTIONS) do BROKER_OPTIONS[k] = v end
+BROKER_OPTIONS.workers = "non-negative integer"
 
 local pools = setmetatable({}, { __mode = "k" })  -- live pools, for signals
 
@@ -60,7 +65,11 @@ local function new_id()
 end
 
 local function check_options(opts)
-  opts = check.options("orch.pool", opts, OPTIONS)
+  local spec = type(opts) == "table" and opts.broker ~= nil and BROKER_OPTIONS or OPTIONS
+  opts = check.options("orch.pool", opts, spec)
+  if not opts.broker and (opts.queue or opts.lease or opts.secret) then
+    check.fail("orch.pool", "options 'queue', 'lease' and 'secret' need option 'broker'")
+  end
   Group.check_policy(opts, "orch.pool")
   return opts
 end
@@ -446,7 +455,8 @@ local function new(opts)
     opts = opts, backlog = backlog.new(), retry_waiting = {},
     n_done = 0, n_failed = 0, n_cancelled = 0,
   }, Pool)
-  local d = dispatch.new(side_of(self), opts)
+  -- local workers, or tasks through a broker to other hosts
+  local d = (opts.broker and require("orch.broker.dispatch") or dispatch).new(side_of(self), opts)
   -- size and slots: the workers, for tests and benchmarks that look at them
   self.dispatcher, self.eager, self.size, self.slots = d, d.eager, d.size, d.slots
   self.default_group = Group.new(self, nil, true)

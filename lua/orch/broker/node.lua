@@ -28,7 +28,7 @@ local node = {}
 local BLOCK_MS = 5000
 local OPTIONS = {
   broker = "string", queue = "string", workers = "number", lease = "number", grace = "number",
-  max_tasks_per_worker = "number", secret = "string", result_ttl = "number",
+  max_tasks_per_worker = "number", secret = "string", result_ttl = "number", quiet = "boolean",
 }
 
 local function check_options(opts)
@@ -64,21 +64,57 @@ Node.__index = Node
 
 local function noop() end
 
---- Asks for new tasks, as many as there are free workers, unless a read
--- is already waiting or the node is stopping.
+-- Tasks taken ahead of the free workers while tasks are short and the
+-- stream has more: per worker, as many as fit in AHEAD_SECONDS of the mean
+-- task time, at most AHEAD_MAX; they wait in the local pool (which sends
+-- them ahead to busy workers, as it does for its own backlog). A read
+-- ahead never waits, and takes nothing unless the stream holds more
+-- undelivered entries than it asks for (stream.read_ahead); none once a
+-- read found fewer entries than it asked for, nor while a task has run
+-- longer than AHEAD_SECONDS (the mean is then stale). So a task never
+-- waits here while another node is idle.
+local AHEAD_SECONDS, AHEAD_MAX = 0.05, 128
+
+function Node:ahead()
+  local mean = self.mean_task
+  if not (self.backlogged and mean) or self.long_task then return 0 end
+  return self.workers * math.min(AHEAD_MAX, math.floor(AHEAD_SECONDS / math.max(mean, 1e-6)))
+end
+
+-- Every AHEAD_SECONDS while tasks run: is one of them long?
+function Node:check_long()
+  local old, long = core.now() - AHEAD_SECONDS, false
+  for _, r in pairs(self.running) do
+    if r.since < old then long = true; break end
+  end
+  self.long_task = long
+end
+
+--- Asks for new tasks, as many as there are free workers (a read that
+-- waits for them), or, with none free, some ahead (see above) of those
+-- there are now; unless a read is already out or the node is stopping.
 function Node:pull()
-  local free = self.workers - self.n_running
-  if self.stopping or self.reading or free <= 0 then return end
+  if self.stopping or self.reading then return end
+  local free = self.workers - self.n_running - self:n_waiting()
+  local count = free > 0 and free or free + self:ahead()
+  if count <= 0 then return end
   self.reading = true
-  local ok = self.reader:command(stream.read_new(self.keys, self.name, free, BLOCK_MS),
+  local ok = self.reader:command(free > 0 and stream.read_new(self.keys, self.name, free, BLOCK_MS)
+    -- reading ahead: never a read that waits, nor one that leaves others idle
+    or stream.read_ahead(self.keys, self.name, count),
     function(reply, err)
       self.reading = false
       if err or (type(reply) == "table" and reply.err) then
         return self:read_failed(err or reply.err)
       end
+      local got = 0
       for _, s in ipairs(reply or {}) do
-        for _, entry in ipairs(s[2]) do self:start(entry[1], entry[2], 1) end
+        for _, entry in ipairs(s[2]) do
+          got = got + 1
+          self:take(entry[1], entry[2], 1)
+        end
       end
+      self.backlogged = got >= count
       self:pull()
     end)
   if not ok then self.reading = false end  -- the reconnect pulls again
@@ -96,25 +132,67 @@ function Node:read_failed(err)
   end
 end
 
--- The pool group that runs tasks with this timeout (nil: the pool's).
-function Node:group_for(timeout)
-  if not timeout then return self.pool end
-  local g = self.groups[timeout]
+-- The pool group that runs tasks with this timeout and grace (nil: the
+-- pool's).
+function Node:group_for(timeout, grace)
+  if not timeout and not grace then return self.pool end
+  local key = tostring(timeout) .. "/" .. tostring(grace)
+  local g = self.groups[key]
   if not g then
-    g = self.pool:group{ timeout = timeout }
-    self.groups[timeout] = g
+    g = self.pool:group{ timeout = timeout, grace = grace }
+    self.groups[key] = g
   end
   return g
 end
 
+function Node:n_waiting()
+  return self.waiting.tail - self.waiting.head + 1
+end
+
+--- Runs a delivered entry when a worker is free (or, for short tasks,
+-- soon will be), else keeps it, in order, until one is: a task never
+-- waits in a worker's pipeline behind a long one.
+function Node:take(entry_id, list, deliveries, stop)
+  if self.n_running < self.workers + self:ahead() then return self:start(entry_id, list, deliveries, stop) end
+  local q = self.waiting
+  q.tail = q.tail + 1
+  q[q.tail] = { entry_id, list, deliveries, stop }
+end
+
+function Node:start_waiting()
+  local q = self.waiting
+  while not self.stopping and self.n_running < self.workers + self:ahead() and q.head <= q.tail do
+    local e = q[q.head]
+    q[q.head], q.head = nil, q.head + 1
+    self:start(e[1], e[2], e[3], e[4])
+  end
+end
+
+-- The entries delivered to this node: running, then waiting.
+function Node:held_entries()
+  local list = {}
+  for id, r in pairs(self.running) do list[#list + 1] = { id, r.deliveries } end
+  local q = self.waiting
+  for i = q.head, q.tail do list[#list + 1] = { q[i][1], q[i][3] } end
+  return list
+end
+
 --- Starts the entry delivered for the deliveries-th time, or refuses it
--- (dead letter, and a failed result for its client).
-function Node:start(entry_id, list, deliveries)
+-- (dead letter, and a failed result for its client). stop: a stop its
+-- client asked for before this node had it (the entry is answered with
+-- that outcome and never runs).
+function Node:start(entry_id, list, deliveries, stop)
   local f = stream.fields(list)
+  stop = stop or self.early_stops[entry_id]
+  if stop then
+    self.early_stops[entry_id] = nil
+    local result = stream.result_fields(f.id or "?", self.name, nil, { kind = stop, message = stop })
+    return self:finish(entry_id, f.reply, result)
+  end
   local max = tonumber(f.max) or stream.MAX_DELIVERIES
   if deliveries > max then
     return self:refuse(entry_id, f, list, "crashed",
-      ("crashed: delivered %d times, its node lost each time"):format(deliveries - 1))
+      ("crashed: delivered %d times, its node lost each time"):format(deliveries - 1), deliveries - 1)
   end
   local task, why = stream.decode_task(f, self.secret)
   if not task then
@@ -122,20 +200,21 @@ function Node:start(entry_id, list, deliveries)
     return self:refuse(entry_id, f, list, "error", why)
   end
   local ok, fut = pcall(function()
-    local target = self:group_for(task.timeout)
+    local target = self:group_for(task.timeout, task.grace)
     return target:submit(task.fn, table.unpack(task.args, 1, task.args.n))
   end)
   if not ok then
     return self:refuse(entry_id, f, list, "error", tostring(fut))
   end
-  self.running[entry_id] = { fut = fut, task = task, deliveries = deliveries }
+  self.running[entry_id] = { fut = fut, task = task, deliveries = deliveries, since = core.now() }
   self.n_running = self.n_running + 1
   fut:on_done(function() self:done(entry_id) end)
 end
 
-function Node:refuse(entry_id, f, list, kind, why)
+function Node:refuse(entry_id, f, list, kind, why, deliveries)
   self.writer:command(stream.dead_letter(self.keys, list, why, self.name), noop)
-  local result = stream.result_fields(f.id or "?", self.name, nil, { kind = kind, message = why })
+  local result = stream.result_fields(f.id or "?", self.name, nil,
+    { kind = kind, message = why, deliveries = deliveries })
   self:finish(entry_id, f.reply, result)
 end
 
@@ -145,7 +224,12 @@ function Node:done(entry_id)
   local r = self.running[entry_id]
   self.running[entry_id] = nil
   self.n_running = self.n_running - 1
-  if r.gone then return self:pull() end
+  if r.gone then
+    self:start_waiting()
+    return self:pull()
+  end
+  local took = core.now() - r.since
+  self.mean_task = self.mean_task and 0.9 * self.mean_task + 0.1 * took or took
   local res = table.pack(pcall(r.fut.result, r.fut))
   local result
   if res[1] then
@@ -154,30 +238,43 @@ function Node:done(entry_id)
     result = stream.result_fields(r.task.id, self.name, nil, res[2])
   end
   self:finish(entry_id, r.task.reply, result)
+  self:start_waiting()
   self:pull()
 end
 
---- Writes a result, acknowledges and deletes the entry: one transaction,
--- sent again after a reconnect until it is through.
+--- Writes a result, acknowledges and deletes the entry: one transaction
+-- with the others finished in this turn of the loop, sent again after a
+-- reconnect until it is through.
 function Node:finish(entry_id, reply, result)
   self.writing[entry_id] = stream.finish(self.keys, entry_id, reply, result, self.result_ttl)
   self.n_writing = self.n_writing + 1
-  self:send_finish(entry_id)
+  self.to_write[#self.to_write + 1] = entry_id
+  if not self.write_timer then
+    self.write_timer = core.timer(0, function()
+      self.write_timer = nil
+      local ids = self.to_write
+      self.to_write = {}
+      self:send_finish(ids)
+    end)
+  end
 end
 
-function Node:send_finish(entry_id)
-  local cmds = self.writing[entry_id]
-  if not self.writer:command({ "MULTI" }, noop) then return end
-  for _, argv in ipairs(cmds) do self.writer:command(argv, noop) end
+function Node:send_finish(ids)
+  if #ids == 0 or not self.writer:command({ "MULTI" }, noop) then return end
+  for _, id in ipairs(ids) do
+    for _, argv in ipairs(self.writing[id]) do self.writer:command(argv, noop) end
+  end
   self.writer:command({ "EXEC" }, function(reply, err)
     if err or type(reply) ~= "table" or reply.err then
-      log.warn("node %s: result of %s not written: %s", self.name, entry_id,
+      log.warn("node %s: %d result(s) not written: %s", self.name, #ids,
         tostring(err or (reply and reply.err) or "transaction aborted"))
       return  -- sent again once the connection is back
     end
-    if self.writing[entry_id] then
-      self.writing[entry_id] = nil
-      self.n_writing = self.n_writing - 1
+    for _, id in ipairs(ids) do
+      if self.writing[id] then
+        self.writing[id] = nil
+        self.n_writing = self.n_writing - 1
+      end
     end
   end)
 end
@@ -186,7 +283,7 @@ end
 -- is cancelled here and its outcome dropped.
 function Node:renew()
   local ids = {}
-  for id in pairs(self.running) do ids[#ids + 1] = id end
+  for i, e in ipairs(self:held_entries()) do ids[i] = e[1] end
   if #ids == 0 then return end
   self.writer:command(stream.renew(self.keys, self.name, ids), function(lost)
     if type(lost) ~= "table" or lost.err then return end
@@ -203,7 +300,7 @@ end
 
 --- Takes over tasks whose node stopped renewing their lease.
 function Node:claim()
-  local free = self.workers - self.n_running
+  local free = self.workers - self.n_running - self:n_waiting()
   if self.stopping or self.claiming or free <= 0 then return end
   self.claiming = true
   local ok = self.writer:command(stream.claim_stale(self.keys, self.name, self.lease_ms, free),
@@ -212,7 +309,7 @@ function Node:claim()
       if type(reply) ~= "table" or reply.err or self.stopping then return end
       for _, e in ipairs(reply) do
         log.info("node %s: took over %s (delivery %d)", self.name, e[1], e[3])
-        self:start(e[1], e[2], e[3])
+        self:take(e[1], e[2], e[3], e[4] or nil)
       end
     end)
   if not ok then self.claiming = false end
@@ -229,25 +326,73 @@ local function every(seconds, fn)
   return t
 end
 
+--- Reads stop requests from the control stream: a running task gets
+-- its local cancel or kill; one not here yet is remembered for a while
+-- (its entry may be on its way to this node).
+function Node:watch()
+  if self.stopping or self.watching then return end
+  self.watching = true
+  local ok = self.control:command(stream.read_control(self.keys, self.control_after, BLOCK_MS),
+    function(reply, err)
+      self.watching = false
+      if err or (type(reply) == "table" and reply.err) then return end
+      for _, s in ipairs(reply or {}) do
+        for _, entry in ipairs(s[2]) do
+          self.control_after = entry[1]
+          local f = stream.fields(entry[2])
+          self:apply_stop(f.entry, f.stop)
+        end
+      end
+      self:watch()
+    end)
+  if not ok then self.watching = false end  -- the reconnect watches again
+end
+
+function Node:apply_stop(entry_id, stop)
+  local r = self.running[entry_id]
+  if not r then
+    self.early_stops[entry_id] = stop
+    self.early_at[entry_id] = core.now()
+    return
+  end
+  if r.gone or r.stopped then return end
+  r.stopped = stop
+  log.info("node %s: %s asked for %s", self.name, stop, entry_id)
+  if stop == "killed" then r.fut:kill() else r.fut:cancel() end
+end
+
+-- Stops asked for entries this node never got are forgotten after a lease.
+function Node:forget_early_stops()
+  local old = core.now() - self.lease_ms / 1000
+  for id, at in pairs(self.early_at) do
+    if at < old then self.early_at[id], self.early_stops[id] = nil, nil end
+  end
+end
+
 function Node:reconnected()
   log.info("node %s: connection to the broker back", self.name)
-  for id in pairs(self.writing) do self:send_finish(id) end
+  local ids = {}
+  for id in pairs(self.writing) do ids[#ids + 1] = id end
+  self.to_write = {}
+  self:send_finish(ids)
   self:pull()
 end
 
 function Node:hand_back_all()
   local pending = 0
   local function sent() pending = pending - 1 end
-  for id, r in pairs(self.running) do
-    r.gone = true
+  local back = {}
+  for _, r in pairs(self.running) do r.gone = true end
+  for _, e in ipairs(self:held_entries()) do
+    back[e[1]] = true
     pending = pending + 1
-    self.writer:command(stream.hand_back(self.keys, self.name, id, r.deliveries, self.lease_ms), sent)
+    self.writer:command(stream.hand_back(self.keys, self.name, e[1], e[2], self.lease_ms), sent)
   end
-  -- what was delivered to this node but never started (a read answered
+  -- what was delivered to this node but never taken (a read answered
   -- as it stopped) goes back too
   local held = self.writer:call(stream.held(self.keys, self.name, 10000), 5)
   for _, p in ipairs(type(held) == "table" and held or {}) do
-    if not self.running[p[1]] and not self.writing[p[1]] then
+    if not back[p[1]] and not self.writing[p[1]] then
       pending = pending + 1
       self.writer:command(stream.hand_back(self.keys, self.name, p[1], p[4], self.lease_ms), sent)
     end
@@ -258,7 +403,11 @@ end
 --- The ordered stop: nothing new, running tasks get `grace` seconds,
 -- the rest goes back to the stream, results still unwritten get a moment.
 function Node:stop()
+  if self.stopped then return end
+  self.stopped, self.stopping = true, true
+  self.renew_timer.stop(); self.claim_timer.stop(); self.long_timer.stop()
   self.reader:close()
+  self.control:close()
   local deadline = core.now() + self.grace
   loop.wait(function() return self.hurry or self.n_running == 0 end, self.grace)
   if self.n_running > 0 then
@@ -270,20 +419,59 @@ function Node:stop()
   self.writer:close()
 end
 
-local function connect_all(self, url)
-  local err
-  self.writer, err = redis.connect(url, { on_reconnect = function() self:reconnected() end })
-  if not self.writer then error("orch.serve: " .. err, 0) end
-  self.reader, err = redis.connect(url, { on_reconnect = function() self:pull() end })
-  if not self.reader then self.writer:close(); error("orch.serve: " .. err, 0) end
-  local ok, gerr = self.writer:call(stream.create_group(self.keys), 5)
-  if not ok and not tostring(gerr):find("^BUSYGROUP") then
-    error("orch.serve: cannot create the consumer group: " .. tostring(gerr), 0)
+--- Stops without waiting (a pool's own node, stopped from the loop):
+-- nothing new, running tasks handed back at once, the workers killed;
+-- on_released() once what was sent has been answered.
+function Node:release(on_released)
+  if self.stopped then return end
+  self.stopped, self.stopping = true, true
+  self.renew_timer.stop(); self.claim_timer.stop(); self.long_timer.stop()
+  self.reader:close()
+  self.control:close()
+  local pending = 1
+  local function sent()
+    pending = pending - 1
+    if pending == 0 then
+      self.writer:close()
+      if on_released then on_released() end
+    end
   end
+  for _, r in pairs(self.running) do r.gone = true end
+  for _, e in ipairs(self:held_entries()) do
+    local ok = self.writer:command(stream.hand_back(self.keys, self.name, e[1], e[2],
+      self.lease_ms), sent)
+    if ok then pending = pending + 1 end
+  end
+  self.pool:terminate()
+  if not self.writer:command({ "PING" }, sent) then sent() end  -- after the writes before it
 end
 
---- serve(opts) -> true, signal name: runs until INT or TERM, then stops in order.
-function node.serve(opts)
+--- ensure_group(client, keys) -> true | nil, err: the queue's consumer
+-- group exists (created with its stream when missing).
+function node.ensure_group(client, keys)
+  local ok, err = client:call(stream.create_group(keys), 5)
+  if ok or tostring(err):find("^BUSYGROUP") then return true end
+  return nil, "cannot create the consumer group: " .. tostring(err)
+end
+
+local function connect_all(self, url)
+  local clients, err = redis.connect_each(url, {
+    { on_reconnect = function() self:reconnected() end },
+    { on_reconnect = function() self:pull() end },
+    { on_reconnect = function() self:watch() end },
+  })
+  if not clients then error("orch.serve: " .. err, 0) end
+  self.writer, self.reader, self.control = clients[1], clients[2], clients[3]
+  local ok, gerr = node.ensure_group(self.writer, self.keys)
+  if not ok then error("orch.serve: " .. gerr, 0) end
+  local tail = self.writer:call(stream.control_tail(self.keys), 5)
+  self.control_after = type(tail) == "table" and tail[1] and tail[1][1] or "0-0"
+end
+
+--- start(opts) -> node: serves the queue from now on, in this process's
+-- loop (what serve and a pool's own workers on a broker use). opts as
+-- serve's, plus quiet = true (no warning about a missing secret).
+function node.start(opts)
   check_options(opts)
   local orch = require "orch"
   local self = setmetatable({
@@ -291,16 +479,35 @@ function node.serve(opts)
     lease_ms = math.floor((opts.lease or 30) * 1000), grace = opts.grace or 10,
     secret = opts.secret or os.getenv("ORCH_SECRET"), result_ttl = opts.result_ttl,
     name = hostname() .. ":" .. core.getpid(), running = {}, n_running = 0, writing = {},
-    n_writing = 0, groups = {},
+    n_writing = 0, groups = {}, early_stops = {}, early_at = {}, to_write = {},
+    waiting = { head = 1, tail = 0 },
   }, Node)
   self.keys = stream.keys(self.queue)
+  connect_all(self, opts.broker)
   if not self.secret or self.secret == "" then
     self.secret = nil
-    log.warn("node %s: no secret set (ORCH_SECRET): tasks are not verified; whoever can write"
-      .. " to the stream can run code here", self.name)
+    if not opts.quiet then
+      log.warn("node %s: no secret set (ORCH_SECRET): tasks are not verified; whoever can write"
+        .. " to the stream can run code here", self.name)
+    end
   end
-  connect_all(self, opts.broker)
   self.pool = orch.pool{ workers = self.workers, max_tasks_per_worker = opts.max_tasks_per_worker }
+  local lease = self.lease_ms / 1000
+  self.renew_timer = every(lease / 3, function() self:renew(); self:forget_early_stops() end)
+  self.claim_timer = every(lease / 2, function() self:claim() end)
+  self.long_timer = every(AHEAD_SECONDS, function() self:check_long() end)
+  log.info("node %s: serving queue '%s' with %d workers", self.name, self.queue, self.workers)
+  self:claim()
+  self:pull()
+  self:watch()
+  return self
+end
+
+--- serve(opts) -> true, signal name: runs until INT or TERM, then stops in order.
+function node.serve(opts)
+  check_options(opts)
+  local orch = require "orch"
+  local self = node.start(opts)
   local signal_name
   local function on_signal(name)
     if signal_name then self.hurry = true; return end
@@ -308,15 +515,8 @@ function node.serve(opts)
   end
   orch.on_signal("INT", on_signal)
   orch.on_signal("TERM", on_signal)
-  local lease = self.lease_ms / 1000
-  local renewing, claiming = every(lease / 3, function() self:renew() end),
-    every(lease / 2, function() self:claim() end)
-  log.info("node %s: serving queue '%s' with %d workers", self.name, self.queue, self.workers)
-  self:claim()
-  self:pull()
   loop.wait(function() return self.stopping end)
   log.info("node %s: %s: stopping", self.name, signal_name)
-  renewing.stop(); claiming.stop()
   self:stop()
   orch.on_signal("INT", nil)
   orch.on_signal("TERM", nil)

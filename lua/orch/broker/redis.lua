@@ -204,4 +204,20 @@ function M.connect(url, opts)
   return self
 end
 
+--- connect_each(url, list) -> clients | nil, err: a client per options
+-- table of list (as connect's), all or none: on a failure those made are
+-- closed.
+function M.connect_each(url, list)
+  local clients = {}
+  for i, opts in ipairs(list) do
+    local c, err = M.connect(url, opts)
+    if not c then
+      for _, made in ipairs(clients) do made:close() end
+      return nil, err
+    end
+    clients[i] = c
+  end
+  return clients
+end
+
 return M

@@ -7,11 +7,17 @@
 --   orch:Q:dead          the dead letters (a stream)
 --   orch:Q:results:C     the results for client C (a stream that expires
 --                        `ttl` seconds after its last result)
+--   orch:Q:control       stop requests for delivered tasks, which every
+--                        node reads (a stream, capped)
+--   orch:Q:stops         entry id -> the stop asked for it ("cancelled" |
+--                        "killed"), for a node that takes the entry over
 -- A task entry's fields: id (the client's task id), reply (its results
 -- key), max (deliveries allowed), timeout (seconds, "" for none), lua (the
 -- bytecode format of the client's Lua), p (core.encode(fn, args...):
--- orch's own wire format, functions as bytecode), sig (HMAC-SHA256 of
--- id, reply, max, timeout, lua and p under the shared secret; "" without).
+-- orch's own wire format, functions as bytecode), grace (seconds between
+-- a stop request and SIGKILL, "" for the node's default), sig (HMAC-SHA256
+-- of id, reply, max, timeout, lua, p and grace under the shared secret;
+-- "" without).
 -- A result entry: id, status ("done" | "failed"), node, p (encode_strict
 -- of the values table with n, or of the TaskError's fields).
 -- Delivery is at least once: a node holds an entry in the group's pending
@@ -19,6 +25,9 @@
 -- takes entries idle longer than the lease, with their delivery counts;
 -- finish() writes the result, acknowledges and deletes the entry in one
 -- transaction, so an entry is acknowledged only with its result written.
+-- stop() is the client's cancel or kill: an entry no node has read is
+-- deleted (it never runs); a delivered one gets its stop recorded and
+-- announced on the control stream, which the node running it acts on.
 local core = require "orch.core"
 
 local stream = {}
@@ -26,6 +35,7 @@ local stream = {}
 stream.GROUP = "nodes"
 stream.RESULT_TTL = 3600
 stream.MAX_DELIVERIES = 3
+stream.CONTROL_LEN = 10000  -- control messages kept (about)
 
 --- The format of this Lua's bytecode: the version and the sizes and
 -- layout a dump's header records. A node refuses other formats.
@@ -33,8 +43,9 @@ stream.LUA_FORMAT = _VERSION .. " " .. string.dump(function() end, true):sub(1, 
   :gsub(".", function(c) return ("%02x"):format(c:byte()) end)
 
 function stream.keys(queue)
-  return { tasks = "orch:" .. queue .. ":tasks", dead = "orch:" .. queue .. ":dead",
-           results_prefix = "orch:" .. queue .. ":results:" }
+  local base = "orch:" .. queue .. ":"
+  return { tasks = base .. "tasks", dead = base .. "dead", results_prefix = base .. "results:",
+           control = base .. "control", stops = base .. "stops" }
 end
 
 --- A flat list of fields (XREADGROUP's) as a table field -> value.
@@ -44,7 +55,7 @@ function stream.fields(list)
   return t
 end
 
-local SIGNED = { "id", "reply", "max", "timeout", "lua", "p" }
+local SIGNED = { "id", "reply", "max", "timeout", "lua", "p", "grace" }
 
 local function signature(secret, f)
   local parts = {}
@@ -60,7 +71,7 @@ local function same(a, b)
   return diff == 0
 end
 
---- task_fields{ id, reply, fn, args (with n), max, timeout, secret } -> field list
+--- task_fields{ id, reply, fn, args (with n), max, timeout, grace, secret } -> field list
 -- for XADD. What cannot cross is refused here, naming its place.
 function stream.task_fields(t)
   local args = t.args or { n = 0 }
@@ -68,6 +79,7 @@ function stream.task_fields(t)
     id = tostring(t.id), reply = t.reply, max = tostring(t.max or stream.MAX_DELIVERIES),
     timeout = t.timeout and tostring(t.timeout) or "", lua = stream.LUA_FORMAT,
     p = core.encode(t.fn, table.unpack(args, 1, args.n or #args)),
+    grace = t.grace and tostring(t.grace) or "",
   }
   f.sig = t.secret and signature(t.secret, f) or ""
   local list = {}
@@ -77,7 +89,7 @@ function stream.task_fields(t)
 end
 
 --- decode_task(fields, secret) -> task | nil, why
--- task = { id, reply, max, timeout, fn, args (with n) }. Refused: a
+-- task = { id, reply, max, timeout, grace, fn, args (with n) }. Refused: a
 -- missing field, another bytecode format, an unsigned or mis-signed task
 -- when a secret is set, a payload that does not decode.
 function stream.decode_task(f, secret)
@@ -100,12 +112,12 @@ function stream.decode_task(f, secret)
   end
   return {
     id = f.id, reply = f.reply, max = tonumber(f.max) or stream.MAX_DELIVERIES,
-    timeout = tonumber(f.timeout), fn = fn,
+    timeout = tonumber(f.timeout), grace = tonumber(f.grace), fn = fn,
     args = table.pack(table.unpack(packed, 2, packed.n)),
   }
 end
 
-local ERROR_FIELDS = { "kind", "message", "traceback", "value", "exit_code", "signal" }
+local ERROR_FIELDS = { "kind", "message", "traceback", "value", "exit_code", "signal", "deliveries" }
 
 --- result_fields(id, node, values) or result_fields(id, node, nil, err)
 -- -> field list for XADD. err: a TaskError or a table of its fields; a
@@ -155,10 +167,43 @@ function stream.add_task(keys, fields)
   return argv
 end
 
+-- XADDs the tasks ARGV[2..] (ARGV[1] fields each) in order; returns
+-- their entry ids.
+local ADD_SCRIPT = [[
+local n, ids = tonumber(ARGV[1]), {}
+for i = 2, #ARGV, n do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + n - 1))
+end
+return ids
+]]
+
+--- Several tasks (field lists of task_fields, all of one length) in one
+-- command: the reply is the list of their entry ids.
+function stream.add_tasks(keys, field_lists)
+  local argv = { "EVAL", ADD_SCRIPT, 1, keys.tasks, #field_lists[1] }
+  for _, fields in ipairs(field_lists) do table.move(fields, 1, #fields, #argv + 1, argv) end
+  return argv
+end
+
 --- New entries for this consumer, at most count, waiting block_ms at most.
 function stream.read_new(keys, consumer, count, block_ms)
   return { "XREADGROUP", "GROUP", stream.GROUP, consumer, "COUNT", count, "BLOCK", block_ms,
            "STREAMS", keys.tasks, ">" }
+end
+
+-- Reads ARGV[3] new entries for consumer ARGV[2], without waiting, only if
+-- the stream holds more than that not yet delivered (entries minus those
+-- pending): what is left still keeps the other nodes busy.
+local AHEAD_SCRIPT = [[
+local waiting = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], ARGV[1])[1]
+if waiting <= tonumber(ARGV[3]) then return false end
+return redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+]]
+
+--- Entries read ahead of the free workers (see AHEAD_SCRIPT); nil reply
+-- when the stream holds too few.
+function stream.read_ahead(keys, consumer, count)
+  return { "EVAL", AHEAD_SCRIPT, 1, keys.tasks, stream.GROUP, consumer, count }
 end
 
 --- Results for a client, after the entry id `after` ("0" at first).
@@ -167,21 +212,62 @@ function stream.read_results(results_key, after, count, block_ms)
 end
 
 -- Takes up to ARGV[3] entries idle for ARGV[2] ms, for consumer ARGV[1];
--- returns { {entry id, fields, deliveries}, ... } (deleted entries left out).
+-- returns { {entry id, fields, deliveries, stop or false}, ... } (deleted
+-- entries left out; stop: what a client asked for it, see stop()).
 local CLAIM_SCRIPT = [[
 local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[4], ARGV[1], ARGV[2], '0-0', 'COUNT', ARGV[3])
 local out = {}
 for _, e in ipairs(r[2]) do
   if e[2] then
     local p = redis.call('XPENDING', KEYS[1], ARGV[4], e[1], e[1], 1)
-    out[#out + 1] = { e[1], e[2], p[1] and p[1][4] or 1 }
+    out[#out + 1] = { e[1], e[2], p[1] and p[1][4] or 1, redis.call('HGET', KEYS[2], e[1]) }
   end
 end
 return out
 ]]
 
 function stream.claim_stale(keys, consumer, lease_ms, count)
-  return { "EVAL", CLAIM_SCRIPT, 1, keys.tasks, consumer, lease_ms, count, stream.GROUP }
+  return { "EVAL", CLAIM_SCRIPT, 2, keys.tasks, keys.stops, consumer, lease_ms, count, stream.GROUP }
+end
+
+-- A client's stop (ARGV[2]: "cancelled" | "killed") for the entries
+-- ARGV[3..]: each one a node holds gets it recorded (KEYS[2]) and announced
+-- (KEYS[3]); one nobody read is deleted. Returns, for each, "running" (a
+-- node holds it: its answer will come), "removed" (it will never run) or
+-- "gone" (it has ended: its result is on its way).
+local STOP_SCRIPT = [[
+local out = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1] then
+    redis.call('HSET', KEYS[2], id, ARGV[2])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ]] .. stream.CONTROL_LEN .. [[, '*',
+      'entry', id, 'stop', ARGV[2])
+    out[#out + 1] = 'running'
+  elseif redis.call('XDEL', KEYS[1], id) == 1 then
+    out[#out + 1] = 'removed'
+  else
+    out[#out + 1] = 'gone'
+  end
+end
+if #out > 0 then redis.call('EXPIRE', KEYS[2], ]] .. stream.RESULT_TTL .. [[) end
+return out
+]]
+
+function stream.stop(keys, kind, entry_ids)
+  local argv = { "EVAL", STOP_SCRIPT, 3, keys.tasks, keys.stops, keys.control, stream.GROUP, kind }
+  table.move(entry_ids, 1, #entry_ids, #argv + 1, argv)
+  return argv
+end
+
+--- Stop requests after the control entry `after`.
+function stream.read_control(keys, after, block_ms)
+  return { "XREAD", "COUNT", 1000, "BLOCK", block_ms, "STREAMS", keys.control, after }
+end
+
+--- The last control entry (where a node starts reading).
+function stream.control_tail(keys)
+  return { "XREVRANGE", keys.control, "+", "-", "COUNT", 1 }
 end
 
 -- Resets the idle time of the entries ARGV[3..] still held by consumer

@@ -1,0 +1,487 @@
+--- The broker dispatcher: a pool's tasks go through Redis Streams to
+-- `orch worker` nodes (orch.broker.node) on any number of hosts.
+--
+-- It plugs into the pool's dispatch seam (the interface is written at the
+-- top of orch/dispatch.lua) and keeps the pool's policies where they were:
+-- retries, on_error, fail_fast and groups stay with the pool; timeouts and
+-- the three stop steps are enforced by the node that runs the task (its
+-- local pool), from the timeout and grace the task carries.
+--
+-- A pool on a broker has a client id and a results stream of its own. Each
+-- task taken from the backlog is XADDed to the queue's stream at once
+-- (hiredis pipelines the writes); a reader on a connection of its own
+-- waits in XREAD BLOCK for results and settles each future once: delivery
+-- is at least once, so a result for a task no longer held (a late
+-- duplicate, an earlier run of a retried task) is dropped. A task is held
+-- from its XADD until its result; fut.entry is its stream entry once Redis
+-- answered the XADD.
+--
+-- Stops (fut:cancel, fut:kill, fail_fast, terminate) are batched per loop
+-- turn into one stream.stop script: an entry no node has read is deleted
+-- and its future settled here (it never runs); a delivered one is stopped
+-- by its node, whose answer settles it. A cancelled task is cancelled
+-- whatever its answer says, as with local workers.
+--
+-- While Redis is unreachable, tasks wait in the backlog and stops wait
+-- here; an XADD whose answer was lost with the connection is sent again
+-- (at least once). Past `lease` seconds without a connection, every task
+-- not settled fails with kind "error" (broker unreachable). With
+-- `workers` > 0, a node in this process serves the same queue too.
+local core = require "orch.core"
+local loop = require "orch.loop"
+local log = require "orch.log"
+local backlog = require "orch.backlog"
+local redis = require "orch.broker.redis"
+local node = require "orch.broker.node"
+local stream = require "orch.broker.stream"
+local TaskError = require("orch.errors").TaskError
+
+local pop, push_front = backlog.pop, backlog.push_front
+
+local BLOCK_MS = 2000      -- a results read waits this long, then is sent again
+local READ_COUNT = 1000    -- results taken per read
+local KINDS = { error = true, timeout = true, crashed = true, killed = true, cancelled = true }
+
+local B = {}
+B.__index = B
+
+local HELD = setmetatable({}, { __tostring = function() return "the broker" end })
+
+local function task_error(kind, fields)
+  fields.kind = kind
+  return TaskError.new(fields)
+end
+
+local function noop() end
+
+---------------------------------------------------------------------------
+-- sending tasks
+
+-- The task's stream fields, or nil, why (what cannot cross to a node).
+local function fields_of(self, fut)
+  local opts = fut.group.opts
+  return pcall(stream.task_fields, {
+    id = fut.id, reply = self.reply, fn = fut.fn, args = fut.args,
+    max = (opts.retries or 0) + 1, timeout = opts.timeout, grace = opts.grace,
+    secret = self.secret,
+  })
+end
+
+local function hold(self, fut)
+  fut.worker, fut.entry, fut.stop_wanted = HELD, nil, nil
+  fut.attempts = fut.attempts + 1
+  self.by_id[tostring(fut.id)] = fut
+  self.n_held = self.n_held + 1
+end
+
+-- fut leaves the broker's hands (settled, or back in the backlog).
+local function release(self, fut)
+  local key = tostring(fut.id)
+  if self.by_id[key] == fut then
+    self.by_id[key] = nil
+    self.n_held = self.n_held - 1
+  end
+  fut.worker = nil
+end
+
+-- Back in the backlog, as if never sent (its XADD was lost).
+local function unsend(self, fut)
+  release(self, fut)
+  fut.attempts = fut.attempts - 1
+  push_front(self.backlog, fut)
+end
+
+-- Tasks sent in one command at the most.
+local SEND_BATCH = 512
+
+-- The answer to a batch of XADDs: each task's entry id, or why none.
+local function sent(self, futs, ids, reply, err)
+  for i, fut in ipairs(futs) do
+    if fut.id == ids[i] and fut.worker == HELD then  -- else settled meanwhile
+      local entry = type(reply) == "table" and not reply.err and reply[i]
+      if entry then
+        fut.entry = entry
+        if fut.stop_wanted then self:_queue_stop(fut, fut.stop_wanted) end
+      elseif err then
+        unsend(self, fut)  -- the connection went with the answer: sent again once back
+      else
+        release(self, fut)
+        fut.no_retry = true
+        self.failed(fut, task_error("error", { message = "the broker refused the task: "
+          .. tostring(type(reply) == "table" and reply.err or reply) }))
+      end
+    end
+  end
+end
+
+-- Sends up to SEND_BATCH tasks of the backlog; false when the connection
+-- is down (they are back in the backlog).
+local function send_batch(self)
+  local futs, ids, lists = {}, {}, {}
+  local fut = pop(self.backlog)
+  while fut do
+    local ok, fields = fields_of(self, fut)
+    if ok then
+      hold(self, fut)
+      futs[#futs + 1], ids[#futs + 1], lists[#futs + 1] = fut, fut.id, fields
+      if #futs == SEND_BATCH then break end
+    else
+      fut.no_retry = true
+      self.failed(fut, task_error("error", { message = "cannot send to the broker: "
+        .. tostring(fields) }))
+    end
+    fut = pop(self.backlog)
+  end
+  if #futs == 0 then return true end
+  local ok = self.writer:command(stream.add_tasks(self.keys, lists), function(reply, err)
+    sent(self, futs, ids, reply, err)
+  end)
+  if not ok then
+    for i = #futs, 1, -1 do unsend(self, futs[i]) end
+  end
+  return ok
+end
+
+--- Sends every task of the backlog to the stream, at the next turn of
+-- the loop: the pool asks right after queueing a task, before it has kept
+-- the task's function and arguments on the future; and the tasks of one
+-- turn go out together.
+function B:pump()
+  -- the task just queued: its group keeps each task's function and
+  -- arguments on the future (pool.lua and map.lua do, right after this)
+  local bl = self.backlog
+  local last = bl[bl.tail]
+  if last then last.group.keeps_args = true end
+  if self.pump_timer or self.backlog.n == 0 or self.terminated then return end
+  self.pump_timer = core.timer(0, function()
+    self.pump_timer = nil
+    self:_send_backlog()
+  end)
+end
+
+function B:_send_backlog()
+  local bl = self.backlog
+  if bl.n == 0 or self.terminated then return end
+  if not self.writer:connected() then return end  -- sent once reconnected
+  while bl.n > 0 and send_batch(self) do end
+  self:_read()
+end
+
+---------------------------------------------------------------------------
+-- taking results back
+
+-- A failed result's fields as the TaskError the pool gets.
+local function error_of(fut, fields)
+  if type(fields) ~= "table" or not KINDS[fields.kind] then
+    return task_error("error", { message = "bad error from a node: " .. tostring(fields) })
+  end
+  if fields.kind == "crashed" and fields.deliveries then
+    fut.no_retry = true  -- its deliveries were its retries
+  end
+  return TaskError.new(fields)
+end
+
+local function settle(self, fut, status, values)
+  release(self, fut)
+  if fut:done() then return end
+  if fut.stop_kind == "cancelled" then
+    return self.failed(fut, task_error("cancelled", { message = "cancelled" }))
+  end
+  if status == "done" then
+    if type(values) ~= "table" then values = { n = 0 } end
+    return self.done(fut, values)
+  end
+  self.failed(fut, error_of(fut, values))
+end
+
+function B:_result(f)
+  local id, status, values = stream.decode_result(f)
+  local fut = self.by_id[id]
+  if not fut then return end  -- a late duplicate, or a run given up
+  settle(self, fut, status, values)
+end
+
+-- Reads results while tasks are held: one XREAD BLOCK at a time, on the
+-- reader's own connection.
+function B:_read()
+  if self.reading or self.n_held == 0 or self.released then return end
+  self.reading = true
+  local ok = self.reader:command(stream.read_results(self.reply, self.after, READ_COUNT, BLOCK_MS),
+    function(reply, err)
+      self.reading = false
+      if err or (type(reply) == "table" and reply.err) then
+        if not err then log.warn("orch.pool: reading results: %s", reply.err) end
+        return  -- read again once reconnected
+      end
+      for _, s in ipairs(reply or {}) do
+        for _, e in ipairs(s[2]) do
+          self.after = e[1]
+          self:_result(stream.fields(e[2]))
+        end
+      end
+      if reply then  -- what was read is not needed any more
+        self.writer:command({ "XTRIM", self.reply, "MINID", self.after }, noop)
+      end
+      self:pump()  -- retries
+      self:_read()
+      self:_check_idle()
+    end)
+  if not ok then self.reading = false end
+end
+
+---------------------------------------------------------------------------
+-- stopping tasks
+
+-- A stop (stop: "cancelled" | "killed") for a held task whose entry is
+-- known, sent with the others of this loop turn.
+function B:_queue_stop(fut, stop)
+  fut.stop_wanted = stop
+  if not fut.entry then return end  -- sent once the XADD is answered
+  self.stops[#self.stops + 1] = fut
+  if not self.stop_timer then
+    self.stop_timer = core.timer(0, function()
+      self.stop_timer = nil
+      self:_send_stops()
+    end)
+  end
+end
+
+-- The answer for each stopped entry: "removed" (never ran: settled here),
+-- else the node's answer will settle it.
+local function stops_answered(self, futs, kind, reply)
+  for i, fut in ipairs(futs) do
+    if reply[i] == "removed" and fut.worker == HELD and not fut:done() then
+      release(self, fut)
+      if kind ~= "cancelled" then fut.no_retry = true end
+      self.failed(fut, task_error(kind, { message = kind }))
+    end
+  end
+  self:pump()
+  self:_check_idle()
+end
+
+function B:_send_stops()
+  local list = self.stops
+  self.stops = {}
+  local by_kind = { cancelled = {}, killed = {} }
+  for _, fut in ipairs(list) do
+    if fut.worker == HELD and not fut:done() then
+      local futs = by_kind[fut.stop_wanted]
+      futs[#futs + 1] = fut
+    end
+  end
+  for kind, futs in pairs(by_kind) do
+    if #futs > 0 then
+      local entries = {}
+      for i, fut in ipairs(futs) do entries[i] = fut.entry end
+      local ok = self.writer:command(stream.stop(self.keys, kind, entries), function(reply)
+        if type(reply) == "table" and not reply.err then
+          stops_answered(self, futs, kind, reply)
+        else  -- sent again once reconnected
+          table.move(futs, 1, #futs, #self.stops + 1, self.stops)
+        end
+      end)
+      if not ok then table.move(futs, 1, #futs, #self.stops + 1, self.stops) end
+    end
+  end
+end
+
+--- cancel (kind "cancelled"; "timeout" does not come here: the node times
+-- its tasks out). Settled when Redis or the node has answered.
+function B:stop_task(fut, kind)
+  if fut.stop_kind then return false end
+  fut.stop_kind = kind
+  self:_queue_stop(fut, "cancelled")
+  return false
+end
+
+--- fut:kill(): the node SIGKILLs the worker running it; a task no node
+-- has read yet fails "killed" without running.
+function B:kill_task(fut)
+  if fut.stop_wanted == "killed" then return false end
+  fut.stop_kind = nil  -- its outcome is the kill's
+  self:_queue_stop(fut, "killed")
+  return false
+end
+
+function B:held()
+  local list = {}
+  for _, fut in pairs(self.by_id) do list[#list + 1] = fut end
+  table.sort(list, function(a, b) return a.id < b.id end)
+  return list
+end
+
+function B.where()
+  return nil
+end
+
+---------------------------------------------------------------------------
+-- the connection
+
+-- Past `lease` seconds without Redis, what is not settled fails.
+function B:_disconnected(why)
+  if self.down_timer or self.released then return end
+  log.warn("orch.pool: broker %s unreachable: %s", self.url_text, tostring(why))
+  self.down_timer = core.timer(self.lease, function()
+    self.down_timer = nil
+    if self.writer:connected() then return end
+    self:_give_up(("broker %s unreachable for %gs: %s"):format(self.url_text, self.lease,
+      tostring(why)))
+  end)
+end
+
+function B:_give_up(message)
+  local function fail(fut)
+    release(self, fut)
+    fut.no_retry = true
+    self.failed(fut, task_error("error", { message = message }))
+  end
+  for _, fut in ipairs(self:held()) do fail(fut) end
+  local fut = pop(self.backlog)
+  while fut do fail(fut); fut = pop(self.backlog) end
+  self:_check_idle()
+end
+
+function B:_reconnected()
+  if self.down_timer then self.down_timer:stop(); self.down_timer = nil end
+  log.info("orch.pool: broker %s reachable again", self.url_text)
+  -- stops whose entries were written before the connection went
+  local list = {}
+  for _, fut in pairs(self.by_id) do
+    if fut.stop_wanted and fut.entry then list[#list + 1] = fut end
+  end
+  for _, fut in ipairs(list) do self:_queue_stop(fut, fut.stop_wanted) end
+  self:pump()
+end
+
+local function connect(self, url)
+  local clients, err = redis.connect_each(url, {
+    { on_disconnect = function(why) self:_disconnected(why) end,
+      on_reconnect = function() self:_reconnected() end },
+    { on_reconnect = function() self:_read() end },
+  })
+  if not clients then error("orch.pool: broker: " .. err, 0) end
+  self.writer, self.reader = clients[1], clients[2]
+  local ok, gerr = node.ensure_group(self.writer, self.keys)
+  if not ok then error("orch.pool: broker: " .. gerr, 0) end
+end
+
+local client_seq = 0
+
+local function client_id()
+  client_seq = client_seq + 1
+  local f = io.open("/proc/sys/kernel/hostname")
+  local host = f and f:read("l") or "localhost"
+  if f then f:close() end
+  return ("%s:%d:%d:%s"):format(host, core.getpid(), client_seq,
+    core.sha256(tostring(core.now()) .. tostring({})):sub(1, 8))
+end
+
+function B:start()
+  connect(self, self.url)
+  if self.size > 0 then
+    self.node = node.start{
+      broker = self.url, queue = self.queue, workers = self.size, lease = self.lease,
+      secret = self.secret, max_tasks_per_worker = self.max_tasks, quiet = true,
+    }
+  end
+end
+
+---------------------------------------------------------------------------
+-- lifecycle
+
+-- Closing and nothing left: connections and the node go.
+function B:_check_idle()
+  if not self.closing or self.released or self.n_held > 0 or self.backlog.n > 0
+    or self.waiting() then return end
+  self.released = true
+  if self.down_timer then self.down_timer:stop(); self.down_timer = nil end
+  self.reader:close()
+  local function gone()
+    self.writer:close()
+    self.n_live = 0
+  end
+  if self.node then
+    self.node:release(gone)
+  elseif not self.writer:command({ "PING" }, gone) then  -- after what was sent
+    gone()
+  end
+end
+
+function B:close()
+  self.closing = true
+  self:_check_idle()
+end
+
+--- Every held task is stopped on its node ("killed"); what it held is
+-- returned for the pool to fail.
+function B:terminate()
+  self.terminated = true
+  local list = self:held()
+  local entries = {}
+  for _, fut in ipairs(list) do
+    release(self, fut)
+    if fut.entry then entries[#entries + 1] = fut.entry end
+  end
+  if #entries > 0 and self.writer and self.writer:connected() then
+    local answered = false
+    self.writer:command(stream.stop(self.keys, "killed", entries), function() answered = true end)
+    loop.wait(function() return answered end, 1)
+  end
+  self:discard()
+  return list, {}
+end
+
+function B:discard()
+  self.released = true
+  if self.down_timer then self.down_timer:stop(); self.down_timer = nil end
+  if self.stop_timer then self.stop_timer:stop(); self.stop_timer = nil end
+  if self.pump_timer then self.pump_timer:stop(); self.pump_timer = nil end
+  if self.node then self.node:release() end
+  if self.reader then self.reader:close() end
+  if self.writer then self.writer:close() end
+  self.n_live = 0
+end
+
+--- live (this process's node's workers), idle, running (tasks held by the
+-- broker), sent ahead, restarts.
+function B:stats()
+  local live, idle = 0, 0
+  if self.node and not self.released then
+    local s = self.node.pool:stats()
+    live, idle = s.workers, s.idle
+  end
+  return live, idle, self.n_held, 0, 0
+end
+
+local broker = {}
+
+local function check(opts)
+  local function bad(fmt, ...) error("orch.pool: " .. fmt:format(...), 4) end
+  redis.parse_url(opts.broker)
+  if opts.queue and not opts.queue:match("^[%w_.%-]+$") then
+    bad("option 'queue' must be letters, digits, '_', '.' or '-' (got %q)", opts.queue)
+  end
+  if opts.lease and (opts.lease ~= opts.lease or opts.lease <= 0) then bad("option 'lease' must be positive") end
+  if opts.init ~= nil then bad("option 'init' does not apply to a pool on a broker") end
+end
+
+--- broker.new(side, opts) -> d: the dispatcher of a pool with opts.broker
+-- (opts: broker, queue, lease, secret, workers, max_tasks_per_worker).
+function broker.new(side, opts)
+  check(opts)
+  local secret = opts.secret or os.getenv("ORCH_SECRET")
+  local self = setmetatable({
+    backlog = side.backlog, done = side.done, failed = side.failed, waiting = side.waiting,
+    url = opts.broker, url_text = opts.broker:gsub("//[^@/]*@", "//"),
+    queue = opts.queue or "orch", lease = opts.lease or 30,
+    secret = secret ~= "" and secret or nil, size = opts.workers or 0,
+    max_tasks = opts.max_tasks_per_worker, eager = math.huge,
+    slots = {}, by_id = {}, n_held = 0, n_live = 1, stops = {}, after = "0",
+  }, B)
+  self.keys = stream.keys(self.queue)
+  self.reply = self.keys.results_prefix .. client_id()
+  return self
+end
+
+return broker
