@@ -5,3 +5,4 @@ max_line_length = 160
 files["spec"] = { std = "+busted", read_globals = { "orch_spec" } }
 -- a <close> variable is used by going out of scope
 ignore = { "211/t", "211/cleanup" }
+files["bench/busted_suite"] = { std = "+busted" }

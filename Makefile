@@ -30,7 +30,7 @@ LUA_LMOD   ?= $(PREFIX)/share/lua/5.4
 LUA_CMOD   ?= $(PREFIX)/lib/lua/5.4
 DOCDIR     ?= $(PREFIX)/share/doc/orch
 
-.PHONY: all deps build test stress demo bench asan valgrind fuzz install uninstall clean lint doc
+.PHONY: all deps build test test-serial stress demo bench asan valgrind fuzz install uninstall clean lint doc
 
 all: build
 
@@ -56,12 +56,23 @@ $(MODULE): $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) -shared $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(OBJS) $(LIBS)
 
-# The whole suite but #slow; closes with "N passed, N failed".
+# The whole suite but #slow, its files in parallel (orch busted); closes
+# with "N passed, N failed". test-serial: the same through busted alone.
 test: build
+	@$(LUA) scripts/run-specs $(LUA) scripts/orch busted --exclude-tags=slow
+
+test-serial: build
 	@$(LUA) scripts/run-specs $(BUSTED) --exclude-tags=slow
 
+# Every #slow spec, the chaos trials included.
 stress: build
 	@$(LUA) scripts/run-specs $(BUSTED) --tags=slow --exclude-tags=none
+
+# The chaos trials alone (spec/70-chaos_spec.lua, a few minutes); each part
+# prints a "chaos:" line. Sizes: CHAOS_* (docs/reliability.md).
+.PHONY: chaos
+chaos: build
+	@$(LUA) scripts/run-specs $(BUSTED) --tags=chaos --exclude-tags=none
 
 demo: build
 	@echo "--- ordered shutdown: TERM after 3 s; produced must equal written"
@@ -148,11 +159,12 @@ doc: deps
 # the prefix's module directories written in, so it runs under any PREFIX
 # (DESTDIR only stages the files).
 install: $(MODULE)
-	install -d $(DESTDIR)$(LUA_LMOD)/orch/cli $(DESTDIR)$(LUA_LMOD)/orch/broker \
+	install -d $(DESTDIR)$(LUA_LMOD)/orch/cli $(DESTDIR)$(LUA_LMOD)/orch/broker $(DESTDIR)$(LUA_LMOD)/orch/busted \
 	  $(DESTDIR)$(LUA_CMOD)/orch $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(DOCDIR)
 	install -m 644 lua/orch/*.lua $(DESTDIR)$(LUA_LMOD)/orch/
 	install -m 644 lua/orch/cli/*.lua $(DESTDIR)$(LUA_LMOD)/orch/cli/
 	install -m 644 lua/orch/broker/*.lua $(DESTDIR)$(LUA_LMOD)/orch/broker/
+	install -m 644 lua/orch/busted/*.lua $(DESTDIR)$(LUA_LMOD)/orch/busted/
 	install -m 755 $(MODULE) $(DESTDIR)$(LUA_CMOD)/orch/core.so
 	sed 's|^-- @INSTALL_PATHS@$$|package.path = "$(LUA_LMOD)/?.lua;$(LUA_LMOD)/?/init.lua;" .. package.path\
 	package.cpath = "$(LUA_CMOD)/?.so;" .. package.cpath|' scripts/orch >$(DESTDIR)$(PREFIX)/bin/orch

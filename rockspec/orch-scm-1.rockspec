@@ -46,7 +46,12 @@ external_dependencies = {
 -- The Lua modules: one entry per file of lua/orch/ and its folders
 -- (spec/90-install checks that none is missing).
 local lua_modules = {
-  "broker.node", "broker.redis", "broker.stream", "cli.run", "cli.usage", "errors", "future", "group", "log", "loop", "pool", "queue", "signal", "supervisor",
+  "broker.node", "broker.redis", "broker.stream",
+  "busted.dispatch", "busted.frame", "busted.recorder", "busted.replay",
+  "busted.run", "busted.schedule", "busted.spec_process", "busted.suite",
+  "cli.busted", "cli.run", "cli.usage",
+  "backlog", "child", "dispatch", "errors", "future", "group", "log", "loop", "map", "pool",
+  "queue", "services", "signal", "supervisor",
 }
 
 local modules = {

@@ -1,8 +1,15 @@
 --- Futures: the parent's handle on one task.
 -- States: "queued" -> "running" -> "done" | "failed" | "cancelled"
 -- (a queued task can go straight to "cancelled" or "failed").
+--
+-- Internal interface, for the pool and its dispatcher: Future.new(group,
+-- id, task), fut:_settle(status, values, err) (the pool alone settles),
+-- Future.clear_timers(fut). A future's cancel and kill go to its pool's
+-- _stop_task and _kill_task (pool.lua's header).
 local loop = require "orch.loop"
+local child = require "orch.child"
 local TaskError = require("orch.errors").TaskError
+local clear_steps = child.clear_steps
 
 local Future = {}
 Future.__index = Future
@@ -86,6 +93,14 @@ function Future:_settle(status, values, err)
     self.callbacks = nil
     for i = 1, #cbs do self:_call(cbs[i]) end
   end
+end
+
+--- Stops the timers a future may hold: `timer` (its time limit, or its
+-- retry backoff) and those of its stop steps (child.stop). For the pool
+-- and its dispatcher.
+function Future.clear_timers(fut)
+  if fut.timer then fut.timer:stop(); fut.timer = nil end
+  if fut.stop_timer or fut.kill_timer then clear_steps(fut) end
 end
 
 --- A queued task never runs; a running task is asked to stop, interrupted,

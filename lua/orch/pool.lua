@@ -1,46 +1,39 @@
---- Pools: tasks run in pre-forked worker processes.
+--- Pools: a pool's API, its lifecycle and its tasks' outcomes.
 --
--- The parent is the only scheduler. Each worker has a FIFO of tasks sent
--- to it (`inflight`, a ring read from count `ih` to count `it`): the first
--- is running, the others wait in its channel (a short pipeline, so a
--- worker never idles between two small tasks).
--- A worker that dies is noticed once its exit is reaped and everything it
--- wrote has been read; its running task fails ("crashed", or the kind of
--- the stop that killed it), the tasks waiting behind it go back to the
--- queue, and a new worker takes its slot. Workers share no locks, so a
--- worker that dies at any instant cannot wedge the others.
+-- A pool owns its futures and their policies: the backlog of tasks not yet
+-- handed over (orch.backlog), retries with their backoff, counts, groups'
+-- failure policies (orch.group), close/join/shutdown/terminate and the
+-- default INT/TERM behaviour of a script with pools. Where tasks run is
+-- its dispatcher's business (orch.dispatch: pre-forked local workers; the
+-- interface is written at the top of dispatch.lua). map and imap are in
+-- orch.map.
+--
+-- Internal interface, for the handles of the pool's state (Future, Group)
+-- and for orch.map; nothing else calls a Pool method that starts with _:
+--   pool:_submit(group, fn, ...) -> fut      a task of that group
+--   pool:_enqueue(group, packed_task) -> fut  a task already packed
+--   pool:_stop_task(fut, kind, grace)         cancel ("cancelled") or
+--                                             time out ("timeout") a task
+--   pool:_kill_task(fut)                      fut:kill()
 local core = require "orch.core"
 local loop = require "orch.loop"
-local log = require "orch.log"
 local signal = require "orch.signal"
+local backlog = require "orch.backlog"
+local dispatch = require "orch.dispatch"
 local Future = require "orch.future"
 local Group = require "orch.group"
+local map = require "orch.map"
 local TaskError = require("orch.errors").TaskError
 local settle = Future._settle
+local clear_timers = Future.clear_timers
+local push, pop = backlog.push, backlog.pop
 
-local MSG = core.msg
-local RESULT, ERROR, LOG, CALL = MSG.RESULT, MSG.ERROR, MSG.LOG, MSG.CALL
 local pack = table.pack
 local pack_task = core.pack_task
 
 local Pool = {}
 Pool.__index = Pool
 Pool.__name = "orch.pool"
-
--- Tasks sent ahead to a busy worker when the queue is long: as many as
--- fit in PIPELINE_SECONDS of the pool's mean task time, at most
--- PIPELINE_MAX. Short tasks then cost no round trip each, and long ones
--- are never stuck behind each other on one worker while another idles.
-local PIPELINE_MAX = 32
--- Slots in a worker's ring: task number i sits at inflight[i % RING + 1].
--- A worker holds at most PIPELINE_MAX tasks (refill, _pump).
-local RING = 64
-local PIPELINE_SECONDS = 0.002
--- A task asked to stop is interrupted this long after the request
--- (capped by half its grace period), and killed after its grace period.
-local INTERRUPT_AFTER = 0.02
--- Workers that fail their init this many times in a row break the pool.
-local MAX_INIT_FAILURES = 3
 
 local OPTIONS = {
   workers = "number", max_tasks_per_worker = "number", timeout = "number",
@@ -61,7 +54,6 @@ local function new_id()
   last_id = last_id + 1
   return last_id
 end
-local weak_values = { __mode = "v" }
 
 local function fail_option(fmt, ...)
   error("orch.pool: " .. fmt:format(...), 3)
@@ -92,237 +84,16 @@ local function check_options(opts)
 end
 
 ---------------------------------------------------------------------------
--- the queue of tasks not yet sent to a worker (a deque: retried and
--- returned tasks go back to the front)
-
-local function push_back(self, fut)
-  local t = self.q_tail + 1
-  self.q_tail = t
-  self.queue[t] = fut
-  self.n_queued = self.n_queued + 1
-end
-
-local function push_front(self, fut)
-  local h = self.q_head - 1
-  self.q_head = h
-  self.queue[h] = fut
-  self.n_queued = self.n_queued + 1
-end
-
-local function pop_front(self)
-  while self.q_head <= self.q_tail do
-    local h = self.q_head
-    local fut = self.queue[h]
-    self.queue[h] = nil
-    self.q_head = h + 1
-    if fut.status == "queued" then  -- else settled while queued (_unqueue)
-      self.n_queued = self.n_queued - 1
-      return fut
-    end
-  end
-  return nil
-end
-
----------------------------------------------------------------------------
--- workers
-
-local spawn_workers
-
-local function worker_main(name)
-  return function()
-    log.name = name
-    core.serve()
-  end
-end
-
--- Forks a worker for each of the given slots, in one core.spawn: the
--- children are forked back to back, so none of them inherits as its own
--- the pages the parent writes while it sets up the next one.
-local SPAWN_BATCH = 64  -- core.spawn's limit
-spawn_workers = function(self, first, last)
-  local ref = setmetatable({ self }, weak_values)
-  local workers, args = {}, {}
-  for slot = first, last do
-    local w = { slot = slot, name = "worker " .. slot, inflight = {}, ih = 1, it = 0, dispatched = 0 }
-    workers[#workers + 1] = w
-    args[#args + 1] = worker_main(w.name)
-    args[#args + 1] = function(_, ...)
-      local pool = ref[1]
-      if pool then pool:_message(w, ...) end
-    end
-    args[#args + 1] = function(_, how, code)
-      local pool = ref[1]
-      if pool then pool:_exited(w, how, code) end
-    end
-  end
-  local init = self.opts.init
-  for i = 1, #workers, SPAWN_BATCH do
-    local j = math.min(i + SPAWN_BATCH - 1, #workers)
-    local procs = { core.spawn(table.unpack(args, 3 * i - 2, 3 * j)) }
-    for k = i, j do
-      local w = workers[k]
-      w.proc = procs[k - i + 1]
-      w.pid = w.proc:pid()
-      self.slots[w.slot] = w
-      self.n_live = self.n_live + 1
-      if init ~= nil then
-        w.proc:send_task(0, core.pack_task(init))
-        w.in_init = true
-      end
-    end
-  end
-end
-
--- The tasks sent to w, the running one first.
-local function inflight_list(w)
-  local list, ring = {}, w.inflight
-  for i = w.ih, w.it do list[#list + 1] = ring[i % RING + 1] end
-  return list
-end
-
-local function head_of(w)
-  return w.inflight[w.ih % RING + 1]
-end
-
--- The three steps for the task fut that now runs first on worker w: ask
--- (orch.stopping() turns true), interrupt (a hook raises "cancelled" or
--- "timeout" in its Lua code) after a moment, SIGKILL its worker's process
--- group after the grace period. Each step is skipped once w has answered.
-local function escalate(fut, w)
-  local grace = fut.stop_grace or fut.group.opts.grace or 5
-  local level = fut.stop_kind == "timeout" and MSG.STOP_TIMEOUT or MSG.STOP_CANCEL
-  w.proc:stop(fut.id, MSG.STOP_ASK)
-  fut.stop_timer = core.timer(math.min(INTERRUPT_AFTER, grace / 2), function()
-    fut.stop_timer = nil
-    if head_of(w) == fut and not w.dead then
-      w.proc:stop(fut.id, level)
-      -- a task waiting on a queue waits in the parent: end that wait
-      local queue = package.loaded["orch.queue"]
-      if queue then queue.interrupt(w.proc) end
-    end
-  end)
-  fut.kill_timer = core.timer(grace, function()
-    fut.kill_timer = nil
-    if head_of(w) == fut and not w.dead then
-      log.deliver("warn", ("task %d still running %gs after a stop request: killing %s")
-        :format(fut.id, grace, w.name), w.name, w.pid)
-      w.retiring, w.killed = true, true  -- no new work for it
-      w.proc:kill()
-    end
-  end)
-end
-
--- Starts the clock of the task that now runs first on w (w.started is
--- the task whose start was seen, at w.started_at).
-local function start_head(self, w, now)
-  local fut = w.inflight[w.ih % RING + 1]
-  if not fut or w.started == fut then return end
-  w.started, w.started_at = fut, now or core.now()
-  if fut.status ~= "queued" then
-    -- settled while it waited in the pipeline (see Pool:_stop_task): the
-    -- worker answers it without running it, or, if it had just started it,
-    -- is interrupted; stuck in C, it is killed after the grace period
-    return escalate(fut, w)
-  end
-  fut.status = "running"
-  self.n_running = self.n_running + 1
-  local timeout = fut.group.opts.timeout
-  if timeout and not fut.stop_kind then
-    fut.timer = core.timer(timeout, function()
-      fut.timer = nil
-      if fut.status == "running" then self:_stop_task(fut, "timeout") end
-    end)
-  end
-  if fut.stop_kind then escalate(fut, w) end
-end
-
-local function send_task(self, w, fut)
-  if not w.proc:send_task(fut.id, fut.task) then
-    -- its channel is closed: the worker is exiting, its exit will tell why
-    w.retiring = true
-    return push_front(self, fut)
-  end
-  fut.worker = w
-  fut.attempts = fut.attempts + 1
-  local t = w.it + 1
-  w.it = t
-  w.inflight[t % RING + 1] = fut
-  w.dispatched = w.dispatched + 1
-  if t == w.ih then start_head(self, w) end
-  local max = self.opts.max_tasks_per_worker
-  if max and w.dispatched >= max then
-    w.retiring = true
-    w.proc:send(MSG.QUIT)
-  end
-end
-
-local function usable(w)
-  return w and not (w.retiring or w.in_init or w.dead)
-end
-
--- Fills w's pipeline from the queue: one task, and more only while the
--- queue holds more tasks than there are workers.
-local function refill(self, w)
-  local limit = self.n_queued > self.size and self.pipeline or 1
-  while w.it - w.ih + 1 < limit and not w.retiring do
-    local fut = pop_front(self)
-    if not fut then return end
-    send_task(self, w, fut)
-  end
-end
-
--- Sends queued tasks to workers: idle ones first, then the pipelines.
-function Pool:_pump()
-  if self.n_queued == 0 then return end
-  local slots, size = self.slots, self.size
-  for i = 1, size do
-    local w = slots[i]
-    if usable(w) and w.it < w.ih then
-      local fut = pop_front(self)
-      if not fut then return end
-      send_task(self, w, fut)
-    end
-  end
-  if self.n_queued > size then
-    for i = 1, size do
-      local w = slots[i]
-      if usable(w) then refill(self, w) end
-    end
-  end
-end
-
--- The pool is closed and has nothing left to do: workers may go.
-function Pool:_maybe_retire()
-  if not self.closed or self.n_queued > 0 or self.n_running > 0 then return end
-  if next(self.retry_waiting) then return end
-  for i = 1, self.size do
-    local w = self.slots[i]
-    if w and not w.retiring and not w.dead and w.it < w.ih then
-      w.retiring = true
-      w.proc:send(MSG.QUIT)
-    end
-  end
-end
-
----------------------------------------------------------------------------
 -- outcomes
-
-local function clear_timers(fut)
-  if fut.timer then fut.timer:stop(); fut.timer = nil end
-  if fut.stop_timer then fut.stop_timer:stop(); fut.stop_timer = nil end
-  if fut.kill_timer then fut.kill_timer:stop(); fut.kill_timer = nil end
-end
 
 local function task_error(kind, fields)
   fields.kind = kind
   return TaskError.new(fields)
 end
 
--- Ends a future that has left the queue and the workers for good.
-function Pool:_finish(fut, status, values, err)
+-- Ends a future that has left the backlog and the dispatcher for good.
+local function finish(self, fut, status, values, err)
   clear_timers(fut)
-  if fut.status == "running" then self.n_running = self.n_running - 1 end
-  fut.worker = nil
   if status == "done" then
     self.n_done = self.n_done + 1
   elseif status == "cancelled" then
@@ -334,314 +105,113 @@ function Pool:_finish(fut, status, values, err)
   fut.group:_settled(fut)
 end
 
+-- Puts a task that failed back in the backlog, as a new run, after the
+-- group's backoff (waiting it out in self.retry_waiting).
+local function retry(self, fut)
+  clear_timers(fut)
+  fut.status = "queued"
+  fut.id = new_id()
+  local delay = fut.group:_backoff(fut)
+  if delay <= 0 then return push(self.backlog, fut) end
+  self.retry_waiting[fut] = true
+  fut.timer = core.timer(delay, function()
+    fut.timer = nil
+    self.retry_waiting[fut] = nil
+    if fut.status == "queued" then
+      push(self.backlog, fut)
+      self.dispatcher:pump()
+    end
+  end)
+end
+
 -- A task failed with err: retry it, or settle it and apply the policy.
-function Pool:_failed(fut, err)
+local function failed(self, fut, err)
   err.attempts = fut.attempts
   if err.kind == "cancelled" then
-    return self:_finish(fut, "cancelled", nil, err)
+    return finish(self, fut, "cancelled", nil, err)
   end
   local group = fut.group
   local action = group:_decide(err, fut)
   if action == "retry" and not (self.terminated or fut.stop_kind or fut.no_retry) then
-    clear_timers(fut)
-    if fut.status == "running" then self.n_running = self.n_running - 1 end
-    fut.status, fut.worker = "queued", nil
-    fut.id = new_id()
-    local delay = group:_backoff(fut)
-    if delay > 0 then
-      -- waits out its backoff outside the queue (self.retry_waiting)
-      self.retry_waiting[fut] = true
-      fut.timer = core.timer(delay, function()
-        fut.timer = nil
-        self.retry_waiting[fut] = nil
-        if fut.status == "queued" then push_back(self, fut); self:_pump() end
-      end)
-    else
-      push_back(self, fut)
-    end
-    return
+    return retry(self, fut)
   end
-  self:_finish(fut, "failed", nil, err)
+  finish(self, fut, "failed", nil, err)
   if action == "fail_fast" then group:_fail_fast(err) end
 end
 
--- The init task (id 0) has answered; message: its error, if it failed.
-function Pool:_init_done(w, failed, message)
-  w.in_init = false
-  if failed then
-    self.init_error = message
-    w.retiring = true  -- it exits with code 3; its slot gets a new worker
-    log.deliver("error", "init failed: " .. tostring(message), w.name, w.pid)
-  else
-    self.init_failures = 0
-  end
-end
-
--- Takes the task that answered (id) off the head of w's pipeline: nil
--- after a protocol error (the worker is then killed).
-local function take_head(w, id)
-  local h = w.ih
-  local k = h % RING + 1
-  local fut = w.inflight[k]
-  if fut then
-    w.inflight[k] = nil
-    w.ih = h + 1
-    w.started = nil
-  end
-  if not fut or fut.id ~= id then
-    log.deliver("error", ("protocol: result for task %s out of order"):format(id), w.name, w.pid)
-    w.proc:kill()
-    return nil
-  end
-  return fut
-end
-
--- Whether the task that answered still waits for its outcome: one settled
--- while it waited in the pipeline has nothing left to tell.
-local function awaited(fut)
-  local status = fut.status
-  if status == "running" or status == "queued" then return true end
-  clear_timers(fut)
-  return false
-end
-
--- w has answered count tasks: the mean time a task holds a worker (from
--- the start of the first of them) sets the pipeline's depth, the next task
--- starts, and there is more work for w or for the others.
-local function answered(self, w, now, count)
-  local since = w.started_at
-  if since and count > 0 then
-    local ran = (now - since) / count
-    local mean = self.mean_task
-    mean = mean and 0.9 * mean + 0.1 * ran or ran
-    self.mean_task = mean
-    local depth = mean > 0 and PIPELINE_SECONDS // mean or PIPELINE_MAX
-    self.pipeline = depth > PIPELINE_MAX and PIPELINE_MAX or depth < 1 and 1 or depth
-  end
-  start_head(self, w, now)
-  if self.n_queued > 0 then
-    if usable(w) then refill(self, w) else self:_pump() end
-  end
-  self:_maybe_retire()
-end
-
--- RESULT frames, gathered: batch holds id, values ({n = count, ...}) for
--- each, n entries in all. A task that waited in the pipeline may have
--- ended within the batch: it never showed as running.
-function Pool:_results(w, batch, n)
-  local now, count = core.now(), 0
-  for k = 1, n, 2 do
-    local id, values = batch[k], batch[k + 1]
-    if id == 0 and w.in_init then
-      self:_init_done(w, false)
-    else
-      local fut = take_head(w, id)
-      if not fut then return end
-      count = count + 1
-      if awaited(fut) then
-        if fut.stop_kind then
-          self:_stopped(fut, w, nil)
-        else
-          self:_finish(fut, "done", values)
-        end
-      end
-    end
-  end
-  answered(self, w, now, count)
-end
-
-function Pool:_message(w, type, id, ...)
-  if type == RESULT then
-    self:_results(w, id, ...)
-  elseif type == ERROR then
-    local kind, message, traceback, value = ...
-    if id == 0 and w.in_init then
-      self:_init_done(w, true, message)
-      return answered(self, w, core.now(), 0)
-    end
-    local fut = take_head(w, id)
-    if not fut then return end
-    if awaited(fut) then
-      if fut.stop_kind then
-        -- stopped: its own error, if it raised one, is the detail
-        self:_stopped(fut, w, kind == "error"
-          and { message = message, traceback = traceback, value = value } or nil)
-      else
-        self:_failed(fut, task_error(kind, {
-          message = message, traceback = traceback ~= "" and traceback or nil,
-          value = value, pid = w.pid }))
-      end
-    end
-    answered(self, w, core.now(), 1)
-  elseif type == LOG then
-    log.deliver(id, (...), w.name, w.pid)
-  elseif type == CALL then
-    require("orch.queue").serve_call(w.proc, id, ...)
-  elseif type == 0 then
-    log.deliver("error", "protocol: " .. tostring(id), w.name, w.pid)
-    w.proc:kill()
-  end
-end
-
--- A task that was asked to stop has ended (or its worker was killed). A
--- cancelled task is cancelled whatever it did meanwhile; a timeout is a
--- failure like any other (retried when retry_on lists "timeout").
-function Pool:_stopped(fut, w, detail)
-  local kind = fut.stop_kind
-  local err = task_error(kind, {
-    message = detail and detail.message or kind, traceback = detail and detail.traceback,
-    value = detail and detail.value, pid = w and w.pid })
-  if kind ~= "cancelled" then fut.stop_kind = nil end  -- a timeout may run again
-  self:_failed(fut, err)
-end
-
--- A running task goes back to the front of the queue, as if never sent.
-function Pool:_requeue(fut)
-  clear_timers(fut)
-  if fut.status == "running" then self.n_running = self.n_running - 1 end
-  fut.status, fut.worker = "queued", nil
-  fut.attempts = fut.attempts - 1
-  push_front(self, fut)
-end
-
-function Pool:_exited(w, how, code)
-  w.dead = true
-  self.n_live = self.n_live - 1
-  if self.slots[w.slot] == w then self.slots[w.slot] = nil end
-  local inflight = inflight_list(w)
-  w.inflight, w.ih, w.it = {}, 1, 0
-  local replace = not w.retiring or w.killed or inflight[1] ~= nil
-  local head = inflight[1]
-  if head and head:done() then
-    clear_timers(head)  -- settled while pipelined (see start_head)
-  elseif head then
-    if head.stop_kind then
-      self:_stopped(head, w, nil)
-    elseif w.killed_task == head then
-      self:_failed(head, task_error("killed", { message = "killed", pid = w.pid }))
-    elseif not w.killed_task then
-      local fields = { pid = w.pid }
-      if how == "signal" then
-        fields.signal, fields.signal_name = code, core.signame(code)
-      else
-        fields.exit_code = code
-      end
-      self:_failed(head, task_error("crashed", fields))
-    end
-  end
-  -- the others never started: back to the front of the queue, in order
-  for i = #inflight, 2, -1 do
-    local fut = inflight[i]
-    if fut.status == "queued" then
-      fut.worker = nil
-      fut.attempts = fut.attempts - 1
-      if fut.stop_kind then
-        self:_finish(fut, "cancelled", nil, task_error("cancelled", { message = "cancelled" }))
-      else
-        push_front(self, fut)
-      end
-    end
-  end
-  if head and head.status == "running" and w.killed_task and w.killed_task ~= head then
-    -- killed for a task whose result was on its way: this one had only
-    -- just started and is not the one the kill was meant for
-    self:_requeue(head)
-  end
-  if how == "exit" and code == 3 and self.init_error then
-    self.init_failures = (self.init_failures or 0) + 1
-  end
-  if self.terminated then return end
-  local broken = (self.init_failures or 0) >= MAX_INIT_FAILURES
-  if broken then
-    return self:_break(("worker init failed %d times: %s"):format(self.init_failures, self.init_error))
-  end
-  local needed = not self.closed or self.n_queued > 0 or self.n_running > 0
-    or next(self.retry_waiting) ~= nil
-  if needed then
-    if replace then self.restarts = self.restarts + 1 end
-    spawn_workers(self, w.slot, w.slot)
-    self:_pump()
-  end
-  self:_maybe_retire()
-end
-
--- Init keeps failing: nothing can run here. Fail all that waits.
-function Pool:_break(message)
+-- Workers' init keeps failing: nothing can run here. Fail all that waits.
+local function break_pool(self, message)
   self.closed = true
-  local fut = pop_front(self)
+  local fut = pop(self.backlog)
   while fut do
-    self:_finish(fut, "failed", nil, task_error("error", { message = message }))
-    fut = pop_front(self)
+    finish(self, fut, "failed", nil, task_error("error", { message = message }))
+    fut = pop(self.backlog)
   end
-  self:_maybe_retire()
+  self.dispatcher:close()
+end
+
+-- What the dispatcher is given (see dispatch.lua). done is the hot path:
+-- one call per task, straight to the counts and the future.
+local function side_of(self)
+  return {
+    backlog = self.backlog,
+    done = function(fut, values)
+      clear_timers(fut)
+      self.n_done = self.n_done + 1
+      settle(fut, "done", values)
+      fut.group:_settled(fut)
+    end,
+    failed = function(fut, err) return failed(self, fut, err) end,
+    waiting = function() return next(self.retry_waiting) ~= nil end,
+    broken = function(message) return break_pool(self, message) end,
+  }
 end
 
 ---------------------------------------------------------------------------
--- stopping running work
+-- stopping tasks
 
 -- Settles a task that has not run (or whose run does not count): cancelled,
 -- or failed with that kind (the group's policy then applies).
-function Pool:_settle_unrun(fut, kind, message)
+local function settle_unrun(self, fut, kind)
   if kind ~= "cancelled" then fut.no_retry = true end
-  self:_failed(fut, task_error(kind, { message = message or kind }))
+  failed(self, fut, task_error(kind, { message = kind }))
 end
 
--- Takes a task that is not on a worker out of the queue (or out of its
--- retry backoff).
-function Pool:_unqueue(fut)
+-- Takes a task that is not with the dispatcher out of the backlog (or out
+-- of its retry backoff).
+local function unqueue(self, fut)
   if self.retry_waiting[fut] then
     self.retry_waiting[fut] = nil
   else
-    self.n_queued = self.n_queued - 1
+    backlog.removed(self.backlog)
   end
   clear_timers(fut)
 end
 
 --- Stops one task: kind "cancelled" (fut:cancel, group cancel) or
--- "timeout". grace overrides the group's grace period.
--- A task still in the queue never runs. A task waiting in a worker's
--- pipeline is settled at once: the worker is told (the stop signal's ring,
--- see worker.c) and answers it without running it, so nobody waits for the
--- task ahead of it. A running task gets the three steps (escalate).
+-- "timeout". grace overrides the group's grace period. A task in the
+-- backlog never runs; one the dispatcher holds gets the stop steps, or,
+-- not started yet, is settled at once (dispatch.lua's stop_task).
 function Pool:_stop_task(fut, kind, grace)
   if fut:done() then return end
   if fut.status == "queued" and not fut.worker then
-    self:_unqueue(fut)
-    return self:_settle_unrun(fut, kind)
+    unqueue(self, fut)
+    return settle_unrun(self, fut, kind)
   end
-  if fut.stop_kind then return end
-  fut.stop_kind, fut.stop_grace = kind, grace
-  if fut.timer then fut.timer:stop(); fut.timer = nil end
-  if fut.status == "running" then
-    escalate(fut, fut.worker)
-  else
-    local level = kind == "timeout" and MSG.STOP_TIMEOUT or MSG.STOP_CANCEL
-    fut.worker.proc:stop(fut.id, level)
-    self:_settle_unrun(fut, kind)
-  end
+  if self.dispatcher:stop_task(fut, kind, grace) then settle_unrun(self, fut, kind) end
 end
 
---- fut:kill(): SIGKILL the worker running it (its process group: whatever
--- the task started goes too); a fresh worker takes its place. A task not
--- running yet fails "killed" without running. Retried only when retry_on
--- lists "killed" and the kill came from fut:kill() on a running task.
+--- fut:kill(): SIGKILL the worker running it; a fresh worker takes its
+-- place. A task not running yet fails "killed" without running. Retried
+-- only when retry_on lists "killed" and the kill came from fut:kill() on
+-- a running task.
 function Pool:_kill_task(fut)
   if fut:done() then return end
-  local w = fut.worker
-  if not w then
-    self:_unqueue(fut)
-    return self:_settle_unrun(fut, "killed")
+  if not fut.worker then
+    unqueue(self, fut)
+    return settle_unrun(self, fut, "killed")
   end
-  if fut.status == "running" then
-    fut.stop_kind = nil
-    clear_timers(fut)
-    w.killed_task, w.killed, w.retiring = fut, true, true
-    w.proc:kill()
-  else
-    fut.stop_kind = "cancelled"  -- the worker must not run it (start_head)
-    w.proc:stop(fut.id, MSG.STOP_CANCEL)
-    self:_settle_unrun(fut, "killed")
-  end
+  if self.dispatcher:kill_task(fut) then settle_unrun(self, fut, "killed") end
 end
 
 ---------------------------------------------------------------------------
@@ -653,18 +223,17 @@ function Pool:_enqueue(group, task)
   group:_add(fut)
   if group.failed_fast then
     -- the group has failed fast: what comes after is cancelled at once
-    self:_finish(fut, "cancelled", nil, task_error("cancelled", { message = "group failed fast" }))
+    finish(self, fut, "cancelled", nil, task_error("cancelled", { message = "group failed fast" }))
     return fut
   end
-  push_back(self, fut)
-  -- with a queue longer than the pool, every worker is as busy as it may
-  -- be: results refill them, so there is nothing to send now
-  if self.n_queued <= self.size + 1 then self:_pump() end
+  local bl = self.backlog
+  push(bl, fut)
+  if bl.n <= self.eager then self.dispatcher:pump() end
   return fut
 end
 
 -- pool:submit and group:submit.
-local function submit(self, group, fn, ...)
+function Pool:_submit(group, fn, ...)
   local t = type(fn)
   if self.closed or (t ~= "function" and t ~= "string") then
     if self.closed then error("orch.pool: submit on a closed pool", 3) end
@@ -677,11 +246,10 @@ local function submit(self, group, fn, ...)
   end
   return fut
 end
-Pool._submit = submit
 
 --- pool:submit(fn, ...) -> Future
 function Pool:submit(fn, ...)
-  return submit(self, self.default_group, fn, ...)
+  return self:_submit(self.default_group, fn, ...)
 end
 
 --- pool:group(opts) -> Group: a batch with its own options.
@@ -689,46 +257,37 @@ function Pool:group(opts)
   return Group.new(self, opts)
 end
 
---- pool:map(fn, items, opts) -> results (see Group:map).
+--- pool:map(fn, items, opts) -> results (see orch.map).
 function Pool:map(fn, items, opts)
-  return self.default_group:_map(fn, items, opts, "pool:map")
+  return map.map(self.default_group, fn, items, opts, "pool:map")
 end
 
 --- pool:imap(fn, items, opts) -> iterator yielding i, result.
 function Pool:imap(fn, items, opts)
-  return self.default_group:_imap(fn, items, opts, "pool:imap")
+  return map.imap(self.default_group, fn, items, opts, "pool:imap")
 end
 
 function Pool:stats()
-  local idle, live, waiting = 0, 0, 0
-  for i = 1, self.size do
-    local w = self.slots[i]
-    if w and not w.dead then
-      live = live + 1
-      if w.it < w.ih then idle = idle + 1 end
-      for _, fut in ipairs(inflight_list(w)) do
-        if fut.status == "queued" then waiting = waiting + 1 end  -- sent ahead, not started
-      end
-    end
-  end
+  local live, idle, running, ahead, restarts = self.dispatcher:stats()
   return {
-    workers = live, idle = idle, queued = self.n_queued + waiting, running = self.n_running,
+    workers = live, idle = idle, queued = self.backlog.n + ahead, running = running,
     done = self.n_done, failed = self.n_failed, cancelled = self.n_cancelled,
-    restarts = self.restarts,
+    restarts = restarts,
   }
 end
 
 --- No new tasks; what was submitted still runs.
 function Pool:close()
   self.closed = true
-  self:_maybe_retire()
+  self.dispatcher:close()
 end
 
 --- Waits (closing the pool) until every task has ended and every worker
 -- has exited: true, or nil, "timeout".
 function Pool:join(timeout)
   if not self.closed then error("orch.pool: join before close (call pool:close() first)", 2) end
-  if loop.wait(function() return self.n_live == 0 end, timeout) then
+  local d = self.dispatcher
+  if loop.wait(function() return d.n_live == 0 end, timeout) then
     self:_release()
     return true
   end
@@ -747,62 +306,36 @@ function Pool:shutdown(opts)
 end
 
 function Pool:_cancel_all(grace)
-  local fut = pop_front(self)
+  local fut = pop(self.backlog)
   while fut do
-    self:_finish(fut, "cancelled", nil, task_error("cancelled", { message = "cancelled" }))
-    fut = pop_front(self)
+    finish(self, fut, "cancelled", nil, task_error("cancelled", { message = "cancelled" }))
+    fut = pop(self.backlog)
   end
   for f in pairs(self.retry_waiting) do self:_stop_task(f, "cancelled", grace) end
-  for i = 1, self.size do
-    local w = self.slots[i]
-    if w then
-      -- last first: what waits behind the running task is stopped before
-      -- the worker can start it (see group.lua's unfinished)
-      local list = inflight_list(w)
-      for k = #list, 1, -1 do self:_stop_task(list[k], "cancelled", grace) end
-    end
-  end
-  self:_maybe_retire()
+  for _, f in ipairs(self.dispatcher:held()) do self:_stop_task(f, "cancelled", grace) end
+  self.dispatcher:close()
+end
+
+local function killed_error(fut, pid)
+  local err = task_error("killed", { message = "pool terminated", pid = pid })
+  err.attempts = fut.attempts
+  return err
 end
 
 --- SIGKILLs every worker now. Running and queued futures fail "killed".
 function Pool:terminate()
   if self.terminated then return end
   self.closed, self.terminated = true, true
-  local killed = {}
-  for i = 1, self.size do
-    local w = self.slots[i]
-    if w then
-      w.dead = true
-      w.proc:kill()
-      killed[#killed + 1] = w
-    end
-    self.slots[i] = nil
-  end
-  for _, w in ipairs(killed) do
-    w.proc:close()  -- reaps it now: no zombie outlives terminate()
-    self.n_live = self.n_live - 1
-    local inflight = inflight_list(w)
-    w.inflight, w.ih, w.it = {}, 1, 0
-    for _, fut in ipairs(inflight) do
-      clear_timers(fut)
-      if not fut:done() then
-        local err = task_error("killed", { message = "pool terminated", pid = w.pid })
-        err.attempts = fut.attempts
-        self:_finish(fut, "failed", nil, err)
-      end
-    end
-  end
+  local held, pids = self.dispatcher:terminate()
+  for i, fut in ipairs(held) do finish(self, fut, "failed", nil, killed_error(fut, pids[i])) end
   local waiting = {}
   for fut in pairs(self.retry_waiting) do waiting[#waiting + 1] = fut end
   self.retry_waiting = {}
-  local fut = pop_front(self) or table.remove(waiting)
+  local fut = pop(self.backlog) or table.remove(waiting)
   while fut do
     clear_timers(fut)
-    local err = task_error("killed", { message = "pool terminated" })
-    err.attempts = fut.attempts
-    self:_finish(fut, "failed", nil, err)
-    fut = pop_front(self) or table.remove(waiting)
+    finish(self, fut, "failed", nil, killed_error(fut))
+    fut = pop(self.backlog) or table.remove(waiting)
   end
   self:_release()
 end
@@ -812,7 +345,7 @@ function Pool:_release()
 end
 
 function Pool:__close()
-  if self.terminated or self.n_live == 0 then return self:_release() end
+  if self.terminated or self.dispatcher.n_live == 0 then return self:_release() end
   local ok, err = pcall(self.shutdown, self)
   if not ok then
     self:terminate()
@@ -822,10 +355,7 @@ end
 
 -- Collected with live workers: kill and reap them, quietly.
 function Pool:__gc()
-  for i = 1, self.size do
-    local w = self.slots[i]
-    if w then w.proc:close() end
-  end
+  self.dispatcher:discard()
 end
 
 function Pool:__tostring()
@@ -833,23 +363,23 @@ function Pool:__tostring()
 end
 
 ---------------------------------------------------------------------------
--- default signal behaviour of a plain script with pools: the first INT or
--- TERM cancels the pools' work and raises "interrupted" in the waiting
--- script; a second one kills every worker and ends the process by it.
+-- default signal behaviour of a plain script with pools (signal.two_stage):
+-- the first INT or TERM cancels the pools' work and raises "interrupted" in
+-- the waiting script; a second one kills every worker and ends the process
+-- by it.
 
-local interrupts = 0
+local party = {}
 
-local function on_interrupt(name)
-  interrupts = interrupts + 1
-  if interrupts == 1 then
-    for p in pairs(pools) do
-      if not p.terminated then p.closed = true; p:_cancel_all() end
-    end
-    loop.interrupted = name
-  else
-    for p in pairs(pools) do p:terminate() end
-    core.die_by(name)
+function party.stop(name)
+  for p in pairs(pools) do
+    if not p.terminated then p.closed = true; p:_cancel_all() end
   end
+  loop.interrupted = name
+end
+
+function party.kill(name)
+  for p in pairs(pools) do p:terminate() end
+  core.die_by(name)
 end
 
 local defaults_installed = false
@@ -857,24 +387,22 @@ local defaults_installed = false
 local function install_defaults()
   if defaults_installed then return end
   defaults_installed = true
-  signal.set_default("INT", on_interrupt)
-  signal.set_default("TERM", on_interrupt)
+  signal.two_stage(party)
 end
 
 --- orch.pool(opts) -> Pool
 local function new(opts)
   opts = check_options(opts)
   if core.in_child() then error("orch.pool: pools are created in the parent process", 2) end
-  local size = opts.workers or core.cpu_count()
   local self = setmetatable({
-    opts = opts, size = size, slots = {}, queue = {}, q_head = 1, q_tail = 0,
-    n_queued = 0, n_running = 0, n_done = 0, n_failed = 0, n_cancelled = 0,
-    n_live = 0, restarts = 0, retry_waiting = {}, pipeline = 1, mean_task = nil,
+    opts = opts, backlog = backlog.new(), retry_waiting = {},
+    n_done = 0, n_failed = 0, n_cancelled = 0,
   }, Pool)
+  local d = dispatch.new(side_of(self), opts)
+  -- size and slots: the workers, for tests and benchmarks that look at them
+  self.dispatcher, self.eager, self.size, self.slots = d, d.eager, d.size, d.slots
   self.default_group = Group.new(self, nil, true)
-  local ok, err = pcall(function()
-    spawn_workers(self, 1, size)
-  end)
+  local ok, err = pcall(d.start, d)
   if not ok then
     self:terminate()
     error(err, 2)

@@ -24,11 +24,16 @@
 -- fork, simply inherits it. In a pool task #q is 0 (no metatable arrived);
 -- use q:len() there.
 --
--- Once a service is asked to stop (M.wake), its gets no longer wait: an
+-- Once a service is asked to stop (wake), its gets no longer wait: an
 -- empty queue answers nil, "timeout" at once, so a consumer blocked in
 -- q:get() sees orch.stopping() and drains what is left.
+--
+-- The module registers itself with orch.child as the answer to "queue"
+-- CALLs, and hears there of children's stop steps and exits; pools and
+-- supervisors do not know it.
 local core = require "orch.core"
 local loop = require "orch.loop"
+local child = require "orch.child"
 
 local M = {}
 
@@ -269,13 +274,11 @@ function M.len(self)
   return count(parent_state(id))
 end
 
---- Answers one CALL frame from a child: ("queue", op, id, ...). Pools and
--- supervisors route their children's CALL frames here.
-function M.serve_call(proc, kind, op, id, ...)
-  local st = kind == "queue" and queues[id]
+-- Answers one "queue" CALL frame from a child: (op, id, ...).
+local function serve_call(proc, op, id, ...)
+  local st = queues[id]
   if not st then
-    local why = kind == "queue" and ("orch.queue: queue %s is not known to the parent"):format(tostring(id))
-      or ("orch: unknown call '%s'"):format(tostring(kind))
+    local why = ("orch.queue: queue %s is not known to the parent"):format(tostring(id))
     pcall(proc.send, proc, REPLY, nil, why)
     return
   end
@@ -310,27 +313,31 @@ end
 
 local function time_out(w) finish(w, nil, "timeout") end
 
---- The supervisor asked proc to stop: its waiting gets end now (nil,
--- "timeout") and its later gets on an empty queue do not wait.
-function M.wake(proc)
-  stopping[proc] = true
-  each_wait(proc, true, time_out)
+local watch = {}
+
+-- A service (run 0) asked to stop: its waiting gets end now (nil,
+-- "timeout") and its later gets on an empty queue do not wait. A pool task
+-- being interrupted: what it waits for ends now, so the interrupt reaches
+-- its Lua code at once.
+function watch.stopping(proc, id, step)
+  if step == "ask" and id == 0 then
+    stopping[proc] = true
+    each_wait(proc, true, time_out)
+  elseif step == "interrupt" then
+    each_wait(proc, false, time_out)
+  end
 end
 
---- A pool task of proc is being interrupted: what it waits for ends now
--- (nil, "timeout"), so the interrupt reaches its Lua code at once.
-function M.interrupt(proc)
-  each_wait(proc, false, time_out)
-end
-
---- proc has exited: drop what it still waits for.
-function M.forget(proc)
+-- proc has exited: drop what it still waits for.
+function watch.exited(proc)
   stopping[proc] = nil
   each_wait(proc, false, function(w)
     w.done = true
     if w.timer then w.timer:stop(); w.timer = nil end
   end)
 end
+
+child.on_call("queue", serve_call, watch)
 
 local VALID = { capacity = true }
 

@@ -1,6 +1,8 @@
 --- Signals in the parent: handlers run inside the loop, never in signal
 -- context. A script's own handler (orch.on_signal) always wins over the
--- defaults that pools and supervisors install.
+-- defaults that pools and supervisors install. Their INT/TERM default is
+-- one, two_stage: the first signal asks for the ordered stop of what runs,
+-- the second kills it.
 local core = require "orch.core"
 
 local signal = {}
@@ -41,6 +43,26 @@ function signal.set_default(name, fn)
       if stack[i] == fn then table.remove(stack, i) break end
     end
     if not user[name] then core.on_signal(name, current_default(name)) end
+  end
+end
+
+--- orch's INT/TERM default for a party that runs children (the pools, the
+-- running supervisors): the first INT or TERM calls party.stop(name) (the
+-- ordered stop of what it runs), every later one party.kill(name). Parties
+-- stack like set_default: the newest hides the others until it is
+-- removed, and its count of signals starts with it. Returns the function
+-- that removes it.
+function signal.two_stage(party)
+  local count = 0
+  local function handler(name)
+    count = count + 1
+    if count == 1 then party.stop(name) else party.kill(name) end
+  end
+  local remove_int = signal.set_default("INT", handler)
+  local remove_term = signal.set_default("TERM", handler)
+  return function()
+    remove_int()
+    remove_term()
   end
 end
 

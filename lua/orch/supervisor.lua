@@ -26,7 +26,9 @@ local core = require "orch.core"
 local loop = require "orch.loop"
 local log = require "orch.log"
 local signal = require "orch.signal"
-local queue = require "orch.queue"
+local child = require "orch.child"
+local services_of = require("orch.services").check
+local keys = require("orch.services").keys
 
 local MSG = core.msg
 local unpack = table.unpack
@@ -41,163 +43,40 @@ Supervisor.__name = "orch.supervisor"
 M.current_service = nil
 
 ---------------------------------------------------------------------------
--- validation
-
-local SUP_OPTIONS = {
-  strategy = "string", max_restarts = "number", restart_window = "number",
-  shutdown_timeout = "number", services = "table",
-}
-local SERVICE_OPTIONS = {
-  name = "string", run = "function", args = "table", after = "table", grace = "number",
-  restart = "string", ready = "string", ready_timeout = "number",
-}
-local STRATEGIES = { one_for_one = true, one_for_all = true, rest_for_one = true }
-local RESTARTS = { permanent = true, transient = true, temporary = true }
-
-local function keys(t)
-  local list = {}
-  for k in pairs(t) do list[#list + 1] = k end
-  table.sort(list)
-  return table.concat(list, ", ")
-end
-
-local function fail(fmt, ...)
-  error("orch.supervisor: " .. fmt:format(...), 4)
-end
-
-local function check_fields(t, spec, what)
-  for k, v in pairs(t) do
-    local want = spec[k]
-    if not want then
-      fail("%sunknown option '%s' (valid: %s)", what, tostring(k), keys(spec))
-    end
-    if type(v) ~= want then
-      fail("%soption '%s' must be a %s, got %s", what, k, want, type(v))
-    end
-  end
-end
-
-local function check_number(v, what, name, positive)
-  if v ~= nil and (v ~= v or v < 0 or (positive and v == 0)) then
-    fail("%soption '%s' must be a %s number, got %s", what, name,
-      positive and "positive" or "non-negative", tostring(v))
-  end
-end
-
--- Returns the services in a start order (after before), or raises naming
--- the cycle.
-local function start_order(services, by_name)
-  local order, mark = {}, {}
-  local function visit(s, path)
-    if mark[s] == "done" then return end
-    if mark[s] == "visiting" then
-      local from = 1
-      while path[from] ~= s.name do from = from + 1 end
-      local cyc = { unpack(path, from) }
-      cyc[#cyc + 1] = s.name
-      fail("services: a cycle in 'after': %s", table.concat(cyc, " -> "))
-    end
-    mark[s] = "visiting"
-    path[#path + 1] = s.name
-    for _, dep in ipairs(s.after) do visit(by_name[dep], path) end
-    path[#path] = nil
-    mark[s] = "done"
-    order[#order + 1] = s
-  end
-  for _, s in ipairs(services) do visit(s, {}) end
-  return order
-end
-
-local function check_spec(spec)
-  if type(spec) ~= "table" then fail("options must be a table, got %s", type(spec)) end
-  check_fields(spec, SUP_OPTIONS, "")
-  if spec.strategy and not STRATEGIES[spec.strategy] then
-    fail("unknown strategy '%s' (valid: %s)", spec.strategy, keys(STRATEGIES))
-  end
-  check_number(spec.max_restarts, "", "max_restarts")
-  check_number(spec.restart_window, "", "restart_window", true)
-  check_number(spec.shutdown_timeout, "", "shutdown_timeout")
-  if spec.services == nil or #spec.services == 0 then
-    fail("'services' must be a non-empty list of services")
-  end
-  local services, by_name = {}, {}
-  for i, t in ipairs(spec.services) do
-    if type(t) ~= "table" then fail("services[%d] must be a table, got %s", i, type(t)) end
-    local what = ("services[%d]%s: "):format(i, type(t.name) == "string" and (" (%s)"):format(t.name) or "")
-    check_fields(t, SERVICE_OPTIONS, what)
-    if not t.name or t.name == "" then fail("%s'name' is required", what) end
-    if not t.run then fail("%s'run' (a function) is required", what) end
-    if by_name[t.name] then fail("%sduplicate service name '%s'", what, t.name) end
-    if t.restart and not RESTARTS[t.restart] then
-      fail("%sunknown restart '%s' (valid: %s)", what, t.restart, keys(RESTARTS))
-    end
-    if t.ready and t.ready ~= "notify" then
-      fail("%sunknown ready '%s' (valid: notify)", what, t.ready)
-    end
-    check_number(t.grace, what, "grace")
-    check_number(t.ready_timeout, what, "ready_timeout", true)
-    local s = {
-      name = t.name, run = t.run, args = t.args or {}, after = t.after or {},
-      grace = t.grace or 5, restart = t.restart or "permanent", notify = t.ready == "notify",
-      ready_timeout = t.ready_timeout or 10, index = i,
-      state = "pending", want = "up", restarts = 0, dependents = {},
-    }
-    services[i] = s
-    by_name[s.name] = s
-  end
-  for _, s in ipairs(services) do
-    for j, dep in ipairs(s.after) do
-      if type(dep) ~= "string" then
-        fail("services[%d] (%s): after[%d] must be a service name, got %s", s.index, s.name, j, type(dep))
-      end
-      if not by_name[dep] then
-        fail("services[%d] (%s): 'after' names an unknown service '%s' (services: %s)",
-          s.index, s.name, dep, keys(by_name))
-      end
-      if dep == s.name then fail("services[%d] (%s): a service cannot come after itself", s.index, s.name) end
-    end
-  end
-  local order = start_order(services, by_name)
-  for pos, s in ipairs(order) do
-    s.pos = pos
-    for _, dep in ipairs(s.after) do
-      local d = by_name[dep]
-      d.dependents[#d.dependents + 1] = s
-    end
-  end
-  return services, by_name, order
-end
-
----------------------------------------------------------------------------
 -- signals: the first INT/TERM starts the ordered shutdown of every running
 -- supervisor, the second kills what is left; once all is down the process
 -- ends by that signal.
 
 local active = {}  -- running supervisors
 local n_active = 0
-local removers = nil
+local remove_default = nil
 local signalled = nil  -- the first signal's name
-local interrupts = 0
 
-local function on_signal(name)
-  interrupts = interrupts + 1
-  if interrupts == 1 then
-    signalled = name
-    for sup in pairs(active) do sup:_shutdown(("signal %s"):format(name)) end
-  else
-    for sup in pairs(active) do sup:_kill_all(("second signal %s"):format(name)) end
-  end
+-- After each signal: the supervisors move on; once none runs, the process
+-- ends by the first signal.
+local function after_signal()
   for sup in pairs(active) do sup:_check() end
   if n_active == 0 and signalled then core.die_by(signalled) end
+end
+
+local party = {}
+
+function party.stop(name)
+  signalled = name
+  for sup in pairs(active) do sup:_shutdown(("signal %s"):format(name)) end
+  after_signal()
+end
+
+function party.kill(name)
+  for sup in pairs(active) do sup:_kill_all(("second signal %s"):format(name)) end
+  after_signal()
 end
 
 local function activate(sup)
   if active[sup] then return end
   active[sup] = true
   n_active = n_active + 1
-  if not removers then
-    removers = { signal.set_default("INT", on_signal), signal.set_default("TERM", on_signal) }
-  end
+  if not remove_default then remove_default = signal.two_stage(party) end
 end
 
 local function deactivate(sup)
@@ -205,12 +84,11 @@ local function deactivate(sup)
   active[sup] = nil
   n_active = n_active - 1
   if n_active == 0 then
-    if removers then
-      for _, remove in ipairs(removers) do remove() end
-      removers = nil
+    if remove_default then
+      remove_default()
+      remove_default = nil
     end
     if signalled then core.die_by(signalled) end  -- all down: end as Unix expects
-    interrupts = 0
   end
 end
 
@@ -224,33 +102,28 @@ local function say(s, level, fmt, ...)
 end
 
 local function spawn(self, s)
-  local function child()
+  local function main()
     log.name = s.name
     M.current_service = s.name
     s.run(unpack(s.args, 1, s.args.n or #s.args))
   end
   local function on_message(proc, type, ...)
-    if type == MSG.LOG then
-      local level, message = ...
-      log.deliver(level, message, s.name, proc:pid())
-    elseif type == MSG.READY then
+    if type == MSG.READY then
       if s.proc == proc and s.state == "starting" then
         if s.ready_timer then s.ready_timer:stop(); s.ready_timer = nil end
         s.state = "running"
         say(s, "info", "ready")
         self:_check()
       end
-    elseif type == MSG.CALL then
-      queue.serve_call(proc, ...)
-    elseif type == 0 then
-      log.deliver("error", "protocol: " .. tostring((...)), s.name, proc:pid())
+    else
+      child.frame(proc, s.name, type, ...)
     end
   end
   local function on_exit(proc, how, code)
     self:_exited(s, proc, how, code)
   end
   s.exit_code, s.signal, s.asked, s.not_ready = nil, nil, false, nil
-  local proc = core.spawn(child, on_message, on_exit)
+  local proc = core.spawn(main, on_message, on_exit)
   s.proc, s.pid = proc, proc:pid()
   if s.notify then
     s.state = "starting"
@@ -269,20 +142,16 @@ local function spawn(self, s)
   end
 end
 
+-- A service's stop steps (child.stop): asked now, SIGKILLed after its
+-- grace period; a service is never interrupted inside its Lua code.
 local function ask_stop(s)
   s.asked = true
   s.state = "stopping"
   local proc = s.proc
   say(s, "info", "stop requested (grace %gs)", s.grace)
-  proc:stop(0, MSG.STOP_ASK)
-  queue.wake(proc)
-  s.grace_timer = core.timer(s.grace, function()
-    s.grace_timer = nil
-    if s.proc == proc then
-      say(s, "warn", "killed after grace (%gs)", s.grace)
-      s.killed = true
-      proc:kill()
-    end
+  child.stop(proc, 0, s, s.grace, nil, function() return s.proc == proc end, function()
+    say(s, "warn", "killed after grace (%gs)", s.grace)
+    s.killed = true
   end)
 end
 
@@ -371,10 +240,10 @@ function Supervisor:_cycle(set)
 end
 
 function Supervisor:_exited(s, proc, how, code)
-  queue.forget(proc)
+  child.exited(proc)
   if s.proc ~= proc then return end
   s.proc = nil
-  if s.grace_timer then s.grace_timer:stop(); s.grace_timer = nil end
+  child.clear_steps(s)
   if s.ready_timer then s.ready_timer:stop(); s.ready_timer = nil end
   local failed
   if how == "signal" then
@@ -588,7 +457,7 @@ end
 
 --- orch.supervisor(spec) -> Supervisor
 function M.new(spec)
-  local services, by_name, order = check_spec(spec)
+  local services, by_name, order = services_of(spec)
   if core.in_child() then error("orch.supervisor: supervisors run in the parent process", 2) end
   return setmetatable({
     services = services, by_name = by_name, order = order,

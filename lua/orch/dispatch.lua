@@ -1,0 +1,617 @@
+--- The local dispatcher: a pool's tasks run in pre-forked worker processes
+-- of this machine.
+--
+-- A dispatcher is the seam between a pool (its API, lifecycle, retries and
+-- failure policies) and where the pool's tasks run. This one forks
+-- workers; another (tasks through a broker to other hosts) plugs in the
+-- same way.
+--
+-- What the pool gives a dispatcher, in dispatch.new(side, opts):
+--   side.backlog          the futures to run, oldest first (orch.backlog:
+--                         pop the next, push_front one given back)
+--   side.done(fut, values)  fut's task returned values ({n = count, ...})
+--   side.failed(fut, err)   fut's task failed (err: a TaskError); the pool
+--                         retries it (into the backlog) or settles it
+--   side.waiting() -> bool  the pool holds tasks outside the backlog (in a
+--                         retry backoff): the workers are still needed
+--   side.broken(message)  no task can run here (init keeps failing)
+-- A future it runs: fut.id, fut.task (packed at submit), fut.group.opts
+-- (timeout, grace). The dispatcher counts fut.attempts (one per send),
+-- sets fut.worker while it holds the task and fut.status = "running" once
+-- it starts; the pool settles it. The pool may settle a task the
+-- dispatcher holds but has not started (stop_task's answer): the
+-- dispatcher drops it when it comes back.
+--
+-- What a dispatcher provides (d = dispatch.new(side, opts)):
+--   d:start()             workers up (raises if that fails)
+--   d.eager               after queueing a task the pool calls d:pump()
+--                         while the backlog holds at most this many (past
+--                         that, the dispatcher's own answers keep it busy)
+--   d:pump()              takes tasks from the backlog where they can run
+--   d:stop_task(fut, kind, grace) -> unstarted
+--                         the stop steps for a task it holds (kind
+--                         "cancelled" or "timeout"); true: fut had not
+--                         started and the pool settles it now
+--   d:kill_task(fut) -> unstarted   SIGKILL of the task's worker (or, not
+--                         started, the worker told not to run it)
+--   d:held() -> futures   what it holds, in the order to stop them
+--   d:close()             no more tasks once the backlog is empty: workers
+--                         go when nothing runs or waits
+--   d:terminate() -> futures, pids   everything killed and reaped now;
+--                         what it held, for the pool to fail
+--   d:discard()           the pool was collected: kill quietly
+--   d:stats() -> live, idle, running, sent_ahead
+--   d.n_live              processes still up (join waits for 0)
+--
+-- Each worker has a FIFO of tasks sent to it (`inflight`, a ring read from
+-- count `ih` to count `it`): the first is running, the others wait in its
+-- channel (a short pipeline, so a worker never idles between two small
+-- tasks). A worker that dies is noticed once its exit is reaped and
+-- everything it wrote has been read; its running task fails ("crashed",
+-- or the kind of the stop that killed it), the tasks waiting behind it go
+-- back to the backlog, and a new worker takes its slot.
+local core = require "orch.core"
+local log = require "orch.log"
+local child = require "orch.child"
+local backlog = require "orch.backlog"
+local Future = require "orch.future"
+local TaskError = require("orch.errors").TaskError
+
+local MSG = core.msg
+local RESULT, ERROR = MSG.RESULT, MSG.ERROR
+local pop, push_front = backlog.pop, backlog.push_front
+local clear_timers = Future.clear_timers
+
+-- Tasks sent ahead to a busy worker when the backlog is long: as many as
+-- fit in PIPELINE_SECONDS of the mean task time, at most PIPELINE_MAX.
+-- Short tasks then cost no round trip each, and long ones are never stuck
+-- behind each other on one worker while another idles.
+local PIPELINE_MAX = 32
+-- Slots in a worker's ring: task number i sits at inflight[i % RING + 1].
+-- A worker holds at most PIPELINE_MAX tasks (refill, pump).
+local RING = 64
+local PIPELINE_SECONDS = 0.002
+-- Workers that fail their init this many times in a row break the pool.
+local MAX_INIT_FAILURES = 3
+local SPAWN_BATCH = 64  -- core.spawn's limit
+
+local D = {}
+D.__index = D
+
+local weak_values = { __mode = "v" }
+
+local function task_error(kind, fields)
+  fields.kind = kind
+  return TaskError.new(fields)
+end
+
+---------------------------------------------------------------------------
+-- workers
+
+local function worker_main(name)
+  return function()
+    log.name = name
+    core.serve()
+  end
+end
+
+-- Forks a worker for each of the given slots, in one core.spawn: the
+-- children are forked back to back, so none of them inherits as its own
+-- the pages the parent writes while it sets up the next one.
+local function spawn_workers(self, first, last)
+  local ref = setmetatable({ self }, weak_values)
+  local workers, args = {}, {}
+  for slot = first, last do
+    local w = { slot = slot, name = "worker " .. slot, inflight = {}, ih = 1, it = 0, dispatched = 0 }
+    workers[#workers + 1] = w
+    args[#args + 1] = worker_main(w.name)
+    args[#args + 1] = function(_, ...)
+      local d = ref[1]
+      if d then d:_message(w, ...) end
+    end
+    args[#args + 1] = function(_, how, code)
+      local d = ref[1]
+      if d then d:_exited(w, how, code) end
+    end
+  end
+  local init = self.init
+  for i = 1, #workers, SPAWN_BATCH do
+    local j = math.min(i + SPAWN_BATCH - 1, #workers)
+    local procs = { core.spawn(table.unpack(args, 3 * i - 2, 3 * j)) }
+    for k = i, j do
+      local w = workers[k]
+      w.proc = procs[k - i + 1]
+      w.pid = w.proc:pid()
+      self.slots[w.slot] = w
+      self.n_live = self.n_live + 1
+      if init ~= nil then
+        w.proc:send_task(0, core.pack_task(init))
+        w.in_init = true
+      end
+    end
+  end
+end
+
+-- The tasks sent to w, the running one first.
+local function inflight_list(w)
+  local list, ring = {}, w.inflight
+  for i = w.ih, w.it do list[#list + 1] = ring[i % RING + 1] end
+  return list
+end
+
+local function head_of(w)
+  return w.inflight[w.ih % RING + 1]
+end
+
+local function usable(w)
+  return w and not (w.retiring or w.in_init or w.dead)
+end
+
+-- A task leaves its worker for good (answered, or its worker is gone).
+local function leave(self, fut)
+  fut.worker = nil
+  if fut.status == "running" then self.n_running = self.n_running - 1 end
+end
+
+---------------------------------------------------------------------------
+-- sending tasks
+
+-- The three stop steps (child.stop) for the task fut that now runs first
+-- on worker w: ask (orch.stopping() turns true), interrupt (a hook raises
+-- "cancelled" or "timeout" in its Lua code), SIGKILL of its worker's
+-- process group after the grace period. Each step is skipped once w has
+-- answered.
+local function escalate(fut, w)
+  local grace = fut.stop_grace or fut.group.opts.grace or 5
+  local level = fut.stop_kind == "timeout" and MSG.STOP_TIMEOUT or MSG.STOP_CANCEL
+  child.stop(w.proc, fut.id, fut, grace, level, function()
+    return head_of(w) == fut and not w.dead
+  end, function()
+    log.deliver("warn", ("task %d still running %gs after a stop request: killing %s")
+      :format(fut.id, grace, w.name), w.name, w.pid)
+    w.retiring, w.killed = true, true  -- no new work for it
+  end)
+end
+
+-- Starts the clock of the task that now runs first on w (w.started is
+-- the task whose start was seen, at w.started_at).
+local function start_head(self, w, now)
+  local fut = w.inflight[w.ih % RING + 1]
+  if not fut or w.started == fut then return end
+  w.started, w.started_at = fut, now or core.now()
+  if fut.status ~= "queued" then
+    -- settled while it waited in the pipeline (see stop_task): the worker
+    -- answers it without running it, or, if it had just started it, is
+    -- interrupted; stuck in C, it is killed after the grace period
+    return escalate(fut, w)
+  end
+  fut.status = "running"
+  self.n_running = self.n_running + 1
+  local timeout = fut.group.opts.timeout
+  if timeout and not fut.stop_kind then
+    fut.timer = core.timer(timeout, function()
+      fut.timer = nil
+      if fut.status == "running" then self:stop_task(fut, "timeout") end
+    end)
+  end
+  if fut.stop_kind then escalate(fut, w) end
+end
+
+local function send_task(self, w, fut)
+  if not w.proc:send_task(fut.id, fut.task) then
+    -- its channel is closed: the worker is exiting, its exit will tell why
+    w.retiring = true
+    return push_front(self.backlog, fut)
+  end
+  fut.worker = w
+  fut.attempts = fut.attempts + 1
+  local t = w.it + 1
+  w.it = t
+  w.inflight[t % RING + 1] = fut
+  w.dispatched = w.dispatched + 1
+  if t == w.ih then start_head(self, w) end
+  local max = self.max_tasks
+  if max and w.dispatched >= max then
+    w.retiring = true
+    w.proc:send(MSG.QUIT)
+  end
+end
+
+-- Fills w's pipeline from the backlog: one task, and more only while the
+-- backlog holds more tasks than there are workers.
+local function refill(self, w)
+  local bl = self.backlog
+  local limit = bl.n > self.size and self.pipeline or 1
+  while w.it - w.ih + 1 < limit and not w.retiring do
+    local fut = pop(bl)
+    if not fut then return end
+    send_task(self, w, fut)
+  end
+end
+
+--- Sends tasks from the backlog to workers: idle ones first, then the
+-- pipelines.
+function D:pump()
+  local bl = self.backlog
+  if bl.n == 0 then return end
+  local slots, size = self.slots, self.size
+  for i = 1, size do
+    local w = slots[i]
+    if usable(w) and w.it < w.ih then
+      local fut = pop(bl)
+      if not fut then return end
+      send_task(self, w, fut)
+    end
+  end
+  if bl.n > size then
+    for i = 1, size do
+      local w = slots[i]
+      if usable(w) then refill(self, w) end
+    end
+  end
+end
+
+-- The pool takes no new tasks and none is left: idle workers may go.
+local function retire_if_done(self)
+  if not self.closing or self.backlog.n > 0 or self.n_running > 0 or self.waiting() then return end
+  for i = 1, self.size do
+    local w = self.slots[i]
+    if w and not w.retiring and not w.dead and w.it < w.ih then
+      w.retiring = true
+      w.proc:send(MSG.QUIT)
+    end
+  end
+end
+
+--- No new tasks will come once the backlog is empty.
+function D:close()
+  self.closing = true
+  retire_if_done(self)
+end
+
+---------------------------------------------------------------------------
+-- taking results back
+
+-- The init task (id 0) has answered; message: its error, if it failed.
+local function init_done(self, w, failed, message)
+  w.in_init = false
+  if failed then
+    self.init_error = message
+    w.retiring = true  -- it exits with code 3; its slot gets a new worker
+    log.deliver("error", "init failed: " .. tostring(message), w.name, w.pid)
+  else
+    self.init_failures = 0
+  end
+end
+
+-- Takes the task that answered (id) off the head of w's pipeline: nil
+-- after a protocol error (the worker is then killed).
+local function take_head(w, id)
+  local h = w.ih
+  local k = h % RING + 1
+  local fut = w.inflight[k]
+  if fut then
+    w.inflight[k] = nil
+    w.ih = h + 1
+    w.started = nil
+    fut.worker = nil
+  end
+  if not fut or fut.id ~= id then
+    child.protocol_error(w.proc, w.name, ("result for task %s out of order"):format(id))
+    w.proc:kill()
+    return nil
+  end
+  return fut
+end
+
+-- Whether the task that answered still waits for its outcome: one settled
+-- while it waited in the pipeline has nothing left to tell.
+local function awaited(self, fut)
+  local status = fut.status
+  if status == "running" then
+    self.n_running = self.n_running - 1
+    return true
+  end
+  if status == "queued" then return true end
+  clear_timers(fut)
+  return false
+end
+
+-- A task that was asked to stop has ended (or its worker was killed). A
+-- cancelled task is cancelled whatever it did meanwhile; a timeout is a
+-- failure like any other (retried when retry_on lists "timeout").
+local function stopped(self, fut, w, detail)
+  local kind = fut.stop_kind
+  local err = task_error(kind, {
+    message = detail and detail.message or kind, traceback = detail and detail.traceback,
+    value = detail and detail.value, pid = w and w.pid })
+  if kind ~= "cancelled" then fut.stop_kind = nil end  -- a timeout may run again
+  self.failed(fut, err)
+end
+
+-- w has answered count tasks: the mean time a task holds a worker (from
+-- the start of the first of them) sets the pipeline's depth, the next task
+-- starts, and there is more work for w or for the others.
+local function answered(self, w, now, count)
+  local since = w.started_at
+  if since and count > 0 then
+    local ran = (now - since) / count
+    local mean = self.mean_task
+    mean = mean and 0.9 * mean + 0.1 * ran or ran
+    self.mean_task = mean
+    local depth = mean > 0 and PIPELINE_SECONDS // mean or PIPELINE_MAX
+    self.pipeline = depth > PIPELINE_MAX and PIPELINE_MAX or depth < 1 and 1 or depth
+  end
+  start_head(self, w, now)
+  if self.backlog.n > 0 then
+    if usable(w) then refill(self, w) else self:pump() end
+  end
+  if self.closing then retire_if_done(self) end
+end
+
+-- RESULT frames, gathered: batch holds id, values ({n = count, ...}) for
+-- each, n entries in all. A task that waited in the pipeline may have
+-- ended within the batch: it never showed as running.
+local function results(self, w, batch, n)
+  local now, count, done = core.now(), 0, self.done
+  for k = 1, n, 2 do
+    local id, values = batch[k], batch[k + 1]
+    if id == 0 and w.in_init then
+      init_done(self, w, false)
+    else
+      local fut = take_head(w, id)
+      if not fut then return end
+      count = count + 1
+      if awaited(self, fut) then
+        if fut.stop_kind then
+          stopped(self, fut, w, nil)
+        else
+          done(fut, values)
+        end
+      end
+    end
+  end
+  answered(self, w, now, count)
+end
+
+local function task_failed(self, w, id, kind, message, traceback, value)
+  if id == 0 and w.in_init then
+    init_done(self, w, true, message)
+    return answered(self, w, core.now(), 0)
+  end
+  local fut = take_head(w, id)
+  if not fut then return end
+  if awaited(self, fut) then
+    if fut.stop_kind then
+      -- stopped: its own error, if it raised one, is the detail
+      stopped(self, fut, w, kind == "error"
+        and { message = message, traceback = traceback, value = value } or nil)
+    else
+      self.failed(fut, task_error(kind, {
+        message = message, traceback = traceback ~= "" and traceback or nil,
+        value = value, pid = w.pid }))
+    end
+  end
+  answered(self, w, core.now(), 1)
+end
+
+function D:_message(w, type, id, ...)
+  if type == RESULT then
+    results(self, w, id, ...)
+  elseif type == ERROR then
+    task_failed(self, w, id, ...)
+  elseif not child.frame(w.proc, w.name, type, id, ...) then
+    w.proc:kill()  -- its channel cannot be trusted
+  end
+end
+
+---------------------------------------------------------------------------
+-- exits
+
+-- w's running task (head) has ended with w: its stop, the kill meant for
+-- it, or a crash. A kill meant for another task (whose result was on its
+-- way) is not this one's outcome: see give_back.
+local function head_ended(self, w, head, how, code)
+  if head:done() then return clear_timers(head) end  -- settled while pipelined
+  local killed = w.killed_task
+  if head.stop_kind then
+    leave(self, head)
+    stopped(self, head, w, nil)
+  elseif killed == head then
+    leave(self, head)
+    self.failed(head, task_error("killed", { message = "killed", pid = w.pid }))
+  elseif not killed then
+    local fields = { pid = w.pid }
+    if how == "signal" then
+      fields.signal, fields.signal_name = code, core.signame(code)
+    else
+      fields.exit_code = code
+    end
+    leave(self, head)
+    self.failed(head, task_error("crashed", fields))
+  end
+end
+
+-- The tasks of a dead worker that never started go back to the front of
+-- the backlog, in order, as if never sent.
+local function give_back(self, w, inflight)
+  local bl = self.backlog
+  for i = #inflight, 2, -1 do
+    local fut = inflight[i]
+    if fut.status == "queued" then
+      fut.worker = nil
+      fut.attempts = fut.attempts - 1
+      if fut.stop_kind then
+        self.failed(fut, task_error("cancelled", { message = "cancelled" }))
+      else
+        push_front(bl, fut)
+      end
+    end
+  end
+  local head = inflight[1]
+  if head and head.status == "running" and w.killed_task and w.killed_task ~= head then
+    -- killed for a task whose result was on its way: this one had only
+    -- just started and is not the one the kill was meant for
+    clear_timers(head)
+    leave(self, head)
+    head.status = "queued"
+    head.attempts = head.attempts - 1
+    push_front(bl, head)
+  end
+end
+
+function D:_exited(w, how, code)
+  w.dead = true
+  child.exited(w.proc)
+  self.n_live = self.n_live - 1
+  if self.slots[w.slot] == w then self.slots[w.slot] = nil end
+  local inflight = inflight_list(w)
+  w.inflight, w.ih, w.it = {}, 1, 0
+  local replace = not w.retiring or w.killed or inflight[1] ~= nil
+  if inflight[1] then head_ended(self, w, inflight[1], how, code) end
+  give_back(self, w, inflight)
+  if how == "exit" and code == 3 and self.init_error then
+    self.init_failures = (self.init_failures or 0) + 1
+  end
+  if self.terminated then return end
+  if (self.init_failures or 0) >= MAX_INIT_FAILURES then
+    return self.broken(("worker init failed %d times: %s"):format(self.init_failures, self.init_error))
+  end
+  if not self.closing or self.backlog.n > 0 or self.n_running > 0 or self.waiting() then
+    if replace then self.restarts = self.restarts + 1 end
+    spawn_workers(self, w.slot, w.slot)
+    self:pump()
+  end
+  retire_if_done(self)
+end
+
+---------------------------------------------------------------------------
+-- stopping tasks
+
+--- The stop steps for fut, which this dispatcher holds: kind "cancelled"
+-- or "timeout"; grace overrides the group's. A task waiting in a worker's
+-- pipeline is not run: the worker is told (the stop signal's ring, see
+-- worker.c) and answers it without running it. Returns true for such a
+-- task, which the pool settles at once, so nobody waits for the task
+-- ahead of it.
+function D.stop_task(_, fut, kind, grace)
+  if fut.stop_kind then return false end
+  fut.stop_kind, fut.stop_grace = kind, grace
+  if fut.timer then fut.timer:stop(); fut.timer = nil end
+  if fut.status == "running" then
+    escalate(fut, fut.worker)
+    return false
+  end
+  fut.worker.proc:stop(fut.id, kind == "timeout" and MSG.STOP_TIMEOUT or MSG.STOP_CANCEL)
+  return true
+end
+
+--- SIGKILLs the worker running fut (its process group: whatever the task
+-- started goes too); a fresh worker takes its place. A task not started
+-- yet is not run (true: the pool settles it at once).
+function D.kill_task(_, fut)
+  local w = fut.worker
+  if fut.status == "running" then
+    fut.stop_kind = nil
+    clear_timers(fut)
+    w.killed_task, w.killed, w.retiring = fut, true, true
+    w.proc:kill()
+    return false
+  end
+  fut.stop_kind = "cancelled"  -- the worker must not run it (start_head)
+  w.proc:stop(fut.id, MSG.STOP_CANCEL)
+  return true
+end
+
+--- The tasks held by the workers, in the order to stop them: for each
+-- worker, what waits behind the running task first, so that the worker
+-- cannot start it once asked to stop the one before.
+function D:held()
+  local list = {}
+  for i = 1, self.size do
+    local w = self.slots[i]
+    if w then
+      local ring = w.inflight
+      for k = w.it, w.ih, -1 do list[#list + 1] = ring[k % RING + 1] end
+    end
+  end
+  return list
+end
+
+--- SIGKILLs and reaps every worker now. Returns the unsettled tasks they
+-- held and, for each, its worker's pid.
+function D:terminate()
+  self.terminated = true
+  local killed = {}
+  for i = 1, self.size do
+    local w = self.slots[i]
+    if w then
+      w.dead = true
+      w.proc:kill()
+      killed[#killed + 1] = w
+    end
+    self.slots[i] = nil
+  end
+  local futs, pids = {}, {}
+  for _, w in ipairs(killed) do
+    w.proc:close()  -- reaps it now: no zombie outlives terminate()
+    child.exited(w.proc)
+    self.n_live = self.n_live - 1
+    local inflight = inflight_list(w)
+    w.inflight, w.ih, w.it = {}, 1, 0
+    for _, fut in ipairs(inflight) do
+      clear_timers(fut)
+      if not fut:done() then
+        leave(self, fut)
+        futs[#futs + 1], pids[#pids + 1] = fut, w.pid
+      end
+    end
+  end
+  return futs, pids
+end
+
+--- The pool was collected with live workers: kill and reap them, quietly.
+function D:discard()
+  for i = 1, self.size do
+    local w = self.slots[i]
+    if w then w.proc:close() end
+  end
+end
+
+--- live workers, idle workers, running tasks, tasks sent ahead (not
+-- started), workers replaced.
+function D:stats()
+  local idle, live, ahead = 0, 0, 0
+  for i = 1, self.size do
+    local w = self.slots[i]
+    if w and not w.dead then
+      live = live + 1
+      if w.it < w.ih then idle = idle + 1 end
+      for _, fut in ipairs(inflight_list(w)) do
+        if fut.status == "queued" then ahead = ahead + 1 end
+      end
+    end
+  end
+  return live, idle, self.n_running, ahead, self.restarts
+end
+
+function D:start()
+  spawn_workers(self, 1, self.size)
+end
+
+local dispatch = {}
+
+--- dispatch.new(side, opts) -> d: the local dispatcher of a pool (opts:
+-- the pool's workers, init, max_tasks_per_worker).
+function dispatch.new(side, opts)
+  local size = opts.workers or core.cpu_count()
+  return setmetatable({
+    backlog = side.backlog, done = side.done, failed = side.failed,
+    waiting = side.waiting, broken = side.broken,
+    size = size, eager = size + 1, init = opts.init, max_tasks = opts.max_tasks_per_worker,
+    slots = {}, n_live = 0, n_running = 0, restarts = 0, pipeline = 1, mean_task = nil,
+    closing = false, terminated = false,
+  }, D)
+end
+
+return dispatch
