@@ -105,6 +105,25 @@ describe("orch.pool", function()
     assert.are.same({}, pool:map(sq, {}))
   end)
 
+  it("maps in chunks sized from the items and the workers unless told", function()
+    local items = {}
+    for i = 1, 1000 do items[i] = i end
+    local inc = function(x) return x + 1 end
+    local function tasks_of(opts)
+      local before = pool:stats().done
+      local r = pool:map(inc, items, opts)
+      assert.are.equal(1001, r[1000])
+      return pool:stats().done - before
+    end
+    assert.are.equal(8, tasks_of(nil))  -- 4 chunks for each of 2 workers
+    assert.are.equal(8, tasks_of({ chunk = "auto" }))
+    assert.are.equal(1000, tasks_of({ chunk = 1 }))
+    assert.are.same({ 2, 3 }, pool:map(inc, { 1, 2 }))  -- fewer items than chunks: 1 each
+    local n = 0
+    for _ in pool:imap(inc, items) do n = n + 1 end
+    assert.are.equal(1000, n)
+  end)
+
   it("maps chunks of tables, keeping shared items shared within a chunk", function()
     local shared = { n = 1 }
     local items = { shared, shared, { n = 3 }, { n = 4 }, { n = 5 } }

@@ -211,6 +211,8 @@ describe("group", function()
           select(2, pcall(g.map, g, print, {}, { chunks = 2 })))
         assert.matches("option 'chunk' must be a positive integer",
           select(2, pcall(g.map, g, print, {}, { chunk = 0 })))
+        assert.matches("option 'chunk' must be a positive integer or \"auto\", got big",
+          select(2, pcall(g.map, g, print, {}, { chunk = "big" })))
       end)
     end)
   end)

@@ -1,5 +1,6 @@
 --- map and imap: a function over a list of items, on a pool's group, in
--- chunks (opts.chunk items per task). A chunk runs run_chunk in a worker
+-- chunks (opts.chunk items per task; "auto", map's default, sizes them from
+-- the item count and the workers; imap's default is 1). A chunk runs run_chunk in a worker
 -- and its results come back as one encoded list, decoded straight into
 -- map's output (core.decode_into).
 --
@@ -35,7 +36,17 @@ local function submit_chunk(group, fn, items, s, e)
   return fut
 end
 
-local function check_map_args(what, fn, items, opts)
+-- chunk = "auto": about CHUNKS_PER_WORKER chunks for each worker, as
+-- Python's Pool.map sizes its chunks: few enough that small items do not
+-- cost a task each, enough that a slow chunk does not hold up the rest.
+local CHUNKS_PER_WORKER = 4
+
+local function auto_chunk(n, workers)
+  local chunks = CHUNKS_PER_WORKER * workers
+  return n > chunks and (n + chunks - 1) // chunks or 1
+end
+
+local function check_map_args(what, fn, items, opts, default, workers)
   local t = type(fn)
   if t ~= "function" and t ~= "string" then
     error(("%s: expects a function or a 'module.name' string, got %s"):format(what, t), 4)
@@ -46,9 +57,10 @@ local function check_map_args(what, fn, items, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error(("%s: options must be a table, got %s"):format(what, type(opts)), 4)
   end
-  local chunk = opts and opts.chunk or 1
+  local chunk = opts and opts.chunk or default
+  if chunk == "auto" then chunk = auto_chunk(#items, workers) end
   if math.type(chunk) ~= "integer" or chunk < 1 then
-    error(("%s: option 'chunk' must be a positive integer, got %s"):format(what, tostring(chunk)), 4)
+    error(("%s: option 'chunk' must be a positive integer or \"auto\", got %s"):format(what, tostring(chunk)), 4)
   end
   for k in pairs(opts or {}) do
     if k ~= "chunk" and k ~= "ordered" then
@@ -95,7 +107,7 @@ end
 --- group:map and pool:map (what: which, for errors): the ordered results;
 -- on the first failure the rest is cancelled and its error raised.
 function map.map(group, fn, items, opts, what)
-  local chunk = check_map_args(what, fn, items, opts)
+  local chunk = check_map_args(what, fn, items, opts, "auto", group.pool.size)
   local out = core.array(#items)
   local futs, first = {}, {}
   local remaining, failure
@@ -129,7 +141,7 @@ end
 --- group:imap and pool:imap: an iterator yielding i, result, in order or
 -- (opts.ordered == false) in completion order.
 function map.imap(group, fn, items, opts, what)
-  local chunk = check_map_args(what, fn, items, opts)
+  local chunk = check_map_args(what, fn, items, opts, 1, group.pool.size)
   local ordered = not (opts and opts.ordered == false)
   local futs, first = {}, {}
   local ok, err = pcall(submit_chunks, group, fn, items, chunk, futs, first)
