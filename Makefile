@@ -22,7 +22,7 @@ OBJS       = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE     = $(BUILD)/orch/core.so
 
 DEB_PKGS   = lua5.4 liblua5.4-dev libev-dev libhiredis-dev lua-busted luarocks lua-argparse lua-cjson \
-             lua-ldoc lua-markdown redis-server
+             lua-ldoc lua-markdown redis-server socat tmux
 BUSTED     = busted --lua=$(LUA)
 
 PREFIX     ?= /usr/local

@@ -145,15 +145,26 @@ local function orch_workload(name, param)
     teardown(pool)
   end
 
-  -- `map default|1000`: 1M integers, the default chunks or 1000 a chunk.
-  function W.map(chunk)
+  -- `map default|1000|progress|joblog`: 1M integers, map's default
+  -- options, 1000 a chunk, or the defaults with a progress line (to a
+  -- file: plain lines) or a job log, to show what they cost.
+  function W.map(how)
     local items = {}
     for i = 1, N_MAP do items[i] = i end
     local pool = new_pool(WORKERS)
-    local opts = chunk ~= "default" and { chunk = tonumber(chunk) or CHUNK } or nil
+    local opts, joblog = {}, nil
+    if how == "progress" then
+      opts.progress = true
+    elseif how == "joblog" then
+      joblog = os.tmpname()
+      opts.joblog = joblog
+    elseif how ~= "default" then
+      opts.chunk = tonumber(how) or CHUNK
+    end
     local t0 = now()
     local out = pool:map(inc, items, opts)
     print("seconds", now() - t0)
+    if joblog then os.remove(joblog) end
     assert(#out == N_MAP and out[N_MAP] == N_MAP + 1)
     teardown(pool)
   end
@@ -239,7 +250,7 @@ local function orch_workload(name, param)
   end
 
   if not W[name] then
-    io.stderr:write("usage: lua5.4 bench/run.lua [submit N|inline|pending N|map default|1000|"
+    io.stderr:write("usage: lua5.4 bench/run.lua [submit N|inline|pending N|map default|1000|progress|joblog|"
       .. "roundtrip|busy|payload SIZE|table|memory|shutdown]\n")
     os.exit(2)
   end
@@ -304,7 +315,8 @@ local JOBS = {
   { "inline", sides = { "orch" } },
   { "pending 10000", sides = { "orch" } }, { "pending 100000", sides = { "orch" } },
   { "pending 1000000", sides = { "orch" }, limit = 90 },
-  { "map 1000" }, { "map default" }, { "roundtrip" }, { "busy" },
+  { "map 1000" }, { "map default" }, { "map progress", sides = { "orch" } },
+  { "map joblog", sides = { "orch" }, limit = 120 }, { "roundtrip" }, { "busy" },
   { "payload 64k" }, { "payload 1m" }, { "payload 16m" }, { "payload 64m" },
   { "payload 16m", sides = { "pipe" } }, { "payload 64m", sides = { "pipe" } },
   { "table" }, { "memory", limit = 20 }, { "shutdown", limit = 20 },
@@ -412,6 +424,10 @@ local SELF_ROWS = {
     { "orch", "pending 10000", "task_us" }, us, 1 / 1.2, "<= 1.2x cost" },
   { "per task, 1e6 pending / 1e4", { "orch", "pending 1000000", "task_us" },
     { "orch", "pending 10000", "task_us" }, us, 1 / 1.2, "<= 1.2x cost" },
+  { "map default options / with progress = true", { "orch", "map progress", "seconds" },
+    { "orch", "map default", "seconds" }, secs },
+  { "map default options / with a job log", { "orch", "map joblog", "seconds" },
+    { "orch", "map default", "seconds" }, secs },
   { ("bytes per pending task (was %d)"):format(PENDING_BYTES_BEFORE),
     { "orch", "pending 1000000", "pending_bytes", median }, PENDING_BYTES_BEFORE,
     function(b) return ("%.0f B"):format(b) end, 1, "<= 1x" },
@@ -421,12 +437,17 @@ local fmt = "%-40s %12s %12s %9s %13s  %s"
 local met_count, rows = 0, 0
 local function print_row(label, o, ref, show, target, target_text)
   local ratio = o and ref and o > 0 and ref / o
+  local shown = { label, o and show(o) or "-", ref and show(ref) or "-",
+    ratio and ("%.2fx"):format(ratio) or "-" }
+  if not target then  -- a row that only informs
+    print(fmt:format(shown[1], shown[2], shown[3], shown[4], "", ""))
+    return
+  end
   local met = ratio and ratio >= target * 0.9999
   rows = rows + 1
   if met then met_count = met_count + 1 end
-  print(fmt:format(label, o and show(o) or "-", ref and show(ref) or "-",
-    ratio and ("%.2fx"):format(ratio) or "-", target_text or (">= %gx"):format(target),
-    ratio == nil and "?" or met and "yes" or "NO"))
+  print(fmt:format(shown[1], shown[2], shown[3], shown[4],
+    target_text or (">= %gx"):format(target), ratio == nil and "?" or met and "yes" or "NO"))
 end
 local function value(spec)
   if type(spec) == "number" then return spec end

@@ -47,7 +47,7 @@ describe("bad arguments", function()
     assert.has_error(function() pool:imap(print, 3) end)
     assert.has_error(function() pool:map(print, {}, { chunk = 0 }) end)
     assert.has_error(function() pool:map(print, {}, { chunks = 10 }) end,
-      "pool:map: unknown option 'chunks' (valid: chunk, ordered)")
+      "pool:map: unknown option 'chunks' (valid: chunk, joblog, ordered, progress, resume, resume_failed)")
   end)
 
   it("a 'module.name' that does not exist fails the task clearly", function()

@@ -41,9 +41,13 @@ __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
     loop_open(L);
     proc_open(L);
     sig_open(L);
+    task_open(L);
     worker_open(L);
     wire_open(L);
-    sha256_open(L); redis_open(L); /* broker: signatures, the Redis client */
+    sha256_open(L);  /* signed tasks */
+    redis_open(L);   /* the broker's client */
+    control_open(L); /* the control socket */
+    tty_open(L);     /* orch top's terminal */
     static const luaL_Reg fns[] = {
         {"cpu_count", l_cpu_count}, {"getpid", l_getpid}, {"array", l_array}, {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);

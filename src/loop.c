@@ -6,9 +6,11 @@
  * there is kept, the loop is broken out of, and step raises it again once
  * ev_run has returned, so no error ever longjmps through libev.
  *
- * Before the loop blocks, a prepare watcher writes every frame queued on
- * the children's channels: many sends made during one turn leave in one
- * write per channel.
+ * Before the loop blocks, a prepare watcher runs the before-block hooks
+ * (as ae's beforesleep): proc.c's writes every frame queued on the
+ * children's channels, so many sends made during one turn leave in one
+ * write per channel. The loop calls nothing above it but those hooks and
+ * Lua.
  */
 #include <ev.h>
 
@@ -17,7 +19,10 @@
 #define TIMER_MT "orch.timer"
 
 static struct ev_loop *loop;
-static ev_prepare flush_watcher;
+#define MAX_HOOKS 4
+static ev_prepare before_block;
+static loop_hook hooks[MAX_HOOKS];
+static int nhooks;
 static ev_timer step_timer;
 static int pending_error = LUA_NOREF;  /* registry ref of a callback error */
 static lua_State *running_L;          /* the thread inside step(), for callbacks */
@@ -70,10 +75,20 @@ int loop_call(lua_State *L, int nargs)
     return -1;
 }
 
-static void flush_cb(struct ev_loop *l, ev_prepare *w, int revents)
+void loop_on_before_block(loop_hook fn)
+{
+    for (int k = 0; k < nhooks; k++)
+        if (hooks[k] == fn)
+            return;
+    if (nhooks < MAX_HOOKS)
+        hooks[nhooks++] = fn;
+}
+
+static void before_block_cb(struct ev_loop *l, ev_prepare *w, int revents)
 {
     (void)l; (void)w; (void)revents;
-    proc_flush_all();
+    for (int k = 0; k < nhooks; k++)
+        hooks[k]();
 }
 
 static void step_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
@@ -196,9 +211,9 @@ void loop_open(lua_State *L)
         loop = ev_loop_new(EVFLAG_AUTO);
         if (loop == NULL)
             luaL_error(L, "orch.core: cannot initialise a libev loop");
-        ev_prepare_init(&flush_watcher, flush_cb);
-        ev_prepare_start(loop, &flush_watcher);
-        ev_unref(loop);  /* flushing alone keeps no loop alive */
+        ev_prepare_init(&before_block, before_block_cb);
+        ev_prepare_start(loop, &before_block);
+        ev_unref(loop);  /* the hooks alone keep no loop alive */
         ev_init(&step_timer, step_timer_cb);
     }
     static const luaL_Reg timer_methods[] = {

@@ -5,6 +5,10 @@
  * never touches Lua except where a function takes a lua_State; binding code
  * turns results into Lua values and errors. Only luaopen_orch_core is
  * exported from the shared object; everything declared here is hidden.
+ *
+ * One section per file, lowest first: a file calls only what is declared
+ * above its own section; the loop reaches above itself only through its
+ * before-block hooks and Lua callbacks.
  */
 #ifndef ORCH_H
 #define ORCH_H
@@ -16,6 +20,7 @@
 
 #include <lua.h>
 #include <lauxlib.h>
+#include <ev.h>
 
 #define ORCH_HIDDEN __attribute__((visibility("hidden")))
 
@@ -33,6 +38,16 @@ ORCH_HIDDEN int wbuf_reserve(wbuf *b, size_t extra); /* 0, or -1 (ENOMEM) */
 ORCH_HIDDEN void wbuf_compact(wbuf *b);                /* drop consumed bytes */
 ORCH_HIDDEN void wbuf_reset(wbuf *b);                  /* len = off = 0; may shrink */
 ORCH_HIDDEN void wbuf_free(wbuf *b);
+/* A scratch buffer: pushes a new one (a userdata owning a wbuf), to be
+ * upvalue 1 of a C function. In that function, take pushes its holder and
+ * returns it emptied (a fresh one if it is busy: a nested call, or an
+ * error left it so); give, holder at that index, frees it for the next
+ * call once the encoding succeeded. */
+ORCH_HIDDEN wbuf *wbuf_scratch_new(lua_State *L);
+/* t[name] = fn, with a scratch buffer of its own as upvalue 1 (t on top). */
+ORCH_HIDDEN void wbuf_scratch_fn(lua_State *L, lua_CFunction fn, const char *name);
+ORCH_HIDDEN wbuf *wbuf_scratch_take(lua_State *L);
+ORCH_HIDDEN void wbuf_scratch_give(lua_State *L, wbuf *b, int holder);
 
 /* ---- wire.c: the value serializer --------------------------------------
  * Encodes Lua values (nil, boolean, integer, float, string, table with
@@ -122,7 +137,7 @@ ORCH_HIDDEN void wire_open(lua_State *L);
  * A frame is a 4-byte little-endian payload length, one byte of message
  * type, then the payload: one wire context holding the message's fields.
  * Stop requests do not travel in frames: they are a realtime signal whose
- * value carries the task id and the level (see proc_stop). */
+ * value carries the task id and the level (stop_pack below). */
 enum {
     /* parent -> child */
     MSG_TASK = 1,   /* id, fnid, [bytecode|nil, upvalues] or fn, nargs, args... */
@@ -140,33 +155,105 @@ enum {
 #define FRAME_HEADER 5
 #define FRAME_MAX ((size_t)0x7fffffff)
 
-/* Stop levels carried by the stop signal. */
+/* Stop levels carried by the stop signal. Its value (an int) packs the
+ * low 30 bits of the task id over the level's 2 bits; these two helpers
+ * are the only place that knows. */
 enum { STOP_ASK = 1, STOP_CANCEL = 2, STOP_TIMEOUT = 3 };
+#define STOP_ID_MASK 0x3fffffffu
 
-/* ---- chan.c: framing over a socket (plumbing, no Lua) ------------------ */
-/* Appends a frame header of this type to b, the length left to fill in;
- * *start is where the frame begins. 0, or -1 (ENOMEM). */
-ORCH_HIDDEN int chan_frame_begin(wbuf *b, int type, size_t *start);
-/* Fills in the length of the frame that starts at start. 0 or -1 (too big). */
-ORCH_HIDDEN int chan_frame_end(wbuf *b, size_t start);
-/* If b[off..len) holds a whole frame, sets *type, *payload and *plen (the
- * payload after the header) and returns 1; 0 if more bytes are needed; -1
- * for a length over FRAME_MAX. The frame is consumed with
- * b->off += FRAME_HEADER + plen. */
-ORCH_HIDDEN int chan_frame_peek(const wbuf *b, int *type, const char **payload, size_t *plen);
-/* Writes what it can of b without blocking (b->off advances). 0 when all is
- * written, 1 when the socket is full, -1 on error (errno). */
-ORCH_HIDDEN int chan_flush(int fd, wbuf *b);
-/* Reads what is there (at most max bytes) into b. Returns bytes read, 0 at
- * EOF, -1 with errno (EAGAIN when nothing is there). */
-ORCH_HIDDEN ssize_t chan_fill(int fd, wbuf *b, size_t max);
-/* Blocking versions for the child side. 0 or -1 (errno). The child writes
- * to a pipe: once the parent's end is closed (it killed the child or is
- * gone) a write raises SIGPIPE, as it would for any process. */
-ORCH_HIDDEN int chan_write_all(int fd, const char *p, size_t n);
+static inline int stop_pack(lua_Integer id, int level)
+{
+    return (int)(((unsigned)id & STOP_ID_MASK) << 2 | (unsigned)level);
+}
+
+/* The task id as a stop value carries it (a task's key in the child). */
+static inline int stop_key(lua_Integer id)
+{
+    return (int)((unsigned)id & STOP_ID_MASK);
+}
+
+static inline void stop_unpack(int value, int *key, int *level)
+{
+    *key = (int)((unsigned)value >> 2);
+    *level = value & 3;
+}
+
+/* ---- chan.c: a framed endpoint (plumbing; chan_enc_* raise) -----------
+ * Frames come in from rfd into `in`, go out from `out` to wfd. At most one
+ * frame is open in `out` (being encoded), and it never leaves: writing,
+ * measuring or opening the next frame drops it first. */
+typedef struct chan {
+    int rfd, wfd;      /* -1 when closed */
+    wbuf in, out;
+    size_t frame_at;   /* where the open frame starts in out */
+    int frame_open;
+} chan;
+
+ORCH_HIDDEN void chan_init(chan *c, int rfd, int wfd);
+/* Closes both fds and frees `out` (an open frame with it); `in` stays,
+ * with the frames not yet consumed. chan_free also frees `in`. */
+ORCH_HIDDEN void chan_close(chan *c);
+ORCH_HIDDEN void chan_free(chan *c);
+/* Closes both fds and touches no memory (a child closing what it
+ * inherited: the buffers are pages it still shares with the parent). */
+ORCH_HIDDEN void chan_close_fds(chan *c);
+/* Opens a frame of this type at the end of out. 0, or -1 (ENOMEM). */
+ORCH_HIDDEN int chan_frame_begin(chan *c, int type);
+/* Closes the open frame (fills in its length). 0, or -1 when it is over
+ * FRAME_MAX (then dropped). */
+ORCH_HIDDEN int chan_frame_end(chan *c);
+/* Drops the open frame, if any. */
+ORCH_HIDDEN void chan_rollback(chan *c);
+/* Bytes of whole frames in out not yet written. */
+ORCH_HIDDEN size_t chan_pending(chan *c);
+/* If b[off..len) starts with a whole frame, sets *type, *payload and *plen
+ * (the payload after the header) and returns 1; 0 if more bytes are
+ * needed; -1 for a length over FRAME_MAX. b is a chan's `in` or any
+ * buffer of frames. */
+ORCH_HIDDEN int chan_peek(const wbuf *b, int *type, const char **payload, size_t *plen);
+/* Marks the frame chan_peek found as read. Its bytes stay valid until the
+ * buffer is next filled. */
+ORCH_HIDDEN void chan_consume(wbuf *b, size_t plen);
+/* Writes what it can of out without blocking. 0 when all is written, 1
+ * when the socket is full, -1 on error (errno). */
+ORCH_HIDDEN int chan_flush(chan *c);
+/* Writes all of out, blocking (the child). 0, or -1 (errno); out is
+ * emptied either way. */
+ORCH_HIDDEN int chan_flush_blocking(chan *c);
+/* Reads what is there (at most max bytes) into in. Returns bytes read, 0
+ * at EOF, -1 with errno (EAGAIN when nothing is there). */
+ORCH_HIDDEN ssize_t chan_fill(chan *c, size_t max);
+/* As chan_fill, but polls a socket for up to ns nanoseconds, never
+ * blocking: -1 with EAGAIN when nothing came. */
+ORCH_HIDDEN ssize_t chan_fill_spin(chan *c, long ns);
+/* Binding: opens a frame and a wire context on it (raises on ENOMEM);
+ * chan_enc_end closes both (raises when the frame is too big). An encode
+ * that raises in between leaves an open frame that never leaves. */
+ORCH_HIDDEN void chan_enc_begin(lua_State *L, chan *c, int type, wire_enc *e, int flags);
+ORCH_HIDDEN void chan_enc_end(lua_State *L, chan *c, wire_enc *e);
+/* One frame of this type holding the values at first..top, named
+ * "value[k]" in errors. */
+ORCH_HIDDEN void chan_enc_values(lua_State *L, chan *c, int type, int first, int flags);
+
+/* ---- task.c: a task's wire form ---------------------------------------- */
+ORCH_HIDDEN void task_open(lua_State *L);
+/* The fnid of the packed task at arg (raises if it is not one); *task and
+ * *tlen are its bytes. */
+ORCH_HIDDEN lua_Integer task_fnid(lua_State *L, int arg, const char **task, size_t *tlen);
+/* Encodes a TASK frame's fields into e: id, the packed task's fnid, its
+ * code (with_code: the first task of that function for this worker) or
+ * nil, then the rest of the packed task. */
+ORCH_HIDDEN void task_put(lua_State *L, wire_enc *e, lua_Integer id, const char *task,
+                          size_t tlen, int with_code);
+/* Child: decodes a TASK frame's payload and pushes its function and
+ * arguments; returns the argument count. Raises on a bad frame; *id is
+ * set as soon as the id is read. */
+ORCH_HIDDEN int task_load(lua_State *L, const char *payload, size_t plen, lua_Integer *id);
+/* Replaces the "module.name" (or "module") at idx with require(module).name
+ * (or require(module)); raises when that is not a function or callable. */
+ORCH_HIDDEN void task_resolve(lua_State *L, int idx);
 
 /* ---- loop.c: the one libev loop and calls into Lua --------------------- */
-struct ev_loop;
 ORCH_HIDDEN struct ev_loop *loop_get(void);
 /* The thread that is inside core.step(): the one callbacks run on. */
 ORCH_HIDDEN lua_State *loop_state(void);
@@ -174,14 +261,11 @@ ORCH_HIDDEN lua_State *loop_state(void);
  * with a traceback. On error, keeps the error, breaks out of the loop and
  * returns -1; loop_step raises it again once ev_run has returned. */
 ORCH_HIDDEN int loop_call(lua_State *L, int nargs);
+/* fn runs each time the loop is about to block (once per turn), before
+ * it polls; registering it again does nothing. At most 4 hooks. */
+typedef void (*loop_hook)(void);
+ORCH_HIDDEN void loop_on_before_block(loop_hook fn);
 ORCH_HIDDEN void loop_open(lua_State *L);
-
-/* ---- proc.c: children and their channels -------------------------------- */
-ORCH_HIDDEN void proc_open(lua_State *L);
-/* Called by the loop before it blocks: writes every pending frame. */
-ORCH_HIDDEN void proc_flush_all(void);
-/* SIGCHLD arrived: reap our own children (waitpid per pid, never -1). */
-ORCH_HIDDEN void proc_reap(lua_State *L);
 
 /* ---- sig.c: signals ------------------------------------------------------ */
 ORCH_HIDDEN void sig_open(lua_State *L);
@@ -191,22 +275,61 @@ ORCH_HIDDEN int sig_stop_signal(void);           /* the realtime stop signal */
 ORCH_HIDDEN void sig_block_stop(sigset_t *old);
 ORCH_HIDDEN void sig_restore_mask(const sigset_t *old);
 /* In a fresh child: job-wide signals become no-ops, the rest default, the
- * mask empty, the stop signal handled; parent death kills the child. */
+ * mask empty but for the stop signal; parent death kills the child. */
 ORCH_HIDDEN void sig_child_setup(pid_t parent);
+/* In a child: handler takes the stop signal from now on (SA_SIGINFO), and
+ * a request that came before it is delivered. */
+typedef void (*sig_stop_handler)(int sig, siginfo_t *si, void *uc);
+ORCH_HIDDEN void sig_child_accept_stop(sig_stop_handler handler);
 
 /* ---- alloc.c: a child's allocator -------------------------------------- */
 /* In a fresh child: small Lua objects come from then on from a slab of the
  * child's own instead of from free chunks in pages shared with the parent. */
 ORCH_HIDDEN void alloc_child_init(lua_State *L);
 
+/* ---- dispatch.c: a child's frames handed to Lua ------------------------ */
+/* Decodes every whole frame in `in` (consuming it) for on_message, user
+ * value uv of the proc at pidx: on_message(proc, type, values...), a run
+ * of RESULT frames as on_message(proc, RESULT, batch, n), a frame that
+ * does not decode as on_message(proc, 0, "bad frame: why"). */
+ORCH_HIDDEN void dispatch_frames(lua_State *L, wbuf *in, int pidx, int uv);
+
+/* ---- conn.c: the parent's end of a child's channel, on the loop ---------- */
+typedef struct conn {
+    chan ch;           /* rfd: the parent's end of the pipe, wfd: of the socket */
+    ev_io rio, wio;
+    int holder;        /* registry ref of the userdata the conn lives in */
+    int uv;            /* the holder's user value slot of on_message */
+    int queued;        /* on the list of conns written before the loop blocks */
+    struct conn *next_queued;
+} conn;
+
+/* Closed (fds -1) and on no list. */
+ORCH_HIDDEN void conn_init(conn *c);
+/* With its fds in c->ch: makes them non-blocking and starts reading.
+ * Frames read go to dispatch_frames(holder, uv). */
+ORCH_HIDDEN void conn_start(conn *c, int holder, int uv);
+/* Frames were added to c->ch.out: write them before the loop blocks. */
+ORCH_HIDDEN void conn_queued(conn *c);
+/* Reads (all there is with drain, else a turn's budget) and dispatches,
+ * the holder at hidx. 0, or -1 once the channel is at its end (closed). */
+ORCH_HIDDEN int conn_read(lua_State *L, conn *c, int hidx, int drain);
+/* Stops watching, closes the fds, drops what was not written; ch.in stays.
+ * Idempotent. */
+ORCH_HIDDEN void conn_close(conn *c);
+/* In a fresh child: closes an inherited conn's fds, touches no buffer,
+ * and forgets the parent's queued list. */
+ORCH_HIDDEN void conn_forget(conn *c);
+
 /* ---- worker.c: the child's side ---------------------------------------- */
 ORCH_HIDDEN void worker_open(lua_State *L);
 /* Runs in a fresh child with its ends of the channel (it reads frames
- * from in, writes frames to out); never returns. */
+ * from in, writes frames to out): takes the stop signal, runs the
+ * function at fnidx; never returns. */
 ORCH_HIDDEN void worker_child_main(lua_State *L, int in, int out, int fnidx);
-/* The stop signal arrived with this value (called from the handler:
- * async-signal-safe, touches only flags and the Lua hook). */
-ORCH_HIDDEN void worker_on_stop_signal(int value);
+
+/* ---- proc.c: child processes --------------------------------------------- */
+ORCH_HIDDEN void proc_open(lua_State *L);
 
 /* ---- sha256.c: SHA-256 and HMAC-SHA256 (signed tasks) ------------------ */
 #define SHA256_SIZE 32
@@ -226,5 +349,14 @@ ORCH_HIDDEN void sha256_open(lua_State *L);
 /* ---- redis.c: an asynchronous Redis client on the loop (hiredis) ------- */
 /* Registers redis_connect{...} -> conn in the table at the top of the stack. */
 ORCH_HIDDEN void redis_open(lua_State *L);
+/* ---- control.c: the control socket and its client ------------------------
+ * core.ctl_listen (a Unix socket on the loop: same-uid peers only, line
+ * framing with a size limit, non-blocking per-connection buffers),
+ * core.ctl_connect (the blocking client of orch ctl), the per-user
+ * directory, and a process's age for status reports. */
+ORCH_HIDDEN void control_open(lua_State *L);
+
+/* ---- tty.c: raw keys and the size of a terminal (orch top) --------------- */
+ORCH_HIDDEN void tty_open(lua_State *L);
 
 #endif

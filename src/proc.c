@@ -1,21 +1,22 @@
 /*
- * proc.c - child processes and the parent's end of their channels.
+ * proc.c - child processes: one child's life, from spawn to reaping.
  *
  * core.spawn(fn) forks a child that runs fn (a pool worker loop or a
- * service) with a channel of two byte streams: a socketpair carries the
- * parent's frames to the child, a pipe the child's frames to the parent.
- * A pipe packs small writes into pages the reader takes in one copy, where
- * a socket makes a buffer of each write, and a worker writes one result at
- * a time (before its next task, so that a crash never takes a finished
- * result with it): reading them through the pipe costs the parent a small
- * part of what the socket did. The parent's ends are non-blocking; the
- * pipe's is watched by an ev_io, and its end of file is the child's. Frames
- * that arrive are decoded and handed to the proc's on_message; functions
- * are refused in them, so the parent never loads code a child sent.
+ * service, worker.c) with a channel of two byte streams: a socketpair
+ * carries the parent's frames to the child, a pipe the child's frames to
+ * the parent. A pipe packs small writes into pages the reader takes in one
+ * copy, where a socket makes a buffer of each write, and a worker writes
+ * one result at a time (before its next task, so that a crash never takes
+ * a finished result with it): reading them through the pipe costs the
+ * parent a small part of what the socket did. The parent's end of the
+ * channel is a conn (conn.c): the loop reads it and hands the frames to
+ * the proc's on_message (dispatch.c), and writes what proc:send and
+ * proc:send_task queue. A proc also kills its child, reaps it and sends it
+ * stop requests (the stop signal, whose value stop_pack makes).
  *
  * Invariants:
- * - A proc is created closed (pid 0, fd -1) before it takes a pid or an fd,
- *   so a memory error leaves nothing behind.
+ * - A proc is created closed (pid 0, fds -1) before it takes a pid or an
+ *   fd, so a memory error leaves nothing behind.
  * - While its child may still run, the registry holds the proc (self), so
  *   it cannot be collected with a live child.
  * - Only our own children are reaped: SIGCHLD leads to waitpid(pid) for each
@@ -24,8 +25,8 @@
  * - on_exit(proc, how, code) is called once, after the child is reaped AND
  *   every byte it wrote has been read and dispatched: a child's messages
  *   always come before its exit.
- * - A failed encode leaves no partial frame: the frame is rolled back the
- *   next time the buffer is touched (enc_open).
+ * - A failed encode leaves no partial frame: the channel drops its open
+ *   frame the next time it is touched (chan.c).
  * - In a forked child every inherited proc is inert: its fds are closed, the
  *   live list is emptied, and close/gc do nothing to the parent's children.
  */
@@ -43,39 +44,26 @@
 #include "orch.h"
 
 #define PROC_MT "orch.proc"
-#define READ_BUDGET (8u << 20) /* bytes read per readiness, for fairness */
 #define SPAWN_MAX 64           /* children forked by one spawn */
 
 typedef struct proc {
     pid_t pid;    /* 0 before fork and after reaping */
     pid_t owner;  /* the process that forked it */
-    int fd;       /* parent's end of the socket (it writes), -1 when closed */
-    int rfd;      /* parent's end of the pipe (it reads), open with fd */
-    int peer, peer_w; /* the child's ends of both, until the fork */
+    conn conn;    /* the parent's end of the channel (conn.c) */
+    int peer, peer_w; /* the child's ends of it, until the fork */
     int self;     /* registry ref while the child may run */
     int status;   /* wait status once reaped */
-    unsigned reaped : 1, eof : 1, dirty : 1, enc_open : 1, live : 1;
-    size_t enc_start; /* frame being encoded starts here (enc_open) */
+    unsigned reaped : 1, live : 1;
     lua_Integer fn_last; /* the last function id sent (its code is there) */
-    wbuf in, out;
-    ev_io rio, wio;
     struct proc *next_live, *prev_live;
-    struct proc *next_dirty;
 } proc;
 
 /* uservalue slots */
 enum { UV_ON_MESSAGE = 1, UV_ON_EXIT = 2, UV_FNS_SENT = 3, UV_COUNT = 3 };
 
 static proc *live_head;
-static proc *dirty_head;
 static int live_count;
 static ev_signal chld_watcher;
-static lua_Integer fn_counter;
-static int fn_by_closure = LUA_NOREF; /* weak-keyed: closure -> fnid */
-static int fn_by_code = LUA_NOREF;    /* bytecode -> fnid */
-static int code_by_fn = LUA_NOREF;    /* fnid -> bytecode */
-
-static void proc_dispatch(lua_State *L, proc *p, int pidx);
 
 /* ---- the live list -------------------------------------------------------- */
 
@@ -107,44 +95,7 @@ static void live_unlink(proc *p)
         ev_signal_stop(loop_get(), &chld_watcher);
 }
 
-static void dirty_unlink(proc *p)
-{
-    if (!p->dirty)
-        return;
-    for (proc **pp = &dirty_head; *pp; pp = &(*pp)->next_dirty) {
-        if (*pp == p) {
-            *pp = p->next_dirty;
-            break;
-        }
-    }
-    p->dirty = 0;
-    p->next_dirty = NULL;
-}
-
 /* ---- closing ---------------------------------------------------------------- */
-
-static void out_rollback(proc *p)
-{
-    if (p->enc_open) {
-        p->out.len = p->enc_start;
-        p->enc_open = 0;
-    }
-}
-
-static void close_fd(proc *p)
-{
-    if (p->fd < 0)
-        return;
-    struct ev_loop *loop = loop_get();
-    ev_io_stop(loop, &p->rio);
-    ev_io_stop(loop, &p->wio);
-    close(p->fd);
-    close(p->rfd);
-    p->fd = p->rfd = -1;
-    dirty_unlink(p);
-    wbuf_free(&p->out);
-    p->enc_open = 0;
-}
 
 static void release(lua_State *L, proc *p)
 {
@@ -184,35 +135,13 @@ static void proc_close(lua_State *L, proc *p)
             ;
         p->reaped = 1;
     }
-    close_fd(p);
+    conn_close(&p->conn);
+    chan_free(&p->conn.ch);
     close_peers(p);
-    wbuf_free(&p->in);
     release(L, p);
 }
 
-/* ---- reading -------------------------------------------------------------- */
-
-/* Reads what is there and dispatches whole frames. Returns 0, or -1 once
- * the channel is at its end (EOF or error). */
-static int read_some(lua_State *L, proc *p, int pidx, int drain)
-{
-    size_t budget = drain ? (size_t)-1 : READ_BUDGET;
-    int rc = 0;
-    while (p->fd >= 0 && budget > 0) {
-        ssize_t n = chan_fill(p->rfd, &p->in, budget);
-        if (n > 0) {
-            budget -= (size_t)n;
-            proc_dispatch(L, p, pidx);
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            break;
-        p->eof = 1; /* EOF, ECONNRESET...: the child is gone or going */
-        close_fd(p);
-        rc = -1;
-    }
-    return rc;
-}
+/* ---- reaping ----------------------------------------------------------- */
 
 static void deliver_exit(lua_State *L, proc *p, int pidx)
 {
@@ -232,31 +161,8 @@ static void deliver_exit(lua_State *L, proc *p, int pidx)
     }
 }
 
-static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-    (void)loop; (void)revents;
-    proc *p = (proc *)((char *)w - offsetof(proc, rio));
-    lua_State *L = loop_state();
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->self); /* keeps p alive */
-    read_some(L, p, lua_gettop(L), 0);
-    lua_pop(L, 1);
-}
-
-static void wio_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-    (void)revents;
-    proc *p = (proc *)((char *)w - offsetof(proc, wio));
-    out_rollback(p);
-    int rc = chan_flush(p->fd, &p->out);
-    if (rc <= 0) {
-        ev_io_stop(loop, w);
-        if (rc < 0)
-            wbuf_reset(&p->out); /* the child is gone: its exit will tell */
-    }
-}
-
 /* SIGCHLD: reap each of our children that has exited. */
-void proc_reap(lua_State *L)
+static void reap(lua_State *L)
 {
     proc *p = live_head;
     while (p) {
@@ -268,9 +174,9 @@ void proc_reap(lua_State *L)
             p->status = st;
             lua_rawgeti(L, LUA_REGISTRYINDEX, p->self);
             int pidx = lua_gettop(L);
-            read_some(L, p, pidx, 1); /* all it wrote comes before its exit */
-            close_fd(p);
-            wbuf_free(&p->in);
+            conn_read(L, &p->conn, pidx, 1); /* all it wrote comes before its exit */
+            conn_close(&p->conn);
+            chan_free(&p->conn.ch);
             live_unlink(p);
             deliver_exit(L, p, pidx);
             release(L, p);
@@ -285,156 +191,10 @@ void proc_reap(lua_State *L)
 static void chld_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)loop; (void)w; (void)revents;
-    proc_reap(loop_state());
+    reap(loop_state());
 }
 
-static void consume_frame(proc *p, size_t plen)
-{
-    p->in.off += FRAME_HEADER + plen;
-    if (p->in.off == p->in.len)
-        p->in.off = p->in.len = 0;
-}
-
-/* Calls on_message(proc, RESULT, batch, n) for the RESULT frames gathered
- * in the table at bidx, if any, and leaves a fresh slot for the next run. */
-static void flush_results(lua_State *L, int pidx, int bidx, int *nb)
-{
-    if (*nb == 0)
-        return;
-    lua_getiuservalue(L, pidx, UV_ON_MESSAGE);
-    lua_pushvalue(L, pidx);
-    lua_pushinteger(L, MSG_RESULT);
-    lua_pushvalue(L, bidx);
-    lua_pushinteger(L, *nb);
-    lua_pushnil(L);
-    lua_replace(L, bidx); /* the next run gets a table of its own */
-    *nb = 0;
-    loop_call(L, 4);
-}
-
-/* Decodes a RESULT frame's id and values into the batch at bidx (made on
- * first use): batch[nb + 1] = id, batch[nb + 2] = {n = count, values...}.
- * 0, or -1 with d->err. */
-static int gather_result(lua_State *L, wire_dec *d, int bidx, int *nb)
-{
-    int top = lua_gettop(L);
-    if (lua_isnil(L, bidx)) {
-        lua_createtable(L, 16, 0);
-        lua_replace(L, bidx);
-    }
-    if (wire_dec_value(d) < 0)
-        return -1;
-    lua_createtable(L, 1, 1);
-    int n = 0;
-    while (d->pos < d->len) {
-        if (wire_dec_value(d) < 0) {
-            lua_settop(L, top);
-            return -1;
-        }
-        lua_rawseti(L, top + 2, ++n);
-    }
-    lua_pushinteger(L, n);
-    lua_setfield(L, top + 2, "n");
-    lua_rawseti(L, bidx, *nb + 2);
-    lua_rawseti(L, bidx, *nb + 1);
-    *nb += 2;
-    return 0;
-}
-
-/* on_message(proc, 0, "bad frame: why"). */
-static void report_bad(lua_State *L, int pidx, const char *why)
-{
-    lua_getiuservalue(L, pidx, UV_ON_MESSAGE);
-    lua_pushvalue(L, pidx);
-    lua_pushinteger(L, 0);
-    lua_pushfstring(L, "bad frame: %s", why);
-    loop_call(L, 3);
-}
-
-/* Decodes every whole frame in p->in for on_message. A run of RESULT frames
- * comes in one call, on_message(proc, RESULT, batch, n), batch holding id,
- * values (a table with its count n) for each; any other frame is
- * on_message(proc, type, values...). A frame that does not decode is
- * reported as type 0 with the reason. Order is kept. */
-static void proc_dispatch(lua_State *L, proc *p, int pidx)
-{
-    const char *payload;
-    size_t plen;
-    int type, r, nb = 0;
-    lua_pushnil(L); /* the batch of results */
-    int bidx = lua_gettop(L);
-    while (p->in.data && (r = chan_frame_peek(&p->in, &type, &payload, &plen)) != 0) {
-        if (r < 0) {
-            p->in.off = p->in.len;
-            flush_results(L, pidx, bidx, &nb);
-            report_bad(L, pidx, "length over the limit");
-            break;
-        }
-        if (type != MSG_RESULT && nb > 0) {
-            flush_results(L, pidx, bidx, &nb); /* then this frame, peeked again */
-            continue;
-        }
-        wire_dec d;
-        int bad = 0;
-        if (type == MSG_RESULT) {
-            wire_dec_begin(&d, L, payload, plen, 0);
-            bad = gather_result(L, &d, bidx, &nb) < 0;
-            wire_dec_end(&d);
-            consume_frame(p, plen);
-            if (bad) {
-                flush_results(L, pidx, bidx, &nb);
-                report_bad(L, pidx, d.err);
-            }
-            continue;
-        }
-        lua_getiuservalue(L, pidx, UV_ON_MESSAGE);
-        lua_pushvalue(L, pidx);
-        int base = lua_gettop(L);
-        lua_pushinteger(L, type);
-        wire_dec_begin(&d, L, payload, plen, 0);
-        while (d.pos < d.len && !bad)
-            bad = wire_dec_value(&d) < 0;
-        wire_dec_end(&d);
-        consume_frame(p, plen);
-        if (bad) {
-            lua_settop(L, base - 2);
-            report_bad(L, pidx, d.err);
-        } else {
-            loop_call(L, lua_gettop(L) - base + 1);
-        }
-    }
-    flush_results(L, pidx, bidx, &nb);
-    lua_settop(L, bidx - 1);
-}
-
-/* ---- writing ---------------------------------------------------------------- */
-
-static void mark_dirty(proc *p)
-{
-    if (!p->dirty) {
-        p->dirty = 1;
-        p->next_dirty = dirty_head;
-        dirty_head = p;
-    }
-}
-
-void proc_flush_all(void)
-{
-    while (dirty_head) {
-        proc *p = dirty_head;
-        dirty_head = p->next_dirty;
-        p->dirty = 0;
-        p->next_dirty = NULL;
-        if (p->fd < 0 || ev_is_active(&p->wio))
-            continue;
-        out_rollback(p);
-        int rc = chan_flush(p->fd, &p->out);
-        if (rc > 0)
-            ev_io_start(loop_get(), &p->wio);
-        else if (rc < 0)
-            wbuf_reset(&p->out);
-    }
-}
+/* ---- the Lua face ------------------------------------------------------- */
 
 static proc *check_proc(lua_State *L, int i)
 {
@@ -442,190 +202,21 @@ static proc *check_proc(lua_State *L, int i)
 }
 
 
-/* Opens a frame in p->out; the caller encodes into *e and calls frame_close. */
-static void frame_open(lua_State *L, proc *p, int type, wire_enc *e, size_t *start)
-{
-    out_rollback(p);
-    p->enc_start = p->out.len;
-    p->enc_open = 1;
-    if (chan_frame_begin(&p->out, type, start) < 0)
-        luaL_error(L, "orch: not enough memory for a frame");
-    wire_enc_begin(e, L, &p->out, WIRE_FUNCTIONS);
-}
-
-static void frame_close(lua_State *L, proc *p, wire_enc *e, size_t start)
-{
-    wire_enc_end(e);
-    if (chan_frame_end(&p->out, start) < 0) {
-        out_rollback(p);
-        luaL_error(L, "orch: a frame is larger than 2 GiB");
-    }
-    p->enc_open = 0;
-    mark_dirty(p);
-}
-
 /* proc:send(type, ...) -> true: one frame holding the message type and
  * values; false when the channel is closed (the child is exiting). */
 static int proc_send(lua_State *L)
 {
     proc *p = check_proc(L, 1);
-    if (p->fd < 0) {
+    if (p->conn.ch.wfd < 0) {
         lua_pushboolean(L, 0);
         return 1;
     }
     lua_Integer type = luaL_checkinteger(L, 2);
-    int n = lua_gettop(L);
-    wire_enc e;
-    size_t start;
     luaL_argcheck(L, type > 0 && type < 256, 2, "message type out of range");
-    frame_open(L, p, (int)type, &e, &start);
-    char root[32];
-    for (int i = 3; i <= n; i++) {
-        snprintf(root, sizeof root, "value[%d]", i - 2);
-        wire_enc_value(&e, i, root);
-    }
-    frame_close(L, p, &e, start);
+    chan_enc_values(L, &p->conn.ch, (int)type, 3, WIRE_FUNCTIONS);
+    conn_queued(&p->conn);
     lua_pushboolean(L, 1);
     return 1;
-}
-
-/* Pushes the id of the Lua function at fidx, dumping and numbering its
- * code the first time that code is seen (closures of one prototype share an
- * id, so the worker caches each piece of code once). */
-static lua_Integer function_id(lua_State *L, int fidx)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_closure);
-    lua_pushvalue(L, fidx);
-    lua_rawget(L, -2);
-    if (lua_isinteger(L, -1)) {
-        lua_Integer id = lua_tointeger(L, -1);
-        lua_pop(L, 2);
-        return id;
-    }
-    lua_pop(L, 1);
-    wire_dump_function(L, fidx);               /* closures, code */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_code);
-    lua_pushvalue(L, -2);
-    lua_rawget(L, -2);                         /* closures, code, bycode, id? */
-    lua_Integer id;
-    if (lua_isinteger(L, -1)) {
-        id = lua_tointeger(L, -1);
-        lua_pop(L, 1);
-    } else {
-        lua_pop(L, 1);
-        id = ++fn_counter;
-        lua_pushvalue(L, -2);
-        lua_pushinteger(L, id);
-        lua_rawset(L, -3);                     /* bycode[code] = id */
-        lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
-        lua_pushvalue(L, -3);
-        lua_rawseti(L, -2, id);                /* codes[id] = code */
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 2);                             /* closures */
-    lua_pushvalue(L, fidx);
-    lua_pushinteger(L, id);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
-    return id;
-}
-
-/* The scratch buffer pack_task encodes into: owned by a userdata anchored
- * in the registry, so a refusal (a Lua error) leaks nothing. */
-static int scratch_ref = LUA_NOREF;
-
-static int scratch_gc(lua_State *L)
-{
-    wbuf_free(lua_touserdata(L, 1));
-    return 0;
-}
-
-static wbuf *scratch(lua_State *L)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, scratch_ref);
-    wbuf *b = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    b->len = b->off = 0;
-    return b;
-}
-
-/* A packed task is a string: the function's id (TASK_FNID bytes, native
- * order; 0 for a function sent by name), then what follows the id and the
- * function in a TASK frame. It never leaves the parent as it is. */
-#define TASK_FNID sizeof(lua_Integer)
-
-static wbuf *task_begin(lua_State *L, lua_Integer fnid, wire_enc *e)
-{
-    wbuf *b = scratch(L);
-    if (wbuf_reserve(b, TASK_FNID) < 0)
-        luaL_error(L, "orch: not enough memory for a task");
-    memcpy(b->data, &fnid, TASK_FNID);
-    b->len = TASK_FNID;
-    wire_enc_begin(e, L, b, WIRE_FUNCTIONS);
-    return b;
-}
-
-static int task_end(lua_State *L, wbuf *b, wire_enc *e)
-{
-    wire_enc_end(e);
-    lua_pushlstring(L, b->data, b->len);
-    wbuf_reset(b);
-    return 1;
-}
-
-/* pack_task(fn, ...) -> task: encodes a task once, at submit, so a value
- * that cannot cross is refused there, naming its place ("args[2].conn:
- * cannot send userdata", "upvalue 'handle': ..."). A Lua function is
- * numbered by its code (fnid > 0) and its upvalues come first; a C
- * function or a "module.name" string travels by name (fnid 0). Then the
- * argument count and the arguments. proc:send_task puts it in a frame for
- * one worker. */
-static int l_pack_task(lua_State *L)
-{
-    int t = lua_type(L, 1);
-    luaL_argexpected(L, t == LUA_TFUNCTION || t == LUA_TSTRING, 1, "function or module name");
-    int n = lua_gettop(L);
-    lua_Integer fnid = t == LUA_TFUNCTION && !lua_iscfunction(L, 1) ? function_id(L, 1) : 0;
-    wire_enc e;
-    wbuf *b = task_begin(L, fnid, &e);
-    if (fnid)
-        wire_enc_upvalues(&e, 1);
-    else
-        wire_enc_value(&e, 1, "function");
-    wire_enc_integer(&e, n - 1);
-    static const char *const roots[] = {"args[1]", "args[2]", "args[3]", "args[4]"};
-    char root[32];
-    for (int i = 2; i <= n; i++) {
-        if (i - 2 < 4) {
-            wire_enc_value(&e, i, roots[i - 2]);
-        } else {
-            snprintf(root, sizeof root, "args[%d]", i - 1);
-            wire_enc_value(&e, i, root);
-        }
-    }
-    return task_end(L, b, &e);
-}
-
-/* pack_chunk(task, fn, items, i, j) -> task: as
- * pack_task(task, fn, {items[i..j]}, j - i + 1), without building the
- * slice: map's chunks. */
-static int l_pack_chunk(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    luaL_checktype(L, 3, LUA_TTABLE);
-    lua_Integer i = luaL_checkinteger(L, 4), j = luaL_checkinteger(L, 5);
-    luaL_argcheck(L, !lua_iscfunction(L, 1), 1, "a Lua function expected");
-    lua_Integer fnid = function_id(L, 1);
-    wire_enc e;
-    wbuf *b = task_begin(L, fnid, &e);
-    wire_enc_upvalues(&e, 1);
-    wire_enc_integer(&e, 3);
-    wire_enc_value(&e, 2, "function");
-    wire_enc_slice(&e, 3, i, j, "items");
-    lua_pushinteger(L, j >= i ? j - i + 1 : 0);
-    wire_enc_value(&e, -1, "count");
-    lua_pop(L, 1);
-    return task_end(L, b, &e);
 }
 
 /* proc:send_task(id, task) -> true | false: a TASK frame for this worker;
@@ -636,14 +227,12 @@ static int proc_send_task(lua_State *L)
     proc *p = check_proc(L, 1);
     lua_Integer id = luaL_checkinteger(L, 2);
     size_t tlen;
-    const char *task = luaL_checklstring(L, 3, &tlen);
-    luaL_argcheck(L, tlen >= TASK_FNID, 3, "not a packed task");
-    if (p->fd < 0) {
+    const char *task;
+    lua_Integer fnid = task_fnid(L, 3, &task, &tlen);
+    if (p->conn.ch.wfd < 0) {
         lua_pushboolean(L, 0);
         return 1;
     }
-    lua_Integer fnid;
-    memcpy(&fnid, task, TASK_FNID);
     int first = 0;
     if (fnid && fnid != p->fn_last) {
         lua_getiuservalue(L, 1, UV_FNS_SENT);
@@ -651,25 +240,10 @@ static int proc_send_task(lua_State *L)
         lua_pop(L, 2);
     }
     wire_enc e;
-    size_t start;
-    frame_open(L, p, MSG_TASK, &e, &start);
-    wire_enc_integer(&e, id);
-    wire_enc_integer(&e, fnid);
-    if (fnid) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
-        if (first)
-            lua_rawgeti(L, -1, fnid);
-        else
-            lua_pushnil(L);
-        wire_enc_value(&e, lua_gettop(L), "function");
-        lua_pop(L, 2);
-    }
-    size_t blen = tlen - TASK_FNID;
-    if (wbuf_reserve(&p->out, blen) < 0)
-        return luaL_error(L, "orch: not enough memory for a frame");
-    memcpy(p->out.data + p->out.len, task + TASK_FNID, blen);
-    p->out.len += blen;
-    frame_close(L, p, &e, start);
+    chan_enc_begin(L, &p->conn.ch, MSG_TASK, &e, WIRE_FUNCTIONS);
+    task_put(L, &e, id, task, tlen, first);
+    chan_enc_end(L, &p->conn.ch, &e);
+    conn_queued(&p->conn);
     if (first) {
         lua_getiuservalue(L, 1, UV_FNS_SENT);
         lua_pushboolean(L, 1);
@@ -695,7 +269,7 @@ static int proc_stop(lua_State *L)
         return 2;
     }
     union sigval v;
-    v.sival_int = (int)(((unsigned)id & 0x3fffffffu) << 2 | (unsigned)level);
+    v.sival_int = stop_pack(id, (int)level);
     if (sigqueue(p->pid, sig_stop_signal(), v) < 0) {
         lua_pushnil(L);
         lua_pushfstring(L, "sigqueue %d: %s", (int)p->pid, strerror(errno));
@@ -734,8 +308,7 @@ static int proc_alive(lua_State *L)
 static int proc_pending(lua_State *L)
 {
     proc *p = check_proc(L, 1);
-    out_rollback(p);
-    lua_pushinteger(L, (lua_Integer)(p->out.len - p->out.off));
+    lua_pushinteger(L, (lua_Integer)chan_pending(&p->conn.ch));
     return 1;
 }
 
@@ -757,19 +330,15 @@ static int proc_tostring(lua_State *L)
 static void proc_close_inherited(const proc *keep)
 {
     for (proc *p = live_head; p; p = p->next_live) {
-        if (p->fd >= 0) {
-            close(p->fd);
-            close(p->rfd);
-        }
+        conn_forget(&p->conn);
         if (p != keep)
             close_peers(p);
-        p->fd = p->rfd = p->peer = p->peer_w = -1;
+        p->peer = p->peer_w = -1;
         p->pid = 0;
         p->live = 0;
     }
     live_head = NULL;
     live_count = 0;
-    dirty_head = NULL;
 }
 
 /* A closed proc (pid 0, fd -1) with its callbacks, pushed on the stack. */
@@ -777,7 +346,8 @@ static proc *new_proc(lua_State *L, int on_message, int on_exit)
 {
     proc *p = lua_newuserdatauv(L, sizeof *p, UV_COUNT);
     memset(p, 0, sizeof *p);
-    p->fd = p->rfd = p->peer = p->peer_w = -1;
+    conn_init(&p->conn);
+    p->peer = p->peer_w = -1;
     p->self = LUA_NOREF;
     p->owner = getpid();
     luaL_setmetatable(L, PROC_MT);
@@ -788,6 +358,56 @@ static proc *new_proc(lua_State *L, int on_message, int on_exit)
     lua_newtable(L);
     lua_setiuservalue(L, -2, UV_FNS_SENT);
     return p;
+}
+
+/* Gives each of the n procs from first a channel: a socketpair for the
+ * parent's frames, a pipe for the child's. Raises (the procs' __gc closes
+ * what was made). */
+static void make_channels(lua_State *L, int first, int n)
+{
+    for (int k = 0; k < n; k++) {
+        proc *p = lua_touserdata(L, first + k);
+        int sv[2], pv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+            luaL_error(L, "orch: socketpair: %s", strerror(errno));
+        if (pipe2(pv, O_CLOEXEC) < 0) {
+            int e = errno;
+            close(sv[0]);
+            close(sv[1]);
+            luaL_error(L, "orch: pipe: %s", strerror(e));
+        }
+        chan_init(&p->conn.ch, pv[0], sv[0]);
+        p->peer = sv[1];
+        p->peer_w = pv[1];
+    }
+}
+
+/* Forks the n children back to back; a child goes to worker_child_main
+ * and never returns. Returns how many were forked (< n: *err says why). */
+static int fork_children(lua_State *L, int first, int n, pid_t *pids, int *err)
+{
+    fflush(NULL); /* or the children would write the parent's buffered output again */
+    pid_t parent = getpid();
+    int forked;
+    sigset_t mask;
+    sig_block_stop(&mask); /* until the child handles it (sig.c) */
+    for (forked = 0; forked < n; forked++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            *err = errno;
+            break;
+        }
+        if (pid == 0) {
+            proc *own = lua_touserdata(L, first + forked);
+            int in = own->peer, out = own->peer_w;
+            proc_close_inherited(own);
+            sig_child_setup(parent);
+            worker_child_main(L, in, out, 3 * forked + 1); /* never returns */
+        }
+        pids[forked] = pid;
+    }
+    sig_restore_mask(&mask);
+    return forked;
 }
 
 /* spawn(fn, on_message, on_exit [, fn2, on_message2, on_exit2, ...])
@@ -813,64 +433,24 @@ static int l_spawn(lua_State *L)
     int first = nargs + 1; /* the procs, first .. first + n - 1 */
     for (int k = 0; k < n; k++)
         new_proc(L, 3 * k + 2, 3 * k + 3);
-    for (int k = 0; k < n; k++) {
-        proc *p = lua_touserdata(L, first + k);
-        int sv[2], pv[2];
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-            return luaL_error(L, "orch: socketpair: %s", strerror(errno)); /* __gc closes */
-        if (pipe2(pv, O_CLOEXEC) < 0) {
-            int e = errno;
-            close(sv[0]);
-            close(sv[1]);
-            return luaL_error(L, "orch: pipe: %s", strerror(e));
-        }
-        p->fd = sv[0];
-        p->peer = sv[1];
-        p->rfd = pv[0];
-        p->peer_w = pv[1];
-    }
+    make_channels(L, first, n);
     /* In the live list before the first fork: SIGCHLD is watched from
      * then on, and a child forked below never sees its siblings' ends. */
     for (int k = 0; k < n; k++)
         live_link(lua_touserdata(L, first + k));
-
-    fflush(NULL); /* or the children would write the parent's buffered output again */
-    pid_t parent = getpid();
     pid_t pids[SPAWN_MAX];
-    int forked, err = 0;
-    sigset_t mask;
-    sig_block_stop(&mask); /* until the child handles it (sig.c) */
-    for (forked = 0; forked < n; forked++) {
-        pid_t pid = fork();
-        if (pid < 0) {
-            err = errno;
-            break;
-        }
-        if (pid == 0) {
-            proc *own = lua_touserdata(L, first + forked);
-            int in = own->peer, out = own->peer_w;
-            proc_close_inherited(own);
-            sig_child_setup(parent);
-            worker_child_main(L, in, out, 3 * forked + 1); /* never returns */
-        }
-        pids[forked] = pid;
-    }
-    sig_restore_mask(&mask);
-
+    int err = 0;
+    int forked = fork_children(L, first, n, pids, &err);
     for (int k = 0; k < n; k++) {
         proc *p = lua_touserdata(L, first + k);
         close_peers(p);
         if (k >= forked)
             continue;
         setpgid(pids[k], pids[k]); /* the child does it too; whichever runs first wins */
-        fcntl(p->fd, F_SETFL, fcntl(p->fd, F_GETFL) | O_NONBLOCK);
-        fcntl(p->rfd, F_SETFL, fcntl(p->rfd, F_GETFL) | O_NONBLOCK);
         p->pid = pids[k];
         lua_pushvalue(L, first + k);
         p->self = luaL_ref(L, LUA_REGISTRYINDEX);
-        ev_io_init(&p->rio, rio_cb, p->rfd, EV_READ);
-        ev_io_init(&p->wio, wio_cb, p->fd, EV_WRITE);
-        ev_io_start(loop_get(), &p->rio);
+        conn_start(&p->conn, p->self, UV_ON_MESSAGE);
     }
     if (forked < n) {
         for (int k = 0; k < n; k++)
@@ -878,18 +458,6 @@ static int l_spawn(lua_State *L)
         return luaL_error(L, "orch: fork: %s", strerror(err));
     }
     return n;
-}
-
-static void weak_table(lua_State *L, int *ref, const char *mode)
-{
-    lua_newtable(L);
-    if (mode) {
-        lua_createtable(L, 0, 1);
-        lua_pushstring(L, mode);
-        lua_setfield(L, -2, "__mode");
-        lua_setmetatable(L, -2);
-    }
-    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 void proc_open(lua_State *L)
@@ -906,25 +474,11 @@ void proc_open(lua_State *L)
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
-    if (fn_by_closure == LUA_NOREF) {
-        weak_table(L, &fn_by_closure, "k");
-        weak_table(L, &fn_by_code, NULL);
-        weak_table(L, &code_by_fn, NULL);
+    static int ready;
+    if (!ready) { /* once per process, however often orch.core is opened */
         ev_signal_init(&chld_watcher, chld_cb, SIGCHLD);
-    }
-    if (scratch_ref == LUA_NOREF) {
-        wbuf *b = lua_newuserdatauv(L, sizeof *b, 0);
-        memset(b, 0, sizeof *b);
-        lua_createtable(L, 0, 1);
-        lua_pushcfunction(L, scratch_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_setmetatable(L, -2);
-        scratch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        ready = 1;
     }
     lua_pushcfunction(L, l_spawn);
     lua_setfield(L, -2, "spawn");
-    lua_pushcfunction(L, l_pack_task);
-    lua_setfield(L, -2, "pack_task");
-    lua_pushcfunction(L, l_pack_chunk);
-    lua_setfield(L, -2, "pack_chunk");
 }

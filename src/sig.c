@@ -10,8 +10,10 @@
  * handler that does nothing, so they neither kill the child nor interrupt
  * its work; programs it executes get the defaults back. The parent talks to
  * its children with the stop signal, a realtime signal whose value carries
- * the task id and the stop level. If the parent dies, the kernel kills the
- * child (parent-death signal).
+ * the task id and the stop level (stop_pack in orch.h): sig.c keeps it
+ * blocked from before the fork until the child's own handler (worker.c)
+ * is in place, so no request is lost or meets the default disposition. If
+ * the parent dies, the kernel kills the child (parent-death signal).
  */
 #include <errno.h>
 #include <signal.h>
@@ -169,14 +171,6 @@ static void ignore_job_signal(int sig)
     (void)sig;
 }
 
-static void stop_handler(int sig, siginfo_t *si, void *uc)
-{
-    (void)sig; (void)uc;
-    int saved = errno;
-    worker_on_stop_signal(si->si_value.sival_int);
-    errno = saved;
-}
-
 void sig_child_setup(pid_t parent)
 {
     struct sigaction sa;
@@ -192,17 +186,28 @@ void sig_child_setup(pid_t parent)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
     sigaction(SIGQUIT, &sa, NULL);
-    sa.sa_handler = NULL;
-    sa.sa_sigaction = stop_handler;
-    sa.sa_flags = SA_SIGINFO | SA_RESTART;
-    sigaction(sig_stop_signal(), &sa, NULL);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    sigset_t only_stop;
+    sigemptyset(&only_stop);
+    sigaddset(&only_stop, sig_stop_signal());
+    sigprocmask(SIG_SETMASK, &only_stop, NULL); /* until sig_child_accept_stop */
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent)
         _exit(1); /* the parent died before the line above */
+}
+
+void sig_child_accept_stop(sig_stop_handler handler)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_sigaction = handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigaction(sig_stop_signal(), &sa, NULL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig_stop_signal());
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
 }
 
 void sig_open(lua_State *L)

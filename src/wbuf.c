@@ -5,6 +5,10 @@
  * append at len, readers consume from off. Capacity grows geometrically;
  * a buffer that grew large for one big frame is given back once it is
  * empty again, so one 64 MiB value does not pin 64 MiB for ever.
+ *
+ * A scratch buffer is a wbuf owned by a userdata, the upvalue of the C
+ * function that encodes into it: a Lua error raised while it is filled
+ * leaks nothing, and a nested call never shares it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -63,4 +67,69 @@ void wbuf_free(wbuf *b)
     free(b->data);
     b->data = NULL;
     b->len = b->off = b->cap = 0;
+}
+
+/* ---- scratch buffers ------------------------------------------------------
+ * A C function that encodes into a scratch buffer holds it as its upvalue 1
+ * (a userdata that frees the buffer when collected), marked busy while in
+ * use. A call that finds it busy (a nested call from a finalizer, or any
+ * call after an error left it busy) uses a fresh one, which becomes the
+ * upvalue once that call succeeds; one left busy by an error is then
+ * collected with its userdata. The common path touches no upvalue. */
+
+#define SCRATCH_MT "orch.scratch"
+
+typedef struct scratch {
+    wbuf b; /* first: a scratch's wbuf is the scratch */
+    int busy;
+} scratch;
+
+static int scratch_gc(lua_State *L)
+{
+    scratch *s = luaL_checkudata(L, 1, SCRATCH_MT);
+    wbuf_free(&s->b);
+    return 0;
+}
+
+wbuf *wbuf_scratch_new(lua_State *L)
+{
+    scratch *s = lua_newuserdatauv(L, sizeof *s, 0);
+    memset(s, 0, sizeof *s); /* empty before it can own anything */
+    if (luaL_newmetatable(L, SCRATCH_MT)) {
+        lua_pushcfunction(L, scratch_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return &s->b;
+}
+
+void wbuf_scratch_fn(lua_State *L, lua_CFunction fn, const char *name)
+{
+    wbuf_scratch_new(L);
+    lua_pushcclosure(L, fn, 1);
+    lua_setfield(L, -2, name);
+}
+
+wbuf *wbuf_scratch_take(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1)); /* on the stack: alive while in use */
+    scratch *s = lua_touserdata(L, -1);
+    if (s->busy) {
+        lua_pop(L, 1);
+        s = (scratch *)wbuf_scratch_new(L);
+    }
+    s->busy = 1;
+    wbuf_reset(&s->b);
+    return &s->b;
+}
+
+void wbuf_scratch_give(lua_State *L, wbuf *b, int holder)
+{
+    scratch *s = (scratch *)b;
+    s->busy = 0;
+    wbuf_reset(b);
+    if (lua_touserdata(L, lua_upvalueindex(1)) != s) {
+        lua_pushvalue(L, holder);
+        lua_replace(L, lua_upvalueindex(1));
+    }
 }

@@ -1287,50 +1287,10 @@ void wire_dump_function(lua_State *L, int fidx)
 
 /* ---- Lua binding ---------------------------------------------------- */
 
-#define SCRATCH_MT "orch.wire.scratch"
-
-static int scratch_gc(lua_State *L)
-{
-    wbuf_free(luaL_checkudata(L, 1, SCRATCH_MT));
-    return 0;
-}
-
-/* The scratch buffer is upvalue 1 of encode. It is taken out (the upvalue
- * set to false) while in use and put back on success: a nested call (from
- * a finalizer) or the call after an error makes a fresh one, and the one
- * left behind by an error is collected with its userdata. */
-static wbuf *scratch_new(lua_State *L)
-{
-    wbuf *b = lua_newuserdatauv(L, sizeof *b, 0);
-    memset(b, 0, sizeof *b); /* empty before it can own anything */
-    luaL_setmetatable(L, SCRATCH_MT);
-    return b;
-}
-
-static wbuf *scratch_take(lua_State *L)
-{
-    wbuf *b = lua_touserdata(L, lua_upvalueindex(1));
-    if (b)
-        lua_pushvalue(L, lua_upvalueindex(1));
-    else
-        b = scratch_new(L);
-    lua_pushboolean(L, 0);
-    lua_replace(L, lua_upvalueindex(1));
-    wbuf_reset(b);
-    return b;
-}
-
-static void scratch_give(lua_State *L, wbuf *b, int idx)
-{
-    wbuf_reset(b);
-    lua_pushvalue(L, idx);
-    lua_replace(L, lua_upvalueindex(1));
-}
-
 static int encode_with(lua_State *L, int flags)
 {
     int n = lua_gettop(L);
-    wbuf *b = scratch_take(L);
+    wbuf *b = wbuf_scratch_take(L);
     int holder = lua_gettop(L);
     static const char *const roots[] = {
         "args[1]", "args[2]", "args[3]", "args[4]",
@@ -1349,7 +1309,7 @@ static int encode_with(lua_State *L, int flags)
     }
     wire_enc_end(&e);
     lua_pushlstring(L, b->data + b->off, b->len - b->off);
-    scratch_give(L, b, holder);
+    wbuf_scratch_give(L, b, holder);
     return 1;
 }
 
@@ -1373,14 +1333,14 @@ static int l_encode_slice(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_Integer i = luaL_checkinteger(L, 2), j = luaL_checkinteger(L, 3);
     lua_settop(L, 3);
-    wbuf *b = scratch_take(L);
+    wbuf *b = wbuf_scratch_take(L);
     int holder = lua_gettop(L);
     wire_enc e;
     wire_enc_begin(&e, L, b, 0);
     wire_enc_slice(&e, 1, i, j, "result");
     wire_enc_end(&e);
     lua_pushlstring(L, b->data + b->off, b->len - b->off);
-    scratch_give(L, b, holder);
+    wbuf_scratch_give(L, b, holder);
     return 1;
 }
 
@@ -1463,24 +1423,11 @@ static int l_decode(lua_State *L)
 
 void wire_open(lua_State *L)
 {
-    if (luaL_newmetatable(L, SCRATCH_MT)) {
-        lua_pushcfunction(L, scratch_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushliteral(L, "orch.wire.scratch");
-        lua_setfield(L, -2, "__name");
-    }
-    lua_pop(L, 1);
-    scratch_new(L);
-    lua_pushcclosure(L, l_encode, 1);
-    lua_setfield(L, -2, "encode");
-    scratch_new(L);
-    lua_pushcclosure(L, l_encode_strict, 1);
-    lua_setfield(L, -2, "encode_strict");
+    wbuf_scratch_fn(L, l_encode, "encode");
+    wbuf_scratch_fn(L, l_encode_strict, "encode_strict");
     lua_pushcfunction(L, l_decode);
     lua_setfield(L, -2, "decode");
-    scratch_new(L);
-    lua_pushcclosure(L, l_encode_slice, 1);
-    lua_setfield(L, -2, "encode_slice");
+    wbuf_scratch_fn(L, l_encode_slice, "encode_slice");
     lua_pushcfunction(L, l_decode_into);
     lua_setfield(L, -2, "decode_into");
 }

@@ -3,15 +3,18 @@
  * calls a child makes to its parent.
  *
  * A child reads frames from the parent on its blocking end of the
- * socketpair and writes its own to the pipe (see proc.c). A pool worker
- * runs serve(): read a task, run it under a traceback handler, write one
- * result frame, and again, until the parent says QUIT or goes away.
+ * socketpair and writes its own to the pipe (see proc.c), both through one
+ * chan (chan.c). A pool worker runs serve(): read a task, load it
+ * (task.c), run it under a traceback handler, write one result frame, and
+ * again, until the parent says QUIT or goes away.
  *
- * Stop requests come as the stop signal (sig.c) carrying a task id and a
- * level. The handler only stores flags and, for a cancel or a timeout of the
- * task that is running, sets a count hook (as lua.c does for Ctrl-C); the
- * hook raises "cancelled" or "timeout" at the next Lua instruction, so
- * <close> variables and pcall cleanup still run. A request for a task that
+ * Stop requests come as the stop signal carrying a task id and a level
+ * (stop_unpack). Its handler lives here and is installed by
+ * worker_child_main; sig.c keeps the signal blocked until then, so a
+ * request is never lost. The handler only stores flags and, for a cancel
+ * or a timeout of the task that is running, sets a count hook (as lua.c
+ * does for Ctrl-C); the hook raises "cancelled" or "timeout" at the next
+ * Lua instruction, so <close> variables and pcall cleanup still run. A request for a task that
  * has not started yet (it waits in the pipeline) is remembered in a ring,
  * and that task is answered "cancelled" without running.
  *
@@ -23,7 +26,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,9 +35,8 @@
 #define RING 64
 
 static lua_State *task_L;         /* the thread tasks run on */
-static int chan_in = -1;          /* frames from the parent; -1: not in a child of orch */
-static int chan_out = -1;         /* frames to the parent */
-static wbuf inbox, deferred, outbuf;
+static chan ch = {.rfd = -1, .wfd = -1}; /* to the parent; rfd -1: not in a child of orch */
+static wbuf deferred;             /* frames kept while a call waits for its reply */
 static volatile sig_atomic_t cur_id = NO_TASK;  /* low 30 bits of the running id */
 static volatile sig_atomic_t running;           /* a task's Lua code may run */
 static volatile sig_atomic_t stop_level;        /* for cur_id */
@@ -54,10 +55,14 @@ static void stop_hook(lua_State *L, lua_Debug *ar)
     }
 }
 
-void worker_on_stop_signal(int value)
+/* The stop signal's handler: async-signal-safe, touches only flags and
+ * the Lua hook (as lua.c's laction). */
+static void stop_handler(int sig, siginfo_t *si, void *uc)
 {
-    int id = (int)((unsigned)value >> 2);
-    int level = value & 3;
+    (void)sig; (void)uc;
+    int saved = errno;
+    int value = si->si_value.sival_int, id, level;
+    stop_unpack(value, &id, &level);
     ring[ring_n % RING] = value;
     ring_n = ring_n + 1;
     if (id == cur_id && level > stop_level) {
@@ -65,6 +70,7 @@ void worker_on_stop_signal(int value)
         if (level >= STOP_CANCEL && running && task_L)
             lua_sethook(task_L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
     }
+    errno = saved;
 }
 
 /* The highest stop level the ring holds for id (0: none). */
@@ -72,27 +78,21 @@ static int ring_level(int id)
 {
     int best = 0;
     for (int k = 0; k < RING; k++) {
-        int v = ring[k];
-        if (v && (int)((unsigned)v >> 2) == id && (v & 3) > best)
-            best = v & 3;
+        int v = ring[k], key, level;
+        if (v == 0)
+            continue; /* most slots, most of the time */
+        stop_unpack(v, &key, &level);
+        if (key == id && level > best)
+            best = level;
     }
     return best;
 }
 
 /* ---- channel -------------------------------------------------------------- */
 
-static int flush_out(void)
-{
-    if (outbuf.len == outbuf.off)
-        return 0;
-    int rc = chan_write_all(chan_out, outbuf.data + outbuf.off, outbuf.len - outbuf.off);
-    wbuf_reset(&outbuf);
-    return rc;
-}
-
 static void child_exit(int code)
 {
-    flush_out();
+    chan_flush_blocking(&ch);
     fflush(NULL);
     _exit(code);
 }
@@ -109,67 +109,40 @@ static int move_frame(wbuf *src, wbuf *dst, const char *payload, size_t plen)
     return 0;
 }
 
-/* Polls the channel for a short while before the caller blocks on it: the
+/* The channel is polled this long before the worker blocks on it: the
  * next task of a busy caller is taken without sleeping and being woken,
- * which costs more than the task itself when tasks are small. Returns as
- * read(2), -1 with EAGAIN when nothing came. */
+ * which costs more than the task itself when tasks are small. */
 #define SPIN_NS 50000L
-
-static ssize_t spin_fill(void)
-{
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        if (wbuf_reserve(&inbox, 64 * 1024) < 0) {
-            errno = ENOMEM;
-            return -1;
-        }
-        ssize_t n = recv(chan_in, inbox.data + inbox.len, inbox.cap - inbox.len, MSG_DONTWAIT);
-        if (n > 0) {
-            inbox.len += (size_t)n;
-            return n;
-        }
-        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-            return n;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > SPIN_NS) {
-            errno = EAGAIN;
-            return -1;
-        }
-    }
-}
 
 /* Finds the next frame: from `deferred` first unless want_reply, then from
  * the channel, blocking. With want_reply, frames that are not MSG_REPLY are
  * moved to `deferred`. Returns 1 with the frame in *from (consume it with
- * consume()), 0 at EOF, raises on a bad frame. */
+ * chan_consume), 0 at EOF, raises on a bad frame. */
 static int next_frame(lua_State *L, int want_reply, wbuf **from, int *type,
                       const char **payload, size_t *plen)
 {
-    if (!want_reply && chan_frame_peek(&deferred, type, payload, plen) == 1) {
+    if (!want_reply && chan_peek(&deferred, type, payload, plen) == 1) {
         *from = &deferred;
         return 1;
     }
     for (;;) {
-        int r = chan_frame_peek(&inbox, type, payload, plen);
+        int r = chan_peek(&ch.in, type, payload, plen);
         if (r < 0)
             return luaL_error(L, "orch: bad frame from the parent");
         if (r == 1) {
             if (!want_reply || *type == MSG_REPLY) {
-                *from = &inbox;
+                *from = &ch.in;
                 return 1;
             }
-            if (move_frame(&inbox, &deferred, *payload, *plen) < 0)
+            if (move_frame(&ch.in, &deferred, *payload, *plen) < 0)
                 return luaL_error(L, "orch: not enough memory");
             continue;
         }
-        if (flush_out() < 0)
+        if (chan_flush_blocking(&ch) < 0)
             return 0;
-        if (inbox.off == inbox.len)
-            inbox.off = inbox.len = 0;
-        ssize_t n = spin_fill();
+        ssize_t n = chan_fill_spin(&ch, SPIN_NS);
         if (n < 0 && errno == EAGAIN)
-            n = chan_fill(chan_in, &inbox, (size_t)-1);
+            n = chan_fill(&ch, (size_t)-1);
         if (n == 0 || (n < 0 && errno != EAGAIN))
             return 0;
     }
@@ -220,22 +193,6 @@ static int msgh(lua_State *L)
     return 1;
 }
 
-/* Marks the frame read; its bytes stay where they are until the buffer is
- * next filled, so a payload being decoded stays valid. */
-static void consume(wbuf *from, size_t plen)
-{
-    from->off += FRAME_HEADER + plen;
-    if (from->off == from->len)
-        from->off = from->len = 0;
-}
-
-static void frame_begin(lua_State *L, int type, wire_enc *e, size_t *start)
-{
-    if (chan_frame_begin(&outbuf, type, start) < 0)
-        luaL_error(L, "orch: not enough memory");
-    wire_enc_begin(e, L, &outbuf, 0);
-}
-
 /* The parent decodes every field of a child's frame as a value. */
 static void enc_id(lua_State *L, wire_enc *e, lua_Integer id)
 {
@@ -244,24 +201,16 @@ static void enc_id(lua_State *L, wire_enc *e, lua_Integer id)
     lua_pop(L, 1);
 }
 
-static void frame_end(lua_State *L, wire_enc *e, size_t start)
-{
-    wire_enc_end(e);
-    if (chan_frame_end(&outbuf, start) < 0)
-        luaL_error(L, "orch: a frame is larger than 2 GiB");
-}
-
 /* encode_error(id, kind, message, traceback, value): an ERROR frame.
  * Run in protected mode: the value may refuse to cross. */
 static int encode_error(lua_State *L)
 {
     wire_enc e;
-    size_t start;
-    frame_begin(L, MSG_ERROR, &e, &start);
+    chan_enc_begin(L, &ch, MSG_ERROR, &e, 0);
     enc_id(L, &e, lua_tointeger(L, 1));
     for (int i = 2; i <= 5; i++)
         wire_enc_value(&e, i, "error");
-    frame_end(L, &e, start);
+    chan_enc_end(L, &ch, &e);
     return 0;
 }
 
@@ -270,7 +219,6 @@ static int last_failed; /* the last task replied with an error */
 static void reply_error(lua_State *L, lua_Integer id, const char *kind, int msg_idx,
                         int tb_idx, int val_idx)
 {
-    size_t mark = outbuf.len;
     last_failed = 1;
     for (int attempt = 0; attempt < 2; attempt++) {
         lua_pushcfunction(L, encode_error);
@@ -285,28 +233,8 @@ static void reply_error(lua_State *L, lua_Integer id, const char *kind, int msg_
         if (lua_pcall(L, 5, 0, 0) == LUA_OK)
             return;
         lua_pop(L, 1);
-        outbuf.len = mark;
+        chan_rollback(&ch);
     }
-}
-
-/* Resolves "module.name" (or "module") with require, in the worker. */
-static void resolve_name(lua_State *L, int idx)
-{
-    const char *name = lua_tostring(L, idx);
-    const char *dot = strrchr(name, '.');
-    lua_getglobal(L, "require");
-    if (dot == NULL) {
-        lua_pushvalue(L, idx);
-        lua_call(L, 1, 1);
-    } else {
-        lua_pushlstring(L, name, (size_t)(dot - name));
-        lua_call(L, 1, 1);
-        lua_getfield(L, -1, dot + 1);
-        lua_remove(L, -2);
-    }
-    if (!lua_isfunction(L, -1) && !luaL_getmetafield(L, -1, "__call"))
-        luaL_error(L, "'%s' is not a function in the worker", name);
-    lua_replace(L, idx);
 }
 
 /* The id of the task frame being run: 0 is the init task, NO_FRAME means
@@ -314,61 +242,21 @@ static void resolve_name(lua_State *L, int idx)
 #define NO_FRAME (-1)
 static lua_Integer frame_id = NO_FRAME;
 
-/* run_frame(payload, plen): decodes a TASK frame, runs it, encodes the
- * reply into outbuf. Called in protected mode: a decode or encode failure
- * becomes an ERROR reply (see serve). */
-static int run_frame(lua_State *L)
+/* Runs the task below nargs arguments (msgh at 1, fn at 2) as task id,
+ * under stop requests: a cancel or timeout that came before it starts
+ * answers it without running. Returns as lua_pcall; `interrupted` says
+ * whether a stop request ended it, and with which level. */
+static int run_task(lua_State *L, int nargs, lua_Integer id)
 {
-    const char *payload = lua_touserdata(L, 1);
-    size_t plen = (size_t)lua_tointeger(L, 2);
-    lua_settop(L, 0);
-    wire_dec d;
-    wire_dec_begin(&d, L, payload, plen, WIRE_FUNCTIONS); /* ctx at 1 */
-    lua_Integer id, fnid, nargs;
-    if (wire_dec_integer(&d, &id) < 0 || wire_dec_integer(&d, &fnid) < 0)
-        return luaL_error(L, "bad task frame: %s", d.err);
-    frame_id = id;
-    lua_pushcfunction(L, msgh); /* 2 */
-    if (fnid > 0) {
-        lua_getfield(L, LUA_REGISTRYINDEX, "orch.functions"); /* 3 */
-        if (wire_dec_value(&d) < 0) /* code or nil */
-            return luaL_error(L, "bad task frame: %s", d.err);
-        if (lua_isstring(L, -1)) {
-            size_t n;
-            const char *code = lua_tolstring(L, -1, &n);
-            if (luaL_loadbufferx(L, code, n, "=task", "b") != LUA_OK)
-                return lua_error(L);
-            lua_rawseti(L, 3, fnid);
-        }
-        lua_pop(L, 1);
-        if (lua_rawgeti(L, 3, fnid) != LUA_TFUNCTION)
-            return luaL_error(L, "bad task frame: function %d is not known here", (int)fnid);
-        lua_remove(L, 3); /* fn at 3 */
-        if (wire_dec_upvalues(&d, 3) < 0)
-            return luaL_error(L, "bad task frame: %s", d.err);
-    } else {
-        if (wire_dec_value(&d) < 0)
-            return luaL_error(L, "bad task frame: %s", d.err);
-        if (lua_type(L, 3) == LUA_TSTRING)
-            resolve_name(L, 3);
-    }
-    if (wire_dec_integer(&d, &nargs) < 0 || nargs < 0 || nargs > 1000000)
-        return luaL_error(L, "bad task frame: argument count");
-    luaL_checkstack(L, (int)nargs + 8, "too many arguments");
-    for (lua_Integer i = 0; i < nargs; i++)
-        if (wire_dec_value(&d) < 0)
-            return luaL_error(L, "bad task frame: %s", d.err);
-    lua_remove(L, 1); /* the decoder's context; msgh at 1, fn at 2 */
-
-    int low = (int)(id & 0x3fffffff);
+    int key = stop_key(id);
     running = 0;
-    cur_id = low;
+    cur_id = key;
     stop_level = 0;
     interrupted = 0;
     lua_sethook(L, NULL, 0, 0);
     task_L = L;
     running = 1;
-    int pending = ring_level(low);
+    int pending = ring_level(key);
     if (pending > stop_level)
         stop_level = pending;
     int rc;
@@ -383,33 +271,51 @@ static int run_frame(lua_State *L)
         interrupted = stop_level;
         rc = LUA_ERRRUN;
     } else {
-        rc = lua_pcall(L, (int)nargs, LUA_MULTRET, 1);
+        rc = lua_pcall(L, nargs, LUA_MULTRET, 1);
         running = 0;
         lua_sethook(L, NULL, 0, 0);
     }
-    int level = interrupted;
     cur_id = NO_TASK;
+    return rc;
+}
 
+/* A RESULT frame: id, then the values at from..top. */
+static void reply_result(lua_State *L, lua_Integer id, int from)
+{
+    int nres = lua_gettop(L) - from + 1;
     wire_enc e;
-    size_t start;
-    if (rc == LUA_OK) {
-        int nres = lua_gettop(L) - 1;
-        frame_begin(L, MSG_RESULT, &e, &start);
-        enc_id(L, &e, id);
-        static const char *const roots[] = {"result[1]", "result[2]", "result[3]"};
-        char root[32];
-        for (int i = 1; i <= nres; i++) {
-            if (i <= 3) {
-                wire_enc_value(&e, i + 1, roots[i - 1]);
-            } else {
-                snprintf(root, sizeof root, "result[%d]", i);
-                wire_enc_value(&e, i + 1, root);
-            }
+    chan_enc_begin(L, &ch, MSG_RESULT, &e, 0);
+    enc_id(L, &e, id);
+    static const char *const roots[] = {"result[1]", "result[2]", "result[3]"};
+    char root[32];
+    for (int i = 1; i <= nres; i++) {
+        if (i <= 3) {
+            wire_enc_value(&e, from + i - 1, roots[i - 1]);
+        } else {
+            snprintf(root, sizeof root, "result[%d]", i);
+            wire_enc_value(&e, from + i - 1, root);
         }
-        frame_end(L, &e, start);
+    }
+    chan_enc_end(L, &ch, &e);
+}
+
+/* run_frame(payload, plen): loads a TASK frame (task.c), runs it, encodes
+ * the reply into the channel. Called in protected mode: a decode or
+ * encode failure becomes an ERROR reply (see serve). */
+static int run_frame(lua_State *L)
+{
+    const char *payload = lua_touserdata(L, 1);
+    size_t plen = (size_t)lua_tointeger(L, 2);
+    lua_settop(L, 0);
+    lua_pushcfunction(L, msgh); /* 1 */
+    int nargs = task_load(L, payload, plen, &frame_id); /* fn at 2, args */
+    lua_Integer id = frame_id;
+    if (run_task(L, nargs, id) == LUA_OK) {
+        reply_result(L, id, 2);
         return 0;
     }
     /* error value at 2 (msgh ran) */
+    int level = interrupted;
     const char *kind = level == STOP_TIMEOUT ? "timeout" : level ? "cancelled" : "error";
     lua_getfield(L, LUA_REGISTRYINDEX, "orch.message");
     lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
@@ -422,7 +328,7 @@ static int run_frame(lua_State *L)
  * goes away. Exits the child with 3 if the init task (id 0) fails. */
 static int l_serve(lua_State *L)
 {
-    if (chan_in < 0)
+    if (ch.rfd < 0)
         return luaL_error(L, "orch.core.serve: only in a child process of orch");
     for (;;) {
         wbuf *from;
@@ -432,12 +338,11 @@ static int l_serve(lua_State *L)
         lua_settop(L, 0);
         if (!next_frame(L, 0, &from, &type, &payload, &plen))
             break;
-        consume(from, plen);
+        chan_consume(from, plen);
         if (type == MSG_QUIT)
             break;
         if (type != MSG_TASK)
             continue;
-        size_t mark = outbuf.len;
         frame_id = NO_FRAME;
         last_failed = 0;
         lua_pushcfunction(L, run_frame);
@@ -447,14 +352,14 @@ static int l_serve(lua_State *L)
             /* the frame did not decode, or a result could not cross */
             running = 0;
             cur_id = NO_TASK;
-            outbuf.len = mark;
+            chan_rollback(&ch);
             int msg = lua_gettop(L);
             lua_pushliteral(L, "");
             reply_error(L, frame_id, "error", msg, msg + 1, msg);
         }
         /* Each result leaves before the next task starts: a worker that
          * dies in that task must not take finished results with it. */
-        if (flush_out() < 0)
+        if (chan_flush_blocking(&ch) < 0)
             break;
         if (frame_id == 0 && last_failed)
             child_exit(3); /* init failed: this worker is of no use */
@@ -467,7 +372,7 @@ static int l_serve(lua_State *L)
 
 static void check_child(lua_State *L, const char *fn)
 {
-    if (chan_in < 0)
+    if (ch.rfd < 0)
         luaL_error(L, "orch.core.%s: only in a child process of orch", fn);
 }
 
@@ -476,18 +381,9 @@ static int l_send_parent(lua_State *L)
 {
     check_child(L, "send_parent");
     lua_Integer type = luaL_checkinteger(L, 1);
-    int n = lua_gettop(L);
     luaL_argcheck(L, type > 0 && type < 256, 1, "message type out of range");
-    wire_enc e;
-    size_t start;
-    frame_begin(L, (int)type, &e, &start);
-    char root[32];
-    for (int i = 2; i <= n; i++) {
-        snprintf(root, sizeof root, "value[%d]", i - 1);
-        wire_enc_value(&e, i, root);
-    }
-    frame_end(L, &e, start);
-    if (flush_out() < 0)
+    chan_enc_values(L, &ch, (int)type, 2, 0);
+    if (chan_flush_blocking(&ch) < 0)
         return luaL_error(L, "orch: the parent is gone");
     return 0;
 }
@@ -512,7 +408,7 @@ static int l_call(lua_State *L)
     while (!bad && d.pos < d.len)
         bad = wire_dec_value(&d) < 0;
     wire_dec_end(&d);
-    consume(from, plen);
+    chan_consume(from, plen);
     if (bad)
         return luaL_error(L, "orch: bad reply from the parent: %s", d.err);
     return lua_gettop(L);
@@ -521,7 +417,7 @@ static int l_call(lua_State *L)
 /* stopping() -> boolean: the parent asked this task or service to stop. */
 static int l_stopping(lua_State *L)
 {
-    lua_pushboolean(L, chan_in >= 0 && stop_level >= STOP_ASK);
+    lua_pushboolean(L, ch.rfd >= 0 && stop_level >= STOP_ASK);
     return 1;
 }
 
@@ -533,7 +429,7 @@ static int l_child_sleep(lua_State *L)
     clock_gettime(CLOCK_MONOTONIC, &end);
     lua_Number t = (lua_Number)end.tv_sec + end.tv_nsec / 1e9 + secs;
     for (;;) {
-        if (chan_in >= 0 && stop_level >= STOP_ASK) {
+        if (ch.rfd >= 0 && stop_level >= STOP_ASK) {
             lua_pushboolean(L, 1);
             return 1;
         }
@@ -549,17 +445,17 @@ static int l_child_sleep(lua_State *L)
 
 static int l_in_child(lua_State *L)
 {
-    lua_pushboolean(L, chan_in >= 0);
+    lua_pushboolean(L, ch.rfd >= 0);
     return 1;
 }
 
 void worker_child_main(lua_State *L, int in, int out, int fnidx)
 {
     alloc_child_init(L);
-    chan_in = in;
-    chan_out = out;
+    chan_init(&ch, in, out);
     task_L = L;
     cur_id = 0; /* a service is "task 0" for stop requests */
+    sig_child_accept_stop(stop_handler); /* a request already queued comes now */
     lua_pushvalue(L, fnidx);
     lua_pushcfunction(L, msgh);
     lua_insert(L, -2);
@@ -580,15 +476,6 @@ void worker_child_main(lua_State *L, int in, int out, int fnidx)
 
 void worker_open(lua_State *L)
 {
-    /* The task functions a worker has loaded, by id (run_frame). Made in
-     * the parent, before any fork: a worker that made it would add a key
-     * to the registry and write a page it otherwise shares with the
-     * parent. A worker's entries are its own (copy on write). */
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "orch.functions") != LUA_TTABLE) {
-        lua_newtable(L);
-        lua_setfield(L, LUA_REGISTRYINDEX, "orch.functions");
-    }
-    lua_pop(L, 1);
     static const luaL_Reg fns[] = {
         {"serve", l_serve}, {"send_parent", l_send_parent}, {"call", l_call},
         {"stopping", l_stopping}, {"child_sleep", l_child_sleep},

@@ -35,6 +35,8 @@
 --   d:kill_task(fut) -> unstarted   SIGKILL of the task's worker (or, not
 --                         started, the worker told not to run it)
 --   d:held() -> futures   what it holds, in the order to stop them
+--   d:where(fut) -> pid, started   the worker holding fut and when fut
+--                         started there (core.now()), for status reports
 --   d:close()             no more tasks once the backlog is empty: workers
 --                         go when nothing runs or waits
 --   d:terminate() -> futures, pids   everything killed and reaped now;
@@ -536,6 +538,14 @@ function D:held()
     end
   end
   return list
+end
+
+--- The pid of the worker holding fut, and when fut started on it (nil
+-- while it waits behind another task).
+function D.where(_, fut)
+  local w = fut.worker
+  if not w then return nil end
+  return w.pid, w.started == fut and w.started_at or nil
 end
 
 --- SIGKILLs and reaps every worker now. Returns the unsettled tasks they

@@ -2,7 +2,8 @@
 -- A table with `kind` ("error" | "timeout" | "crashed" | "killed" |
 -- "cancelled"), `message`, `traceback` (the worker's, for "error"), `value`
 -- (the original error value, when it could cross), `pid`, `signal` /
--- `exit_code` (for "crashed") and `attempts`.
+-- `exit_code` (for "crashed"), `attempts` and `index` (the item of a map or
+-- imap that failed).
 local TaskError = {}
 TaskError.__index = TaskError
 TaskError.__name = "orch.TaskError"

@@ -33,6 +33,17 @@ function orch.queue(opts)
   return require("orch.queue").new(opts)
 end
 
+--- orch.control{ name =, path = } -> path: serves the control socket that
+-- orch ctl and orch top talk to (see docs/control.md).
+function orch.control(opts)
+  return require("orch.control").serve(opts)
+end
+
+--- orch.status() -> what this process runs: its pools and supervisors.
+function orch.status()
+  return require("orch.status").report()
+end
+
 --- Inside a service: says it is ready (services with ready = "notify").
 function orch.ready()
   return require("orch.supervisor").ready()

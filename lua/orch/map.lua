@@ -1,27 +1,70 @@
 --- map and imap: a function over a list of items, on a pool's group, in
--- chunks (opts.chunk items per task; "auto", map's default, sizes them from
--- the item count and the workers; imap's default is 1). A chunk runs run_chunk in a worker
--- and its results come back as one encoded list, decoded straight into
--- map's output (core.decode_into).
+-- chunks (opts.chunk items per task; "auto", the default, sizes them from
+-- the item count and the workers). A chunk runs run_chunk in a worker and
+-- its results come back as one encoded list, decoded straight into map's
+-- output (core.decode_into).
+--
+-- Long runs (opts.progress, opts.joblog, opts.resume): items are counted
+-- and logged as their chunk ends (orch.progress, orch.joblog); a resumed
+-- run takes from the log what had finished and runs the rest.
 --
 -- Uses the pool's internal interface (pool.lua's header): _submit and
 -- _enqueue.
 local core = require "orch.core"
 local loop = require "orch.loop"
+local progress = require "orch.progress"
+local joblog = require "orch.joblog"
 
 local map = {}
 
+-- chunk = "auto": about 4 chunks per worker, as Python's map, but never
+-- more than AUTO_MAX items: each worker gets many chunks on a long list,
+-- so progress moves and the last chunks are spread over the workers.
+local AUTO_PER_WORKER = 4
+local AUTO_MAX = 1000
+
+---------------------------------------------------------------------------
+-- the worker's side
+
+-- What a chunk raises when an item fails is a plain table (it must
+-- cross as the error's value): the item's place in the chunk, its own
+-- error value (when that can cross), message and traceback. The parent
+-- makes the TaskError from it (item_error).
+
+local function error_message(e)
+  if type(e) == "string" then return e end
+  local mt = getmetatable(e)
+  if mt and mt.__tostring then return tostring(e) end
+  return ("(error object is a %s value)"):format(type(e))
+end
+
 -- Runs in a worker: fn over one chunk of items. The results take the
 -- items' places and go back as one encoded list, which the parent decodes
--- straight into map's output (core.decode_into).
+-- straight into map's output (core.decode_into), with the worker's pid and
+-- the chunk's seconds. An item that fails is named.
 local function run_chunk(fn, items, n)
-  if type(fn) == "string" then
-    local mod, name = fn:match("^(.*)%.([^.]+)$")
-    fn = mod and require(mod)[name] or require(fn)
+  if type(fn) == "string" then fn = core.resolve(fn) end
+  local started, i, traceback = core.now(), 0, nil
+  local ok, err = xpcall(function()
+    for j = 1, n do
+      i = j
+      items[j] = fn(items[j])
+    end
+  end, function(e)
+    traceback = debug.traceback(error_message(e), 2)
+    return e
+  end)
+  if not ok then
+    traceback = traceback:match("^(.-)\n\t%[C%]: in function 'xpcall'") or traceback
+    local crosses = pcall(core.encode, err)
+    error({ item = i, value = crosses and err or nil, message = error_message(err),
+      traceback = traceback }, 0)
   end
-  for i = 1, n do items[i] = fn(items[i]) end
-  return core.encode_slice(items, 1, n)
+  return core.encode_slice(items, 1, n), core.getpid(), core.now() - started
 end
+
+---------------------------------------------------------------------------
+-- the parent's side
 
 -- Submits run_chunk(fn, {items[s..e]}, e - s + 1), the slice encoded
 -- straight from items.
@@ -36,17 +79,41 @@ local function submit_chunk(group, fn, items, s, e)
   return fut
 end
 
--- chunk = "auto": about CHUNKS_PER_WORKER chunks for each worker, as
--- Python's Pool.map sizes its chunks: few enough that small items do not
--- cost a task each, enough that a slow chunk does not hold up the rest.
-local CHUNKS_PER_WORKER = 4
+local OPTIONS = { chunk = true, ordered = true, progress = true, joblog = true, resume = true,
+  resume_failed = true }
+local VALID = "chunk, joblog, ordered, progress, resume, resume_failed"
 
-local function auto_chunk(n, workers)
-  local chunks = CHUNKS_PER_WORKER * workers
-  return n > chunks and (n + chunks - 1) // chunks or 1
+local function check_opts(what, opts)
+  for k in pairs(opts) do
+    if not OPTIONS[k] then
+      error(("%s: unknown option '%s' (valid: %s)"):format(what, tostring(k), VALID), 5)
+    end
+  end
+  local p = opts.progress
+  if p ~= nil and type(p) ~= "boolean" and type(p) ~= "function" then
+    error(("%s: option 'progress' must be a boolean or a function, got %s"):format(what, type(p)), 5)
+  end
+  if opts.joblog ~= nil and type(opts.joblog) ~= "string" then
+    error(("%s: option 'joblog' must be a file name (a string), got %s"):format(what, type(opts.joblog)), 5)
+  end
+  if (opts.resume or opts.resume_failed) and not opts.joblog then
+    error(("%s: option 'resume' needs option 'joblog' (the log to resume from)"):format(what), 5)
+  end
 end
 
-local function check_map_args(what, fn, items, opts, default, workers)
+-- The chunk size: opts.chunk, or "auto" from the item count and workers.
+local function chunk_size(what, group, n, chunk)
+  if chunk == nil or chunk == "auto" then
+    local per = -(-n // (AUTO_PER_WORKER * (group.pool.size or 1)))
+    return math.max(1, math.min(per, AUTO_MAX))
+  end
+  if math.type(chunk) ~= "integer" or chunk < 1 then
+    error(("%s: option 'chunk' must be a positive integer or \"auto\", got %s"):format(what, tostring(chunk)), 5)
+  end
+  return chunk
+end
+
+local function check_map_args(what, group, fn, items, opts)
   local t = type(fn)
   if t ~= "function" and t ~= "string" then
     error(("%s: expects a function or a 'module.name' string, got %s"):format(what, t), 4)
@@ -57,17 +124,9 @@ local function check_map_args(what, fn, items, opts, default, workers)
   if opts ~= nil and type(opts) ~= "table" then
     error(("%s: options must be a table, got %s"):format(what, type(opts)), 4)
   end
-  local chunk = opts and opts.chunk or default
-  if chunk == "auto" then chunk = auto_chunk(#items, workers) end
-  if math.type(chunk) ~= "integer" or chunk < 1 then
-    error(("%s: option 'chunk' must be a positive integer or \"auto\", got %s"):format(what, tostring(chunk)), 4)
-  end
-  for k in pairs(opts or {}) do
-    if k ~= "chunk" and k ~= "ordered" then
-      error(("%s: unknown option '%s' (valid: chunk, ordered)"):format(what, tostring(k)), 4)
-    end
-  end
-  return chunk
+  opts = opts or {}
+  check_opts(what, opts)
+  return chunk_size(what, group, #items, opts.chunk), opts
 end
 
 -- Items packed between two turns of the loop while map submits, so that
@@ -81,21 +140,25 @@ function map.chunk_results(fut)
   return list, core.decode_into(fut.values[1], list, 1)
 end
 
--- Submits items in chunks into futs; first[k]: the first index of futs[k].
-local function submit_chunks(group, fn, items, chunk, futs, first)
-  local n, packed = #items, 0
-  for s = 1, n, chunk do
-    local e = math.min(s + chunk - 1, n)
-    if chunk == 1 then
-      futs[#futs + 1] = group.pool:_submit(group, fn, items[s])
-    else
-      futs[#futs + 1] = submit_chunk(group, fn, items, s, e)
-    end
-    first[#first + 1] = s
-    packed = packed + chunk
-    if packed >= POLL_ITEMS then
-      packed = 0
-      loop.poll()
+-- Submits items in chunks into futs, within each of the ranges (pairs of
+-- first and last index: the items to run); first[k]: the first index of
+-- futs[k].
+local function submit_chunks(group, fn, items, chunk, futs, first, ranges)
+  local packed = 0
+  for r = 1, #ranges, 2 do
+    for s = ranges[r], ranges[r + 1], chunk do
+      local e = math.min(s + chunk - 1, ranges[r + 1])
+      if chunk == 1 then
+        futs[#futs + 1] = group.pool:_submit(group, fn, items[s])
+      else
+        futs[#futs + 1] = submit_chunk(group, fn, items, s, e)
+      end
+      first[#first + 1] = s
+      packed = packed + (e - s + 1)
+      if packed >= POLL_ITEMS then
+        packed = 0
+        loop.poll()
+      end
     end
   end
 end
@@ -104,81 +167,209 @@ local function cancel_rest(futs)
   for _, f in ipairs(futs) do if not f:done() then f:cancel() end end
 end
 
+-- The failed future f, whose items start at index s (n items), as the
+-- error map raises: its TaskError with the item's index, and a message
+-- that names the item.
+local function item_error(f, s, n)
+  local err = f.err
+  if err.index then return err end
+  local failed = type(err.value) == "table" and err.value.item and err.value.message and err.value
+  local where
+  if failed then
+    err.index = s + failed.item - 1
+    err.value, err.traceback = failed.value, failed.traceback
+    err.message = failed.message
+    where = ("item %d: "):format(err.index)
+  else
+    err.index = s
+    where = n > 1 and ("item %d (in its chunk of items %d..%d): "):format(s, s, s + n - 1)
+      or ("item %d: "):format(s)
+  end
+  err.message = where .. tostring(err.message or err.kind)
+  if err.traceback then err.traceback = where .. err.traceback end
+  return err
+end
+
+---------------------------------------------------------------------------
+-- a run: the chunks, their outcomes counted and logged
+
+local Run = {}
+Run.__index = Run
+
+-- Plans the run: what the log already holds (opts.resume), what is left
+-- to run (ranges), the reporter and the log.
+local function new_run(what, group, fn, items, opts)
+  local chunk
+  chunk, opts = check_map_args(what, group, fn, items, opts)
+  local n = #items
+  local run = setmetatable({ group = group, fn = fn, items = items, chunk = chunk, n = n,
+    futs = {}, first = {}, ranges = { 1, n }, prior = {}, done_before = 0 }, Run)
+  if n == 0 then run.ranges = {} end
+  if opts.joblog then
+    run.log, run.prior = joblog.open(opts.joblog, fn, items, opts.resume or opts.resume_failed)
+    run.ranges, run.done_before, run.failed_before =
+      joblog.pending(run.prior, n, opts.resume_failed)
+  end
+  run.progress = progress.new(opts.progress, n, run.done_before, what)
+  return run
+end
+
+-- Items s .. s+n-1 ended with f: counted, logged, and their results (when
+-- the caller has them: list[from..]) written to the log.
+function Run:_ended(f, s, n, list, from)
+  local log = self.log
+  if f.status == "done" then
+    self.progress:add(n)
+    if log then
+      local v = f.values
+      if self.chunk == 1 then
+        log:done_list(s, v, 1, 1, f.attempts)
+      else
+        log:done_list(s, list, from, n, f.attempts, v[3], v[2])
+      end
+      log:flush()
+    end
+  elseif f.status == "failed" then
+    local err = item_error(f, s, n)
+    self.progress:add(0, 1)
+    if log then log:failed(err.index, err); log:flush() end
+  end
+end
+
+-- The run is over (all ended, or it failed): last report, log closed.
+function Run:_close()
+  self.progress:finish()
+  if self.log then self.log:close() end
+end
+
+-- The error a resumed run raises at once: the log holds a failure and
+-- failures are not run again.
+function Run:_prior_failure()
+  local index = self.failed_before
+  return index and joblog.error(index, self.prior[index])
+end
+
+---------------------------------------------------------------------------
+-- map
+
 --- group:map and pool:map (what: which, for errors): the ordered results;
 -- on the first failure the rest is cancelled and its error raised.
 function map.map(group, fn, items, opts, what)
-  local chunk = check_map_args(what, fn, items, opts, "auto", group.pool.size)
-  local out = core.array(#items)
-  local futs, first = {}, {}
-  local remaining, failure
+  local run = new_run(what, group, fn, items, opts)
+  local out = core.array(run.n)
+  for i, entry in pairs(run.prior) do
+    if entry.state == "done" then out[i] = joblog.value(entry) end
+  end
+  local futs, first, chunk = run.futs, run.first, run.chunk
+  local remaining, failure = nil, run:_prior_failure()
   -- a chunk's results go into out as soon as it ends
   local function collect(f, k)
     remaining = remaining - 1
     if failure ~= nil then return end
-    if f.status ~= "done" then
-      failure = f.err
-    elseif chunk == 1 then
-      out[first[k]] = f.values[1]
-    else
-      local ok, err = pcall(core.decode_into, f.values[1], out, first[k])
-      if not ok then failure = err end
+    local s = first[k]
+    local n = math.min(chunk, run.n - s + 1)
+    if f.status == "done" and chunk == 1 then
+      out[s] = f.values[1]
+    elseif f.status == "done" then
+      local ok, err = pcall(core.decode_into, f.values[1], out, s)
+      if not ok then failure = err; return end
+      n = err
     end
+    run:_ended(f, s, n, out, s)
+    if f.status ~= "done" then failure = f.err end
   end
-  local ok, err = pcall(function()
-    submit_chunks(group, fn, items, chunk, futs, first)
-    remaining = #futs
-    for k, f in ipairs(futs) do f:on_done(function() collect(f, k) end) end
-    loop.wait(function() return failure ~= nil or remaining == 0 end)
-  end)
+  local ok, err = true, nil
+  if failure == nil then
+    ok, err = pcall(function()
+      submit_chunks(group, fn, items, chunk, futs, first, run.ranges)
+      remaining = #futs
+      for k, f in ipairs(futs) do f:on_done(function() collect(f, k) end) end
+      loop.wait(function() return failure ~= nil or remaining == 0 end)
+    end)
+  end
   if not ok then failure = err end  -- interrupted, or a chunk could not be packed
-  if failure ~= nil then
-    cancel_rest(futs)
-    error(failure, 0)
-  end
+  if failure ~= nil then cancel_rest(futs) end
+  run:_close()
+  if failure ~= nil then error(failure, 0) end
   return out
 end
 
+---------------------------------------------------------------------------
+-- imap
+
 --- group:imap and pool:imap: an iterator yielding i, result, in order or
--- (opts.ordered == false) in completion order.
+-- (opts.ordered == false) in completion order. Items a resumed run took
+-- from the log come in their place (ordered) or first.
 function map.imap(group, fn, items, opts, what)
-  local chunk = check_map_args(what, fn, items, opts, 1, group.pool.size)
+  local run = new_run(what, group, fn, items, opts)
   local ordered = not (opts and opts.ordered == false)
-  local futs, first = {}, {}
-  local ok, err = pcall(submit_chunks, group, fn, items, chunk, futs, first)
-  if not ok then cancel_rest(futs); error(err, 0) end
-  local finished, fin_head = {}, 1  -- completion order
-  for _, f in ipairs(futs) do f:on_done(function(x) finished[#finished + 1] = x end) end
+  local futs, first, chunk, n = run.futs, run.first, run.chunk, run.n
+  local ok, err = pcall(submit_chunks, group, fn, items, chunk, futs, first, run.ranges)
+  if not ok then cancel_rest(futs); run:_close(); error(err, 0) end
+  local finished = {}  -- completion order
   local index = {}
-  for i, f in ipairs(futs) do index[f] = i end
-  local next_fut, buf, buf_i = 1, nil, 0
+  for k, f in ipairs(futs) do index[f] = k end
+  local remaining = #futs
+  -- as each chunk ends: counted, logged, its results decoded once
+  local function ended(f)
+    finished[#finished + 1] = f
+    remaining = remaining - 1
+    local s = first[index[f]]
+    local count = 1
+    if f.status == "done" and chunk == 1 then
+      f.results, f.n_results = { f.values[1] }, 1
+    elseif f.status == "done" then
+      f.results, f.n_results = map.chunk_results(f)
+      count = f.n_results
+    end
+    if not run.closed then
+      run:_ended(f, s, count, f.results, 1)
+      if remaining == 0 or f.status ~= "done" then run.closed = true; run:_close() end
+    end
+  end
+  for _, f in ipairs(futs) do f:on_done(ended) end
+  if remaining == 0 then run.closed = true; run:_close() end
+  local prior_failure = run:_prior_failure()
+  local k, i, fin_head = 1, 1, 1   -- next future, next index, next finished
+  local buf, base, bi, bn = nil, 0, 0, 0
   local function take(f)
     if f.status ~= "done" then cancel_rest(futs); error(f.err, 0) end
-    local base = first[index[f]]
-    if chunk == 1 then return { { base, f.values[1] } } end
-    local list, n = map.chunk_results(f)
-    local out = {}
-    for j = 1, n do out[j] = { base + j - 1, list[j] } end
-    return out
+    buf, base, bi, bn = f.results, first[index[f]], 0, f.n_results
+  end
+  local function from_log()  -- the next item a resumed run took from the log
+    while i <= n and not (run.prior[i] and run.prior[i].state == "done") do i = i + 1 end
+    if i > n then return nil end
+    i = i + 1
+    return i - 1, joblog.value(run.prior[i - 1])
   end
   return function()
+    if prior_failure then cancel_rest(futs); error(prior_failure, 0) end
     while true do
-      if buf and buf_i < #buf then
-        buf_i = buf_i + 1
-        return buf[buf_i][1], buf[buf_i][2]
+      if bi < bn then
+        bi = bi + 1
+        return base + bi - 1, buf[bi]
       end
-      local f
       if ordered then
-        f = futs[next_fut]
-        if not f then return nil end
-        next_fut = next_fut + 1
-        f:wait()
+        if i > n then return nil end
+        local f = futs[k]
+        if f and first[k] == i then
+          k = k + 1
+          f:wait()
+          take(f)
+          i = i + bn
+        else
+          return from_log()
+        end
       else
+        if i <= n then
+          local j, v = from_log()
+          if j then return j, v end
+        end
         if fin_head > #futs then return nil end
         loop.wait(function() return finished[fin_head] ~= nil end)
-        f = finished[fin_head]
+        take(finished[fin_head])
         fin_head = fin_head + 1
       end
-      buf, buf_i = take(f), 0
     end
   end
 end

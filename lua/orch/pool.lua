@@ -23,6 +23,7 @@ local dispatch = require "orch.dispatch"
 local Future = require "orch.future"
 local Group = require "orch.group"
 local map = require "orch.map"
+local registry = require "orch.status"
 local TaskError = require("orch.errors").TaskError
 local settle = Future._settle
 local clear_timers = Future.clear_timers
@@ -342,6 +343,26 @@ end
 
 function Pool:_release()
   pools[self] = nil
+  registry.unregister(self)
+end
+
+--- pool:status_tasks() -> the tasks not settled yet, for orch.status: those
+-- its workers hold, then those queued ({ id, state, pid, started, fn, future }).
+function Pool:status_tasks()
+  local list, d = {}, self.dispatcher
+  local function add(fut)
+    local pid, started = d:where(fut)
+    list[#list + 1] = { id = fut.id, state = fut.status, pid = pid, started = started,
+                        fn = fut.fn, future = fut }
+  end
+  for _, fut in ipairs(d:held()) do
+    if not fut:done() then add(fut) end
+  end
+  local bl = self.backlog
+  for k = bl.head, bl.tail do
+    if bl[k].status == "queued" then add(bl[k]) end
+  end
+  return list
 end
 
 function Pool:__close()
@@ -408,6 +429,7 @@ local function new(opts)
     error(err, 2)
   end
   pools[self] = true
+  registry.register(self, "pool")
   install_defaults()
   return self
 end

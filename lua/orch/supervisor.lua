@@ -27,6 +27,7 @@ local loop = require "orch.loop"
 local log = require "orch.log"
 local signal = require "orch.signal"
 local child = require "orch.child"
+local status = require "orch.status"
 local services_of = require("orch.services").check
 local keys = require("orch.services").keys
 
@@ -459,13 +460,15 @@ end
 function M.new(spec)
   local services, by_name, order = services_of(spec)
   if core.in_child() then error("orch.supervisor: supervisors run in the parent process", 2) end
-  return setmetatable({
+  local sup = setmetatable({
     services = services, by_name = by_name, order = order,
     strategy = spec.strategy or "one_for_one",
     max_restarts = spec.max_restarts or 3, restart_window = spec.restart_window or 5,
     shutdown_timeout = spec.shutdown_timeout or 10,
     restart_times = {}, started = false, finished = false,
   }, Supervisor)
+  status.register(sup, "supervisor")
+  return sup
 end
 
 --- orch.ready(): inside a service, says it is ready. Elsewhere it does

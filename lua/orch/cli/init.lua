@@ -17,7 +17,7 @@
 local argparse = require "argparse"
 local usage = require "orch.cli.usage"
 
-local COMMANDS = { "run", "busted" }
+local COMMANDS = { "run", "busted", "ctl", "top" }
 
 local cli = { COMMANDS = COMMANDS }
 

@@ -32,6 +32,7 @@ ends by that signal (exit status 130 / 143).
   command:option("--log-format", "One line of text or one JSON object per record\n"
       .. "(default: $ORCH_LOG_FORMAT, else text).")
     :choices({ "text", "json" })
+  command:option("--name", "The run's name for orch ctl and orch top (default: FILE's base name).")
   command:flag("--check", "Load FILE and check the spec it returns, then exit (0 or 2).")
   command:argument("file", "The Lua file to run.")
   command:argument("args", "Arguments for FILE."):args("*")
@@ -113,8 +114,17 @@ local function run_services(args, spec)
   return failed_service(sup) and 1 or 0
 end
 
+-- The control socket (orch ctl, orch top); a run goes on without it when
+-- it cannot be opened (say so, once).
+local function serve_control(args)
+  local name = args.name or args.file:match("([^/]+)$"):gsub("%.lua$", "")
+  local ok, err = pcall(orch.control, { name = (name:gsub("[^%w_.%-]", "_")) })
+  if not ok then fail(("no control socket: %s"):format(err)) end
+end
+
 function run.run(args)
   set_logging(args)
+  if not args.check then serve_control(args) end
   local code, spec = load(args)
   if code then return code end
   if type(spec) == "function" then

@@ -1,0 +1,156 @@
+/*
+ * conn.c - the parent's end of one child's channel, driven by the loop.
+ *
+ * A conn is a chan (chan.c) with non-blocking fds and two ev_io watchers.
+ * Reading: when the pipe is readable, what is there is read (at most
+ * READ_BUDGET bytes a turn, so that one busy child cannot starve the
+ * others) and every whole frame is handed to Lua (dispatch.c). Writing:
+ * a frame queued with conn_queued waits for the end of the turn; before
+ * the loop blocks, every conn with frames queued is written at once (a
+ * before-block hook), so many sends in one turn leave in one write; what
+ * the socket does not take then is written when it becomes writable.
+ *
+ * Invariants:
+ * - A conn lives inside a userdata (its holder) that the registry holds
+ *   while the conn is open; callbacks reach the holder by that ref.
+ * - The queued list holds only open conns: conn_close takes a conn off it.
+ * - At end of file (or a read error) the conn closes itself; frames read
+ *   before it stay in ch.in, already dispatched.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+
+#include <ev.h>
+
+#include "orch.h"
+
+#define READ_BUDGET (8u << 20) /* bytes read per readiness, for fairness */
+
+static conn *queued_head; /* conns with frames written this turn */
+
+static void queued_unlink(conn *c)
+{
+    if (!c->queued)
+        return;
+    for (conn **pp = &queued_head; *pp; pp = &(*pp)->next_queued) {
+        if (*pp == c) {
+            *pp = c->next_queued;
+            break;
+        }
+    }
+    c->queued = 0;
+    c->next_queued = NULL;
+}
+
+void conn_queued(conn *c)
+{
+    if (!c->queued) {
+        c->queued = 1;
+        c->next_queued = queued_head;
+        queued_head = c;
+    }
+}
+
+/* The loop is about to block: write every frame queued this turn. */
+static void flush_queued(void)
+{
+    while (queued_head) {
+        conn *c = queued_head;
+        queued_head = c->next_queued;
+        c->queued = 0;
+        c->next_queued = NULL;
+        if (c->ch.wfd < 0 || ev_is_active(&c->wio))
+            continue;
+        int rc = chan_flush(&c->ch);
+        if (rc > 0)
+            ev_io_start(loop_get(), &c->wio);
+        else if (rc < 0)
+            wbuf_reset(&c->ch.out); /* the child is gone: its exit will tell */
+    }
+}
+
+static void wio_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)revents;
+    conn *c = (conn *)((char *)w - offsetof(conn, wio));
+    int rc = chan_flush(&c->ch);
+    if (rc <= 0) {
+        ev_io_stop(loop, w);
+        if (rc < 0)
+            wbuf_reset(&c->ch.out);
+    }
+}
+
+int conn_read(lua_State *L, conn *c, int hidx, int drain)
+{
+    size_t budget = drain ? (size_t)-1 : READ_BUDGET;
+    int rc = 0;
+    while (c->ch.rfd >= 0 && budget > 0) {
+        ssize_t n = chan_fill(&c->ch, budget);
+        if (n > 0) {
+            budget -= (size_t)n;
+            dispatch_frames(L, &c->ch.in, hidx, c->uv);
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        conn_close(c); /* EOF, ECONNRESET...: the child is gone or going */
+        rc = -1;
+    }
+    return rc;
+}
+
+static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop; (void)revents;
+    conn *c = (conn *)((char *)w - offsetof(conn, rio));
+    lua_State *L = loop_state();
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->holder); /* keeps c alive */
+    conn_read(L, c, lua_gettop(L), 0);
+    lua_pop(L, 1);
+}
+
+void conn_init(conn *c)
+{
+    chan_init(&c->ch, -1, -1);
+    c->holder = LUA_NOREF;
+    c->uv = 0;
+    c->queued = 0;
+    c->next_queued = NULL;
+}
+
+void conn_start(conn *c, int holder, int uv)
+{
+    static int hooked;
+    if (!hooked) {
+        loop_on_before_block(flush_queued);
+        hooked = 1;
+    }
+    int rfd = c->ch.rfd, wfd = c->ch.wfd;
+    fcntl(wfd, F_SETFL, fcntl(wfd, F_GETFL) | O_NONBLOCK);
+    fcntl(rfd, F_SETFL, fcntl(rfd, F_GETFL) | O_NONBLOCK);
+    c->holder = holder;
+    c->uv = uv;
+    ev_io_init(&c->rio, rio_cb, rfd, EV_READ);
+    ev_io_init(&c->wio, wio_cb, wfd, EV_WRITE);
+    ev_io_start(loop_get(), &c->rio);
+}
+
+void conn_close(conn *c)
+{
+    if (c->ch.wfd < 0)
+        return;
+    struct ev_loop *loop = loop_get();
+    ev_io_stop(loop, &c->rio);
+    ev_io_stop(loop, &c->wio);
+    chan_close(&c->ch);
+    queued_unlink(c);
+}
+
+void conn_forget(conn *c)
+{
+    chan_close_fds(&c->ch);
+    c->queued = 0;
+    queued_head = NULL;
+}

@@ -1,0 +1,311 @@
+/*
+ * task.c - a task's wire form: what a TASK frame holds, made in the
+ * parent and loaded in the child.
+ *
+ * The parent packs a task once, at submit (core.pack_task, pack_chunk):
+ * a value that cannot cross is refused there, naming its place. A Lua
+ * function is numbered by its code (fnid > 0): closures of one prototype
+ * share an id, and a worker is sent the code with the first task that
+ * uses it and keeps it in its own table of functions. A C function or a
+ * "module.name" string travels by name (fnid 0) and is resolved in the
+ * worker (task_resolve, also core.resolve).
+ *
+ * A TASK frame's payload is one wire context:
+ *   id, fnid, [code | nil, upvalues] (fnid > 0) or fn (fnid 0), nargs, args...
+ * A packed task (a Lua string, never sent as it is) is fnid in native
+ * order (TASK_FNID bytes) then what follows the function's code in that
+ * frame: task_put puts id, fnid and the code in front of it.
+ *
+ * Invariants:
+ * - Function ids and the code they stand for live in the parent's registry
+ *   for good (weakly by closure): an id never names two pieces of code.
+ * - The worker's table of loaded functions ("orch.functions") is made in
+ *   the parent before any fork, so a worker that fills it writes only the
+ *   pages of its own copy.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "orch.h"
+
+#define TASK_FNID sizeof(lua_Integer)
+#define FUNCTIONS "orch.functions" /* registry: the worker's fnid -> function */
+#define MAX_ARGS 1000000
+
+static lua_Integer fn_counter;
+static int fn_by_closure = LUA_NOREF; /* weak-keyed: closure -> fnid */
+static int fn_by_code = LUA_NOREF;    /* bytecode -> fnid */
+static int code_by_fn = LUA_NOREF;    /* fnid -> bytecode */
+
+/* ---- function ids (parent) ------------------------------------------- */
+
+/* The id of the code of a Lua function, given once that code is dumped. */
+static lua_Integer code_id(lua_State *L, int code)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_code);
+    lua_pushvalue(L, code);
+    lua_rawget(L, -2);                         /* bycode, id? */
+    lua_Integer id;
+    if (lua_isinteger(L, -1)) {
+        id = lua_tointeger(L, -1);
+        lua_pop(L, 2);
+        return id;
+    }
+    lua_pop(L, 1);
+    id = ++fn_counter;
+    lua_pushvalue(L, code);
+    lua_pushinteger(L, id);
+    lua_rawset(L, -3);                         /* bycode[code] = id */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
+    lua_pushvalue(L, code);
+    lua_rawseti(L, -2, id);                    /* codes[id] = code */
+    lua_pop(L, 2);
+    return id;
+}
+
+/* The id of the Lua function at fidx, its code dumped and numbered the
+ * first time that code is seen. */
+static lua_Integer function_id(lua_State *L, int fidx)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_closure);
+    lua_pushvalue(L, fidx);
+    lua_rawget(L, -2);
+    if (lua_isinteger(L, -1)) {
+        lua_Integer id = lua_tointeger(L, -1);
+        lua_pop(L, 2);
+        return id;
+    }
+    lua_pop(L, 1);
+    wire_dump_function(L, fidx);               /* closures, code */
+    lua_Integer id = code_id(L, lua_gettop(L));
+    lua_pop(L, 1);                             /* closures */
+    lua_pushvalue(L, fidx);
+    lua_pushinteger(L, id);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    return id;
+}
+
+/* ---- packing (parent) ------------------------------------------------- */
+
+/* Starts a packed task in the scratch buffer (upvalue 1), its holder
+ * pushed at *holder, then the encoder's context. */
+static wbuf *pack_begin(lua_State *L, lua_Integer fnid, wire_enc *e, int *holder)
+{
+    wbuf *b = wbuf_scratch_take(L);
+    *holder = lua_gettop(L);
+    if (wbuf_reserve(b, TASK_FNID) < 0)
+        luaL_error(L, "orch: not enough memory for a task");
+    memcpy(b->data, &fnid, TASK_FNID);
+    b->len = TASK_FNID;
+    wire_enc_begin(e, L, b, WIRE_FUNCTIONS);
+    return b;
+}
+
+static int pack_end(lua_State *L, wbuf *b, wire_enc *e, int holder)
+{
+    wire_enc_end(e);
+    lua_pushlstring(L, b->data, b->len);
+    wbuf_scratch_give(L, b, holder);
+    return 1;
+}
+
+/* pack_task(fn, ...) -> task: fn's upvalues (a Lua function) or fn itself
+ * (a C function or a "module.name"), the argument count, the arguments. */
+static int l_pack_task(lua_State *L)
+{
+    int t = lua_type(L, 1);
+    luaL_argexpected(L, t == LUA_TFUNCTION || t == LUA_TSTRING, 1, "function or module name");
+    int n = lua_gettop(L);
+    lua_Integer fnid = t == LUA_TFUNCTION && !lua_iscfunction(L, 1) ? function_id(L, 1) : 0;
+    wire_enc e;
+    int holder;
+    wbuf *b = pack_begin(L, fnid, &e, &holder);
+    if (fnid)
+        wire_enc_upvalues(&e, 1);
+    else
+        wire_enc_value(&e, 1, "function");
+    wire_enc_integer(&e, n - 1);
+    static const char *const roots[] = {"args[1]", "args[2]", "args[3]", "args[4]"};
+    char root[32];
+    for (int i = 2; i <= n; i++) {
+        if (i - 2 < 4) {
+            wire_enc_value(&e, i, roots[i - 2]);
+        } else {
+            snprintf(root, sizeof root, "args[%d]", i - 1);
+            wire_enc_value(&e, i, root);
+        }
+    }
+    return pack_end(L, b, &e, holder);
+}
+
+/* pack_chunk(run, fn, items, i, j) -> task: as
+ * pack_task(run, fn, {items[i..j]}, j - i + 1), without building the
+ * slice: map's chunks. */
+static int l_pack_chunk(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_Integer i = luaL_checkinteger(L, 4), j = luaL_checkinteger(L, 5);
+    luaL_argcheck(L, !lua_iscfunction(L, 1), 1, "a Lua function expected");
+    lua_Integer fnid = function_id(L, 1);
+    wire_enc e;
+    int holder;
+    wbuf *b = pack_begin(L, fnid, &e, &holder);
+    wire_enc_upvalues(&e, 1);
+    wire_enc_integer(&e, 3);
+    wire_enc_value(&e, 2, "function");
+    wire_enc_slice(&e, 3, i, j, "items");
+    lua_pushinteger(L, j >= i ? j - i + 1 : 0);
+    wire_enc_value(&e, -1, "count");
+    lua_pop(L, 1);
+    return pack_end(L, b, &e, holder);
+}
+
+lua_Integer task_fnid(lua_State *L, int arg, const char **task, size_t *tlen)
+{
+    *task = luaL_checklstring(L, arg, tlen);
+    luaL_argcheck(L, *tlen >= TASK_FNID, arg, "not a packed task");
+    lua_Integer fnid;
+    memcpy(&fnid, *task, TASK_FNID);
+    return fnid;
+}
+
+void task_put(lua_State *L, wire_enc *e, lua_Integer id, const char *task, size_t tlen,
+              int with_code)
+{
+    lua_Integer fnid;
+    memcpy(&fnid, task, TASK_FNID);
+    wire_enc_integer(e, id);
+    wire_enc_integer(e, fnid);
+    if (fnid) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
+        if (with_code)
+            lua_rawgeti(L, -1, fnid);
+        else
+            lua_pushnil(L);
+        wire_enc_value(e, lua_gettop(L), "function");
+        lua_pop(L, 2);
+    }
+    size_t blen = tlen - TASK_FNID;
+    if (wbuf_reserve(e->b, blen) < 0)
+        luaL_error(L, "orch: not enough memory for a frame");
+    memcpy(e->b->data + e->b->len, task + TASK_FNID, blen);
+    e->b->len += blen;
+}
+
+/* ---- loading (child) -------------------------------------------------- */
+
+void task_resolve(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    const char *name = lua_tostring(L, idx);
+    const char *dot = strrchr(name, '.');
+    lua_getglobal(L, "require");
+    if (dot == NULL) {
+        lua_pushvalue(L, idx);
+        lua_call(L, 1, 1);
+    } else {
+        lua_pushlstring(L, name, (size_t)(dot - name));
+        lua_call(L, 1, 1);
+        lua_getfield(L, -1, dot + 1);
+        lua_remove(L, -2);
+    }
+    if (!lua_isfunction(L, -1)) {
+        if (!luaL_getmetafield(L, -1, "__call"))
+            luaL_error(L, "'%s' is %s here, not a function", name, luaL_typename(L, -1));
+        lua_pop(L, 1); /* a callable value stays as it is */
+    }
+    lua_replace(L, idx);
+}
+
+/* resolve(name) -> function: "module.name" as a worker resolves it. */
+static int l_resolve(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    lua_settop(L, 1);
+    task_resolve(L, 1);
+    return 1;
+}
+
+/* Decodes the function of a frame (ctx at ctx): loads its code if the
+ * frame carries it, finds it by fnid, sets its upvalues. Pushes it. */
+static void load_function(lua_State *L, wire_dec *d, lua_Integer fnid)
+{
+    if (fnid == 0) {
+        if (wire_dec_value(d) < 0)
+            luaL_error(L, "bad task frame: %s", d->err);
+        if (lua_type(L, -1) == LUA_TSTRING)
+            task_resolve(L, -1);
+        return;
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, FUNCTIONS);
+    int fns = lua_gettop(L);
+    if (wire_dec_value(d) < 0) /* code or nil */
+        luaL_error(L, "bad task frame: %s", d->err);
+    if (lua_isstring(L, -1)) {
+        size_t n;
+        const char *code = lua_tolstring(L, -1, &n);
+        if (luaL_loadbufferx(L, code, n, "=task", "b") != LUA_OK)
+            lua_error(L);
+        lua_rawseti(L, fns, fnid);
+    }
+    lua_pop(L, 1);
+    if (lua_rawgeti(L, fns, fnid) != LUA_TFUNCTION)
+        luaL_error(L, "bad task frame: function %d is not known here", (int)fnid);
+    lua_remove(L, fns);
+    if (wire_dec_upvalues(d, lua_gettop(L)) < 0)
+        luaL_error(L, "bad task frame: %s", d->err);
+}
+
+int task_load(lua_State *L, const char *payload, size_t plen, lua_Integer *id)
+{
+    wire_dec d;
+    wire_dec_begin(&d, L, payload, plen, WIRE_FUNCTIONS);
+    int ctx = lua_gettop(L);
+    lua_Integer tid, fnid, nargs;
+    if (wire_dec_integer(&d, &tid) < 0)
+        return luaL_error(L, "bad task frame: %s", d.err);
+    *id = tid;
+    if (wire_dec_integer(&d, &fnid) < 0)
+        return luaL_error(L, "bad task frame: %s", d.err);
+    load_function(L, &d, fnid);
+    if (wire_dec_integer(&d, &nargs) < 0 || nargs < 0 || nargs > MAX_ARGS)
+        return luaL_error(L, "bad task frame: argument count");
+    luaL_checkstack(L, (int)nargs + 8, "too many arguments");
+    for (lua_Integer i = 0; i < nargs; i++)
+        if (wire_dec_value(&d) < 0)
+            return luaL_error(L, "bad task frame: %s", d.err);
+    lua_remove(L, ctx); /* the function must stay put until here */
+    return (int)nargs;
+}
+
+static void weak_table(lua_State *L, int *ref, const char *mode)
+{
+    lua_newtable(L);
+    if (mode) {
+        lua_createtable(L, 0, 1);
+        lua_pushstring(L, mode);
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+    }
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void task_open(lua_State *L)
+{
+    if (fn_by_closure == LUA_NOREF) {
+        weak_table(L, &fn_by_closure, "k");
+        weak_table(L, &fn_by_code, NULL);
+        weak_table(L, &code_by_fn, NULL);
+    }
+    if (lua_getfield(L, LUA_REGISTRYINDEX, FUNCTIONS) != LUA_TTABLE) {
+        lua_newtable(L);
+        lua_setfield(L, LUA_REGISTRYINDEX, FUNCTIONS);
+    }
+    lua_pop(L, 1);
+    wbuf_scratch_fn(L, l_pack_task, "pack_task");
+    wbuf_scratch_fn(L, l_pack_chunk, "pack_chunk");
+    lua_pushcfunction(L, l_resolve);
+    lua_setfield(L, -2, "resolve");
+}
