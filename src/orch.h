@@ -191,7 +191,7 @@ static inline void stop_unpack(int value, int *key, int *level)
 typedef struct chan {
     int rfd, wfd;      /* -1 when closed */
     wbuf in, out;
-    size_t frame_at;   /* where the open frame starts in out */
+    size_t frame_at;   /* where the open frame starts in out, from out.off */
     int frame_open;
 } chan;
 
