@@ -32,6 +32,22 @@ describe("orch.pool", function()
     assert.are.equal(1, t[1])
   end)
 
+  it("runs each new closure with its own upvalues and its own code", function()
+    -- closures of one prototype share its code, each with its upvalues;
+    -- two functions on one line, and chunks loaded under one name, differ
+    local futs = {}
+    for i = 1, 100 do
+      local k = i
+      local f, g = function(x) return x + k end, function(x) return x * k end
+      local h = load("return function(x) return x - " .. i .. " end", "=same")()
+      futs[#futs + 1] = { pool:submit(f, 1), 1 + k }
+      futs[#futs + 1] = { pool:submit(g, 2), 2 * k }
+      futs[#futs + 1] = { pool:submit(h, 0), -i }
+      if i % 25 == 0 then collectgarbage() end  -- closures seen before go
+    end
+    for _, p in ipairs(futs) do assert.are.equal(p[2], p[1]:result()) end
+  end)
+
   it("runs a 'module.name' string and a C function", function()
     assert.are.equal("ab", pool:submit("string.rep", "a", 1):result() .. "b")
     assert.are.equal("x-x-x", pool:submit(string.rep, "x", 3, "-"):result())
