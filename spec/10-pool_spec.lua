@@ -188,6 +188,21 @@ describe("orch.pool", function()
     assert.are.same({ 2, 1 }, order)
   end)
 
+  it("sends short tasks ahead even to more workers than cores", function()
+    -- a task's time as the parent sees it is mostly waiting for a core
+    -- when 64 workers share a few: scaled by the share, the pipeline
+    -- stays deep instead of one task (and one wake-up) at a time
+    local many <close> = orch.pool{ workers = 64 }
+    local futs = {}
+    for i = 1, 20000 do futs[i] = many:submit(function(x) return x end, i) end
+    local depth  -- midway, while every worker is busy (the tail drains)
+    for i = 1, 20000 do
+      assert.are.equal(i, futs[i]:result())
+      if i == 10000 then depth = many.dispatcher.pipeline end
+    end
+    assert.is_true(depth >= 8, "pipeline " .. depth)
+  end)
+
   it("counts in stats", function()
     local s = pool:stats()
     assert.are.same({ workers = 2, idle = 2, queued = 0, running = 0, done = 0,
