@@ -124,33 +124,27 @@ def bench_busy():
     print_latency(times)
 
 
-def bench_payload(size):
-    nbytes, repeat = PAYLOAD[size]
-    s = b"x" * nbytes
+def echo_median(value, repeat, n):
+    """The median time of `repeat` round trips of value (of length n)."""
     times = []
     with mp.Pool(WORKERS) as pool:
         warm(pool)
         for _ in range(repeat):
             t0 = time.perf_counter()
-            back = pool.apply(echo, (s,))
+            back = pool.apply(echo, (value,))
             times.append(time.perf_counter() - t0)
-            assert len(back) == nbytes
+            assert len(back) == n
     times.sort()
-    print("seconds", times[len(times) // 2])
+    return times[len(times) // 2]
+
+
+def bench_payload(size):
+    nbytes, repeat = PAYLOAD[size]
+    print("seconds", echo_median(b"x" * nbytes, repeat, nbytes))
 
 
 def bench_table():
-    t = list(range(1, N_TABLE + 1))
-    times = []
-    with mp.Pool(WORKERS) as pool:
-        warm(pool)
-        for _ in range(20):
-            t0 = time.perf_counter()
-            back = pool.apply(echo, (t,))
-            times.append(time.perf_counter() - t0)
-            assert len(back) == N_TABLE
-    times.sort()
-    print("seconds", times[len(times) // 2])
+    print("seconds", echo_median(list(range(1, N_TABLE + 1)), 20, N_TABLE))
 
 
 def read_exactly(fd, buf):

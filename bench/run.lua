@@ -198,38 +198,31 @@ local function orch_workload(name, param)
     teardown(pool)
   end
 
+  -- The median time of `rounds` round trips of value (of length n).
+  local function echo_median(value, rounds, n)
+    local pool, times = new_pool(WORKERS), {}
+    for i = 1, rounds do
+      local t0 = now()
+      local back = pool:submit(echo, value):result()
+      times[i] = now() - t0
+      assert(#back == n)
+    end
+    table.sort(times)
+    teardown(pool)
+    return times[#times // 2 + 1]
+  end
+
   -- `payload SIZE`: a string of SIZE (64k, 1m, 16m, 64m) there and back.
   function W.payload(size)
     local p = assert(PAYLOAD[size], "payload: one of 64k, 1m, 16m, 64m")
-    local s = ("x"):rep(p[1])
-    local pool = new_pool(WORKERS)
-    local times = {}
-    for i = 1, p[2] do
-      local t0 = now()
-      local back = pool:submit(echo, s):result()
-      times[i] = now() - t0
-      assert(#back == #s)
-    end
-    table.sort(times)
-    print("seconds", times[#times // 2 + 1])
-    teardown(pool)
+    print("seconds", echo_median(("x"):rep(p[1]), p[2], p[1]))
   end
 
   -- A table of 100k integers there and back (the median of 20).
   function W.table()
     local t = {}
     for i = 1, N_TABLE do t[i] = i end
-    local pool = new_pool(WORKERS)
-    local times = {}
-    for i = 1, 20 do
-      local t0 = now()
-      local back = pool:submit(echo, t):result()
-      times[i] = now() - t0
-      assert(#back == N_TABLE)
-    end
-    table.sort(times)
-    print("seconds", times[#times // 2 + 1])
-    teardown(pool)
+    print("seconds", echo_median(t, 20, N_TABLE))
   end
 
   function W.memory()
