@@ -58,6 +58,7 @@ local lua_modules = {
   "busted.schedule",
   "busted.spec_process",
   "busted.suite",
+  "check",
   "child",
   "cli.busted",
   "cli.ctl",

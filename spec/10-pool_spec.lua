@@ -1,6 +1,10 @@
 -- The pool and its futures: submit, result, map, imap, states, stats,
 -- close/join/shutdown/terminate, init, to-be-closed.
 local orch = require "orch"
+-- what its tests provoke on purpose (kills after a grace period, failing
+-- inits) is logged: collected, not written into busted's output
+setup(orch_spec.quiet_logs)
+teardown(orch_spec.restore_logs)
 local core = require "orch.core"
 local H = orch_spec
 local wait_for = H.wait_for

@@ -15,9 +15,11 @@ end
 describe("orch.supervisor validation", function()
   it("names unknown options and lists the valid ones", function()
     bad({ services = { { name = "a", run = noop } }, stratgy = "x" },
-      "unknown option 'stratgy' (valid: max_restarts, restart_window, services, shutdown_timeout, strategy)")
+      "unknown option 'stratgy' (valid: max_restarts, restart_backoff, restart_delay, "
+      .. "restart_delay_max, restart_window, services, shutdown_timeout, strategy)")
     bad({ services = { { name = "a", run = noop, gracee = 1 } } },
-      "services[1] (a): unknown option 'gracee' (valid: after, args, grace, name, ready, ready_timeout, restart, run)")
+      "services[1] (a): unknown option 'gracee' (valid: after, args, grace, name, ready, "
+      .. "ready_timeout, restart, restart_backoff, restart_delay, restart_delay_max, run)")
   end)
   it("refuses unknown after names, cycles and duplicate names", function()
     bad({ services = { { name = "a", run = noop, after = { "b" } } } },
@@ -38,7 +40,7 @@ describe("orch.supervisor validation", function()
     bad({ services = { { name = "a", run = noop, ready = "yes" } } }, "unknown ready 'yes'")
     bad({ strategy = "all", services = { { name = "a", run = noop } } }, "unknown strategy 'all'")
     bad({ services = { { name = "a", run = noop, grace = -1 } } }, "'grace' must be a non-negative number")
-    bad({ services = { { name = "a", run = "f" } } }, "option 'run' must be a function, got string")
+    bad({ services = { { name = "a", run = "f" } } }, "option 'run' must be a function (got \"f\")")
     bad("x", "options must be a table")
   end)
   it("checks names given to stop and restart", function()

@@ -2,6 +2,10 @@
 -- "timeout". A task in Lua code is interrupted by the hook and its worker
 -- survives; a task stuck in C is killed after grace and its worker replaced.
 local orch = require "orch"
+-- what its tests provoke on purpose (kills after a grace period, failing
+-- inits) is logged: collected, not written into busted's output
+setup(orch_spec.quiet_logs)
+teardown(orch_spec.restore_logs)
 local core = require "orch.core"
 local procs = require "helper.procs"
 local with_pool = procs.with_pool

@@ -2,6 +2,10 @@
 -- task) -> "retry" | "continue" | "fail_fast"; retries with retry_on and
 -- backoff; err.attempts counts the runs.
 local orch = require "orch"
+-- what its tests provoke on purpose (kills after a grace period, failing
+-- inits) is logged: collected, not written into busted's output
+setup(orch_spec.quiet_logs)
+teardown(orch_spec.restore_logs)
 local core = require "orch.core"
 local procs = require "helper.procs"
 local with_pool = procs.with_pool

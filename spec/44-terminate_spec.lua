@@ -3,6 +3,10 @@
 -- started included), shutdown with cancel_pending, close + join(timeout),
 -- recycling workers (seed 003) and the interrupt of a plain script.
 local orch = require "orch"
+-- what its tests provoke on purpose (kills after a grace period, failing
+-- inits) is logged: collected, not written into busted's output
+setup(orch_spec.quiet_logs)
+teardown(orch_spec.restore_logs)
 local core = require "orch.core"
 local procs = require "helper.procs"
 

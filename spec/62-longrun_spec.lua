@@ -142,11 +142,11 @@ describe("resume", function()
     assert.has_error(function() pool:map(f, { 1 }, { resume = true }) end,
       "pool:map: option 'resume' needs option 'joblog' (the log to resume from)")
     assert.has_error(function() pool:map(f, { 1 }, { joblog = 3 }) end,
-      "pool:map: option 'joblog' must be a file name (a string), got number")
+      "pool:map: option 'joblog' must be a file name (a string) (got 3)")
     assert.has_error(function() pool:imap(f, { 1 }, { progress = "yes" }) end,
-      "pool:imap: option 'progress' must be a boolean or a function, got string")
+      [[pool:imap: option 'progress' must be a boolean or a function (got "yes")]])
     assert.has_error(function() pool:map(f, { 1 }, { chunk = "big" }) end,
-      "pool:map: option 'chunk' must be a positive integer or \"auto\", got big")
+      [[pool:map: option 'chunk' must be a positive integer or "auto" (got "big")]])
   end)
 end)
 

@@ -288,8 +288,9 @@ describe("the control socket", function()
     local path = xdg .. "/open.sock"
     local job = start_job(xdg, { CTL_PATH = path })
     local function as_nobody()
-      local p = io.popen(("echo '{\"cmd\":\"status\"}' | setpriv --reuid=nobody --regid=nogroup "
-        .. "--clear-groups socat -t 2 - UNIX-CONNECT:%s 2>&1"):format(P.quote(path)))
+      -- (reads only: the refusal comes unasked, and a write could race the close)
+      local p = io.popen(("setpriv --reuid=nobody --regid=nogroup "
+        .. "--clear-groups socat -t 2 -u UNIX-CONNECT:%s - 2>&1"):format(P.quote(path)))
       local out = p:read("a")
       p:close()
       return out

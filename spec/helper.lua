@@ -91,6 +91,34 @@ function H.run_lua(code, env)
   return out:gsub("exit=%d+%s*$", ""), code_
 end
 
+-- Collects orch's log records instead of writing them to stderr, for
+-- the rest of the running test (the spec passes busted's finally, which
+-- restores the handler): specs that provoke failures keep busted's output
+-- clean. Returns the list the records go to.
+function H.capture_logs(finally)
+  local log = require "orch.log"
+  local records, saved = {}, log.handler
+  log.handler = function(r) records[#records + 1] = r end
+  finally(function() log.handler = saved end)
+  return records
+end
+
+-- The same for a whole spec file whose tests provoke failures on purpose
+-- (tasks killed after their grace, init that fails): setup(H.quiet_logs)
+-- and teardown(H.restore_logs) at its top. H.logged holds the records.
+local saved_handler
+function H.quiet_logs()
+  local log = require "orch.log"
+  saved_handler = saved_handler or log.handler
+  H.logged = {}
+  log.handler = function(r) H.logged[#H.logged + 1] = r end
+end
+
+function H.restore_logs()
+  if saved_handler then require("orch.log").handler = saved_handler end
+  saved_handler = nil
+end
+
 ---------------------------------------------------------------------------
 -- stop specs (spec/4x): processes left behind. require "helper.procs".
 -- Reads /proc without forking, so counting never adds a process.

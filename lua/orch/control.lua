@@ -13,6 +13,8 @@
 -- orch.log.deliver, so it sees every record whatever the handler is) for
 -- `logs`, and sends new ones to the clients that follow them.
 local core = require "orch.core"
+local check = require "orch.check"
+local Interrupted = require("orch.errors").Interrupted
 local cjson = require "cjson"
 local log = require "orch.log"
 local status = require "orch.status"
@@ -133,9 +135,9 @@ local function check_task(req)
 end
 
 -- A command that checks its operand, then acts on it through orch.status.
-local function acting(check, act, action)
+local function acting(check_operand, act, action)
   return function(req)
-    local operand, err, code = check(req)
+    local operand, err, code = check_operand(req)
     if not operand then return nil, err, code end
     local done, detail, why = act(action, operand)
     if not done then return nil, detail, why end
@@ -197,7 +199,7 @@ local function request(conn, line)
   end
   local res = table.pack(xpcall(command, debug.traceback, req, conn))
   if not res[1] then
-    if tostring(res[2]):match("^interrupted %(") then error(res[2], 0) end  -- the script's, not ours
+    if Interrupted.is(res[2]) then error(res[2], 0) end  -- the script's, not ours
     return refuse(conn, id, "internal", tostring(res[2]))
   end
   local answer, err, code = res[2], res[3], res[4]
@@ -242,30 +244,22 @@ end
 -- path = socket path (default: in control.dir()) } -> path.
 -- Serving twice in one process returns the first socket's path.
 function control.serve(opts)
-  opts = opts or {}
-  if type(opts) ~= "table" then error("orch.control: expects a table { name =, path = }", 2) end
-  for k in pairs(opts) do
-    if k ~= "name" and k ~= "path" then
-      error(("orch.control: unknown option '%s' (valid: name, path)"):format(tostring(k)), 2)
-    end
-  end
+  opts = check.options("orch.control", opts, { name = "string", path = "string" })
   local name = opts.name or default_name()
-  if type(name) ~= "string" or not name:match("^[%w_.%-]+$") then
-    error("orch.control: option 'name' must be letters, digits, '_', '.' or '-'", 2)
+  if not name:match("^[%w_.%-]+$") then
+    check.fail("orch.control", "option 'name' must be letters, digits, '_', '.' or '-' (got %s)",
+      check.show(name))
   end
-  if opts.path ~= nil and type(opts.path) ~= "string" then
-    error("orch.control: option 'path' must be a string", 2)
-  end
-  if core.in_child() then error("orch.control: serves from the parent process only", 2) end
+  if core.in_child() then check.fail("orch.control", "serves from the parent process only") end
   if server then return server.listener:path() end
   local path = opts.path
   if not path then
     local ok, err = core.ctl_dir(control.dir())
-    if not ok then error("orch.control: " .. err, 2) end
+    if not ok then check.fail("orch.control", "%s", err) end
     path = control.path_for(name)
   end
   local listener, err = listen(path)
-  if not listener then error("orch.control: " .. err, 2) end
+  if not listener then check.fail("orch.control", "%s", err) end
   tap_log()
   server = { listener = listener, name = name, started = core.now() }
   return path

@@ -410,6 +410,7 @@ function D:_message(w, type, id, ...)
   elseif type == ERROR then
     task_failed(self, w, id, ...)
   elseif not child.frame(w.proc, w.name, type, id, ...) then
+    w.bad_frame = tostring(id):gsub("^bad frame: ", "")  -- what its task crashed of
     w.proc:kill()  -- its channel cannot be trusted
   end
 end
@@ -431,6 +432,7 @@ local function head_ended(self, w, head, how, code)
     self.failed(head, task_error("killed", { message = "killed", pid = w.pid }))
   elseif not killed then
     local fields = { pid = w.pid }
+    if w.bad_frame then fields.message = "crashed: bad frame from worker: " .. w.bad_frame end
     if how == "signal" then
       fields.signal, fields.signal_name = code, core.signame(code)
     else

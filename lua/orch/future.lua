@@ -6,11 +6,14 @@
 -- id, task), fut:_settle(status, values, err) (the pool alone settles),
 -- Future.clear_timers(fut). A future's cancel and kill go to its pool's
 -- _stop_task and _kill_task (pool.lua's header).
+local check = require "orch.check"
 local loop = require "orch.loop"
 local child = require "orch.child"
 local TaskError = require("orch.errors").TaskError
 local clear_steps = child.clear_steps
 
+--- The parent's handle on one task, made by pool:submit and group:submit.
+-- @type Future
 local Future = {}
 Future.__index = Future
 Future.__name = "orch.future"
@@ -27,23 +30,33 @@ function Future.new(group, id, task)
   }, Future)
 end
 
+--- Whether the task has ended (done, failed or cancelled).
+-- @treturn boolean
 function Future:done()
+  check.method(self, Future, "done")
   return FINAL[self.status] == true
 end
 
+--- The task's state.
+-- @treturn string "queued" | "running" | "done" | "failed" | "cancelled"
 function Future:state()
+  check.method(self, Future, "state")
   return self.status
 end
 
+--- The TaskError of a task that failed or was cancelled, else nil.
+-- @treturn TaskError|nil
 function Future:error()
+  check.method(self, Future, "error")
   return self.err
 end
 
 --- Waits at most timeout seconds (nil: no limit) for the task to end.
+-- @tparam[opt] number timeout
+-- @return true, or nil, "timeout"
 function Future:wait(timeout)
-  if timeout ~= nil and type(timeout) ~= "number" then
-    error("future:wait: timeout must be a number or nil", 2)
-  end
+  check.method(self, Future, "wait")
+  check.timeout("orch.future", "wait", timeout)
   if loop.wait(function() return FINAL[self.status] end, timeout) then
     return true
   end
@@ -51,7 +64,9 @@ function Future:wait(timeout)
 end
 
 --- Waits, then returns the task's values or raises its TaskError.
+-- @return the task's values
 function Future:result()
+  check.method(self, Future, "result")
   if not FINAL[self.status] then
     loop.wait(function() return FINAL[self.status] end)
   end
@@ -64,8 +79,12 @@ end
 
 --- fn(fut) runs in the parent's loop once the task has ended (at once if
 -- it already has). An error in fn is logged, never lost and never fatal.
+-- @tparam function fn
 function Future:on_done(fn)
-  if type(fn) ~= "function" then error("future:on_done: expects a function", 2) end
+  check.method(self, Future, "on_done")
+  if type(fn) ~= "function" then
+    check.fail("orch.future", "on_done expects a function (got %s)", check.show(fn))
+  end
   if FINAL[self.status] then
     self:_call(fn)
   else
@@ -82,7 +101,7 @@ function Future:_call(fn)
   end
 end
 
---- Settles the future (called by the pool). status: done | failed | cancelled.
+-- Settles the future (called by the pool). status: done | failed | cancelled.
 function Future:_settle(status, values, err)
   self.status = status
   self.values = values
@@ -95,7 +114,7 @@ function Future:_settle(status, values, err)
   end
 end
 
---- Stops the timers a future may hold: `timer` (its time limit, or its
+-- Stops the timers a future may hold: `timer` (its time limit, or its
 -- retry backoff) and those of its stop steps (child.stop). For the pool
 -- and its dispatcher.
 function Future.clear_timers(fut)
@@ -104,15 +123,19 @@ function Future.clear_timers(fut)
 end
 
 --- A queued task never runs; a running task is asked to stop, interrupted,
--- then killed after the grace period. Returns true unless it had ended.
+-- then killed after the grace period.
+-- @treturn boolean true unless it had ended
 function Future:cancel()
+  check.method(self, Future, "cancel")
   if FINAL[self.status] then return false end
   self.group.pool:_stop_task(self, "cancelled")
   return true
 end
 
 --- SIGKILLs the task's worker now (a queued task fails without running).
+-- @treturn boolean true unless it had ended
 function Future:kill()
+  check.method(self, Future, "kill")
   if FINAL[self.status] then return false end
   self.group.pool:_kill_task(self)
   return true

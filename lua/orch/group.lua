@@ -4,73 +4,49 @@
 -- touches only its own tasks. map and imap are in orch.map.
 --
 -- Internal interface, for the pool (pool.lua): Group.check_policy(opts,
--- who, level), group:_add(fut) and group:_settled(fut) (its count of
+-- who), group:_add(fut) and group:_settled(fut) (its count of
 -- unsettled tasks), group:_decide(err, fut) -> "retry" | "continue" |
 -- "fail_fast", group:_backoff(fut) -> seconds, group:_fail_fast(err).
+local check = require "orch.check"
 local loop = require "orch.loop"
 local log = require "orch.log"
 local map = require "orch.map"
 
+--- A batch of tasks with its own options, made by pool:group(opts).
+-- @type Group
 local Group = {}
 Group.__index = Group
 Group.__name = "orch.group"
 
 local OPTIONS = {
-  timeout = "number", retries = "number", retry_on = "table",
-  on_error = "string|function", grace = "number", backoff = "number",
+  timeout = "positive number", retries = "non-negative integer", retry_on = "table",
+  on_error = "string or function", grace = "non-negative number",
+  backoff = "non-negative number",
 }
-local VALID = {}
-for k in pairs(OPTIONS) do VALID[#VALID + 1] = k end
-table.sort(VALID)
 local KINDS = { error = true, timeout = true, crashed = true, killed = true, cancelled = true }
 local ACTIONS = { continue = true, fail_fast = true, retry = true }
 
---- Checks the failure-policy options shared by pools and groups.
-function Group.check_policy(opts, who, level)
-  level = level + 1
-  for _, k in ipairs({ "timeout", "grace", "backoff" }) do
-    local v = opts[k]
-    if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v) then
-      error(("%s: option '%s' must be a non-negative number, got %s"):format(who, k, tostring(v)), level)
-    end
-  end
-  if opts.timeout == 0 then
-    error(("%s: option 'timeout' must be positive"):format(who), level)
-  end
-  local r = opts.retries
-  if r ~= nil and (math.type(r) ~= "integer" or r < 0) then
-    error(("%s: option 'retries' must be a non-negative integer, got %s"):format(who, tostring(r)), level)
-  end
+-- Checks the failure-policy options shared by pools and groups (the
+-- kinds of the values are checked already): retry_on's kinds, on_error.
+function Group.check_policy(opts, who)
   if opts.retry_on ~= nil then
-    for _, kind in ipairs(opts.retry_on) do
+    for i, kind in ipairs(opts.retry_on) do
       if not KINDS[kind] then
-        error(("%s: option 'retry_on' has unknown kind '%s' (valid: error, timeout, crashed, killed)")
-          :format(who, tostring(kind)), level)
+        check.fail(who, "option 'retry_on'[%d] must be a failure kind: error, timeout, "
+          .. "crashed, killed (got %s)", i, check.show(kind))
       end
     end
   end
   local oe = opts.on_error
   if type(oe) == "string" and oe ~= "continue" and oe ~= "fail_fast" then
-    error(("%s: option 'on_error' must be \"continue\", \"fail_fast\" or a function, got \"%s\"")
-      :format(who, oe), level)
+    check.fail(who, "option 'on_error' must be \"continue\", \"fail_fast\" or a function (got %s)",
+      check.show(oe))
   end
 end
 
 local function check_options(opts)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then
-    error(("pool:group: options must be a table, got %s"):format(type(opts)), 4)
-  end
-  for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then
-      error(("pool:group: unknown option '%s' (valid: %s)"):format(tostring(k), table.concat(VALID, ", ")), 4)
-    end
-    if not want:find(type(v), 1, true) then
-      error(("pool:group: option '%s' must be a %s, got %s"):format(k, want:gsub("|", " or "), type(v)), 4)
-    end
-  end
-  Group.check_policy(opts, "pool:group", 3)
+  opts = check.options("pool:group", opts, OPTIONS)
+  Group.check_policy(opts, "pool:group")
   return opts
 end
 
@@ -119,7 +95,7 @@ local function retry_set(self)
   return set
 end
 
---- What to do about a failure: "retry", "continue" or "fail_fast".
+-- What to do about a failure: "retry", "continue" or "fail_fast".
 function Group:_decide(err, fut)
   local on_error = self.opts.on_error or "continue"
   if type(on_error) == "function" then
@@ -141,7 +117,7 @@ function Group:_decide(err, fut)
   return on_error
 end
 
---- Seconds to wait before the next attempt (backoff doubles each time).
+-- Seconds to wait before the next attempt (backoff doubles each time).
 function Group:_backoff(fut)
   local b = self.opts.backoff
   if not b or b <= 0 then return 0 end
@@ -173,7 +149,7 @@ local function unfinished(self)
   return table.move(running, 1, #running, #waiting + 1, waiting)
 end
 
---- On the first failure: cancel the group's queued tasks (they never run)
+-- On the first failure: cancel the group's queued tasks (they never run)
 -- and give the running ones the three-step stop. A group stays failed: its
 -- wait returns nil, first_error, and tasks submitted later are cancelled at
 -- once. The pool's own group (on_error = "fail_fast" on the pool) stops
@@ -187,7 +163,12 @@ function Group:_fail_fast(err)
   for _, fut in ipairs(unfinished(self)) do self.pool:_stop_task(fut, "cancelled") end
 end
 
+--- Runs fn(...) in a worker, as a task of this group.
+-- @param fn a function or "module.name"
+-- @param ... its arguments
+-- @treturn Future
 function Group:submit(fn, ...)
+  if getmetatable(self) ~= Group then check.dot_call(Group, "submit") end
   return self.pool:_submit(self, fn, ...)
 end
 
@@ -195,7 +176,11 @@ end
 -- nil, first_error; else an array whose i-th entry is the first value of
 -- the i-th task (for a map's chunk, the list of its results), or its
 -- TaskError (n: the count).
+-- @tparam[opt] number timeout seconds (nil: no limit)
+-- @return results, or nil, "timeout" | first_error
 function Group:wait(timeout)
+  check.method(self, Group, "wait")
+  check.timeout("orch.group", "wait", timeout)
   if not loop.wait(function() return self.n_pending == 0 end, timeout) then
     return nil, "timeout"
   end
@@ -213,19 +198,36 @@ function Group:wait(timeout)
   return out
 end
 
+--- Cancels the group's tasks that have not ended (see Future:cancel).
 function Group:cancel()
+  check.method(self, Group, "cancel")
   for _, fut in ipairs(unfinished(self)) do fut:cancel() end
 end
 
+--- SIGKILLs the workers running the group's tasks; its queued tasks
+-- fail "killed" without running.
 function Group:kill()
+  check.method(self, Group, "kill")
   for _, fut in ipairs(unfinished(self)) do fut:kill() end
 end
 
+--- Like Pool:map, as tasks of this group.
+-- @param fn a function or "module.name"
+-- @tparam table items
+-- @tparam[opt] table opts
+-- @treturn table results
 function Group:map(fn, items, opts)
+  check.method(self, Group, "map")
   return map.map(self, fn, items, opts, "group:map")
 end
 
+--- Like Pool:imap, as tasks of this group.
+-- @param fn a function or "module.name"
+-- @tparam table items
+-- @tparam[opt] table opts
+-- @treturn function iterator
 function Group:imap(fn, items, opts)
+  check.method(self, Group, "imap")
   return map.imap(self, fn, items, opts, "group:imap")
 end
 

@@ -6,6 +6,7 @@
 -- When this module loads, `ORCH_LOG=level` and `ORCH_LOG_FORMAT=text|json`
 -- in the environment set the level and the handler.
 local core = require "orch.core"
+local check = require "orch.check"
 
 local log = { level = "info", name = "main" }
 
@@ -40,7 +41,7 @@ local function enabled(level)
   return LEVELS[level] >= (LEVELS[log.level] or 2)
 end
 
---- Delivers a record in the parent (from a child or from the parent itself).
+-- Delivers a record in the parent (from a child or from the parent itself).
 function log.deliver(level, message, name, pid)
   if not enabled(level) then return end
   local ok, err = pcall(log.handler, {
@@ -50,9 +51,24 @@ function log.deliver(level, message, name, pid)
   end
 end
 
+-- The record's message: fmt formatted with the arguments, or fmt itself
+-- (any value, by tostring) when there are none.
+local function message_of(level, fmt, ...)
+  if select("#", ...) == 0 then return tostring(fmt) end
+  if type(fmt) ~= "string" then
+    check.fail("orch.log." .. level, "format must be a string (got %s)", check.show(fmt))
+  end
+  local ok, message = pcall(string.format, fmt, ...)
+  if not ok then
+    -- string.format numbers its arguments as orch.log.LEVEL does
+    check.fail("orch.log." .. level, "%s", (message:gsub(" to '[%w.]*format'", "", 1)))
+  end
+  return message
+end
+
 local function emit(level, fmt, ...)
   if not enabled(level) then return end
-  local message = select("#", ...) > 0 and fmt:format(...) or tostring(fmt)
+  local message = message_of(level, fmt, ...)
   if core.in_child() then
     core.send_parent(core.msg.LOG, level, message)
   else
@@ -63,6 +79,27 @@ end
 for level in pairs(LEVELS) do
   log[level] = function(fmt, ...) return emit(level, fmt, ...) end
 end
+
+--- Logs a record at level "debug": fmt formatted with the arguments
+-- (string.format), or fmt itself (any value) when there are none.
+-- @function debug
+-- @param fmt a format string
+-- @param ... its arguments
+
+--- Logs a record at level "info" (as debug).
+-- @function info
+-- @param fmt
+-- @param ...
+
+--- Logs a record at level "warn" (as debug).
+-- @function warn
+-- @param fmt
+-- @param ...
+
+--- Logs a record at level "error" (as debug).
+-- @function error
+-- @param fmt
+-- @param ...
 
 -- ORCH_LOG and ORCH_LOG_FORMAT; a value that means nothing is said once
 -- on stderr and left aside.

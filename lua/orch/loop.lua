@@ -2,29 +2,40 @@
 -- map, sleep, queue operations) runs the loop here until its condition
 -- holds, so signals, results and timers keep being handled meanwhile.
 local core = require "orch.core"
+local check = require "orch.check"
+local Interrupted = require("orch.errors").Interrupted
 
 local loop = {}
 
---- Set by the default INT/TERM handler of a plain script: the next wait
--- raises "interrupted" so the script's <close> handlers run.
-loop.interrupted = nil
+-- An interruption on its way: { signal = "INT", settled = fn | nil }.
+local pending = nil
+
+-- The first INT/TERM of a plain script (the pools' default) or the end
+-- of a supervisor's ordered shutdown after a signal: the waiting script
+-- gets an Interrupted error, so its <close> handlers run. It is raised
+-- once settled() holds (nil: at once): until then the wait goes on
+-- running the loop whatever it waited for, so the ordered stop completes
+-- before the script sees the error.
+function loop.interrupt(signal, settled)
+  pending = { signal = signal, settled = settled }
+end
 
 local function check_interrupt()
-  local sig = loop.interrupted
-  if sig then
-    loop.interrupted = nil
-    error(("interrupted (SIG%s)"):format(sig), 0)
-  end
+  local p = pending
+  if not p then return end
+  while p.settled and not p.settled() do core.step() end
+  if pending == p then pending = nil end
+  error(Interrupted.new(p.signal), 0)
 end
 
 -- The loop is the parent's: a child has none to run.
 local function parent_only()
   if core.in_child() then
-    error("orch: this call runs the parent's loop; it cannot run in a child process", 4)
+    check.fail("orch", "this call runs the parent's loop; it cannot run in a child process")
   end
 end
 
---- Runs the loop until pred() is true (returns true) or timeout seconds
+-- Runs the loop until pred() is true (returns true) or timeout seconds
 -- have passed (returns false). timeout nil: no limit.
 function loop.wait(pred, timeout)
   parent_only()
@@ -44,7 +55,7 @@ function loop.wait(pred, timeout)
   end
 end
 
---- One turn of the loop that does not block: what has arrived is
+-- One turn of the loop that does not block: what has arrived is
 -- handled and what is queued for the children is written. For long runs of
 -- parent work (map packing its chunks) that must not leave workers idle.
 function loop.poll()
@@ -57,8 +68,8 @@ end
 --- orch.sleep(seconds): in the parent, runs the loop for that long; in a
 -- child, sleeps and returns early once the parent asked it to stop.
 function loop.sleep(seconds)
-  if type(seconds) ~= "number" or seconds < 0 then
-    error("orch.sleep: seconds must be a non-negative number", 2)
+  if not check.fits(seconds, "non-negative number") then
+    check.fail("orch.sleep", "seconds must be a non-negative number (got %s)", check.show(seconds))
   end
   if core.in_child() then
     core.child_sleep(seconds)

@@ -11,6 +11,7 @@
 -- Uses the pool's internal interface (pool.lua's header): _submit and
 -- _enqueue.
 local core = require "orch.core"
+local check = require "orch.check"
 local loop = require "orch.loop"
 local progress = require "orch.progress"
 local joblog = require "orch.joblog"
@@ -70,7 +71,7 @@ end
 -- straight from items.
 local function submit_chunk(group, fn, items, s, e)
   local pool = group.pool
-  if pool.closed then error("orch.pool: submit on a closed pool", 4) end
+  if pool.closed then check.fail("orch.pool", "submit on a closed pool") end
   local fut = pool:_enqueue(group, core.pack_chunk(run_chunk, fn, items, s, e))
   fut.chunk = true
   if group.keeps_args then
@@ -86,18 +87,18 @@ local VALID = "chunk, joblog, ordered, progress, resume, resume_failed"
 local function check_opts(what, opts)
   for k in pairs(opts) do
     if not OPTIONS[k] then
-      error(("%s: unknown option '%s' (valid: %s)"):format(what, tostring(k), VALID), 5)
+      check.fail(what, "unknown option '%s' (valid: %s)", tostring(k), VALID)
     end
   end
   local p = opts.progress
   if p ~= nil and type(p) ~= "boolean" and type(p) ~= "function" then
-    error(("%s: option 'progress' must be a boolean or a function, got %s"):format(what, type(p)), 5)
+    check.fail(what, "option 'progress' must be a boolean or a function (got %s)", check.show(p))
   end
   if opts.joblog ~= nil and type(opts.joblog) ~= "string" then
-    error(("%s: option 'joblog' must be a file name (a string), got %s"):format(what, type(opts.joblog)), 5)
+    check.fail(what, "option 'joblog' must be a file name (a string) (got %s)", check.show(opts.joblog))
   end
   if (opts.resume or opts.resume_failed) and not opts.joblog then
-    error(("%s: option 'resume' needs option 'joblog' (the log to resume from)"):format(what), 5)
+    check.fail(what, "option 'resume' needs option 'joblog' (the log to resume from)")
   end
 end
 
@@ -108,7 +109,7 @@ local function chunk_size(what, group, n, chunk)
     return math.max(1, math.min(per, AUTO_MAX))
   end
   if math.type(chunk) ~= "integer" or chunk < 1 then
-    error(("%s: option 'chunk' must be a positive integer or \"auto\", got %s"):format(what, tostring(chunk)), 5)
+    check.fail(what, "option 'chunk' must be a positive integer or \"auto\" (got %s)", check.show(chunk))
   end
   return chunk
 end
@@ -116,13 +117,13 @@ end
 local function check_map_args(what, group, fn, items, opts)
   local t = type(fn)
   if t ~= "function" and t ~= "string" then
-    error(("%s: expects a function or a 'module.name' string, got %s"):format(what, t), 4)
+    check.fail(what, "expects a function or a 'module.name' string (got %s)", check.show(fn))
   end
   if type(items) ~= "table" then
-    error(("%s: items must be a table (an array), got %s"):format(what, type(items)), 4)
+    check.fail(what, "items must be a table (an array) (got %s)", check.show(items))
   end
   if opts ~= nil and type(opts) ~= "table" then
-    error(("%s: options must be a table, got %s"):format(what, type(opts)), 4)
+    check.fail(what, "options must be a table (got %s)", check.show(opts))
   end
   opts = opts or {}
   check_opts(what, opts)

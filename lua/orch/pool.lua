@@ -16,6 +16,7 @@
 --                                             time out ("timeout") a task
 --   pool:_kill_task(fut)                      fut:kill()
 local core = require "orch.core"
+local check = require "orch.check"
 local loop = require "orch.loop"
 local signal = require "orch.signal"
 local backlog = require "orch.backlog"
@@ -32,18 +33,20 @@ local push, pop = backlog.push, backlog.pop
 local pack = table.pack
 local pack_task = core.pack_task
 
+--- A pool of worker processes, made by orch.pool(opts); a to-be-closed
+-- value (leaving its scope shuts it down).
+-- @type Pool
 local Pool = {}
 Pool.__index = Pool
 Pool.__name = "orch.pool"
 
+-- Each option's kind (orch.check's vocabulary).
 local OPTIONS = {
-  workers = "number", max_tasks_per_worker = "number", timeout = "number",
-  retries = "number", retry_on = "table", on_error = "string|function",
-  grace = "number", init = "function|string", backoff = "number",
+  workers = "positive integer", max_tasks_per_worker = "positive integer",
+  timeout = "positive number", retries = "non-negative integer", retry_on = "table",
+  on_error = "string or function", grace = "non-negative number",
+  init = "function or string", backoff = "non-negative number",
 }
-local VALID = {}
-for k in pairs(OPTIONS) do VALID[#VALID + 1] = k end
-table.sort(VALID)
 
 local pools = setmetatable({}, { __mode = "k" })  -- live pools, for signals
 
@@ -56,35 +59,13 @@ local function new_id()
   return last_id
 end
 
-local function fail_option(fmt, ...)
-  error("orch.pool: " .. fmt:format(...), 3)
-end
-
 local function check_options(opts)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then fail_option("options must be a table, got %s", type(opts)) end
-  for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then
-      fail_option("unknown option '%s' (valid: %s)", tostring(k), table.concat(VALID, ", "))
-    end
-    if not want:find(type(v), 1, true) then
-      fail_option("option '%s' must be a %s, got %s", k, want:gsub("|", " or "), type(v))
-    end
-  end
-  local n = opts.workers
-  if n ~= nil and (math.type(n) ~= "integer" or n < 1) then
-    fail_option("option 'workers' must be a positive integer, got %s", tostring(n))
-  end
-  local m = opts.max_tasks_per_worker
-  if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
-    fail_option("option 'max_tasks_per_worker' must be a positive integer, got %s", tostring(m))
-  end
-  Group.check_policy(opts, "orch.pool", 4)
+  opts = check.options("orch.pool", opts, OPTIONS)
+  Group.check_policy(opts, "orch.pool")
   return opts
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- outcomes
 
 local function task_error(kind, fields)
@@ -93,16 +74,16 @@ local function task_error(kind, fields)
 end
 
 -- Ends a future that has left the backlog and the dispatcher for good.
-local function finish(self, fut, status, values, err)
+local function finish(self, fut, outcome, values, err)
   clear_timers(fut)
-  if status == "done" then
+  if outcome == "done" then
     self.n_done = self.n_done + 1
-  elseif status == "cancelled" then
+  elseif outcome == "cancelled" then
     self.n_cancelled = self.n_cancelled + 1
   else
     self.n_failed = self.n_failed + 1
   end
-  settle(fut, status, values, err)
+  settle(fut, outcome, values, err)
   fut.group:_settled(fut)
 end
 
@@ -168,7 +149,7 @@ local function side_of(self)
   }
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- stopping tasks
 
 -- Settles a task that has not run (or whose run does not count): cancelled,
@@ -189,7 +170,7 @@ local function unqueue(self, fut)
   clear_timers(fut)
 end
 
---- Stops one task: kind "cancelled" (fut:cancel, group cancel) or
+-- Stops one task: kind "cancelled" (fut:cancel, group cancel) or
 -- "timeout". grace overrides the group's grace period. A task in the
 -- backlog never runs; one the dispatcher holds gets the stop steps, or,
 -- not started yet, is settled at once (dispatch.lua's stop_task).
@@ -202,7 +183,7 @@ function Pool:_stop_task(fut, kind, grace)
   if self.dispatcher:stop_task(fut, kind, grace) then settle_unrun(self, fut, kind) end
 end
 
---- fut:kill(): SIGKILL the worker running it; a fresh worker takes its
+-- fut:kill(): SIGKILL the worker running it; a fresh worker takes its
 -- place. A task not running yet fails "killed" without running. Retried
 -- only when retry_on lists "killed" and the kill came from fut:kill() on
 -- a running task.
@@ -215,7 +196,7 @@ function Pool:_kill_task(fut)
   if self.dispatcher:kill_task(fut) then settle_unrun(self, fut, "killed") end
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- public API
 
 -- Queues a task encoded by core.pack_task or core.pack_chunk.
@@ -237,38 +218,64 @@ end
 function Pool:_submit(group, fn, ...)
   local t = type(fn)
   if self.closed or (t ~= "function" and t ~= "string") then
-    if self.closed then error("orch.pool: submit on a closed pool", 3) end
-    error(("orch.pool: submit expects a function or a 'module.name' string, got %s"):format(t), 3)
+    if self.closed then check.fail("orch.pool", "submit on a closed pool") end
+    check.fail("orch.pool", "submit expects a function or a 'module.name' string (got %s)",
+      check.show(fn))
   end
   -- encoded once, here: what cannot cross is refused at submit
-  local fut = self:_enqueue(group, pack_task(fn, ...))
+  local ok, task = pcall(pack_task, fn, ...)
+  if not ok then check.fail("orch.pool", "submit: %s", tostring(task)) end
+  local fut = self:_enqueue(group, task)
   if group.keeps_args then
     fut.fn, fut.args = fn, pack(...)  -- what a policy function may look at
   end
   return fut
 end
 
---- pool:submit(fn, ...) -> Future
+--- Runs fn(...) in a worker.
+-- @param fn a function, or a string "module.name" resolved in the worker
+-- @param ... its arguments (values that cross processes)
+-- @treturn Future
 function Pool:submit(fn, ...)
+  if getmetatable(self) ~= Pool then check.dot_call(Pool, "submit") end
   return self:_submit(self.default_group, fn, ...)
 end
 
---- pool:group(opts) -> Group: a batch with its own options.
+--- A batch of tasks with its own options (timeout, retries, retry_on,
+-- on_error, grace, backoff).
+-- @tparam[opt] table opts
+-- @treturn Group
 function Pool:group(opts)
+  check.method(self, Pool, "group")
   return Group.new(self, opts)
 end
 
---- pool:map(fn, items, opts) -> results (see orch.map).
+--- The ordered results of fn over items (see orch.map for the options).
+-- @param fn a function or "module.name"
+-- @tparam table items an array
+-- @tparam[opt] table opts chunk, and the long-run options
+-- @treturn table results
 function Pool:map(fn, items, opts)
+  check.method(self, Pool, "map")
   return map.map(self.default_group, fn, items, opts, "pool:map")
 end
 
---- pool:imap(fn, items, opts) -> iterator yielding i, result.
+--- An iterator yielding i, result of fn over items: in order, or in
+-- completion order with opts.ordered = false.
+-- @param fn a function or "module.name"
+-- @tparam table items an array
+-- @tparam[opt] table opts
+-- @treturn function iterator
 function Pool:imap(fn, items, opts)
+  check.method(self, Pool, "imap")
   return map.imap(self.default_group, fn, items, opts, "pool:imap")
 end
 
+--- The pool's counts.
+-- @treturn table { workers, idle, queued, running, done, failed,
+-- cancelled, restarts }
 function Pool:stats()
+  check.method(self, Pool, "stats")
   local live, idle, running, ahead, restarts = self.dispatcher:stats()
   return {
     workers = live, idle = idle, queued = self.backlog.n + ahead, running = running,
@@ -279,14 +286,19 @@ end
 
 --- No new tasks; what was submitted still runs.
 function Pool:close()
+  check.method(self, Pool, "close")
   self.closed = true
   self.dispatcher:close()
 end
 
 --- Waits (closing the pool) until every task has ended and every worker
--- has exited: true, or nil, "timeout".
+-- has exited.
+-- @tparam[opt] number timeout seconds (nil: no limit)
+-- @return true, or nil, "timeout"
 function Pool:join(timeout)
-  if not self.closed then error("orch.pool: join before close (call pool:close() first)", 2) end
+  check.method(self, Pool, "join")
+  check.timeout("orch.pool", "join", timeout)
+  if not self.closed then check.fail("orch.pool", "join before close (call pool:close() first)") end
   local d = self.dispatcher
   if loop.wait(function() return d.n_live == 0 end, timeout) then
     self:_release()
@@ -295,10 +307,15 @@ function Pool:join(timeout)
   return nil, "timeout"
 end
 
+local SHUTDOWN_OPTIONS = { cancel_pending = "boolean", grace = "non-negative number" }
+
 --- Closes the pool and waits for it. With cancel_pending, queued tasks are
 -- cancelled and running ones get stop requests (then SIGKILL after grace).
+-- @tparam[opt] table opts { cancel_pending = false, grace = seconds }
+-- @return true
 function Pool:shutdown(opts)
-  opts = opts or {}
+  check.method(self, Pool, "shutdown")
+  opts = check.options("orch.pool", opts, SHUTDOWN_OPTIONS, "shutdown: ")
   self:close()
   if opts.cancel_pending then
     self:_cancel_all(opts.grace)
@@ -323,8 +340,10 @@ local function killed_error(fut, pid)
   return err
 end
 
---- SIGKILLs every worker now. Running and queued futures fail "killed".
+--- SIGKILLs every worker now. Running and queued futures fail "killed";
+-- the pool is closed.
 function Pool:terminate()
+  check.method(self, Pool, "terminate")
   if self.terminated then return end
   self.closed, self.terminated = true, true
   local held, pids = self.dispatcher:terminate()
@@ -346,7 +365,7 @@ function Pool:_release()
   registry.unregister(self)
 end
 
---- pool:status_tasks() -> the tasks not settled yet, for orch.status: those
+-- pool:status_tasks() -> the tasks not settled yet, for orch.status: those
 -- its workers hold, then those queued ({ id, state, pid, started, fn, future }).
 function Pool:status_tasks()
   local list, d = {}, self.dispatcher
@@ -383,7 +402,7 @@ function Pool:__tostring()
   return ("orch.pool (%d workers%s)"):format(self.size, self.closed and ", closed" or "")
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- default signal behaviour of a plain script with pools (signal.two_stage):
 -- the first INT or TERM cancels the pools' work and raises "interrupted" in
 -- the waiting script; a second one kills every worker and ends the process
@@ -391,11 +410,19 @@ end
 
 local party = {}
 
+-- Every pool's workers have exited.
+local function all_stopped()
+  for p in pairs(pools) do
+    if p.dispatcher.n_live > 0 then return false end
+  end
+  return true
+end
+
 function party.stop(name)
   for p in pairs(pools) do
     if not p.terminated then p.closed = true; p:_cancel_all() end
   end
-  loop.interrupted = name
+  loop.interrupt(name, all_stopped)
 end
 
 function party.kill(name)
@@ -411,10 +438,10 @@ local function install_defaults()
   signal.two_stage(party)
 end
 
---- orch.pool(opts) -> Pool
+-- orch.pool(opts) -> Pool
 local function new(opts)
   opts = check_options(opts)
-  if core.in_child() then error("orch.pool: pools are created in the parent process", 2) end
+  if core.in_child() then check.fail("orch.pool", "pools are created in the parent process") end
   local self = setmetatable({
     opts = opts, backlog = backlog.new(), retry_waiting = {},
     n_done = 0, n_failed = 0, n_cancelled = 0,

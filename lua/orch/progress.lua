@@ -21,14 +21,9 @@ local progress = {
 local Progress = {}
 Progress.__index = Progress
 
--- Whether stderr is a terminal: asked once per process (by the shell's
--- test -t, which needs no C).
-local stderr_tty
+-- Whether stderr is a terminal.
 local function stderr_is_terminal()
-  if stderr_tty == nil then
-    stderr_tty = os.execute("test -t 2") == true
-  end
-  return stderr_tty
+  return core.isatty(2)
 end
 
 -- 75 -> "1:15", 3725 -> "1:02:05".

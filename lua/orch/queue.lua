@@ -32,6 +32,7 @@
 -- CALLs, and hears there of children's stop steps and exits; pools and
 -- supervisors do not know it.
 local core = require "orch.core"
+local check = require "orch.check"
 local loop = require "orch.loop"
 local child = require "orch.child"
 
@@ -54,7 +55,7 @@ local function h_len(self) return require("orch.queue").len(self) end
 function Handle.__len(self) return M.len(self) end
 function Handle.__tostring(self) return ("orch.queue (%d)"):format(self.__orch_queue) end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- the parent's side: state and the broker
 
 local function count(st) return st.tail - st.head + 1 end
@@ -175,22 +176,18 @@ local function do_close(st)
   pump(st)
 end
 
+-- A handle's id; a copy that crossed into a pool task has no metatable,
+-- so a handle is known by its field.
 local function state_of(self, fn)
   local id = type(self) == "table" and rawget(self, "__orch_queue")
-  if not id then error(("orch.queue: %s: not a queue (use q:%s(...))"):format(fn, fn), 3) end
+  if not id then check.dot_call(Handle, fn) end
   return id
 end
 
-local function check_timeout(timeout, fn)
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
-    error(("orch.queue: %s: timeout must be a non-negative number or nil, got %s")
-      :format(fn, tostring(timeout)), 4)
-  end
-end
 
 local function parent_state(id)
   local st = queues[id]
-  if not st then error(("orch.queue: queue %d is not known here"):format(id), 4) end
+  if not st then check.fail("orch.queue", "queue %d is not known here", id) end
   return st
 end
 
@@ -227,13 +224,19 @@ local function wait_local(st, op, ...)
   return nil, x
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- the public operations (a handle's methods call these)
 
+--- A queue handle's methods: q:put, q:get, q:close, q:len.
+-- @section Queue
+
+--- q:put(v, timeout): adds v (any value that crosses processes but nil),
+-- waiting at most timeout seconds (nil: no limit) for room.
+-- @return true, or nil, "full" | "closed"
 function M.put(self, v, timeout)
   local id = state_of(self, "put")
-  if v == nil then error("orch.queue: put: cannot put nil", 3) end
-  check_timeout(timeout, "put")
+  if v == nil then check.fail("orch.queue", "put: cannot put nil") end
+  check.timeout("orch.queue", "put", timeout)
   if core.in_child() then
     local ok, err = core.call("queue", "put", id, v, timeout)
     if ok then return true end
@@ -241,13 +244,16 @@ function M.put(self, v, timeout)
   end
   local st = parent_state(id)
   local good, err = pcall(core.encode, v)  -- it must be able to reach a child
-  if not good then error("orch.queue: put: " .. tostring(err), 3) end
+  if not good then check.fail("orch.queue", "put: %s", tostring(err)) end
   return wait_local(st, "put", v, timeout)
 end
 
+--- q:get(timeout): takes the oldest item, waiting at most timeout seconds
+-- (nil: no limit) for one.
+-- @return the item, or nil, "timeout" | "closed"
 function M.get(self, timeout)
   local id = state_of(self, "get")
-  check_timeout(timeout, "get")
+  check.timeout("orch.queue", "get", timeout)
   if core.in_child() then
     local ok, x = core.call("queue", "get", id, timeout)
     if ok then return x end
@@ -256,6 +262,8 @@ function M.get(self, timeout)
   return wait_local(parent_state(id), "get", timeout)
 end
 
+--- q:close(): no more puts; gets take what is left, then answer nil,
+-- "closed".
 function M.close(self)
   local id = state_of(self, "close")
   if core.in_child() then
@@ -265,6 +273,8 @@ function M.close(self)
   do_close(parent_state(id))
 end
 
+--- q:len() (or #q in the parent): the number of items in the queue.
+-- @treturn integer
 function M.len(self)
   local id = state_of(self, "len")
   if core.in_child() then
@@ -339,26 +349,15 @@ end
 
 child.on_call("queue", serve_call, watch)
 
-local VALID = { capacity = true }
+local OPTIONS = { capacity = "positive integer" }
 
---- orch.queue{ capacity = N } -> handle. Created in the parent, before the
+-- orch.queue{ capacity = N } -> handle. Created in the parent, before the
 -- pools and supervisors whose children use it.
 function M.new(opts)
-  if opts == nil then opts = {} end
-  if type(opts) ~= "table" then
-    error(("orch.queue: options must be a table, got %s"):format(type(opts)), 2)
-  end
-  for k in pairs(opts) do
-    if not VALID[k] then
-      error(("orch.queue: unknown option '%s' (valid: capacity)"):format(tostring(k)), 2)
-    end
-  end
+  opts = check.options("orch.queue", opts, OPTIONS)
   local cap = opts.capacity
-  if cap ~= nil and (math.type(cap) ~= "integer" or cap < 1) then
-    error(("orch.queue: option 'capacity' must be a positive integer, got %s"):format(tostring(cap)), 2)
-  end
   if core.in_child() then
-    error("orch.queue: queues are created in the parent process, before its children", 2)
+    check.fail("orch.queue", "queues are created in the parent process, before its children")
   end
   next_id = next_id + 1
   queues[next_id] = {

@@ -4,6 +4,7 @@
 -- one, two_stage: the first signal asks for the ordered stop of what runs,
 -- the second kills it.
 local core = require "orch.core"
+local check = require "orch.check"
 
 local signal = {}
 
@@ -20,17 +21,17 @@ end
 -- default (orch's, when a pool or supervisor installed one, else the OS's).
 function signal.on_signal(name, fn)
   if not NAMES[name] then
-    error(("orch.on_signal: unknown signal '%s' (valid: INT, TERM, HUP, QUIT, USR1, USR2)")
-      :format(tostring(name)), 2)
+    check.fail("orch.on_signal", "unknown signal %s (valid: INT, TERM, HUP, QUIT, USR1, USR2)",
+      type(name) == "string" and ("'%s'"):format(name) or check.show(name))
   end
   if fn ~= nil and type(fn) ~= "function" then
-    error("orch.on_signal: handler must be a function or nil", 2)
+    check.fail("orch.on_signal", "handler must be a function or nil (got %s)", check.show(fn))
   end
   user[name] = fn ~= nil or nil
   core.on_signal(name, fn or current_default(name))
 end
 
---- Installs orch's default handler for name unless the script has its own.
+-- Installs orch's default handler for name unless the script has its own.
 -- Defaults stack: a supervisor's, installed while it runs, hides the
 -- pools' one until it is removed. Returns the function that removes it.
 function signal.set_default(name, fn)
@@ -46,7 +47,7 @@ function signal.set_default(name, fn)
   end
 end
 
---- orch's INT/TERM default for a party that runs children (the pools, the
+-- orch's INT/TERM default for a party that runs children (the pools, the
 -- running supervisors): the first INT or TERM calls party.stop(name) (the
 -- ordered stop of what it runs), every later one party.kill(name). Parties
 -- stack like set_default: the newest hides the others until it is

@@ -19,10 +19,11 @@
 -- - a service has at most one child (s.proc) at a time; s.proc is cleared
 --   only in on_exit, after every frame the child wrote was dispatched, so a
 --   consumer is asked to stop only when all its producers' puts are in.
--- - nothing alive after reconcile() means nothing will ever happen again:
---   restarts are immediate, so run() is over.
+-- - nothing alive and no restart waiting out its delay (s.delay_timer)
+--   after reconcile() means nothing will ever happen again: run() is over.
 -- - every transition is logged with the service's name and pid.
 local core = require "orch.core"
+local check = require "orch.check"
 local loop = require "orch.loop"
 local log = require "orch.log"
 local signal = require "orch.signal"
@@ -36,6 +37,9 @@ local unpack = table.unpack
 
 local M = {}
 
+--- Services with an ordered start and stop, made by orch.supervisor(spec);
+-- a to-be-closed value (leaving its scope stops it, in order).
+-- @type Supervisor
 local Supervisor = {}
 Supervisor.__index = Supervisor
 Supervisor.__name = "orch.supervisor"
@@ -43,21 +47,30 @@ Supervisor.__name = "orch.supervisor"
 -- In a service's child: the service's name (orch.ready needs it).
 M.current_service = nil
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- signals: the first INT/TERM starts the ordered shutdown of every running
--- supervisor, the second kills what is left; once all is down the process
--- ends by that signal.
+-- supervisor, the second kills what is left; once all is down the waiting
+-- script gets an Interrupted error (its <close> handlers run), which, left
+-- uncaught, ends the process by that signal.
 
 local active = {}  -- running supervisors
 local n_active = 0
 local remove_default = nil
 local signalled = nil  -- the first signal's name
 
--- After each signal: the supervisors move on; once none runs, the process
--- ends by the first signal.
+-- Once no supervisor runs after a signal: the waiting script is
+-- interrupted by the first signal.
+local function interrupt_if_down()
+  if n_active == 0 and signalled then
+    loop.interrupt(signalled)
+    signalled = nil
+  end
+end
+
+-- After each signal: the supervisors move on.
 local function after_signal()
   for sup in pairs(active) do sup:_check() end
-  if n_active == 0 and signalled then core.die_by(signalled) end
+  interrupt_if_down()
 end
 
 local party = {}
@@ -89,11 +102,11 @@ local function deactivate(sup)
       remove_default()
       remove_default = nil
     end
-    if signalled then core.die_by(signalled) end  -- all down: end as Unix expects
+    interrupt_if_down()
   end
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- the reconciler
 
 local function alive(s) return s.proc ~= nil end
@@ -125,7 +138,7 @@ local function spawn(self, s)
   end
   s.exit_code, s.signal, s.asked, s.not_ready = nil, nil, false, nil
   local proc = core.spawn(main, on_message, on_exit)
-  s.proc, s.pid = proc, proc:pid()
+  s.proc, s.pid, s.started_at = proc, proc:pid(), core.now()
   if s.notify then
     s.state = "starting"
     say(s, "info", "started, waiting for it to be ready (%gs at most)", s.ready_timeout)
@@ -170,6 +183,28 @@ local function any_alive(list)
   return false
 end
 
+-- A restart waiting out its delay goes no further.
+local function cancel_delay(s)
+  if s.delay_timer then s.delay_timer:stop(); s.delay_timer = nil end
+end
+
+-- s is to be restarted: it waits restart_delay seconds first, times
+-- restart_backoff for each restart in a row, at most restart_delay_max;
+-- a run that lasted restart_window seconds starts the row over.
+function Supervisor:_delay_restart(s)
+  if s.started_at and core.now() - s.started_at >= self.restart_window then s.in_a_row = 0 end
+  local n = s.in_a_row or 0
+  s.in_a_row = n + 1
+  local delay = math.min(s.restart_delay * s.restart_backoff ^ n, s.restart_delay_max)
+  if delay <= 0 then return end
+  say(s, "info", "restarting in %gs", delay)
+  cancel_delay(s)
+  s.delay_timer = core.timer(delay, function()
+    s.delay_timer = nil
+    self:_check()
+  end)
+end
+
 -- Moves every service a step towards its wish; repeats until stable.
 function Supervisor:_reconcile()
   local changed = true
@@ -190,7 +225,7 @@ function Supervisor:_reconcile()
         if alive(s) and not s.asked and not any_alive(s.dependents) then
           ask_stop(s)
         end
-      elseif not alive(s) and deps_ready(s, self.by_name) then
+      elseif not alive(s) and not s.delay_timer and deps_ready(s, self.by_name) then
         if s.restarting then
           s.restarting = nil
           s.restarts = s.restarts + 1
@@ -203,8 +238,12 @@ function Supervisor:_reconcile()
   end
 end
 
+-- Something may still happen: a service runs or waits to be restarted.
 function Supervisor:_any_alive()
-  return any_alive(self.services)
+  for _, s in ipairs(self.services) do
+    if alive(s) or s.delay_timer then return true end
+  end
+  return false
 end
 
 -- Called after every event: reconcile, then notice the end.
@@ -240,6 +279,15 @@ function Supervisor:_cycle(set)
   end
 end
 
+-- s and every service in the list are to stay down.
+local function all_down(list)
+  for _, s in ipairs(list) do
+    s.want = "down"
+    s.restarting = nil
+    cancel_delay(s)
+  end
+end
+
 function Supervisor:_exited(s, proc, how, code)
   child.exited(proc)
   if s.proc ~= proc then return end
@@ -263,14 +311,17 @@ function Supervisor:_exited(s, proc, how, code)
     local again = s.restart == "permanent" or (s.restart == "transient" and failed)
     if again then
       if self:_intensity_exceeded() then
-        self.error = ("service '%s' failed and the restart limit was reached (%d restarts in %gs): giving up")
-          :format(s.name, self.max_restarts, self.restart_window)
+        self.error = ("service '%s' %s and the restart limit was reached (%d restarts in %gs): giving up")
+          :format(s.name, failed and "failed" or "exited", self.max_restarts, self.restart_window)
         say(s, "error", "%s", self.error)
         self:_shutdown("restart limit reached")
-      elseif self.strategy == "one_for_one" then
-        s.restarting = true
       else
-        self:_cycle(self:_restart_set(s, self.strategy))
+        self:_delay_restart(s)
+        if self.strategy == "one_for_one" then
+          s.restarting = true
+        else
+          self:_cycle(self:_restart_set(s, self.strategy))
+        end
       end
     else
       s.want = "down"
@@ -296,10 +347,7 @@ function Supervisor:_shutdown(why)
   self.stopping_all = true
   log.deliver("info", ("supervisor: shutting down (%s)"):format(why), log.name, core.getpid())
   self.cycle = nil
-  for _, s in ipairs(self.services) do
-    s.want = "down"
-    s.restarting = nil
-  end
+  all_down(self.services)
   self.shutdown_timer = core.timer(self.shutdown_timeout, function()
     self.shutdown_timer = nil
     self:_kill_all(("shutdown_timeout (%gs) passed"):format(self.shutdown_timeout))
@@ -308,9 +356,8 @@ end
 
 function Supervisor:_kill_all(why)
   self.stopping_all = true
+  all_down(self.services)
   for _, s in ipairs(self.services) do
-    s.want = "down"
-    s.restarting = nil
     if alive(s) then
       say(s, "warn", "killed: %s", why)
       s.killed = true
@@ -319,20 +366,18 @@ function Supervisor:_kill_all(why)
   end
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- the public methods
 
 local function check_self(self, fn)
-  if getmetatable(self) ~= Supervisor then
-    error(("orch.supervisor: %s: call it as sup:%s(...)"):format(fn, fn), 3)
-  end
+  check.method(self, Supervisor, fn)
 end
 
 local function check_name(self, name, fn)
   local s = self.by_name[name]
   if not s then
-    error(("orch.supervisor: %s: unknown service '%s' (services: %s)")
-      :format(fn, tostring(name), keys(self.by_name)), 3)
+    check.fail("orch.supervisor", "%s: unknown service %s (services: %s)", fn,
+      type(name) == "string" and ("'%s'"):format(name) or check.show(name), keys(self.by_name))
   end
   return s
 end
@@ -341,7 +386,7 @@ end
 -- all are ready, or nil, err when the supervisor gave up or is stopping.
 function Supervisor:start()
   check_self(self, "start")
-  if core.in_child() then error("orch.supervisor: start: only in the parent process", 2) end
+  if core.in_child() then check.fail("orch.supervisor", "start: only in the parent process") end
   if self.stopping_all and not self.finished then return nil, "stopping" end
   if self.finished then
     -- started again after a full stop
@@ -388,8 +433,7 @@ function Supervisor:stop(name)
   local s = check_name(self, name, "stop")
   local set = with_dependents(s)
   for t in pairs(set) do
-    t.want = "down"
-    t.restarting = nil
+    all_down({ t })
     if self.cycle then self.cycle[t] = nil end
   end
   self:_check()
@@ -451,15 +495,15 @@ function Supervisor:__tostring()
   return ("orch.supervisor (%d services)"):format(#self.services)
 end
 
---- Closing a supervisor stops it (ordered).
+-- Closing a supervisor stops it (ordered).
 function Supervisor:__close()
   if self.started and not self.finished then self:stop() end
 end
 
---- orch.supervisor(spec) -> Supervisor
+-- orch.supervisor(spec) -> Supervisor
 function M.new(spec)
   local services, by_name, order = services_of(spec)
-  if core.in_child() then error("orch.supervisor: supervisors run in the parent process", 2) end
+  if core.in_child() then check.fail("orch.supervisor", "supervisors run in the parent process") end
   local sup = setmetatable({
     services = services, by_name = by_name, order = order,
     strategy = spec.strategy or "one_for_one",
@@ -471,7 +515,7 @@ function M.new(spec)
   return sup
 end
 
---- orch.ready(): inside a service, says it is ready. Elsewhere it does
+-- orch.ready(): inside a service, says it is ready. Elsewhere it does
 -- nothing and returns false.
 function M.ready()
   if not (core.in_child() and M.current_service) then return false end

@@ -25,6 +25,21 @@ busted's own options follow.
 
 ]]
 
+-- busted's own usage, as its option parser words it for --help (which it
+-- hands back as an error: "busted: error: Usage: ...; re-run with ...").
+local function busted_usage()
+  local parser = require("busted.modules.cli")({ standalone = false })
+  parser:set_name("busted")
+  local _, usage = parser:parse({ "--help" })
+  return (tostring(usage):gsub("^busted: error: ", ""):gsub(";%s*re%-run with %-%-help for usage%.%s*$", ""))
+end
+
+--- orch busted --help: orch's options, then busted's own usage; exit 0.
+function cli.help()
+  io.stdout:write(HELP, busted_usage(), "\n")
+  return 0
+end
+
 --- cli.split(argv) -> opts, busted_args | nil, err: orch's own options out
 -- of a command line, checked (jobs defaults to the number of CPUs).
 function cli.split(argv)
@@ -70,7 +85,7 @@ function cli.run(args)
     return 2
   end
   for _, a in ipairs(rest) do
-    if a == "--help" or a == "-h" then io.stderr:write(HELP) end
+    if a == "--help" or a == "-h" then return cli.help() end
   end
   return require("orch.busted.run").run(rest, opts)
 end

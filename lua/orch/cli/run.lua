@@ -42,25 +42,25 @@ local function fail(message)
   io.stderr:write("orch: run: ", message, "\n")
 end
 
--- The signal name an uncaught "interrupted" error carries, or nil.
-local function interrupted_by(err)
-  return tostring(err):match("^interrupted %(SIG(%u+%d*)%)")
+-- An uncaught interruption (orch.Interrupted) ends the process by its
+-- signal, with one line and no traceback.
+local function die_if_interrupted(err)
+  if orch.Interrupted.is(err) then
+    io.stderr:write("orch: ", tostring(err), "\n")
+    core.die_by(err.signal)
+  end
 end
 
--- Calls fn(...); an uncaught interruption ends the process by its signal
--- (one line, no traceback), any other error is written with its traceback.
+-- Calls fn(...); an interruption ends the process by its signal, any
+-- other error is written with its traceback.
 local function call(what, fn, ...)
   local res = table.pack(xpcall(fn, function(e)
-    if interrupted_by(e) then return e end
+    if orch.Interrupted.is(e) then return e end
     -- the user's frames only: orch's own start at this xpcall
     return (debug.traceback(tostring(e), 2):gsub("\n\t%[C%]: in function 'xpcall'.*$", ""))
   end, ...))
   if res[1] then return true, table.unpack(res, 2, res.n) end
-  local sig = interrupted_by(res[2])
-  if sig then
-    io.stderr:write("orch: ", tostring(res[2]), "\n")
-    core.die_by(sig)
-  end
+  die_if_interrupted(res[2])
   fail(("%s failed:\n%s"):format(what, tostring(res[2])))
   return false
 end
@@ -106,7 +106,11 @@ local function run_services(args, spec)
     io.write(("%s: %d services, spec ok\n"):format(args.file, #spec.services))
     return 0
   end
-  local done, why = sup:run()
+  local ok, done, why = pcall(sup.run, sup)
+  if not ok then
+    die_if_interrupted(done)
+    error(done, 0)
+  end
   if not done then
     fail(tostring(why))
     return 1
