@@ -192,7 +192,7 @@ describe("orch.pool", function()
     assert.are.same({ 2, 1 }, order)
   end)
 
-  it("sends short tasks ahead even to more workers than cores", function()
+  it("sends short tasks ahead even to more workers than cores #novalgrind", function()
     -- a task's time as the parent sees it is mostly waiting for a core
     -- when 64 workers share a few: scaled by the share, the pipeline
     -- stays deep instead of one task (and one wake-up) at a time
