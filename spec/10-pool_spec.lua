@@ -36,6 +36,22 @@ describe("orch.pool", function()
     assert.are.equal(1, t[1])
   end)
 
+  it("runs each new closure with its own upvalues and its own code", function()
+    -- closures of one prototype share its code, each with its upvalues;
+    -- two functions on one line, and chunks loaded under one name, differ
+    local futs = {}
+    for i = 1, 100 do
+      local k = i
+      local f, g = function(x) return x + k end, function(x) return x * k end
+      local h = load("return function(x) return x - " .. i .. " end", "=same")()
+      futs[#futs + 1] = { pool:submit(f, 1), 1 + k }
+      futs[#futs + 1] = { pool:submit(g, 2), 2 * k }
+      futs[#futs + 1] = { pool:submit(h, 0), -i }
+      if i % 25 == 0 then collectgarbage() end  -- closures seen before go
+    end
+    for _, p in ipairs(futs) do assert.are.equal(p[2], p[1]:result()) end
+  end)
+
   it("runs a 'module.name' string and a C function", function()
     assert.are.equal("ab", pool:submit("string.rep", "a", 1):result() .. "b")
     assert.are.equal("x-x-x", pool:submit(string.rep, "x", 3, "-"):result())
@@ -109,6 +125,25 @@ describe("orch.pool", function()
     assert.are.same({}, pool:map(sq, {}))
   end)
 
+  it("maps in chunks sized from the items and the workers unless told", function()
+    local items = {}
+    for i = 1, 1000 do items[i] = i end
+    local inc = function(x) return x + 1 end
+    local function tasks_of(opts)
+      local before = pool:stats().done
+      local r = pool:map(inc, items, opts)
+      assert.are.equal(1001, r[1000])
+      return pool:stats().done - before
+    end
+    assert.are.equal(8, tasks_of(nil))  -- 4 chunks for each of 2 workers
+    assert.are.equal(8, tasks_of({ chunk = "auto" }))
+    assert.are.equal(1000, tasks_of({ chunk = 1 }))
+    assert.are.same({ 2, 3 }, pool:map(inc, { 1, 2 }))  -- fewer items than chunks: 1 each
+    local n = 0
+    for _ in pool:imap(inc, items) do n = n + 1 end
+    assert.are.equal(1000, n)
+  end)
+
   it("maps chunks of tables, keeping shared items shared within a chunk", function()
     local shared = { n = 1 }
     local items = { shared, shared, { n = 3 }, { n = 4 }, { n = 5 } }
@@ -155,6 +190,21 @@ describe("orch.pool", function()
       assert.are.equal(delays[i], v)
     end
     assert.are.same({ 2, 1 }, order)
+  end)
+
+  it("sends short tasks ahead even to more workers than cores #novalgrind", function()
+    -- a task's time as the parent sees it is mostly waiting for a core
+    -- when 64 workers share a few: scaled by the share, the pipeline
+    -- stays deep instead of one task (and one wake-up) at a time
+    local many <close> = orch.pool{ workers = 64 }
+    local futs = {}
+    for i = 1, 20000 do futs[i] = many:submit(function(x) return x end, i) end
+    local depth = 0  -- the deepest seen while every worker is busy (the tail drains)
+    for i = 1, 20000 do
+      assert.are.equal(i, futs[i]:result())
+      if i % 500 == 0 and i <= 15000 then depth = math.max(depth, many.dispatcher.pipeline) end
+    end
+    assert.is_true(depth >= 8, "pipeline " .. depth)
   end)
 
   it("counts in stats", function()

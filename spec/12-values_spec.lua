@@ -64,6 +64,23 @@ describe("values through a pool", function()
     assert.is_true(ticks > 0)  -- timers fired while the value was moving
   end)
 
+  it("queues frames behind a big value that is still being written #novalgrind", function()
+    -- one worker, so every frame goes down one channel: small tasks and a
+    -- second big one are queued while the first is only partly written
+    local one <close> = orch.pool{ workers = 1 }
+    local big = string.rep("abcdefgh", 2 * 1024 * 1024)  -- 16 MiB
+    local futs = { one:submit(echo, big) }
+    for _ = 1, 3 do core.step(0) end
+    for i = 1, 50 do futs[#futs + 1] = one:submit(echo, i) end
+    futs[#futs + 1] = one:submit(echo, big:upper())
+    for _ = 1, 3 do core.step(0) end
+    for i = 51, 100 do futs[#futs + 1] = one:submit(echo, i) end
+    assert.are.equal(big, futs[1]:result())
+    for i = 1, 50 do assert.are.equal(i, futs[1 + i]:result()) end
+    assert.are.equal(big:upper(), futs[52]:result())
+    for i = 51, 100 do assert.are.equal(i, futs[2 + i]:result()) end
+  end)
+
   it("refuses an argument that cannot cross, naming its place, at submit", function()
     assert.has_error(function()
       pool:submit(echo, 1, { conn = io.stdout })

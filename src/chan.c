@@ -68,7 +68,7 @@ void chan_free(chan *c)
 void chan_rollback(chan *c)
 {
     if (c->frame_open) {
-        c->out.len = c->frame_at;
+        c->out.len = c->out.off + c->frame_at;
         c->frame_open = 0;
     }
 }
@@ -78,7 +78,7 @@ int chan_frame_begin(chan *c, int type)
     chan_rollback(c);
     if (wbuf_reserve(&c->out, FRAME_HEADER) < 0)
         return -1;
-    c->frame_at = c->out.len;
+    c->frame_at = c->out.len - c->out.off;
     c->out.data[c->out.len + 4] = (char)type;
     c->out.len += FRAME_HEADER;
     c->frame_open = 1;
@@ -87,12 +87,12 @@ int chan_frame_begin(chan *c, int type)
 
 int chan_frame_end(chan *c)
 {
-    size_t n = c->out.len - c->frame_at - FRAME_HEADER;
+    size_t n = c->out.len - c->out.off - c->frame_at - FRAME_HEADER;
     if (n > FRAME_MAX) {
         chan_rollback(c);
         return -1;
     }
-    unsigned char *h = (unsigned char *)c->out.data + c->frame_at;
+    unsigned char *h = (unsigned char *)c->out.data + c->out.off + c->frame_at;
     h[0] = (unsigned char)(n & 0xff);
     h[1] = (unsigned char)((n >> 8) & 0xff);
     h[2] = (unsigned char)((n >> 16) & 0xff);
@@ -152,10 +152,8 @@ int chan_flush(chan *c)
         }
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            wbuf_compact(b);
-            return 1;
-        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 1;  /* the rest stays where it is: see wbuf_reserve */
         return -1;
     }
     wbuf_reset(b);

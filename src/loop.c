@@ -30,7 +30,9 @@ static unsigned long calls;           /* callbacks into Lua so far */
 
 /* Before it blocks, step polls for this long: a reply that comes within
  * it is taken at once, without the cost of sleeping and being woken (tens
- * of microseconds on a virtual machine), which is most of a round trip. */
+ * of microseconds on a virtual machine), which is most of a round trip.
+ * Only while a core is free for it (spin_pays): otherwise the poll takes
+ * the core from the workers it waits for. */
 #define SPIN_SECONDS 50e-6
 
 struct ev_loop *loop_get(void)
@@ -105,7 +107,7 @@ static int l_step(lua_State *L)
     lua_State *outer = running_L;
     running_L = L;
     unsigned long before = calls;
-    if (timeout != 0) {
+    if (timeout != 0 && spin_pays()) {
         ev_tstamp until = ev_time() + (timeout > 0 && timeout < SPIN_SECONDS ? timeout : SPIN_SECONDS);
         do
             ev_run(loop, EVRUN_NOWAIT);

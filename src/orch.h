@@ -24,6 +24,12 @@
 
 #define ORCH_HIDDEN __attribute__((visibility("hidden")))
 
+/* ---- spin.c: whether polling before blocking pays -----------------------
+ * 1 while the runnable processes of the system (/proc/loadavg, read at most
+ * every 2 ms) do not outnumber the cores: polling then takes no core from
+ * anyone. */
+ORCH_HIDDEN int spin_pays(void);
+
 /* ---- wbuf.c: a growable byte buffer ------------------------------------
  * Owned by a userdata (or a module-level static) so that a Lua error raised
  * while it is being filled leaks nothing. */
@@ -195,7 +201,7 @@ static inline void stop_unpack(int value, int *key, int *level)
 typedef struct chan {
     int rfd, wfd;      /* -1 when closed */
     wbuf in, out;
-    size_t frame_at;   /* where the open frame starts in out */
+    size_t frame_at;   /* where the open frame starts in out, from out.off */
     int frame_open;
 } chan;
 

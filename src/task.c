@@ -63,8 +63,82 @@ static lua_Integer code_id(lua_State *L, int code)
     return id;
 }
 
+/* Prototypes (parent).
+ * A new closure of a function already sent (an inline function in a loop)
+ * is known by its prototype, so its code is not dumped again. Lua's API has
+ * no call for a closure's prototype: it is read from Lua 5.4's closure
+ * layout (lobject.h's LClosure), and only after task_open has checked that
+ * layout on closures it made itself. fn_by_proto holds, weakly, one
+ * closure per prototype: while that closure lives its prototype cannot be
+ * freed, so the address cannot stand for another function; when it is
+ * collected the entry goes in the same cycle, before any prototype is. */
+struct lclosure_head {  /* ClosureHeader, then Proto *p */
+    void *next;
+    unsigned char tt, marked, nupvalues;
+    void *gclist;
+    const void *p;
+};
+
+static int fn_by_proto = LUA_NOREF; /* weak-valued: prototype -> a closure */
+static int protos_readable;         /* the layout check passed */
+
+static const void *proto_of(lua_State *L, int idx)
+{
+    const struct lclosure_head *c = lua_topointer(L, idx);
+    return c->p;
+}
+
+/* Two closures of one prototype and one of another, with 1, 1 and 0
+ * upvalues: the layout is Lua 5.4's if the header and prototypes agree. */
+static void check_proto_layout(lua_State *L)
+{
+    static const char probe[] =
+        "local function f(a) return function() return a end end\n"
+        "return f(1), f(2), function() end";
+    protos_readable = 0;
+    if (luaL_loadstring(L, probe) != LUA_OK || lua_pcall(L, 0, 3, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        return;
+    }
+    const struct lclosure_head *a = lua_topointer(L, -3), *b = lua_topointer(L, -2),
+                               *c = lua_topointer(L, -1);
+    protos_readable = a->tt == LUA_TFUNCTION && b->tt == LUA_TFUNCTION && c->tt == LUA_TFUNCTION
+        && a->nupvalues == 1 && b->nupvalues == 1 && c->nupvalues == 0
+        && a->p != NULL && a->p == b->p && a->p != c->p && c->p != NULL;
+    lua_pop(L, 3);
+}
+
+/* The id of a closure whose prototype was seen, or 0. */
+static lua_Integer proto_id(lua_State *L, int fidx)
+{
+    if (!protos_readable)
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_proto);
+    if (lua_rawgetp(L, -1, proto_of(L, fidx)) != LUA_TFUNCTION) {
+        lua_pop(L, 2);
+        return 0;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_closure);
+    lua_insert(L, -2);
+    lua_rawget(L, -2);                         /* byproto, closures, id? */
+    lua_Integer id = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+    lua_pop(L, 3);
+    return id;
+}
+
+/* Remembers the closure at fidx as its prototype's. */
+static void proto_remember(lua_State *L, int fidx)
+{
+    if (!protos_readable)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_proto);
+    lua_pushvalue(L, fidx);
+    lua_rawsetp(L, -2, proto_of(L, fidx));
+    lua_pop(L, 1);
+}
+
 /* The id of the Lua function at fidx, its code dumped and numbered the
- * first time that code is seen. */
+ * first time that code is seen (or that prototype: proto_id). */
 static lua_Integer function_id(lua_State *L, int fidx)
 {
     lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_closure);
@@ -76,13 +150,19 @@ static lua_Integer function_id(lua_State *L, int fidx)
         return id;
     }
     lua_pop(L, 1);
+    lua_Integer id = proto_id(L, fidx);
+    if (id) {
+        lua_pop(L, 1);
+        return id;
+    }
     wire_dump_function(L, fidx);               /* closures, code */
-    lua_Integer id = code_id(L, lua_gettop(L));
+    id = code_id(L, lua_gettop(L));
     lua_pop(L, 1);                             /* closures */
     lua_pushvalue(L, fidx);
     lua_pushinteger(L, id);
     lua_rawset(L, -3);
     lua_pop(L, 1);
+    proto_remember(L, fidx);
     return id;
 }
 
@@ -298,6 +378,8 @@ void task_open(lua_State *L)
         weak_table(L, &fn_by_closure, "k");
         weak_table(L, &fn_by_code, NULL);
         weak_table(L, &code_by_fn, NULL);
+        weak_table(L, &fn_by_proto, "v");
+        check_proto_layout(L);
     }
     if (lua_getfield(L, LUA_REGISTRYINDEX, FUNCTIONS) != LUA_TTABLE) {
         lua_newtable(L);

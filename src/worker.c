@@ -111,7 +111,9 @@ static int move_frame(wbuf *src, wbuf *dst, const char *payload, size_t plen)
 
 /* The channel is polled this long before the worker blocks on it: the
  * next task of a busy caller is taken without sleeping and being woken,
- * which costs more than the task itself when tasks are small. */
+ * which costs more than the task itself when tasks are small. Only while a
+ * core is free for it (spin_pays): among more runnable processes than
+ * cores, the poll takes the core from the parent or a busy worker. */
 #define SPIN_NS 50000L
 
 /* Finds the next frame: from `deferred` first unless want_reply, then from
@@ -140,7 +142,10 @@ static int next_frame(lua_State *L, int want_reply, wbuf **from, int *type,
         }
         if (chan_flush_blocking(&ch) < 0)
             return 0;
-        ssize_t n = chan_fill_spin(&ch, SPIN_NS);
+        ssize_t n = -1;
+        errno = EAGAIN;
+        if (spin_pays())
+            n = chan_fill_spin(&ch, SPIN_NS);
         if (n < 0 && errno == EAGAIN)
             n = chan_fill(&ch, (size_t)-1);
         if (n == 0 || (n < 0 && errno != EAGAIN))

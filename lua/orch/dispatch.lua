@@ -73,6 +73,7 @@ local PIPELINE_MAX = 32
 -- A worker holds at most PIPELINE_MAX tasks (refill, pump).
 local RING = 64
 local PIPELINE_SECONDS = 0.002
+local CORES = core.cpu_count()  -- cores online
 -- Workers that fail their init this many times in a row break the pool.
 local MAX_INIT_FAILURES = 3
 local SPAWN_BATCH = 64  -- core.spawn's limit
@@ -333,11 +334,17 @@ end
 
 -- w has answered count tasks: the mean time a task holds a worker (from
 -- the start of the first of them) sets the pipeline's depth, the next task
--- starts, and there is more work for w or for the others.
+-- starts, and there is more work for w or for the others. With more busy
+-- workers (and the parent) than cores, a worker has only its share of a
+-- core, and the time a task holds it is mostly waiting for that share:
+-- the time is scaled by the share, or a pool of 256 workers on 2 cores
+-- would see 100 us tasks where there are 1 us ones and send them one by
+-- one, a wake-up each.
 local function answered(self, w, now, count)
   local since = w.started_at
   if since and count > 0 then
-    local ran = (now - since) / count
+    local share = CORES / (self.n_running + 1)
+    local ran = (now - since) / count * (share < 1 and share or 1)
     local mean = self.mean_task
     mean = mean and 0.9 * mean + 0.1 * ran or ran
     self.mean_task = mean
