@@ -137,7 +137,7 @@ describe("orch busted when a spec process dies", function()
     assert.truthy(counts[2] >= 2 and counts[2] < 4)
     assert.matches("stopped after %d+ failures and errors %(%-%-maxfail 2%)", err)
     assert.truthy(orch_spec.eventually(function()
-      return os.execute("! pgrep -f 'slee[p] 3.25' >/dev/null")
+      return os.execute("! env -u LD_PRELOAD pgrep -f 'slee[p] 3.25' >/dev/null")
     end, 3), "a spec process or its child was left running")
   end)
 
@@ -170,7 +170,7 @@ describe("orch busted SIGKILLed", function()
     local pidfile = os.tmpname()
     local p = io.popen(("cd %s && { %s slow/spin_fixture.lua >/dev/null 2>&1 & echo $! >%s; wait; }")
       :format(DIR, ORCH_BUSTED, pidfile))
-    local running = "pgrep -f 'slow/spi[n]_fixture' >/dev/null"
+    local running = "env -u LD_PRELOAD pgrep -f 'slow/spi[n]_fixture' >/dev/null"
     assert.truthy(orch_spec.eventually(function()
       return orch_spec.read_file(pidfile) ~= "" and os.execute(running)
     end, 10))
