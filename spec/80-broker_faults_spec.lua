@@ -44,7 +44,7 @@ describe("orch.pool on a broker, when things fail", function()
   it("a node SIGKILLed mid-task: its tasks run again elsewhere, each future settles once", function()
     srv = redis_server.start()
     local a = srv:worker("k", { workers = 2, lease = 1 })
-    local pool = broker_pool{ broker = srv.url, queue = "k", retries = 1 }
+    local pool = broker_pool{ broker = srv.url, queue = "k", retries = 1, lease = 1 }
     local started, killed = srv.dir .. "/started", srv.dir .. "/killed"
     local futs, settled = {}, {}
     for i = 1, 4 do
@@ -69,7 +69,7 @@ describe("orch.pool on a broker, when things fail", function()
   it("a task that lost its node more than `retries` times fails 'crashed', dead-lettered", function()
     srv = redis_server.start()
     for _ = 1, 3 do srv:worker("c", { workers = 1, lease = 1 }) end
-    local pool = broker_pool{ broker = srv.url, queue = "c", retries = 1 }
+    local pool = broker_pool{ broker = srv.url, queue = "c", retries = 1, lease = 1 }
     local ran = srv.dir .. "/ran"
     local f = pool:submit(kill_my_node, ran)
     assert.is_true(f:wait(20))

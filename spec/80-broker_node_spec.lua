@@ -32,7 +32,8 @@ Client.__index = Client
 local function client(srv, queue)
   local c = assert(redis.connect(srv.url))
   return setmetatable({ c = c, keys = stream.keys(queue), after = "0",
-                        reply = stream.keys(queue).results_prefix .. "spec", results = {} }, Client)
+                        reply = stream.keys(queue).results_prefix .. "spec", results = {},
+                        started = {} }, Client)
 end
 
 function Client:submit(id, fn, args, extra)
@@ -50,7 +51,8 @@ local function mark(path)
   return #s
 end
 
--- Reads results until `n` have come (or timeout): id -> { status, value, node }.
+-- Reads results until `n` have come (or timeout): id -> { status, value, node };
+-- the tasks reported started go to self.started (id -> node).
 function Client:collect(n, timeout)
   local deadline = core.now() + (timeout or 10)
   local count = 0
@@ -61,9 +63,13 @@ function Client:collect(n, timeout)
       for _, e in ipairs(s[2]) do
         self.after = e[1]
         local f = stream.fields(e[2])
-        local id, status, v = stream.decode_result(f)
-        if not self.results[id] then count = count + 1 end
-        self.results[id] = { status = status, value = v, node = f.node }
+        if f.status == "started" then
+          self.started[f.id] = f.node
+        else
+          local id, status, v = stream.decode_result(f)
+          if not self.results[id] then count = count + 1 end
+          self.results[id] = { status = status, value = v, node = f.node }
+        end
       end
     end
   end

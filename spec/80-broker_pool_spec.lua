@@ -133,6 +133,36 @@ describe("orch.pool on a broker", function()
     assert.equal("quick", slow:result())
   end)
 
+  it("a task is 'running' once its node has started it, 'queued' until then", function()
+    local ran = srv.dir .. "/state"
+    local futs = {}
+    for i = 1, 4 do futs[i] = pool:submit(block, ran) end
+    local queued = pool:submit(mark, ran)  -- the four workers are busy: it waits
+    assert.is_true(H.wait_for(function() return count(ran) == 4 end, 10))
+    assert.is_true(H.wait_for(function()
+      for i = 1, 4 do if futs[i]:state() ~= "running" then return false end end
+      return true
+    end, 2))
+    orch.sleep(0.2)
+    assert.equal("queued", queued:state())
+    local stats = pool:stats()
+    assert.equal(4, stats.running)
+    assert.equal(1, stats.queued)
+    local states = {}
+    for _, p in ipairs(orch.status().pools) do
+      for _, t in ipairs(p.tasks) do states[t.id] = t.state .. (t.age and "+age" or "") end
+    end
+    assert.equal("running+age", states[futs[1].id])
+    assert.equal("queued", states[queued.id])
+    for i = 1, 4 do futs[i]:cancel() end
+    assert.equal(5, queued:result())
+    for i = 1, 4 do
+      assert.is_true(futs[i]:wait(10))
+      assert.equal("cancelled", futs[i]:state())
+    end
+    assert.equal(0, pool:stats().running)
+  end)
+
   it("cancels a queued task (it never runs) and a running one (its stop steps)", function()
     local ran = srv.dir .. "/cancel"
     local running = {}
@@ -140,6 +170,7 @@ describe("orch.pool on a broker", function()
     assert.is_true(H.wait_for(function() return count(ran) == 4 end, 10))
     local queued = pool:submit(mark, ran)
     orch.sleep(0.1)
+    assert.equal("queued", queued:state())
     assert.is_true(queued:cancel())
     assert.is_true(queued:wait(5))
     assert.equal("cancelled", queued:state())

@@ -14,7 +14,9 @@ local orch = require "orch"
 
 local LIMIT, RANGES, EXPECTED = 2000000, 20, 148933  -- pi(2e6)
 local STEP = LIMIT // RANGES
-local LEASE = 1  -- seconds: a node that stops renewing loses its tasks after this
+-- seconds: the pool's tasks carry it; a node that stops renewing them
+-- loses them after this
+local LEASE = 1
 
 local function sh(cmd)
   local p = assert(io.popen(cmd))
@@ -54,8 +56,8 @@ end
 
 -- An `orch worker` node in the background, its log in dir; its pid.
 local function start_node(url, i)
-  return tonumber(sh(("scripts/orch worker %s --queue primes --workers 1 --lease %g"
-    .. " >%s/node%d.log 2>&1 & echo $!"):format(url, LEASE, dir, i)))
+  return tonumber(sh(("scripts/orch worker %s --queue primes --workers 1"
+    .. " >%s/node%d.log 2>&1 & echo $!"):format(url, dir, i)))
 end
 
 local function show_log(i)
@@ -70,7 +72,7 @@ local function main(url)
   started[#started + 1] = a
   started[#started + 1] = b
   print(("broker %s, nodes %d and %d"):format(url, a, b))
-  local pool <close> = orch.pool{ broker = url, queue = "primes", retries = 2, lease = 30 }
+  local pool <close> = orch.pool{ broker = url, queue = "primes", retries = 2, lease = LEASE }
   local ranges = {}
   for i = 1, RANGES do ranges[i] = { (i - 1) * STEP, i * STEP } end
   local total, done = 0, 0

@@ -14,7 +14,11 @@
 -- is at least once, so a result for a task no longer held (a late
 -- duplicate, an earlier run of a retried task) is dropped. A task is held
 -- from its XADD until its result; fut.entry is its stream entry once Redis
--- answered the XADD.
+-- answered the XADD. Each task carries the pool's `lease`: how long its
+-- node may go without renewing it before another node takes it over.
+-- A node reports a task started (on the same results stream): the future
+-- is then "running" (fut.started: when the report came), as with local
+-- workers; timeouts run on the node, so nothing is timed here.
 --
 -- Stops (fut:cancel, fut:kill, fail_fast, terminate) are batched per loop
 -- turn into one stream.stop script: an entry no node has read is deleted
@@ -25,7 +29,8 @@
 -- While Redis is unreachable, tasks wait in the backlog and stops wait
 -- here; an XADD whose answer was lost with the connection is sent again
 -- (at least once). Past `lease` seconds without a connection, every task
--- not settled fails with kind "error" (broker unreachable). With
+-- not settled fails with kind "error" (broker unreachable): by then the
+-- nodes could not renew their leases either. With
 -- `workers` > 0, a node in this process serves the same queue too.
 local core = require "orch.core"
 local loop = require "orch.loop"
@@ -63,7 +68,7 @@ local function fields_of(self, fut)
   return pcall(stream.task_fields, {
     id = fut.id, reply = self.reply, fn = fut.fn, args = fut.args,
     max = (opts.retries or 0) + 1, timeout = opts.timeout, grace = opts.grace,
-    secret = self.secret,
+    lease = self.lease, secret = self.secret,
   })
 end
 
@@ -80,8 +85,9 @@ local function release(self, fut)
   if self.by_id[key] == fut then
     self.by_id[key] = nil
     self.n_held = self.n_held - 1
+    if fut.started then self.n_started = self.n_started - 1 end
   end
-  fut.worker = nil
+  fut.worker, fut.started = nil, nil
 end
 
 -- Back in the backlog, as if never sent (its XADD was lost).
@@ -133,7 +139,8 @@ local function send_batch(self)
     fut = pop(self.backlog)
   end
   if #futs == 0 then return true end
-  local ok = self.writer:command(stream.add_tasks(self.keys, lists), function(reply, err)
+  local ok = self.writer:command(stream.add_tasks(self.keys, lists, self.lease_ms),
+    function(reply, err)
     sent(self, futs, ids, reply, err)
   end)
   if not ok then
@@ -194,10 +201,18 @@ local function settle(self, fut, status, values)
   self.failed(fut, error_of(fut, values))
 end
 
+-- A node has started the task: it runs, as a local worker's would.
+local function started(self, fut)
+  if fut.started or fut.status ~= "queued" then return end
+  fut.status, fut.started = "running", core.now()
+  self.n_started = self.n_started + 1
+end
+
 function B:_result(f)
-  local id, status, values = stream.decode_result(f)
-  local fut = self.by_id[id]
+  local fut = self.by_id[f.id]
   if not fut then return end  -- a late duplicate, or a run given up
+  if f.status == "started" then return started(self, fut) end
+  local _, status, values = stream.decode_result(f)
   settle(self, fut, status, values)
 end
 
@@ -311,8 +326,9 @@ function B:held()
   return list
 end
 
-function B.where()
-  return nil
+--- No pid (the task runs on another host); when its node started it.
+function B.where(_, fut)
+  return nil, fut.started
 end
 
 ---------------------------------------------------------------------------
@@ -443,15 +459,15 @@ function B:discard()
   self.n_live = 0
 end
 
---- live (this process's node's workers), idle, running (tasks held by the
--- broker), sent ahead, restarts.
+--- live (this process's node's workers), idle, running (tasks a node has
+-- started), sent ahead (tasks sent, not started yet), restarts.
 function B:stats()
   local live, idle = 0, 0
   if self.node and not self.released then
     local s = self.node.pool:stats()
     live, idle = s.workers, s.idle
   end
-  return live, idle, self.n_held, 0, 0
+  return live, idle, self.n_started, self.n_held - self.n_started, 0
 end
 
 local broker = {}
@@ -475,9 +491,10 @@ function broker.new(side, opts)
     backlog = side.backlog, done = side.done, failed = side.failed, waiting = side.waiting,
     url = opts.broker, url_text = opts.broker:gsub("//[^@/]*@", "//"),
     queue = opts.queue or "orch", lease = opts.lease or 30,
+    lease_ms = math.max(1, math.floor((opts.lease or 30) * 1000)),
     secret = secret ~= "" and secret or nil, size = opts.workers or 0,
     max_tasks = opts.max_tasks_per_worker, eager = math.huge,
-    slots = {}, by_id = {}, n_held = 0, n_live = 1, stops = {}, after = "0",
+    slots = {}, by_id = {}, n_held = 0, n_started = 0, n_live = 1, stops = {}, after = "0",
   }, B)
   self.keys = stream.keys(self.queue)
   self.reply = self.keys.results_prefix .. client_id()

@@ -9,10 +9,14 @@
 --
 -- The node reads new tasks with a blocking XREADGROUP on a connection of
 -- its own, asking for as many as it has free workers; a second connection
--- writes results, renews leases (every lease/3 s) and takes over tasks
--- whose node stopped renewing (every lease/2 s, while workers are free).
--- A result is written, the entry acknowledged and deleted in one
--- transaction; a write the connection lost is sent again once it is back.
+-- writes results, renews each task's lease (every third of that lease:
+-- a task carries its pool's; `lease` here is for tasks without one), and,
+-- while workers are free, takes over tasks whose node stopped renewing
+-- (as soon as the first pending task it knows of may run out of lease).
+-- Tasks still running at a check (every 50 ms) are reported started to
+-- their clients, in one batch. A result is written, the entry
+-- acknowledged and deleted in one transaction; a write the connection
+-- lost is sent again once it is back.
 -- On INT or TERM it reads nothing new, lets running tasks finish within
 -- `grace`, hands back what is left (and anything delivered to it that it
 -- never started) for other nodes, then returns. A second signal hurries
@@ -81,13 +85,35 @@ function Node:ahead()
   return self.workers * math.min(AHEAD_MAX, math.floor(AHEAD_SECONDS / math.max(mean, 1e-6)))
 end
 
--- Every AHEAD_SECONDS while tasks run: is one of them long?
+-- Every AHEAD_SECONDS: is one of the running tasks long? And the tasks
+-- its local pool has started since are reported to their clients.
 function Node:check_long()
-  local old, long = core.now() - AHEAD_SECONDS, false
+  local old, long, started = core.now() - AHEAD_SECONDS, false, {}
   for _, r in pairs(self.running) do
-    if r.since < old then long = true; break end
+    if r.since < old then long = true end
+    if not r.reported and r.fut.status == "running" then
+      r.reported = true
+      started[#started + 1] = r.task
+    end
   end
   self.long_task = long
+  self:report_started(started)
+end
+
+--- Tells the clients of these tasks that they have started: one XADD
+-- each, pipelined; a task that has ended by then is never reported (its
+-- result says it all). Lost with the connection: not sent again.
+function Node:report_started(tasks)
+  local replies = {}
+  for _, t in ipairs(tasks) do
+    if t.reply ~= "" then
+      self.writer:command(stream.add_started(t.reply, t.id, self.name), noop)
+      replies[t.reply] = true
+    end
+  end
+  for reply in pairs(replies) do
+    self.writer:command({ "EXPIRE", reply, self.result_ttl or stream.RESULT_TTL }, noop)
+  end
 end
 
 --- Asks for new tasks, as many as there are free workers (a read that
@@ -153,10 +179,17 @@ end
 -- soon will be), else keeps it, in order, until one is: a task never
 -- waits in a worker's pipeline behind a long one.
 function Node:take(entry_id, list, deliveries, stop)
-  if self.n_running < self.workers + self:ahead() then return self:start(entry_id, list, deliveries, stop) end
+  -- held already (a recovered entry whose read came in after all)
+  if self.running[entry_id] or self.queued[entry_id] or self.writing[entry_id] then return end
+  local lease_ms = stream.lease_ms(stream.fields(list), self.lease_ms) or self.lease_ms
+  self:keep_renewing(lease_ms)
+  if self.n_running < self.workers + self:ahead() then
+    return self:start(entry_id, list, deliveries, stop, lease_ms)
+  end
   local q = self.waiting
   q.tail = q.tail + 1
-  q[q.tail] = { entry_id, list, deliveries, stop }
+  q[q.tail] = { entry_id, list, deliveries, stop, lease_ms }
+  self.queued[entry_id] = true
 end
 
 function Node:start_waiting()
@@ -164,16 +197,18 @@ function Node:start_waiting()
   while not self.stopping and self.n_running < self.workers + self:ahead() and q.head <= q.tail do
     local e = q[q.head]
     q[q.head], q.head = nil, q.head + 1
-    self:start(e[1], e[2], e[3], e[4])
+    self.queued[e[1]] = nil
+    self:start(e[1], e[2], e[3], e[4], e[5])
   end
 end
 
--- The entries delivered to this node: running, then waiting.
+-- The entries delivered to this node, running, then waiting: { id,
+-- deliveries, lease ms }.
 function Node:held_entries()
   local list = {}
-  for id, r in pairs(self.running) do list[#list + 1] = { id, r.deliveries } end
+  for id, r in pairs(self.running) do list[#list + 1] = { id, r.deliveries, r.lease_ms } end
   local q = self.waiting
-  for i = q.head, q.tail do list[#list + 1] = { q[i][1], q[i][3] } end
+  for i = q.head, q.tail do list[#list + 1] = { q[i][1], q[i][3], q[i][5] } end
   return list
 end
 
@@ -181,7 +216,7 @@ end
 -- (dead letter, and a failed result for its client). stop: a stop its
 -- client asked for before this node had it (the entry is answered with
 -- that outcome and never runs).
-function Node:start(entry_id, list, deliveries, stop)
+function Node:start(entry_id, list, deliveries, stop, lease_ms)
   local f = stream.fields(list)
   stop = stop or self.early_stops[entry_id]
   if stop then
@@ -194,7 +229,7 @@ function Node:start(entry_id, list, deliveries, stop)
     return self:refuse(entry_id, f, list, "crashed",
       ("crashed: delivered %d times, its node lost each time"):format(deliveries - 1), deliveries - 1)
   end
-  local task, why = stream.decode_task(f, self.secret)
+  local task, why = stream.decode_task(f, self.secret, self.lease_ms)
   if not task then
     log.warn("node %s: task %s refused: %s", self.name, tostring(f.id), why)
     return self:refuse(entry_id, f, list, "error", why)
@@ -206,7 +241,8 @@ function Node:start(entry_id, list, deliveries, stop)
   if not ok then
     return self:refuse(entry_id, f, list, "error", tostring(fut))
   end
-  self.running[entry_id] = { fut = fut, task = task, deliveries = deliveries, since = core.now() }
+  self.running[entry_id] = { fut = fut, task = task, deliveries = deliveries, since = core.now(),
+                             lease_ms = lease_ms }
   self.n_running = self.n_running + 1
   fut:on_done(function() self:done(entry_id) end)
 end
@@ -279,12 +315,14 @@ function Node:send_finish(ids)
   end)
 end
 
---- Keeps the leases of the running tasks; a task another node took over
--- is cancelled here and its outcome dropped.
-function Node:renew()
+--- Keeps the leases of the held tasks whose lease is lease_ms; a task
+-- another node took over is cancelled here and its outcome dropped.
+function Node:renew(lease_ms)
   local ids = {}
-  for i, e in ipairs(self:held_entries()) do ids[i] = e[1] end
-  if #ids == 0 then return end
+  for _, e in ipairs(self:held_entries()) do
+    if e[3] == lease_ms then ids[#ids + 1] = e[1] end
+  end
+  if #ids == 0 then return false end
   self.writer:command(stream.renew(self.keys, self.name, ids), function(lost)
     if type(lost) ~= "table" or lost.err then return end
     for _, id in ipairs(lost) do
@@ -296,23 +334,76 @@ function Node:renew()
       end
     end
   end)
+  return true
 end
 
---- Takes over tasks whose node stopped renewing their lease.
+--- One renewal timer per lease among the held tasks, every third of it;
+-- it goes when no held task has that lease any more.
+function Node:keep_renewing(lease_ms)
+  if self.renewers[lease_ms] or self.stopping then return end
+  local function tick()
+    if self.stopping or not self:renew(lease_ms) then
+      self.renewers[lease_ms] = nil
+      return
+    end
+    self.renewers[lease_ms] = core.timer(lease_ms / 3000, tick)
+  end
+  self.renewers[lease_ms] = core.timer(lease_ms / 3000, tick)
+end
+
+local CLAIM_MIN = 0.05  -- seconds between two looks for stale tasks, at least
+
+-- Seconds between two looks for stale tasks at the most: half the
+-- shortest lease in use (its own for tasks without one included).
+function Node:claim_period()
+  return math.min(self.lease_ms, self.shortest_lease) / 2000
+end
+
+function Node:claim_in(seconds)
+  if self.claim_timer then self.claim_timer:stop() end
+  self.claim_at = core.now() + seconds
+  self.claim_timer = core.timer(seconds, function()
+    self.claim_timer = nil
+    self:claim()
+  end)
+end
+
+--- Takes over tasks whose node stopped renewing their lease, each judged
+-- by its own lease; looks again as soon as the first task it left may
+-- run out of lease (a full pending list is looked at in pages, back to
+-- back), and at least every half of the shortest lease clients of the
+-- queue have used lately (stream.claim_stale) or of its own.
 function Node:claim()
+  if self.stopping or self.claiming then return end
+  local every = self:claim_period()
   local free = self.workers - self.n_running - self:n_waiting()
-  if self.stopping or self.claiming or free <= 0 then return end
+  if free <= 0 then return self:claim_in(every) end
   self.claiming = true
-  local ok = self.writer:command(stream.claim_stale(self.keys, self.name, self.lease_ms, free),
-    function(reply)
-      self.claiming = false
-      if type(reply) ~= "table" or reply.err or self.stopping then return end
-      for _, e in ipairs(reply) do
-        log.info("node %s: took over %s (delivery %d)", self.name, e[1], e[3])
-        self:take(e[1], e[2], e[3], e[4] or nil)
-      end
-    end)
-  if not ok then self.claiming = false end
+  local ok = self.writer:command(stream.claim_stale(self.keys, self.name, free, self.claim_after,
+    self.lease_ms), function(reply)
+    self.claiming = false
+    if self.stopping then return end
+    if type(reply) ~= "table" or reply.err or type(reply[1]) ~= "table" then
+      return self:claim_in(every)
+    end
+    for _, e in ipairs(reply[1]) do
+      log.info("node %s: took over %s (delivery %d)", self.name, e[1], e[3])
+      self:take(e[1], e[2], e[3], e[4] or nil)
+    end
+    local shortest = tonumber(reply[4]) or -1
+    self.shortest_lease = shortest > 0 and shortest or math.huge
+    local wait = tonumber(reply[2]) or -1
+    if wait >= 0 then self.claim_wait = math.min(self.claim_wait or math.huge, wait / 1000) end
+    self.claim_after = reply[3]
+    if self.claim_after ~= "-" then return self:claim_in(CLAIM_MIN) end  -- the next page
+    local soonest = math.min(self.claim_wait or every, every)
+    self.claim_wait = nil
+    self:claim_in(math.max(soonest, CLAIM_MIN))
+  end)
+  if not ok then
+    self.claiming = false
+    self:claim_in(every)
+  end
 end
 
 local function every(seconds, fn)
@@ -326,9 +417,10 @@ local function every(seconds, fn)
   return t
 end
 
---- Reads stop requests from the control stream: a running task gets
--- its local cancel or kill; one not here yet is remembered for a while
--- (its entry may be on its way to this node).
+--- Reads the control stream: a stop request for a running task gets its
+-- local cancel or kill; one not here yet is remembered for a while (its
+-- entry may be on its way to this node). A lease newly in use may bring
+-- the next look for stale tasks forward.
 function Node:watch()
   if self.stopping or self.watching then return end
   self.watching = true
@@ -340,12 +432,25 @@ function Node:watch()
         for _, entry in ipairs(s[2]) do
           self.control_after = entry[1]
           local f = stream.fields(entry[2])
-          self:apply_stop(f.entry, f.stop)
+          if f.lease then
+            self:lease_used(tonumber(f.lease))
+          else
+            self:apply_stop(f.entry, f.stop)
+          end
         end
       end
       self:watch()
     end)
   if not ok then self.watching = false end  -- the reconnect watches again
+end
+
+function Node:lease_used(lease_ms)
+  if not lease_ms or lease_ms <= 0 or lease_ms >= self.shortest_lease then return end
+  self.shortest_lease = lease_ms
+  local period = self:claim_period()
+  if not self.stopping and self.claim_timer and self.claim_at > core.now() + period then
+    self:claim_in(period)
+  end
 end
 
 function Node:apply_stop(entry_id, stop)
@@ -361,7 +466,8 @@ function Node:apply_stop(entry_id, stop)
   if stop == "killed" then r.fut:kill() else r.fut:cancel() end
 end
 
--- Stops asked for entries this node never got are forgotten after a lease.
+-- Stops asked for entries this node never got are forgotten after a lease
+-- (this node's).
 function Node:forget_early_stops()
   local old = core.now() - self.lease_ms / 1000
   for id, at in pairs(self.early_at) do
@@ -375,7 +481,25 @@ function Node:reconnected()
   for id in pairs(self.writing) do ids[#ids + 1] = id end
   self.to_write = {}
   self:send_finish(ids)
+  self:recover()
   self:pull()
+end
+
+--- Takes the entries the group says this node holds but it does not
+-- know of: delivered by a read (or a claim) whose answer was lost with
+-- the connection. Nobody would renew them; they would be taken over as
+-- if this node were lost.
+function Node:recover()
+  if self.stopping then return end
+  self.writer:command(stream.read_own(self.keys, self.name, 10000), function(reply)
+    if type(reply) ~= "table" or reply.err or self.stopping then return end
+    for _, e in ipairs(reply) do
+      if not (self.running[e[1]] or self.queued[e[1]] or self.writing[e[1]]) then
+        log.info("node %s: %s was delivered here as the connection went; running it", self.name, e[1])
+        self:take(e[1], e[2], e[3])
+      end
+    end
+  end)
 end
 
 function Node:hand_back_all()
@@ -386,7 +510,7 @@ function Node:hand_back_all()
   for _, e in ipairs(self:held_entries()) do
     back[e[1]] = true
     pending = pending + 1
-    self.writer:command(stream.hand_back(self.keys, self.name, e[1], e[2], self.lease_ms), sent)
+    self.writer:command(stream.hand_back(self.keys, self.name, e[1], e[2]), sent)
   end
   -- what was delivered to this node but never taken (a read answered
   -- as it stopped) goes back too
@@ -394,10 +518,19 @@ function Node:hand_back_all()
   for _, p in ipairs(type(held) == "table" and held or {}) do
     if not back[p[1]] and not self.writing[p[1]] then
       pending = pending + 1
-      self.writer:command(stream.hand_back(self.keys, self.name, p[1], p[4], self.lease_ms), sent)
+      self.writer:command(stream.hand_back(self.keys, self.name, p[1], p[4]), sent)
     end
   end
   loop.wait(function() return pending <= 0 end, 5)
+end
+
+function Node:stop_timers()
+  for lease_ms, t in pairs(self.renewers) do
+    t:stop()
+    self.renewers[lease_ms] = nil
+  end
+  if self.claim_timer then self.claim_timer:stop(); self.claim_timer = nil end
+  self.forget_timer.stop(); self.long_timer.stop()
 end
 
 --- The ordered stop: nothing new, running tasks get `grace` seconds,
@@ -405,7 +538,7 @@ end
 function Node:stop()
   if self.stopped then return end
   self.stopped, self.stopping = true, true
-  self.renew_timer.stop(); self.claim_timer.stop(); self.long_timer.stop()
+  self:stop_timers()
   self.reader:close()
   self.control:close()
   local deadline = core.now() + self.grace
@@ -425,7 +558,7 @@ end
 function Node:release(on_released)
   if self.stopped then return end
   self.stopped, self.stopping = true, true
-  self.renew_timer.stop(); self.claim_timer.stop(); self.long_timer.stop()
+  self:stop_timers()
   self.reader:close()
   self.control:close()
   local pending = 1
@@ -438,8 +571,7 @@ function Node:release(on_released)
   end
   for _, r in pairs(self.running) do r.gone = true end
   for _, e in ipairs(self:held_entries()) do
-    local ok = self.writer:command(stream.hand_back(self.keys, self.name, e[1], e[2],
-      self.lease_ms), sent)
+    local ok = self.writer:command(stream.hand_back(self.keys, self.name, e[1], e[2]), sent)
     if ok then pending = pending + 1 end
   end
   self.pool:terminate()
@@ -457,7 +589,7 @@ end
 local function connect_all(self, url)
   local clients, err = redis.connect_each(url, {
     { on_reconnect = function() self:reconnected() end },
-    { on_reconnect = function() self:pull() end },
+    { on_reconnect = function() self:recover(); self:pull() end },
     { on_reconnect = function() self:watch() end },
   })
   if not clients then error("orch.serve: " .. err, 0) end
@@ -480,7 +612,7 @@ function node.start(opts)
     secret = opts.secret or os.getenv("ORCH_SECRET"), result_ttl = opts.result_ttl,
     name = hostname() .. ":" .. core.getpid(), running = {}, n_running = 0, writing = {},
     n_writing = 0, groups = {}, early_stops = {}, early_at = {}, to_write = {},
-    waiting = { head = 1, tail = 0 },
+    waiting = { head = 1, tail = 0 }, queued = {}, renewers = {}, shortest_lease = math.huge, claim_after = "-",
   }, Node)
   self.keys = stream.keys(self.queue)
   connect_all(self, opts.broker)
@@ -492,9 +624,7 @@ function node.start(opts)
     end
   end
   self.pool = orch.pool{ workers = self.workers, max_tasks_per_worker = opts.max_tasks_per_worker }
-  local lease = self.lease_ms / 1000
-  self.renew_timer = every(lease / 3, function() self:renew(); self:forget_early_stops() end)
-  self.claim_timer = every(lease / 2, function() self:claim() end)
+  self.forget_timer = every(self.lease_ms / 3000, function() self:forget_early_stops() end)
   self.long_timer = every(AHEAD_SECONDS, function() self:check_long() end)
   log.info("node %s: serving queue '%s' with %d workers", self.name, self.queue, self.workers)
   self:claim()

@@ -7,22 +7,33 @@
 --   orch:Q:dead          the dead letters (a stream)
 --   orch:Q:results:C     the results for client C (a stream that expires
 --                        `ttl` seconds after its last result)
---   orch:Q:control       stop requests for delivered tasks, which every
+--   orch:Q:control       stop requests for delivered tasks (entry, stop),
+--                        and leases newly in use (lease: ms), which every
 --                        node reads (a stream, capped)
 --   orch:Q:stops         entry id -> the stop asked for it ("cancelled" |
 --                        "killed"), for a node that takes the entry over
+--   orch:Q:leases        entry id -> its lease in ms (a hash written with
+--                        the entry, removed with it): what claim_stale
+--                        judges a pending entry by
+--   orch:Q:leases_used   the leases (ms) clients sent tasks with, scored
+--                        by when they last did (unix s): how often a node
+--                        looks for stale entries
 -- A task entry's fields: id (the client's task id), reply (its results
 -- key), max (deliveries allowed), timeout (seconds, "" for none), lua (the
 -- bytecode format of the client's Lua), p (core.encode(fn, args...):
 -- orch's own wire format, functions as bytecode), grace (seconds between
--- a stop request and SIGKILL, "" for the node's default), sig (HMAC-SHA256
--- of id, reply, max, timeout, lua, p and grace under the shared secret;
--- "" without).
+-- a stop request and SIGKILL, "" for the node's default), lease (seconds
+-- the holder may go without renewing it; absent from older clients'
+-- tasks: the node's default), sig (HMAC-SHA256 of id, reply, max, timeout,
+-- lua, p, grace and, when present, lease under the shared secret; ""
+-- without).
 -- A result entry: id, status ("done" | "failed"), node, p (encode_strict
--- of the values table with n, or of the TaskError's fields).
+-- of the values table with n, or of the TaskError's fields); or id,
+-- status "started", node: the node has started the task.
 -- Delivery is at least once: a node holds an entry in the group's pending
--- list; renew() resets its idle time while the task runs; claim_stale()
--- takes entries idle longer than the lease, with their delivery counts;
+-- list; renew() resets its idle time while the task runs (every third of
+-- the task's lease); claim_stale() takes the entries idle longer than
+-- their own lease (orch:Q:leases), with their delivery counts;
 -- finish() writes the result, acknowledges and deletes the entry in one
 -- transaction, so an entry is acknowledged only with its result written.
 -- stop() is the client's cancel or kill: an entry no node has read is
@@ -45,7 +56,8 @@ stream.LUA_FORMAT = _VERSION .. " " .. string.dump(function() end, true):sub(1, 
 function stream.keys(queue)
   local base = "orch:" .. queue .. ":"
   return { tasks = base .. "tasks", dead = base .. "dead", results_prefix = base .. "results:",
-           control = base .. "control", stops = base .. "stops" }
+           control = base .. "control", stops = base .. "stops", leases = base .. "leases",
+           leases_used = base .. "leases_used" }
 end
 
 --- A flat list of fields (XREADGROUP's) as a table field -> value.
@@ -57,9 +69,12 @@ end
 
 local SIGNED = { "id", "reply", "max", "timeout", "lua", "p", "grace" }
 
+-- The signature covers the lease when the task has one (an older
+-- client's has none): stripping it from a signed task breaks the match.
 local function signature(secret, f)
   local parts = {}
   for i, k in ipairs(SIGNED) do parts[i] = #f[k] .. ":" .. f[k] end
+  if f.lease then parts[#parts + 1] = #f.lease .. ":" .. f.lease end
   return core.hmac_sha256(secret, table.concat(parts, ","))
 end
 
@@ -71,28 +86,39 @@ local function same(a, b)
   return diff == 0
 end
 
---- task_fields{ id, reply, fn, args (with n), max, timeout, grace, secret } -> field list
--- for XADD. What cannot cross is refused here, naming its place.
+--- task_fields{ id, reply, fn, args (with n), max, timeout, grace, lease, secret } ->
+-- field list for XADD. What cannot cross is refused here, naming its place.
 function stream.task_fields(t)
   local args = t.args or { n = 0 }
   local f = {
     id = tostring(t.id), reply = t.reply, max = tostring(t.max or stream.MAX_DELIVERIES),
     timeout = t.timeout and tostring(t.timeout) or "", lua = stream.LUA_FORMAT,
     p = core.encode(t.fn, table.unpack(args, 1, args.n or #args)),
-    grace = t.grace and tostring(t.grace) or "",
+    grace = t.grace and tostring(t.grace) or "", lease = t.lease and tostring(t.lease),
   }
   f.sig = t.secret and signature(t.secret, f) or ""
   local list = {}
   for _, k in ipairs(SIGNED) do list[#list + 1] = k; list[#list + 1] = f[k] end
+  if f.lease then list[#list + 1] = "lease"; list[#list + 1] = f.lease end
   list[#list + 1] = "sig"; list[#list + 1] = f.sig
   return list
 end
 
---- decode_task(fields, secret) -> task | nil, why
--- task = { id, reply, max, timeout, grace, fn, args (with n) }. Refused: a
--- missing field, another bytecode format, an unsigned or mis-signed task
--- when a secret is set, a payload that does not decode.
-function stream.decode_task(f, secret)
+--- The lease of a task's fields in ms, default_ms when it has none; nil
+-- for one that is not a positive number.
+function stream.lease_ms(f, default_ms)
+  if f.lease == nil then return default_ms end
+  local s = tonumber(f.lease)
+  if not s or s ~= s or s <= 0 or s == math.huge then return nil end
+  return math.max(1, math.floor(s * 1000))
+end
+
+--- decode_task(fields, secret, default_lease_ms) -> task | nil, why
+-- task = { id, reply, max, timeout, grace, lease_ms, fn, args (with n) }.
+-- Refused: a missing field, another bytecode format, an unsigned or
+-- mis-signed task when a secret is set, a bad lease, a payload that does
+-- not decode.
+function stream.decode_task(f, secret, default_lease_ms)
   for _, k in ipairs(SIGNED) do
     if type(f[k]) ~= "string" then return nil, ("task without field '%s'"):format(k) end
   end
@@ -104,6 +130,8 @@ function stream.decode_task(f, secret)
     if (f.sig or "") == "" then return nil, "unsigned task refused (this node has a secret)" end
     if not same(f.sig, signature(secret, f)) then return nil, "task with a bad signature refused" end
   end
+  local lease_ms = stream.lease_ms(f, default_lease_ms)
+  if not lease_ms then return nil, ("task with a bad lease %q"):format(tostring(f.lease)) end
   local ok, packed = pcall(function() return table.pack(core.decode(f.p, true)) end)
   if not ok then return nil, "task payload does not decode: " .. tostring(packed) end
   local fn = packed[1]
@@ -112,7 +140,7 @@ function stream.decode_task(f, secret)
   end
   return {
     id = f.id, reply = f.reply, max = tonumber(f.max) or stream.MAX_DELIVERIES,
-    timeout = tonumber(f.timeout), grace = tonumber(f.grace), fn = fn,
+    timeout = tonumber(f.timeout), grace = tonumber(f.grace), lease_ms = lease_ms, fn = fn,
     args = table.pack(table.unpack(packed, 2, packed.n)),
   }
 end
@@ -143,6 +171,11 @@ function stream.result_fields(id, node, values, err)
   return { "id", tostring(id), "status", status, "node", node, "p", p }
 end
 
+--- The note on a client's results stream that a node has started task id.
+function stream.add_started(reply, id, node)
+  return { "XADD", reply, "*", "id", tostring(id), "status", "started", "node", node }
+end
+
 --- decode_result(fields) -> id, "done", values (with n) | id, "failed", error fields
 -- (the fields of a TaskError). Functions never decode here.
 function stream.decode_result(f)
@@ -167,20 +200,29 @@ function stream.add_task(keys, fields)
   return argv
 end
 
--- XADDs the tasks ARGV[2..] (ARGV[1] fields each) in order; returns
--- their entry ids.
+-- XADDs the tasks ARGV[3..] (ARGV[1] fields each) in order, each with
+-- its lease ARGV[2] (ms) in KEYS[2], the lease marked used now in KEYS[3]
+-- (and announced on KEYS[4] when it was not in use); returns their entry
+-- ids.
 local ADD_SCRIPT = [[
 local n, ids = tonumber(ARGV[1]), {}
-for i = 2, #ARGV, n do
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + n - 1))
+for i = 3, #ARGV, n do
+  local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + n - 1))
+  redis.call('HSET', KEYS[2], id, ARGV[2])
+  ids[#ids + 1] = id
+end
+if redis.call('ZADD', KEYS[3], redis.call('TIME')[1], ARGV[2]) == 1 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ]] .. stream.CONTROL_LEN .. [[, '*', 'lease', ARGV[2])
 end
 return ids
 ]]
 
---- Several tasks (field lists of task_fields, all of one length) in one
--- command: the reply is the list of their entry ids.
-function stream.add_tasks(keys, field_lists)
-  local argv = { "EVAL", ADD_SCRIPT, 1, keys.tasks, #field_lists[1] }
+--- Several tasks (field lists of task_fields, all of one length), all
+-- with the lease lease_ms, in one command: the reply is the list of their
+-- entry ids.
+function stream.add_tasks(keys, field_lists, lease_ms)
+  local argv = { "EVAL", ADD_SCRIPT, 4, keys.tasks, keys.leases, keys.leases_used, keys.control,
+                 #field_lists[1], lease_ms }
   for _, fields in ipairs(field_lists) do table.move(fields, 1, #fields, #argv + 1, argv) end
   return argv
 end
@@ -211,23 +253,56 @@ function stream.read_results(results_key, after, count, block_ms)
   return { "XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", results_key, after }
 end
 
--- Takes up to ARGV[3] entries idle for ARGV[2] ms, for consumer ARGV[1];
--- returns { {entry id, fields, deliveries, stop or false}, ... } (deleted
--- entries left out; stop: what a client asked for it, see stop()).
+-- Looks at up to ARGV[5] pending entries after ARGV[4] ("-": from the
+-- start) and takes, for consumer ARGV[2], up to ARGV[3] of those idle for
+-- at least their own lease (KEYS[3], else ARGV[6] ms): an XCLAIM with that
+-- lease as its min-idle-time. Returns { taken, wait, next, shortest } with taken =
+-- { {entry id, fields, deliveries, stop or false, lease ms}, ... }
+-- (deleted entries left out, their lease dropped), wait = ms until the
+-- first entry it looked at and left runs out of lease (0: one has; -1:
+-- it looked at none), next =
+-- where the next call looks ("-" once the end was reached), shortest =
+-- the shortest lease clients sent tasks with in the last LEASES_USED_FOR
+-- seconds (-1: none).
 local CLAIM_SCRIPT = [[
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[4], ARGV[1], ARGV[2], '0-0', 'COUNT', ARGV[3])
-local out = {}
-for _, e in ipairs(r[2]) do
-  if e[2] then
-    local p = redis.call('XPENDING', KEYS[1], ARGV[4], e[1], e[1], 1)
-    out[#out + 1] = { e[1], e[2], p[1] and p[1][4] or 1, redis.call('HGET', KEYS[2], e[1]) }
+local group, free, scan = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[5])
+local pending = redis.call('XPENDING', KEYS[1], group, ARGV[4], '+', scan)
+local taken, wait = {}, -1
+for _, p in ipairs(pending) do
+  local id, idle = p[1], p[3]
+  local lease = tonumber(redis.call('HGET', KEYS[3], id)) or tonumber(ARGV[6])
+  if idle < lease then
+    if wait < 0 or lease - idle < wait then wait = lease - idle end
+  elseif #taken >= free then
+    wait = 0
+  else
+    local e = redis.call('XCLAIM', KEYS[1], group, ARGV[2], lease, id)[1]
+    if e and e[2] then
+      taken[#taken + 1] = { id, e[2], p[4] + 1, redis.call('HGET', KEYS[2], id), lease }
+    else
+      redis.call('HDEL', KEYS[3], id)
+    end
   end
 end
-return out
+local next = '-'
+if #pending == scan then next = '(' .. pending[#pending][1] end
+local shortest = -1
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', redis.call('TIME')[1] - ARGV[7])
+for _, ms in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  if shortest < 0 or tonumber(ms) < shortest then shortest = tonumber(ms) end
+end
+return { taken, wait, next, shortest }
 ]]
 
-function stream.claim_stale(keys, consumer, lease_ms, count)
-  return { "EVAL", CLAIM_SCRIPT, 2, keys.tasks, keys.stops, consumer, lease_ms, count, stream.GROUP }
+stream.LEASES_USED_FOR = 3600
+
+stream.CLAIM_SCAN = 1000  -- pending entries one claim_stale looks at
+
+--- claim_stale(keys, consumer, count, after, default_lease_ms): see CLAIM_SCRIPT.
+function stream.claim_stale(keys, consumer, count, after, default_lease_ms)
+  return { "EVAL", CLAIM_SCRIPT, 4, keys.tasks, keys.stops, keys.leases, keys.leases_used,
+           stream.GROUP, consumer, count, after or "-", stream.CLAIM_SCAN, default_lease_ms,
+           stream.LEASES_USED_FOR }
 end
 
 -- A client's stop (ARGV[2]: "cancelled" | "killed") for the entries
@@ -245,6 +320,7 @@ for i = 3, #ARGV do
       'entry', id, 'stop', ARGV[2])
     out[#out + 1] = 'running'
   elseif redis.call('XDEL', KEYS[1], id) == 1 then
+    redis.call('HDEL', KEYS[4], id)
     out[#out + 1] = 'removed'
   else
     out[#out + 1] = 'gone'
@@ -255,12 +331,13 @@ return out
 ]]
 
 function stream.stop(keys, kind, entry_ids)
-  local argv = { "EVAL", STOP_SCRIPT, 3, keys.tasks, keys.stops, keys.control, stream.GROUP, kind }
+  local argv = { "EVAL", STOP_SCRIPT, 4, keys.tasks, keys.stops, keys.control, keys.leases,
+                 stream.GROUP, kind }
   table.move(entry_ids, 1, #entry_ids, #argv + 1, argv)
   return argv
 end
 
---- Stop requests after the control entry `after`.
+--- Control entries (stops, leases newly in use) after the entry `after`.
 function stream.read_control(keys, after, block_ms)
   return { "XREAD", "COUNT", 1000, "BLOCK", block_ms, "STREAMS", keys.control, after }
 end
@@ -291,11 +368,33 @@ function stream.renew(keys, consumer, entry_ids)
   return argv
 end
 
---- Gives an entry back for another node at once: idle as if its lease had
--- run out, its delivery count as before this delivery.
-function stream.hand_back(keys, consumer, entry_id, deliveries, lease_ms)
-  return { "XCLAIM", keys.tasks, stream.GROUP, consumer, 0, entry_id, "IDLE", lease_ms + 1,
-           "RETRYCOUNT", math.max(deliveries - 1, 0), "JUSTID" }
+-- The idle time (ms) a handed back entry gets: past any lease.
+stream.HANDED_BACK_IDLE = 10000000000  -- about 115 days
+
+--- Gives an entry back for another node at once: idle past any lease,
+-- its delivery count as before this delivery.
+function stream.hand_back(keys, consumer, entry_id, deliveries)
+  return { "XCLAIM", keys.tasks, stream.GROUP, consumer, 0, entry_id, "IDLE",
+           stream.HANDED_BACK_IDLE, "RETRYCOUNT", math.max(deliveries - 1, 0), "JUSTID" }
+end
+
+-- The entries consumer ARGV[2] holds, up to ARGV[3]: { {entry id,
+-- fields, deliveries}, ... } (deleted ones left out).
+local OWN_SCRIPT = [[
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+  'STREAMS', KEYS[1], '0')
+local out = {}
+for _, e in ipairs(r and r[1] and r[1][2] or {}) do
+  if e[2] then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    out[#out + 1] = { e[1], e[2], p[1] and p[1][4] or 1 }
+  end
+end
+return out
+]]
+
+function stream.read_own(keys, consumer, count)
+  return { "EVAL", OWN_SCRIPT, 1, keys.tasks, stream.GROUP, consumer, count }
 end
 
 --- The entries this consumer holds: { {id, consumer, idle, deliveries}, ... }.
@@ -304,7 +403,8 @@ function stream.held(keys, consumer, count)
 end
 
 --- The commands that finish a delivery, for one MULTI ... EXEC: the
--- result (when the task has a reply key), its expiry, the ack, the delete.
+-- result (when the task has a reply key), its expiry, the ack, the delete
+-- (of the entry and its lease).
 function stream.finish(keys, entry_id, reply, result, ttl)
   local cmds = {}
   if reply and reply ~= "" then
@@ -315,6 +415,7 @@ function stream.finish(keys, entry_id, reply, result, ttl)
   end
   cmds[#cmds + 1] = { "XACK", keys.tasks, stream.GROUP, entry_id }
   cmds[#cmds + 1] = { "XDEL", keys.tasks, entry_id }
+  cmds[#cmds + 1] = { "HDEL", keys.leases, entry_id }
   return cmds
 end
 

@@ -30,7 +30,8 @@ by that signal (exit status 130 / 143).]])
   command:option("--queue", "The queue to serve.", "orch")
   command:option("--workers", "Local worker processes (default: the CPU count)."):convert(tonumber)
   command:option("--lease", "Seconds a task may go without a lease renewal before\n"
-    .. "another node takes it over.", "30"):convert(tonumber)
+    .. "another node takes it over, for tasks that carry no lease\n"
+    .. "of their own (pools send theirs with each task).", "30"):convert(tonumber)
   command:option("--grace", "Seconds running tasks get to finish on INT/TERM.", "10")
     :convert(tonumber)
   command:option("--max-tasks-per-worker", "Replace a worker after N tasks."):convert(tonumber)
