@@ -625,6 +625,15 @@ describe("orch.core wire", function()
       assert.has_error(function() encode_slice({ 1, 2, io.stdout }, 2, 3) end,
         "result[2]: cannot send userdata")
       assert.has_error(function() encode_slice({ print }, 1, 1) end)
+      -- past the first batches of values the encoder fetches at once
+      local long = {}
+      for i = 1, 100 do long[i] = i % 3 == 0 and { i } or i * 1000 end
+      long[70] = io.stdout
+      assert.has_error(function() encode_slice(long, 1, 100) end, "result[70]: cannot send userdata")
+      long[70] = 70000
+      local out = {}
+      assert.equal(100, decode_into(encode_slice(long, 1, 100), out, 1))
+      assert.same(long, out)
     end)
 
     it("raise on anything but one whole list, and on a bad offset", function()

@@ -92,6 +92,7 @@ enum {
 #define UVAR_MAX 10
 #define NO_TAG ((size_t)-1) /* a ref with no tag in the stream */
 #define WIRE_MAXLIST 0x7fffffff /* values in one list: a Lua table's limit */
+#define SLICE_BATCH 32 /* values wire_enc_slice fetches before encoding them */
 
 /* kinds of wire_step */
 enum { S_INT, S_VAL, S_KEY, S_UPVAL };
@@ -800,17 +801,23 @@ void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const ch
     size_t w = uvar_put(p + 1, (uint64_t)n);
     p[1 + w] = hash_hint(0);
     e->b->len += 2 + w;
-    int top = lua_gettop(L) + 1;
+    int top = lua_gettop(L) + 1, types[SLICE_BATCH];
     enc_run run = { 0, 0, 0, 0 };
-    for (size_t k = 0; k < n; k++) { /* i + k <= j: no overflow */
-        int t = lua_rawgeti(L, idx, i + (lua_Integer)k);
-        if (t == LUA_TNUMBER && lua_isinteger(L, top)) {
-            run_add(e, &run, lua_tointeger(L, top), n - k); /* most of map's items */
-        } else {
-            run_close(e, &run);
-            st->kind = S_INT;
-            st->n = (lua_Integer)k + 1;
-            enc_any(e, top, t);
+    if (!lua_checkstack(L, SLICE_BATCH))
+        enc_fail(e, "not enough stack space");
+    for (size_t k = 0; k < n;) { /* i + k <= j: no overflow */
+        int m = n - k < SLICE_BATCH ? (int)(n - k) : SLICE_BATCH;
+        for (int q = 0; q < m; q++) /* a batch on the stack, popped at once */
+            types[q] = lua_rawgeti(L, idx, i + (lua_Integer)(k + (size_t)q));
+        for (int q = 0; q < m; q++, k++) {
+            if (types[q] == LUA_TNUMBER && lua_isinteger(L, top + q)) {
+                run_add(e, &run, lua_tointeger(L, top + q), n - k); /* most of map's items */
+            } else {
+                run_close(e, &run);
+                st->kind = S_INT;
+                st->n = (lua_Integer)k + 1;
+                enc_any(e, top + q, types[q]);
+            }
         }
         lua_settop(L, top - 1);
     }
