@@ -23,6 +23,17 @@ bench("decode 1000-integer table x1000", 1000, function(n) for _ = 1, n do decod
 bench("encode+decode 1000-integer table x1000", 1000,
       function(n) for _ = 1, n do decode(encode(ints)) end end)
 
+local ints100k = {}
+for i = 1, 100000 do ints100k[i] = i end
+local ints100k_s, slice_s = encode(ints100k), core.encode_slice(ints100k, 1, 1000)
+bench("encode 100k-integer table x20", 20, function(n) for _ = 1, n do encode(ints100k) end end)
+bench("decode 100k-integer table x20", 20, function(n) for _ = 1, n do decode(ints100k_s) end end)
+local out = {}
+bench("encode_slice 1000 integers x1000", 1000,
+      function(n) for _ = 1, n do core.encode_slice(ints100k, 1, 1000) end end)
+bench("decode_into 1000 integers x1000", 1000,
+      function(n) for _ = 1, n do core.decode_into(slice_s, out, 1) end end)
+
 local frame = { id = 42, fn = 3, args = { 17 } }
 local frame_s = encode(frame)
 bench("encode small frame x100k", 100000, function(n) for _ = 1, n do encode(frame) end end)

@@ -447,9 +447,34 @@ describe("orch.core wire", function()
       t.self = t -- 0x16: a table referred to again later
       assert.equal("\x16\0\1\x24self\7\1\0", encode(t))
       assert.equal("\3\x80\2", encode(128))
+      -- 0x0c: integers of an array part as a run (count, bare varints),
+      -- opened at an integer outside -32..127; a run of one is plain
+      assert.equal("\6\4\0\x81\x0c\3\xd0\x0f\xa0\x1f\x0a\0", encode({ 1, 1000, 2000, 5 }))
+      assert.equal("\6\2\0\3\xd0\x0f\x22hi\0", encode({ 1000, "hi" }))
       assert.equal("\4" .. string.pack("<d", 0.5), encode(0.5))
       local n, a, b = (function(...) return select("#", ...), ... end)(decode("\0\x81"))
       assert.equal(2, n); assert.is_nil(a); assert.equal(1, b)
+    end)
+
+    it("sends the integers of an array part as runs, mixed with other values", function()
+      local big = {}
+      for i = 1, 100000 do big[i] = i * 1000 end
+      local s = encode(big)
+      assert.is_true(#s < 100000 * 4, #s .. " bytes") -- no tag a value
+      assert.same(big, decode(s))
+      local mixed = { 500, 600, -700, 0.5, 800, 900, "s", math.maxinteger, math.mininteger,
+                      { 1000, 2000 }, 3000, true, -1 << 40, 1 << 40, 7, 8, 9000 }
+      mixed[19] = 10000 -- after a hole: a pair, not in a run
+      mixed.k = 11000
+      local back = decode(encode(mixed))
+      assert.same(mixed, back)
+      assert.equal(math.type(mixed[4]), math.type(back[4]))
+      -- a slice and decode_into take the same runs
+      local items = { 1, 200, 300, -400, "x", 500, 600, 2.0, 700 }
+      local out = { "keep" }
+      assert.equal(#items, core.decode_into(core.encode_slice(items, 1, #items), out, 2))
+      assert.same({ "keep", table.unpack(items) }, out)
+      assert.equal("float", math.type(out[9]))
     end)
 
     it("fails cleanly on every truncation", function()
@@ -600,6 +625,15 @@ describe("orch.core wire", function()
       assert.has_error(function() encode_slice({ 1, 2, io.stdout }, 2, 3) end,
         "result[2]: cannot send userdata")
       assert.has_error(function() encode_slice({ print }, 1, 1) end)
+      -- past the first batches of values the encoder fetches at once
+      local long = {}
+      for i = 1, 100 do long[i] = i % 3 == 0 and { i } or i * 1000 end
+      long[70] = io.stdout
+      assert.has_error(function() encode_slice(long, 1, 100) end, "result[70]: cannot send userdata")
+      long[70] = 70000
+      local out = {}
+      assert.equal(100, decode_into(encode_slice(long, 1, 100), out, 1))
+      assert.same(long, out)
     end)
 
     it("raise on anything but one whole list, and on a bad offset", function()

@@ -195,6 +195,31 @@ end
                      decode_err(s, true))
     end)
 
+    it("checks an integer run against its array part and the bytes left", function()
+      local run = "\x0c\2\xd0\x0f\xa0\x1f" -- 1000, 2000
+      assert.same({ 1000, 2000 }, decode("\6\2\0" .. run .. "\0"))
+      assert.matches("^orch%.core%.decode: byte 3: integer run of 2 values %(2%.%.1 here%)$",
+                     decode_err("\6\1\0" .. run .. "\0"))
+      assert.same({ 1, 1000, 2000, 2 }, decode("\6\4\0\x81" .. run .. "\x82\0"))
+      assert.matches("^orch%.core%.decode: byte 5: integer run of 2 values %(2%.%.1 here%)$",
+                     decode_err("\6\3\0\x81\x82" .. run .. "\0"))
+      assert.matches("integer run of 1 values", decode_err("\6\2\0\x0c\1\x81\x82\0"))
+      assert.matches("integer run of 0 values", decode_err("\6\2\0\x0c\0\x81\x82\0"))
+      assert.matches("^orch%.core%.decode: byte 4: integer run length 1099511627776 exceeds",
+                     decode_err("\6\3\0\x0c" .. uvar(1 << 40) .. "\1\2\3\0"))
+      assert.matches("^orch%.core%.decode: byte 6: truncated integer$",
+                     decode_err("\6\2\0\x0c\2\x01\x80"))
+      assert.matches("^orch%.core%.decode: byte 5: integer overflows 64 bits$",
+                     decode_err("\6\2\0\x0c\2" .. ("\xff"):rep(9) .. "\x02\x01\0"))
+      assert.matches("^orch%.core%.decode: byte 0: integer run outside a table's array part$",
+                     decode_err(run))
+      assert.matches("^orch%.core%.decode: byte 3: integer run outside a table's array part$",
+                     decode_err("\6\0\1" .. run .. "\0"))
+      local ok, msg = pcall(core.decode_into, "\6\1\0" .. run .. "\0", {}, 1)
+      assert.is_false(ok)
+      assert.matches("^orch%.core%.decode_into: byte 3: integer run of 2 values", msg)
+    end)
+
     it("refuses a list in decode_into longer than the bytes left", function()
       local ok, msg = pcall(core.decode_into, "\6" .. uvar(1 << 40) .. "\0\0", {}, 1)
       assert.is_false(ok)

@@ -28,6 +28,10 @@
  *                   require(name) on the receiving side, so a task that
  *                   closes over `local orch = require "orch"` gets the
  *                   worker's own module, not a copy of the parent's
+ *   0x0c k zz*k     (only among a table's na array values) an integer
+ *                   run: the next k (>= 2) array values are integers,
+ *                   each a bare zigzag varint, no tag (the encoder opens
+ *                   one at an integer outside -32..127)
  *   0x16 0x18 0x19  as 0x06 0x08 0x09, for a value referred to again later
  *   0x20..0x3f      string of 0..31 bytes, the bytes follow
  *   0x60..0xff      integer tag - 0x80 (-32..127) in one byte
@@ -76,6 +80,7 @@ enum {
     T_LFUNC = 0x09,
     T_ENV = 0x0a,
     T_MODULE = 0x0b,
+    T_IRUN = 0x0c,
     T_SHARED = 0x10, /* or-ed into T_TABLE, T_CFUNC, T_LFUNC */
     T_SHORTSTR = 0x20, /* 0x20..0x3f */
     T_FIXINT = 0x60,   /* 0x60..0xff: value tag - 0x80 */
@@ -87,6 +92,7 @@ enum {
 #define UVAR_MAX 10
 #define NO_TAG ((size_t)-1) /* a ref with no tag in the stream */
 #define WIRE_MAXLIST 0x7fffffff /* values in one list: a Lua table's limit */
+#define SLICE_BATCH 32 /* values wire_enc_slice fetches before encoding them */
 
 /* kinds of wire_step */
 enum { S_INT, S_VAL, S_KEY, S_UPVAL };
@@ -223,6 +229,58 @@ static void enc_float(wire_enc *e, lua_Number x)
     for (int i = 0; i < 8; i++)
         p[1 + i] = (unsigned char)(u >> (8 * i));
     e->b->len += 9;
+}
+
+/* An integer run being written (wire_enc_slice, enc_table): n values so
+ * far after the T_IRUN tag and a count of w bytes at mark `at`, patched
+ * when the run ends (the padded form: nothing after it moves). */
+typedef struct enc_run {
+    size_t at, w, n;
+    lua_Integer last;
+} enc_run;
+
+/* Opens a run whose count is written in the width of `most`, the array
+ * values left at most. */
+static void run_open(wire_enc *e, enc_run *r, size_t most)
+{
+    r->w = uvar_size(most);
+    unsigned char *p = enc_room(e, 1 + r->w);
+    p[0] = T_IRUN;
+    r->at = enc_mark(e) + 1;
+    e->b->len += 1 + r->w;
+}
+
+/* Appends the array value v: to the open run; else a small integer as
+ * its one-byte tag (as short, and decoded as fast), any other as the
+ * first of a new run. */
+static inline void run_add(wire_enc *e, enc_run *r, lua_Integer v, size_t most)
+{
+    if (r->n == 0) {
+        if (v >= FIXINT_MIN && v <= FIXINT_MAX) {
+            enc_byte(e, (int)(v + 0x80));
+            return;
+        }
+        run_open(e, r, most);
+    }
+    r->n++;
+    r->last = v;
+    wbuf *b = e->b;
+    unsigned char *p = b->cap - b->len >= UVAR_MAX ? (unsigned char *)b->data + b->len
+                                                  : enc_room(e, UVAR_MAX);
+    b->len += uvar_put(p, zigzag(v));
+}
+
+/* Ends the open run, if any: a run of one becomes a plain integer (the
+ * run holds only its varint, so it is rewritten where it began). */
+static void run_close(wire_enc *e, enc_run *r)
+{
+    if (r->n == 1) {
+        e->b->len = e->b->off + r->at - 1;
+        enc_int(e, r->last);
+    } else if (r->n > 1) {
+        uvar_put_fixed(enc_at(e, r->at), r->n, r->w);
+    }
+    r->n = 0;
 }
 
 /* Appends a key in path notation: .name, ["two words"], [3], [true],
@@ -459,7 +517,8 @@ static void enc_table(wire_enc *e, int idx)
      * and a sparse table never turns into a run of nils. The array count
      * is at most the border lua_rawlen gives (1..na are all non-nil), so
      * it is written in that border's width and patched afterwards, as is
-     * the one-byte hash hint: nothing written ever moves. */
+     * the one-byte hash hint: nothing written ever moves. Integers in the
+     * array part go as runs (T_IRUN), with no path step kept for them. */
     size_t n = (size_t)lua_rawlen(L, idx);
     size_t w = uvar_size(n);
     unsigned char *p = enc_room(e, 1 + w + 1);
@@ -470,29 +529,39 @@ static void enc_table(wire_enc *e, int idx)
     int top = lua_gettop(L) + 1;
     size_t na = 0;
     uint64_t nh = 0;
+    enc_run run = { 0, 0, 0, 0 };
     lua_pushnil(L);
     while (lua_next(L, idx)) { /* key at top, value at top + 1 */
-        int kt = lua_type(L, top), isint;
-        /* a float key is never integral (Lua normalizes those), so a
-         * number key that converts is an integer key */
-        if (nh == 0 && na < n && kt == LUA_TNUMBER &&
-            lua_tointegerx(L, top, &isint) == (lua_Integer)na + 1 && isint) {
+        /* a float key is never integral (Lua normalizes those) */
+        if (nh == 0 && na < n && lua_isinteger(L, top) &&
+            lua_tointeger(L, top) == (lua_Integer)na + 1) {
+            na++;
+            if (lua_isinteger(L, top + 1)) {
+                run_add(e, &run, lua_tointeger(L, top + 1), n - na + 1);
+                lua_settop(L, top);
+                continue;
+            }
+            run_close(e, &run);
             st->kind = S_INT;
-            st->n = (lua_Integer)++na;
+            st->n = (lua_Integer)na;
         } else {
-            if (nh == 0) /* the array part ends here */
+            if (nh == 0) { /* the array part ends here */
+                run_close(e, &run);
                 uvar_put_fixed(enc_at(e, na_at), na, w);
+            }
             st->kind = S_KEY;
-            enc_any(e, top, kt);
+            enc_any(e, top, lua_type(L, top));
             st->kind = S_VAL;
             st->idx = top;
             nh++;
         }
         enc_any(e, top + 1, lua_type(L, top + 1));
-        lua_pop(L, 1);
+        lua_settop(L, top);
     }
-    if (nh == 0)
+    if (nh == 0) {
+        run_close(e, &run);
         uvar_put_fixed(enc_at(e, na_at), na, w);
+    }
     *enc_at(e, nh_at) = hash_hint(nh);
     enc_byte(e, T_NIL); /* end of the pairs */
     e->depth--;
@@ -732,18 +801,27 @@ void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const ch
     size_t w = uvar_put(p + 1, (uint64_t)n);
     p[1 + w] = hash_hint(0);
     e->b->len += 2 + w;
-    int top = lua_gettop(L) + 1;
-    for (size_t k = 0; k < n; k++) { /* i + k <= j: no overflow */
-        int t = lua_rawgeti(L, idx, i + (lua_Integer)k);
-        if (t == LUA_TNUMBER && lua_isinteger(L, top)) {
-            enc_int(e, lua_tointeger(L, top)); /* most of map's items: no path to keep */
-        } else {
-            st->kind = S_INT;
-            st->n = (lua_Integer)k + 1;
-            enc_any(e, top, t);
+    int top = lua_gettop(L) + 1, types[SLICE_BATCH];
+    enc_run run = { 0, 0, 0, 0 };
+    if (!lua_checkstack(L, SLICE_BATCH))
+        enc_fail(e, "not enough stack space");
+    for (size_t k = 0; k < n;) { /* i + k <= j: no overflow */
+        int m = n - k < SLICE_BATCH ? (int)(n - k) : SLICE_BATCH;
+        for (int q = 0; q < m; q++) /* a batch on the stack, popped at once */
+            types[q] = lua_rawgeti(L, idx, i + (lua_Integer)(k + (size_t)q));
+        for (int q = 0; q < m; q++, k++) {
+            if (types[q] == LUA_TNUMBER && lua_isinteger(L, top + q)) {
+                run_add(e, &run, lua_tointeger(L, top + q), n - k); /* most of map's items */
+            } else {
+                run_close(e, &run);
+                st->kind = S_INT;
+                st->n = (lua_Integer)k + 1;
+                enc_any(e, top + q, types[q]);
+            }
         }
         lua_settop(L, top - 1);
     }
+    run_close(e, &run);
     enc_byte(e, T_NIL);
     e->depth--;
 }
@@ -793,26 +871,32 @@ static int dec_fail(wire_dec *d, size_t at, const char *fmt, ...)
     return -1;
 }
 
-static int dec_uvar(wire_dec *d, uint64_t *v, const char *what)
+/* A varint of at most 3 bytes, all there: integers below 2^21 without a
+ * check a byte (the bulk of map's items and results). 0 if it is not one. */
+static inline int uvar_get_short(wire_dec *d, uint64_t *v)
 {
     const unsigned char *q = (const unsigned char *)d->data + d->pos;
-    if (d->len - d->pos >= 3 && !(q[0] & q[1] & q[2] & 0x80)) {
-        /* at most 3 bytes, all there: integers below 2^21 without a check
-         * a byte (the bulk of map's items and results) */
-        uint64_t r = q[0] & 0x7f;
-        size_t k = 1;
-        if (q[0] & 0x80) {
-            r |= (uint64_t)(q[1] & 0x7f) << 7;
-            k = 2;
-            if (q[1] & 0x80) {
-                r |= (uint64_t)q[2] << 14;
-                k = 3;
-            }
-        }
-        d->pos += k;
-        *v = r;
+    if (d->len - d->pos < 3 || (q[0] & q[1] & q[2] & 0x80))
         return 0;
+    uint64_t r = q[0] & 0x7f;
+    size_t k = 1;
+    if (q[0] & 0x80) {
+        r |= (uint64_t)(q[1] & 0x7f) << 7;
+        k = 2;
+        if (q[1] & 0x80) {
+            r |= (uint64_t)q[2] << 14;
+            k = 3;
+        }
     }
+    d->pos += k;
+    *v = r;
+    return 1;
+}
+
+static int dec_uvar(wire_dec *d, uint64_t *v, const char *what)
+{
+    if (uvar_get_short(d, v))
+        return 0;
     size_t at = d->pos;
     const unsigned char *p = (const unsigned char *)d->data;
     uint64_t r = 0;
@@ -878,23 +962,57 @@ static int dec_register(wire_dec *d, int idx, size_t at, int shared)
     return 0;
 }
 
+/* An integer run (T_IRUN at `at`, d->pos after it) among an array
+ * part's values: its k values into t[base..base + k - 1]; at most `left`
+ * values may follow in the array part. */
+static int dec_run(wire_dec *d, size_t at, int t, lua_Integer base, size_t left,
+                   size_t *k)
+{
+    lua_State *L = d->L;
+    if (dec_count(d, k, 1, "integer run length") != 0)
+        return -1;
+    if (*k < 2 || *k > left)
+        return dec_fail(d, at, "integer run of %zu values (2..%zu here)", *k, left);
+    for (size_t i = 0; i < *k; i++) {
+        uint64_t z;
+        if (!uvar_get_short(d, &z) && dec_uvar(d, &z, "integer") != 0)
+            return -1;
+        lua_pushinteger(L, unzigzag(z));
+        lua_rawseti(L, t, base + (lua_Integer)i);
+    }
+    return 0;
+}
+
 /* The na values of an array part, into t[base], t[base + 1]... */
 static int dec_array(wire_dec *d, int t, lua_Integer base, size_t na)
 {
-    for (size_t i = 0; i < na; i++) {
-        if (dec_any(d) != 0)
+    lua_State *L = d->L;
+    const unsigned char *p = (const unsigned char *)d->data;
+    size_t i = 0;
+    while (i < na) {
+        if (d->pos < d->len && p[d->pos] == T_IRUN) {
+            size_t k, at = d->pos++;
+            if (dec_run(d, at, t, base + (lua_Integer)i, na - i, &k) != 0)
+                return -1;
+            i += k;
+            continue;
+        }
+        if (d->pos < d->len && p[d->pos] >= T_FIXINT)
+            lua_pushinteger(L, (lua_Integer)p[d->pos++] - 0x80);
+        else if (dec_any(d) != 0)
             return -1;
-        lua_rawseti(d->L, t, base + (lua_Integer)i);
+        lua_rawseti(L, t, base + (lua_Integer)i++);
     }
     return 0;
 }
 
 /* Claims room for up to n items of `unit` bytes each from the frame's
- * budget and returns how many it got. Every value has a tag byte of its
- * own, so a frame that holds what its tables announce never runs out:
- * the budget only cuts what a crafted frame claims and cannot fill (a
- * hash hint of 2^24, or each of 200 nested tables claiming the bytes
- * left), keeping the presizes of one frame within its length. */
+ * budget and returns how many it got. Every value has a byte of its own
+ * (a tag, or in an integer run its varint), so a frame that holds what
+ * its tables announce never runs out: the budget only cuts what a
+ * crafted frame claims and cannot fill (a hash hint of 2^24, or each of
+ * 200 nested tables claiming the bytes left), keeping the presizes of
+ * one frame within its length. */
 static size_t dec_claim(wire_dec *d, size_t n, size_t unit)
 {
     if (n > d->budget / unit)
@@ -1149,6 +1267,8 @@ static int dec_any(wire_dec *d)
         return dec_fail(d, at, "globals marker outside a function's upvalues");
     case T_MODULE:
         return dec_fail(d, at, "module reference outside a function's upvalues");
+    case T_IRUN:
+        return dec_fail(d, at, "integer run outside a table's array part");
     default:
         return dec_fail(d, at, "unknown tag 0x%02x", tag);
     }

@@ -36,6 +36,12 @@ function seeds.wire(core)
   for i = 1, 300 do hash["k" .. i] = i end -- a hash hint above 127
   add(enc(hash))
   add(core.encode_slice({ 1, "b", { 3 }, nil, 5 }, 1, 5))
+  -- integer runs (0x0c): long, broken by other values, at the ends of the range
+  add(enc({ 1000, 2000, -3000, 4, 5, 0.5, 1 << 40, math.mininteger, "x", math.maxinteger, 600 }))
+  local run = {}
+  for i = 1, 300 do run[i] = i * 1000 end
+  add(enc(run))
+  add(core.encode_slice({ 1, 200, 300, "b", 400, 500 }, 1, 6))
   add(core.encode(print, function() return shared end)) -- refused: functions
   add(enc(1, "two", { 3 }) .. enc(4))
   return out
