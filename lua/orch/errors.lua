@@ -24,6 +24,8 @@ function TaskError.__tostring(e)
   local where = e.pid and (" (pid %d)"):format(e.pid) or ""
   if e.kind == "error" then
     return ("task failed%s: %s"):format(where, e.traceback or e.message or "?")
+  elseif e.kind == "crashed" and e.message then
+    return ("task crashed%s: %s"):format(where, e.message)
   elseif e.kind == "crashed" then
     local how = e.signal and ("signal %s"):format(e.signal_name or e.signal)
       or ("exit code %s"):format(e.exit_code)

@@ -39,7 +39,7 @@ Pool.__name = "orch.pool"
 local OPTIONS = {
   workers = "number", max_tasks_per_worker = "number", timeout = "number",
   retries = "number", retry_on = "table", on_error = "string|function",
-  grace = "number", init = "function|string", backoff = "number",
+  grace = "number", init = "function|string", backoff = "number", max_message = "number",
 }
 local VALID = {}
 for k in pairs(OPTIONS) do VALID[#VALID + 1] = k end
@@ -79,6 +79,10 @@ local function check_options(opts)
   local m = opts.max_tasks_per_worker
   if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
     fail_option("option 'max_tasks_per_worker' must be a positive integer, got %s", tostring(m))
+  end
+  m = opts.max_message
+  if m ~= nil and (math.type(m) ~= "integer" or m < 1 or m > 0x7fffffff) then
+    fail_option("option 'max_message' must be an integer from 1 to 2^31 - 1 (bytes), got %s", tostring(m))
   end
   Group.check_policy(opts, "orch.pool", 4)
   return opts
@@ -241,7 +245,13 @@ function Pool:_submit(group, fn, ...)
     error(("orch.pool: submit expects a function or a 'module.name' string, got %s"):format(t), 3)
   end
   -- encoded once, here: what cannot cross is refused at submit
-  local fut = self:_enqueue(group, pack_task(fn, ...))
+  local task = pack_task(fn, ...)
+  local max = self.dispatcher.max_message
+  if #task > max then
+    error(("orch.pool: the task's arguments take %d bytes, over the limit of %d (max_message)")
+      :format(#task, max), 3)
+  end
+  local fut = self:_enqueue(group, task)
   if group.keeps_args then
     fut.fn, fut.args = fn, pack(...)  -- what a policy function may look at
   end
