@@ -11,7 +11,7 @@ local MSG = core.msg
 -- build (no sanitizer preloaded: these scripts cap the address space or
 -- the fds); returns its output.
 local function script(prefix, name, ...)
-  local cmd = ("%s env -u LD_PRELOAD lua5.4 spec/scripts/%s %s 2>&1"):format(prefix, name,
+  local cmd = ("%s timeout 60 env -u LD_PRELOAD lua5.4 spec/scripts/%s %s 2>&1"):format(prefix, name,
     table.concat({ ... }, " "))
   local p = io.popen(cmd)
   local s = p:read("a")

@@ -100,6 +100,10 @@ static int take(lua_State *L)
     }
     chan_consume(r->in, plen);
     r->status = TAKE_BAD; /* if anything below raises */
+    if (r->type == 0) { /* the type that reports bad frames */
+        lua_pushliteral(L, "message type 0");
+        return 1;
+    }
     wire_dec d;
     int bad = 0;
     if (r->type == MSG_RESULT) {
