@@ -112,7 +112,7 @@ describe("a frame the parent cannot decode", function()
       core_.send_parent(core_.msg.SEND, string.rep("z", 200000))
       core_.child_sleep(10)
     end)
-    fut:wait()
+    assert.is_true(fut:wait(30))
     local err = fut:error()
     assert.are.equal("crashed", err.kind)
     assert.are.equal(9, err.signal)
@@ -190,6 +190,7 @@ describe("a send from a finalizer in the middle of another send", function()
       end, n)
     end
     for k = 1, 10 do
+      assert.is_true(futs[k]:wait(30), "task " .. k .. " settled")
       local t = futs[k]:result()
       assert.are.equal(n, #t)
       for i = 1, n do assert.are.same({ i, tostring(i) }, t[i]) end
