@@ -24,6 +24,8 @@
 --
 -- What a dispatcher provides (d = dispatch.new(side, opts)):
 --   d:start()             workers up (raises if that fails)
+--   d.max_message         the largest packed task it takes, bytes (nil: any);
+--                         the pool refuses a larger one at submit
 --   d.eager               after queueing a task the pool calls d:pump()
 --                         while the backlog holds at most this many (past
 --                         that, the dispatcher's own answers keep it busy)

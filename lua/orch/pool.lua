@@ -247,7 +247,7 @@ function Pool:_submit(group, fn, ...)
   -- encoded once, here: what cannot cross is refused at submit
   local task = pack_task(fn, ...)
   local max = self.dispatcher.max_message
-  if #task > max then
+  if max and #task > max then
     error(("orch.pool: the task's arguments take %d bytes, over the limit of %d (max_message)")
       :format(#task, max), 3)
   end
