@@ -42,6 +42,74 @@ local function replay(name, s)
   end
 end
 
+-- The frame target's input through a real channel: a child that sleeps,
+-- and the stream written into its end of the pipe it sends frames on (the
+-- pipe whose read end this process holds), as if the child wrote it.
+local function pipe_links(pid)
+  local list, p = {}, io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
+  for line in p:lines() do
+    local fd, ino = line:match("(%d+) %-> pipe:%[(%d+)%]")
+    if fd then
+      local info = orch_spec.read_file(("/proc/%d/fdinfo/%s"):format(pid, fd)) or ""
+      local flags = tonumber(info:match("flags:%s*(%d+)") or "0", 8)
+      list[#list + 1] = { fd = tonumber(fd), ino = ino, mode = flags & 3 }
+    end
+  end
+  p:close()
+  return list
+end
+
+local function frame_pipe_of(pid)
+  local read_here = {}
+  for _, l in ipairs(pipe_links(core.getpid())) do
+    if l.fd > 2 and l.mode == 0 then read_here[l.ino] = true end
+  end
+  for _, l in ipairs(pipe_links(pid)) do
+    if l.mode == 1 and read_here[l.ino] then return l.fd end
+  end
+end
+
+-- The frames' types a plain reading finds (as fuzz_frame.c's frames_of).
+local function frames_of(s, max)
+  local want, at = {}, 1
+  while #s - at + 1 >= 5 do
+    local len, t = string.unpack("<I4B", s, at)
+    want[#want + 1] = t
+    if len > max or #s - at + 1 - 5 < len then
+      if len <= max then want[#want] = nil end
+      break
+    end
+    at = at + 5 + len
+  end
+  return want
+end
+
+local function replay_frames(name, input)
+  local max = input:byte(1) & 1 == 1 and 256 or 65536
+  local stream, got = input:sub(2), {}
+  local proc = core.spawn(function() core.child_sleep(30) end, function(_, t, a, b)
+    if t == core.msg.RESULT then
+      for _ = 1, b, 2 do got[#got + 1] = t end
+    else
+      if t == 0 then
+        assert(type(a) == "string" and #a > 0, name .. ": a bad frame without a reason")
+        t = b
+      end
+      got[#got + 1] = t
+    end
+  end, function() end)
+  proc:set_max_message(max)
+  local fd = assert(frame_pipe_of(proc:pid()), "the child's frame pipe")
+  local f = assert(io.open(("/proc/%d/fd/%d"):format(proc:pid(), fd), "wb"))
+  f:write(stream)
+  f:close()
+  local want = frames_of(stream, max)
+  orch_spec.wait_for(function() return #got >= #want end, 5)
+  core.step(0.05)
+  proc:close()
+  assert.are.same(want, got, name)
+end
+
 describe("fuzz reproducers", function()
   it("replays every saved input of the wire target", function()
     local saved = saved_inputs("spec/fuzz/wire")
@@ -51,5 +119,12 @@ describe("fuzz reproducers", function()
 
   it("replays the wire target's seeds", function()
     for i, s in ipairs(seeds.wire(core)) do replay("seed " .. i, s) end
+  end)
+
+  it("replays every saved input and seed of the frame target through a real channel", function()
+    local saved = saved_inputs("spec/fuzz/frame")
+    assert.is_true(#saved > 0, "spec/fuzz/frame/ holds the inputs the fuzzer found")
+    for _, input in ipairs(saved) do replay_frames(input.name, input.bytes) end
+    for i, s in ipairs(seeds.frame(core)) do replay_frames("seed " .. i, s) end
   end)
 end)

@@ -7,15 +7,27 @@
  * payload. A chan reads frames into `in` from rfd and writes `out` to wfd.
  * The parent's fds are non-blocking and driven by the loop (chan_flush,
  * chan_fill); the child's are blocking (chan_flush_blocking, chan_fill_spin
- * then chan_fill). Socket writes use send(MSG_NOSIGNAL), so a parent whose
- * child died sees EPIPE, never SIGPIPE; the child writes to a pipe, and
- * once the parent's end is closed a write raises SIGPIPE, as it would for
- * any process.
+ * then chan_fill). The parent writes to a socket with send(MSG_NOSIGNAL),
+ * so a parent whose child died sees EPIPE, never SIGPIPE; the child
+ * writes to a pipe with write(), and once the parent's end is closed a
+ * write raises SIGPIPE, as it would for any process.
+ *
+ * Limits: a frame read is refused past max_in bytes of payload (and no
+ * more than that is ever reserved for it), a frame made past max_out;
+ * both are FRAME_MAX unless set (a pool's max_message).
  *
  * Invariants:
  * - At most one frame is open (being encoded) in `out`, and it is last.
- *   An open frame never leaves: whatever writes, measures or opens the
- *   next frame first drops it (a failed encode raised in the middle).
+ *   An open frame never leaves. It is either being encoded or left by an
+ *   encode that raised, and only chan_flush (the parent's loop, which
+ *   never runs inside an encode) and an explicit chan_rollback drop it.
+ * - A frame encoded while another is open (sent from a finalizer that ran
+ *   during that encode, or after an encode raised) is made aside, then
+ *   kept in `later`, which follows the open frame once it is closed
+ *   (chan_frame_end), or goes out first at the next flush. So the open
+ *   frame's bytes never move or change under its encoder.
+ * - A buffer that grew past what wbuf keeps is given back once drained:
+ *   `in` before it is next filled, `out` once written.
  * - A consumed frame's bytes stay where they are until the buffer is next
  *   filled, so a payload being decoded stays valid while callbacks run.
  *
@@ -25,6 +37,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -39,6 +52,7 @@ void chan_init(chan *c, int rfd, int wfd)
     memset(c, 0, sizeof *c);
     c->rfd = rfd;
     c->wfd = wfd;
+    c->max_in = c->max_out = FRAME_MAX;
 }
 
 void chan_close_fds(chan *c)
@@ -53,17 +67,61 @@ void chan_close_fds(chan *c)
 void chan_close(chan *c)
 {
     chan_close_fds(c);
-    wbuf_free(&c->out);
-    c->frame_open = 0;
+    wbuf_free(&c->later);
+    if (!c->frame_open) /* else an encoder may still be writing there */
+        wbuf_free(&c->out);
 }
 
 void chan_free(chan *c)
 {
-    chan_close(c);
+    chan_close_fds(c);
+    wbuf_free(&c->later);
+    wbuf_free(&c->out);
+    c->frame_open = 0;
     wbuf_free(&c->in);
 }
 
 /* ---- making frames ---------------------------------------------------- */
+
+static void put_length(wbuf *b, size_t at, size_t n)
+{
+    unsigned char *h = (unsigned char *)b->data + at;
+    h[0] = (unsigned char)(n & 0xff);
+    h[1] = (unsigned char)((n >> 8) & 0xff);
+    h[2] = (unsigned char)((n >> 16) & 0xff);
+    h[3] = (unsigned char)((n >> 24) & 0xff);
+}
+
+/* Appends a header for a frame of this type to b; the length comes later. */
+static int put_header(wbuf *b, int type)
+{
+    if (wbuf_reserve(b, FRAME_HEADER) < 0)
+        return -1;
+    b->data[b->len + 4] = (char)type;
+    b->len += FRAME_HEADER;
+    return 0;
+}
+
+/* Appends b[off..len) to dst. 0, or -1 (ENOMEM: dst unchanged). */
+static int append(wbuf *dst, const wbuf *b)
+{
+    size_t n = b->len - b->off;
+    if (n == 0)
+        return 0;
+    if (wbuf_reserve(dst, n) < 0)
+        return -1;
+    memcpy(dst->data + dst->len, b->data + b->off, n);
+    dst->len += n;
+    return 0;
+}
+
+/* The frames made aside join out, after its whole frames (kept aside if
+ * memory is short: the next chance takes them). */
+static void take_later(chan *c)
+{
+    if (c->later.len > c->later.off && !c->frame_open && append(&c->out, &c->later) == 0)
+        wbuf_reset(&c->later);
+}
 
 void chan_rollback(chan *c)
 {
@@ -76,11 +134,10 @@ void chan_rollback(chan *c)
 int chan_frame_begin(chan *c, int type)
 {
     chan_rollback(c);
-    if (wbuf_reserve(&c->out, FRAME_HEADER) < 0)
+    take_later(c);
+    c->frame_at = c->out.len - c->out.off; /* from off: a reserve may compact */
+    if (put_header(&c->out, type) < 0)
         return -1;
-    c->frame_at = c->out.len - c->out.off;
-    c->out.data[c->out.len + 4] = (char)type;
-    c->out.len += FRAME_HEADER;
     c->frame_open = 1;
     return 0;
 }
@@ -88,23 +145,20 @@ int chan_frame_begin(chan *c, int type)
 int chan_frame_end(chan *c)
 {
     size_t n = c->out.len - c->out.off - c->frame_at - FRAME_HEADER;
-    if (n > FRAME_MAX) {
+    if (n > c->max_out) {
         chan_rollback(c);
         return -1;
     }
-    unsigned char *h = (unsigned char *)c->out.data + c->out.off + c->frame_at;
-    h[0] = (unsigned char)(n & 0xff);
-    h[1] = (unsigned char)((n >> 8) & 0xff);
-    h[2] = (unsigned char)((n >> 16) & 0xff);
-    h[3] = (unsigned char)((n >> 24) & 0xff);
+    put_length(&c->out, c->out.off + c->frame_at, n);
     c->frame_open = 0;
+    take_later(c);
     return 0;
 }
 
 size_t chan_pending(chan *c)
 {
-    chan_rollback(c);
-    return c->out.len - c->out.off;
+    size_t end = c->frame_open ? c->out.off + c->frame_at : c->out.len;
+    return end - c->out.off + (c->later.len - c->later.off);
 }
 
 /* ---- finding frames --------------------------------------------------- */
@@ -116,12 +170,18 @@ static size_t frame_length(const unsigned char *h)
 
 int chan_peek(const wbuf *b, int *type, const char **payload, size_t *plen)
 {
+    return chan_peek_max(b, FRAME_MAX, type, payload, plen);
+}
+
+int chan_peek_max(const wbuf *b, size_t max, int *type, const char **payload, size_t *plen)
+{
     size_t avail = b->len - b->off;
     if (avail < FRAME_HEADER)
         return 0;
     const unsigned char *h = (const unsigned char *)b->data + b->off;
     size_t n = frame_length(h);
-    if (n > FRAME_MAX)
+    *type = h[4];
+    if (n > max)
         return -1;
     if (avail - FRAME_HEADER < n)
         return 0;
@@ -143,6 +203,7 @@ void chan_consume(wbuf *b, size_t plen)
 int chan_flush(chan *c)
 {
     chan_rollback(c);
+    take_later(c);
     wbuf *b = &c->out;
     while (b->off < b->len) {
         ssize_t n = send(c->wfd, b->data + b->off, b->len - b->off, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -160,46 +221,79 @@ int chan_flush(chan *c)
     return 0;
 }
 
-int chan_flush_blocking(chan *c)
+static int write_all(int fd, const char *p, size_t n)
 {
-    if (c->out.len == c->out.off && !c->frame_open)
-        return 0; /* the worker asks before each read: keep it cheap */
-    chan_rollback(c);
-    wbuf *b = &c->out;
-    const char *p = b->data + b->off;
-    size_t n = b->len - b->off;
-    int rc = 0;
     while (n > 0) {
-        ssize_t w = write(c->wfd, p, n);
+        ssize_t w = write(fd, p, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
-            rc = -1;
-            break;
+            return -1;
         }
         p += w;
         n -= (size_t)w;
     }
-    wbuf_reset(b);
+    return 0;
+}
+
+/* The child. An open frame may be the one a finalizer interrupted (a send
+ * from inside an encode): what comes before it goes, and the frames made
+ * aside; the open frame stays where it is. */
+int chan_flush_blocking(chan *c)
+{
+    wbuf *b = &c->out;
+    if (b->len == b->off && c->later.len == c->later.off)
+        return 0; /* the worker asks before each read: keep it cheap */
+    size_t end = c->frame_open ? b->off + c->frame_at : b->len;
+    int rc = write_all(c->wfd, b->data + b->off, end - b->off);
+    if (rc == 0)
+        rc = write_all(c->wfd, c->later.data + c->later.off, c->later.len - c->later.off);
+    wbuf_reset(&c->later);
+    if (c->frame_open) {
+        b->off = end;
+        c->frame_at = 0; /* the open frame now starts at off */
+    } else {
+        wbuf_reset(b);
+    }
     return rc;
+}
+
+/* Room for want more bytes in b, and for no more than that when it grows
+ * past what wbuf_reserve would double to (a frame that announced its size). */
+static int reserve_exact(wbuf *b, size_t want)
+{
+    if (b->cap - b->len >= want)
+        return 0;
+    wbuf_compact(b);
+    if (b->cap - b->len >= want)
+        return 0;
+    if (want <= FILL_CHUNK)
+        return wbuf_reserve(b, want);
+    char *p = realloc(b->data, b->len + want);
+    if (!p)
+        return -1;
+    b->data = p;
+    b->cap = b->len + want;
+    return 0;
 }
 
 ssize_t chan_fill(chan *c, size_t max)
 {
     wbuf *b = &c->in;
     if (b->off == b->len)
-        b->off = b->len = 0;
+        wbuf_reset(b); /* drained: a large buffer is given back */
     size_t want = FILL_CHUNK;
-    /* A frame that announces its size gets room for all of it at once. */
+    /* A frame that announces its size gets room for all of it at once,
+     * within the limit: one over it is refused (chan_peek_max) unread. */
     if (b->len - b->off >= FRAME_HEADER) {
         size_t n = frame_length((const unsigned char *)b->data + b->off);
         size_t have = b->len - b->off - FRAME_HEADER;
-        if (n <= FRAME_MAX && n > have && n - have > want)
+        if (n <= c->max_in && n > have && n - have > want)
             want = n - have;
     }
     if (want > max)
         want = max;
-    if (wbuf_reserve(b, want) < 0) {
+    if (reserve_exact(b, want) < 0) {
         errno = ENOMEM;
         return -1;
     }
@@ -217,7 +311,7 @@ ssize_t chan_fill_spin(chan *c, long ns)
 {
     wbuf *b = &c->in;
     if (b->off == b->len)
-        b->off = b->len = 0;
+        wbuf_reset(b); /* drained: a large buffer is given back */
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
@@ -242,29 +336,88 @@ ssize_t chan_fill_spin(chan *c, long ns)
 
 /* ---- encoding a frame (binding: raises) ------------------------------- */
 
+static void refuse_size(lua_State *L, chan *c, size_t n)
+{
+    if (c->max_out < FRAME_MAX)
+        luaL_error(L, "orch: a message of %I bytes is over the limit of %I bytes (max_message)",
+                   (lua_Integer)n, (lua_Integer)c->max_out);
+    luaL_error(L, "orch: a message of %I bytes is over the limit of 2 GiB", (lua_Integer)n);
+}
+
 void chan_enc_begin(lua_State *L, chan *c, int type, wire_enc *e, int flags)
 {
-    if (chan_frame_begin(c, type) < 0)
+    wbuf *b = &c->out;
+    if (c->frame_open) {
+        /* made aside (see the invariants), in a buffer the stack owns */
+        b = wbuf_scratch_new(L);
+        if (put_header(b, type) < 0)
+            luaL_error(L, "orch: not enough memory for a frame");
+    } else if (chan_frame_begin(c, type) < 0) {
         luaL_error(L, "orch: not enough memory for a frame");
-    wire_enc_begin(e, L, &c->out, flags);
+    }
+    wire_enc_begin(e, L, b, flags);
 }
 
 void chan_enc_end(lua_State *L, chan *c, wire_enc *e)
 {
+    wbuf *b = e->b;
+    int aside = e->ctx - 1; /* the buffer made aside, if any */
     wire_enc_end(e);
-    if (chan_frame_end(c) < 0)
-        luaL_error(L, "orch: a frame is larger than 2 GiB");
+    if (b == &c->out) {
+        if (!c->frame_open) { /* the channel was closed under the encoder */
+            c->out.len = c->out.off = 0;
+            return;
+        }
+        size_t n = b->len - b->off - c->frame_at - FRAME_HEADER;
+        if (chan_frame_end(c) < 0)
+            refuse_size(L, c, n);
+        return;
+    }
+    size_t n = b->len - FRAME_HEADER;
+    if (n > c->max_out)
+        refuse_size(L, c, n);
+    put_length(b, 0, n);
+    if (append(&c->later, b) < 0)
+        luaL_error(L, "orch: not enough memory for a frame");
+    take_later(c);
+    wbuf_free(b);
+    lua_remove(L, aside);
 }
 
-void chan_enc_values(lua_State *L, chan *c, int type, int first, int flags)
+/* enc_values(args, values...): chan_enc_values' encoding, run protected. */
+typedef struct enc_args {
+    chan *c;
+    int type, flags;
+} enc_args;
+
+static int enc_values(lua_State *L)
 {
+    enc_args *a = lua_touserdata(L, 1);
     int n = lua_gettop(L);
     wire_enc e;
-    chan_enc_begin(L, c, type, &e, flags);
+    chan_enc_begin(L, a->c, a->type, &e, a->flags);
     char root[32];
-    for (int i = first; i <= n; i++) {
-        snprintf(root, sizeof root, "value[%d]", i - first + 1);
+    for (int i = 2; i <= n; i++) {
+        snprintf(root, sizeof root, "value[%d]", i - 1);
         wire_enc_value(&e, i, root);
     }
-    chan_enc_end(L, c, &e);
+    chan_enc_end(L, a->c, &e);
+    return 0;
+}
+
+/* Values refused are an ordinary error here (a message the caller built),
+ * so a refusal drops its own frame at once rather than leave it open. */
+void chan_enc_values(lua_State *L, chan *c, int type, int first, int flags)
+{
+    enc_args a = {c, type, flags};
+    int own = !c->frame_open;
+    int n = lua_gettop(L) - first + 1;
+    lua_pushcfunction(L, enc_values);
+    lua_pushlightuserdata(L, &a);
+    lua_rotate(L, first, 2);
+    if (lua_pcall(L, n + 1, 0, 0) != LUA_OK) {
+        if (own)
+            chan_rollback(c);
+        lua_error(L);
+    }
 }

@@ -15,7 +15,12 @@
  *   while the conn is open; callbacks reach the holder by that ref.
  * - The queued list holds only open conns: conn_close takes a conn off it.
  * - At end of file (or a read error) the conn closes itself; frames read
- *   before it stay in ch.in, already dispatched.
+ *   before it stay in ch.in, already dispatched. So does a frame whose
+ *   length is over the limit: the stream is out of sync from there.
+ * - `in` is never freed while a read is under way (a callback, or a
+ *   finalizer run while a frame is decoded, may close the proc): what is
+ *   left in it is dropped then, and it is freed once the read returns. A
+ *   drained `in` that grew large for one big frame is given back.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -86,17 +91,30 @@ int conn_read(lua_State *L, conn *c, int hidx, int drain)
 {
     size_t budget = drain ? (size_t)-1 : READ_BUDGET;
     int rc = 0;
+    c->reading++;
     while (c->ch.rfd >= 0 && budget > 0) {
         ssize_t n = chan_fill(&c->ch, budget);
         if (n > 0) {
             budget -= (size_t)n;
-            dispatch_frames(L, &c->ch.in, hidx, c->uv);
+            if (dispatch_frames(L, &c->ch.in, c->ch.max_in, hidx, c->uv) < 0) {
+                conn_close(c); /* out of sync: nothing after it can be read */
+                rc = -1;
+            }
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
         conn_close(c); /* EOF, ECONNRESET...: the child is gone or going */
         rc = -1;
+    }
+    if (--c->reading == 0) {
+        wbuf *in = &c->ch.in;
+        if (c->free_in) {
+            wbuf_free(in);
+            c->free_in = 0;
+        } else if (in->off == in->len) {
+            wbuf_reset(in); /* a large buffer is given back */
+        }
     }
     return rc;
 }
@@ -118,6 +136,8 @@ void conn_init(conn *c)
     c->uv = 0;
     c->queued = 0;
     c->next_queued = NULL;
+    c->reading = 0;
+    c->free_in = 0;
 }
 
 void conn_start(conn *c, int holder, int uv)
@@ -146,6 +166,17 @@ void conn_close(conn *c)
     ev_io_stop(loop, &c->wio);
     chan_close(&c->ch);
     queued_unlink(c);
+}
+
+void conn_free(conn *c)
+{
+    conn_close(c);
+    wbuf *in = &c->ch.in;
+    in->off = in->len; /* not dispatched: dropped */
+    if (c->reading)
+        c->free_in = 1; /* a frame of it may be being decoded */
+    else
+        wbuf_free(in);
 }
 
 void conn_forget(conn *c)

@@ -6,33 +6,46 @@
  * read together is one call, on_message(proc, RESULT, batch, n): a pool
  * worker sends one result at a time, and a call per result would cost the
  * parent more than the decoding. Any other frame is one call,
- * on_message(proc, type, values...); one that does not decode is reported
- * as on_message(proc, 0, "bad frame: why"). Order is kept.
+ * on_message(proc, type, values...). Order is kept.
+ *
+ * A frame that cannot be decoded, whatever the reason (bytes that do not
+ * make values, a length over the limit, or no memory left to build them),
+ * is reported as on_message(proc, 0, why, type) and the frames after it
+ * still come: each frame is decoded in protected mode, so a memory error
+ * is that frame's failure and never unwinds through the loop. A length
+ * over the limit leaves the stream out of sync: the rest of what was read
+ * is dropped and dispatch_frames says so (the channel is closed).
  *
  * Invariants:
  * - Functions are refused in a child's frames: the parent never loads
  *   code a child sent.
- * - A frame is consumed before its callback runs; a callback that closes
- *   the proc frees `in` (data NULL), which ends the run.
+ * - A frame is consumed before it is decoded (its bytes stay valid until
+ *   `in` is next filled), so a frame that fails is never decoded again.
+ * - Outside the protected decode, nothing here allocates: the error of a
+ *   failed decode (a memory error's is preallocated) is passed as it is.
+ * - A callback that closes the proc drops what is left in `in` (conn.c),
+ *   which ends the run.
  */
 #include "orch.h"
 
-/* Calls on_message(proc, RESULT, batch, n) for the RESULT frames gathered
- * in the table at bidx, if any, and leaves a fresh slot for the next run. */
-static void flush_results(lua_State *L, int pidx, int uv, int bidx, int *nb)
-{
-    if (*nb == 0)
-        return;
-    lua_getiuservalue(L, pidx, uv);
-    lua_pushvalue(L, pidx);
-    lua_pushinteger(L, MSG_RESULT);
-    lua_pushvalue(L, bidx);
-    lua_pushinteger(L, *nb);
-    lua_pushnil(L);
-    lua_replace(L, bidx); /* the next run gets a table of its own */
-    *nb = 0;
-    loop_call(L, 4);
-}
+/* What the last take() found (the frame is consumed unless TAKE_NONE or
+ * TAKE_FLUSH). */
+enum {
+    TAKE_NONE,   /* no whole frame left */
+    TAKE_FLUSH,  /* a frame of another type follows results: flush them first */
+    TAKE_RESULT, /* a RESULT frame went into the batch; returns the batch */
+    TAKE_FRAME,  /* returns type, values... */
+    TAKE_BAD,    /* returns why (or raised: the error is why) */
+    TAKE_FATAL   /* returns why: a length over the limit, the rest dropped */
+};
+
+typedef struct drun {
+    wbuf *in;
+    size_t max;
+    int nb;     /* entries in the batch (two a result) */
+    int status; /* TAKE_* */
+    int type;   /* the type of the frame taken */
+} drun;
 
 /* Decodes a RESULT frame's id and values into the batch at bidx (made on
  * first use): batch[nb + 1] = id, batch[nb + 2] = {n = count, values...}.
@@ -63,66 +76,124 @@ static int gather_result(lua_State *L, wire_dec *d, int bidx, int *nb)
     return 0;
 }
 
-/* on_message(proc, 0, "bad frame: why"). */
-static void report_bad(lua_State *L, int pidx, int uv, const char *why)
+/* take(run, batch): the next frame of run->in, decoded (run protected;
+ * run->status says what it returns). */
+static int take(lua_State *L)
 {
-    lua_getiuservalue(L, pidx, uv);
-    lua_pushvalue(L, pidx);
-    lua_pushinteger(L, 0);
-    lua_pushfstring(L, "bad frame: %s", why);
-    loop_call(L, 3);
-}
-
-/* Every whole frame in `in`, in order (see the header). The batch of
- * results is a table at bidx, made on first use. */
-void dispatch_frames(lua_State *L, wbuf *in, int pidx, int uv)
-{
+    drun *r = lua_touserdata(L, 1);
     const char *payload;
     size_t plen;
-    int type, r, nb = 0;
-    lua_pushnil(L); /* the batch of results */
-    int bidx = lua_gettop(L);
-    while (in->data && (r = chan_peek(in, &type, &payload, &plen)) != 0) {
-        if (r < 0) {
-            in->off = in->len;
-            flush_results(L, pidx, uv, bidx, &nb);
-            report_bad(L, pidx, uv, "length over the limit");
-            break;
-        }
-        if (type != MSG_RESULT && nb > 0) {
-            flush_results(L, pidx, uv, bidx, &nb); /* then this frame, peeked again */
-            continue;
-        }
-        wire_dec d;
-        int bad = 0;
-        if (type == MSG_RESULT) {
-            wire_dec_begin(&d, L, payload, plen, 0);
-            bad = gather_result(L, &d, bidx, &nb) < 0;
-            wire_dec_end(&d);
-            chan_consume(in, plen);
-            if (bad) {
-                flush_results(L, pidx, uv, bidx, &nb);
-                report_bad(L, pidx, uv, d.err);
-            }
-            continue;
-        }
-        lua_getiuservalue(L, pidx, uv);
-        lua_pushvalue(L, pidx);
-        int base = lua_gettop(L);
-        lua_pushinteger(L, type);
+    int p = chan_peek_max(r->in, r->max, &r->type, &payload, &plen);
+    if (p == 0) {
+        r->status = TAKE_NONE;
+        return 0;
+    }
+    if (p < 0) {
+        r->in->off = r->in->len; /* the stream is out of sync */
+        r->status = TAKE_FATAL;
+        lua_pushliteral(L, "length over the limit");
+        return 1;
+    }
+    if (r->type != MSG_RESULT && r->nb > 0) {
+        r->status = TAKE_FLUSH;
+        return 0;
+    }
+    chan_consume(r->in, plen);
+    r->status = TAKE_BAD; /* if anything below raises */
+    if (r->type == 0) { /* the type that reports bad frames */
+        lua_pushliteral(L, "message type 0");
+        return 1;
+    }
+    wire_dec d;
+    int bad = 0;
+    if (r->type == MSG_RESULT) {
+        wire_dec_begin(&d, L, payload, plen, 0);
+        bad = gather_result(L, &d, 2, &r->nb) < 0;
+        wire_dec_end(&d);
+        lua_settop(L, 2);
+    } else {
+        lua_settop(L, 0);
+        lua_pushinteger(L, r->type);
         wire_dec_begin(&d, L, payload, plen, 0);
         while (d.pos < d.len && !bad)
             bad = wire_dec_value(&d) < 0;
         wire_dec_end(&d);
-        chan_consume(in, plen);
-        if (bad) {
-            lua_settop(L, base - 2);
-            report_bad(L, pidx, uv, d.err);
-        } else {
-            loop_call(L, lua_gettop(L) - base + 1);
-        }
     }
-    flush_results(L, pidx, uv, bidx, &nb);
-    lua_settop(L, bidx - 1);
+    if (bad) {
+        lua_pushstring(L, d.err);
+        return 1;
+    }
+    if (r->type == MSG_RESULT) {
+        r->status = TAKE_RESULT;
+        return 1; /* the batch */
+    }
+    r->status = TAKE_FRAME;
+    return lua_gettop(L);
 }
 
+/* Calls on_message(proc, RESULT, batch, n) for the RESULT frames gathered
+ * in the table at bidx, if any, and leaves a fresh slot for the next run. */
+static void flush_results(lua_State *L, int pidx, int uv, int bidx, int *nb)
+{
+    if (*nb == 0)
+        return;
+    lua_getiuservalue(L, pidx, uv);
+    lua_pushvalue(L, pidx);
+    lua_pushinteger(L, MSG_RESULT);
+    lua_pushvalue(L, bidx);
+    lua_pushinteger(L, *nb);
+    lua_pushnil(L);
+    lua_replace(L, bidx); /* the next run gets a table of its own */
+    *nb = 0;
+    loop_call(L, 4);
+}
+
+/* on_message(proc, values at base + 1 .. top...): the values are
+ * (type, ...) or, for a bad frame, (why) with 0 and the type added. */
+static void deliver(lua_State *L, int pidx, int uv, int base, const drun *r)
+{
+    if (r->status != TAKE_FRAME) {
+        lua_pushinteger(L, 0);
+        lua_insert(L, base + 1);
+        lua_pushinteger(L, r->type);
+    }
+    lua_getiuservalue(L, pidx, uv);
+    lua_pushvalue(L, pidx);
+    lua_rotate(L, base + 1, 2);
+    loop_call(L, lua_gettop(L) - base - 1);
+}
+
+/* Every whole frame in `in`, in order (see the header). The batch of
+ * results is a table at bidx, made on first use. */
+int dispatch_frames(lua_State *L, wbuf *in, size_t max, int pidx, int uv)
+{
+    drun r = {in, max, 0, TAKE_NONE, 0};
+    lua_pushnil(L); /* the batch of results */
+    int bidx = lua_gettop(L);
+    for (;;) {
+        int base = lua_gettop(L);
+        lua_pushcfunction(L, take);
+        lua_pushlightuserdata(L, &r);
+        lua_pushvalue(L, bidx);
+        r.status = -1;
+        if (lua_pcall(L, 2, LUA_MULTRET, 0) != LUA_OK && r.status == -1)
+            r.status = TAKE_NONE; /* failed before take ran: the frames wait */
+        if (r.status == TAKE_NONE) {
+            lua_settop(L, base);
+            break;
+        }
+        if (r.status == TAKE_RESULT) {
+            lua_replace(L, bidx);
+            lua_settop(L, base);
+            continue;
+        }
+        flush_results(L, pidx, uv, bidx, &r.nb); /* results before it come first */
+        if (r.status != TAKE_FLUSH)
+            deliver(L, pidx, uv, base, &r);
+        if (r.status == TAKE_FATAL)
+            break;
+    }
+    flush_results(L, pidx, uv, bidx, &r.nb);
+    lua_settop(L, bidx - 1);
+    return r.status == TAKE_FATAL ? -1 : 0;
+}

@@ -196,18 +196,23 @@ static inline void stop_unpack(int value, int *key, int *level)
 
 /* ---- chan.c: a framed endpoint (plumbing; chan_enc_* raise) -----------
  * Frames come in from rfd into `in`, go out from `out` to wfd. At most one
- * frame is open in `out` (being encoded), and it never leaves: writing,
- * measuring or opening the next frame drops it first. */
+ * frame is open in `out` (being encoded, or left by an encode that
+ * raised), and it never leaves; a frame encoded while one is open is made
+ * aside and follows it (`later`). */
 typedef struct chan {
     int rfd, wfd;      /* -1 when closed */
     wbuf in, out;
+    wbuf later;        /* whole frames made while a frame was open in out */
     size_t frame_at;   /* where the open frame starts in out, from out.off */
     int frame_open;
+    size_t max_in;     /* payload limit of a frame read (FRAME_MAX) */
+    size_t max_out;    /* payload limit of a frame made (FRAME_MAX) */
 } chan;
 
 ORCH_HIDDEN void chan_init(chan *c, int rfd, int wfd);
-/* Closes both fds and frees `out` (an open frame with it); `in` stays,
- * with the frames not yet consumed. chan_free also frees `in`. */
+/* Closes both fds and frees `out` (unless a frame is open in it: an
+ * encoder may still be writing there); `in` stays, with the frames not
+ * yet consumed. chan_free frees everything. */
 ORCH_HIDDEN void chan_close(chan *c);
 ORCH_HIDDEN void chan_free(chan *c);
 /* Closes both fds and touches no memory (a child closing what it
@@ -215,40 +220,50 @@ ORCH_HIDDEN void chan_free(chan *c);
 ORCH_HIDDEN void chan_close_fds(chan *c);
 /* Opens a frame of this type at the end of out. 0, or -1 (ENOMEM). */
 ORCH_HIDDEN int chan_frame_begin(chan *c, int type);
-/* Closes the open frame (fills in its length). 0, or -1 when it is over
- * FRAME_MAX (then dropped). */
+/* Closes the open frame (fills in its length); frames made aside follow
+ * it. 0, or -1 when it is over max_out (then dropped). */
 ORCH_HIDDEN int chan_frame_end(chan *c);
 /* Drops the open frame, if any. */
 ORCH_HIDDEN void chan_rollback(chan *c);
-/* Bytes of whole frames in out not yet written. */
+/* Bytes of whole frames not yet written (the open frame is not counted
+ * and stays). */
 ORCH_HIDDEN size_t chan_pending(chan *c);
 /* If b[off..len) starts with a whole frame, sets *type, *payload and *plen
  * (the payload after the header) and returns 1; 0 if more bytes are
  * needed; -1 for a length over FRAME_MAX. b is a chan's `in` or any
  * buffer of frames. */
 ORCH_HIDDEN int chan_peek(const wbuf *b, int *type, const char **payload, size_t *plen);
+/* As chan_peek with a length limit of max; *type is set for -1 too. */
+ORCH_HIDDEN int chan_peek_max(const wbuf *b, size_t max, int *type, const char **payload,
+                              size_t *plen);
 /* Marks the frame chan_peek found as read. Its bytes stay valid until the
  * buffer is next filled. */
 ORCH_HIDDEN void chan_consume(wbuf *b, size_t plen);
-/* Writes what it can of out without blocking. 0 when all is written, 1
- * when the socket is full, -1 on error (errno). */
+/* Writes what it can of out without blocking (an open frame is dropped
+ * first: the loop never flushes inside an encode). 0 when all is written,
+ * 1 when the socket is full, -1 on error (errno). */
 ORCH_HIDDEN int chan_flush(chan *c);
-/* Writes all of out, blocking (the child). 0, or -1 (errno); out is
- * emptied either way. */
+/* Writes all of out, blocking (the child), but for an open frame, which
+ * stays. 0, or -1 (errno); the rest is emptied either way. */
 ORCH_HIDDEN int chan_flush_blocking(chan *c);
-/* Reads what is there (at most max bytes) into in. Returns bytes read, 0
- * at EOF, -1 with errno (EAGAIN when nothing is there). */
+/* Reads what is there (at most max bytes) into in; an empty `in` that grew
+ * large is given back first, and a frame's announced size is reserved at
+ * once only up to max_in. Returns bytes read, 0 at EOF, -1 with errno
+ * (EAGAIN when nothing is there). */
 ORCH_HIDDEN ssize_t chan_fill(chan *c, size_t max);
 /* As chan_fill, but polls a socket for up to ns nanoseconds, never
  * blocking: -1 with EAGAIN when nothing came. */
 ORCH_HIDDEN ssize_t chan_fill_spin(chan *c, long ns);
 /* Binding: opens a frame and a wire context on it (raises on ENOMEM);
- * chan_enc_end closes both (raises when the frame is too big). An encode
- * that raises in between leaves an open frame that never leaves. */
+ * chan_enc_end closes both (raises when the frame is over max_out). An
+ * encode that raises in between leaves an open frame that never leaves.
+ * With a frame already open, the frame is made aside (a buffer pushed on
+ * the stack below the context, removed by chan_enc_end): safe to call from
+ * a finalizer that runs inside another encode on the same chan. */
 ORCH_HIDDEN void chan_enc_begin(lua_State *L, chan *c, int type, wire_enc *e, int flags);
 ORCH_HIDDEN void chan_enc_end(lua_State *L, chan *c, wire_enc *e);
-/* One frame of this type holding the values at first..top, named
- * "value[k]" in errors. */
+/* One frame of this type holding the values at first..top (popped),
+ * named "value[k]" in errors; a refusal drops the frame at once. */
 ORCH_HIDDEN void chan_enc_values(lua_State *L, chan *c, int type, int first, int flags);
 
 /* ---- task.c: a task's wire form ---------------------------------------- */
@@ -307,8 +322,11 @@ ORCH_HIDDEN void alloc_child_init(lua_State *L);
 /* Decodes every whole frame in `in` (consuming it) for on_message, user
  * value uv of the proc at pidx: on_message(proc, type, values...), a run
  * of RESULT frames as on_message(proc, RESULT, batch, n), a frame that
- * does not decode as on_message(proc, 0, "bad frame: why"). */
-ORCH_HIDDEN void dispatch_frames(lua_State *L, wbuf *in, int pidx, int uv);
+ * does not decode (for any reason, a memory error included: decoding is
+ * protected) as on_message(proc, 0, why, type). 0, or -1 after a frame
+ * whose length is over max: the rest of `in` is dropped, the stream is
+ * out of sync. */
+ORCH_HIDDEN int dispatch_frames(lua_State *L, wbuf *in, size_t max, int pidx, int uv);
 
 /* ---- conn.c: the parent's end of a child's channel, on the loop ---------- */
 typedef struct conn {
@@ -318,6 +336,8 @@ typedef struct conn {
     int uv;            /* the holder's user value slot of on_message */
     int queued;        /* on the list of conns written before the loop blocks */
     struct conn *next_queued;
+    int reading;       /* conn_read calls under way */
+    int free_in;       /* free ch.in once they return */
 } conn;
 
 /* Closed (fds -1) and on no list. */
@@ -328,11 +348,16 @@ ORCH_HIDDEN void conn_start(conn *c, int holder, int uv);
 /* Frames were added to c->ch.out: write them before the loop blocks. */
 ORCH_HIDDEN void conn_queued(conn *c);
 /* Reads (all there is with drain, else a turn's budget) and dispatches,
- * the holder at hidx. 0, or -1 once the channel is at its end (closed). */
+ * the holder at hidx. 0, or -1 once the channel is at its end (closed:
+ * EOF, an error, or a frame over ch.max_in). A drained ch.in that grew
+ * large is given back. */
 ORCH_HIDDEN int conn_read(lua_State *L, conn *c, int hidx, int drain);
 /* Stops watching, closes the fds, drops what was not written; ch.in stays.
  * Idempotent. */
 ORCH_HIDDEN void conn_close(conn *c);
+/* conn_close, and ch.in dropped and freed (once the reads under way have
+ * returned: one of its frames may be being decoded). */
+ORCH_HIDDEN void conn_free(conn *c);
 /* In a fresh child: closes an inherited conn's fds, touches no buffer,
  * and forgets the parent's queued list. */
 ORCH_HIDDEN void conn_forget(conn *c);

@@ -24,7 +24,10 @@
  *   keep their exit statuses (libev's ev_child would reap them all).
  * - on_exit(proc, how, code) is called once, after the child is reaped AND
  *   every byte it wrote has been read and dispatched: a child's messages
- *   always come before its exit.
+ *   always come before its exit. Never after proc:close(), even one made
+ *   by on_message while the exited child's last frames are dispatched.
+ * - A failed spawn leaves nothing open: the channels made for it are
+ *   closed before the error is raised.
  * - A failed encode leaves no partial frame: the channel drops its open
  *   frame the next time it is touched (chan.c).
  * - In a forked child every inherited proc is inert: its fds are closed, the
@@ -53,7 +56,7 @@ typedef struct proc {
     int peer, peer_w; /* the child's ends of it, until the fork */
     int self;     /* registry ref while the child may run */
     int status;   /* wait status once reaped */
-    unsigned reaped : 1, live : 1;
+    unsigned reaped : 1, live : 1, closed : 1;
     lua_Integer fn_last; /* the last function id sent (its code is there) */
     struct proc *next_live, *prev_live;
 } proc;
@@ -135,8 +138,8 @@ static void proc_close(lua_State *L, proc *p)
             ;
         p->reaped = 1;
     }
-    conn_close(&p->conn);
-    chan_free(&p->conn.ch);
+    p->closed = 1;
+    conn_free(&p->conn);
     close_peers(p);
     release(L, p);
 }
@@ -175,11 +178,12 @@ static void reap(lua_State *L)
             lua_rawgeti(L, LUA_REGISTRYINDEX, p->self);
             int pidx = lua_gettop(L);
             conn_read(L, &p->conn, pidx, 1); /* all it wrote comes before its exit */
-            conn_close(&p->conn);
-            chan_free(&p->conn.ch);
-            live_unlink(p);
-            deliver_exit(L, p, pidx);
-            release(L, p);
+            if (!p->closed) { /* on_message may have closed it */
+                conn_free(&p->conn);
+                live_unlink(p);
+                deliver_exit(L, p, pidx);
+                release(L, p);
+            }
             lua_pop(L, 1);
             p = live_head; /* callbacks may have changed the list: rescan */
             continue;
@@ -312,10 +316,44 @@ static int proc_pending(lua_State *L)
     return 1;
 }
 
-static int proc_gc(lua_State *L)
+/* proc:close(), __close: the child killed and reaped now, no on_exit. */
+static int proc_close_m(lua_State *L)
 {
     proc_close(L, check_proc(L, 1));
     return 0;
+}
+
+/* __gc: as close, and every buffer freed (no encode can be under way on a
+ * proc that is garbage; one that close found under way kept its buffer). */
+static int proc_gc(lua_State *L)
+{
+    proc *p = check_proc(L, 1);
+    proc_close(L, p);
+    if (p->owner == getpid())
+        chan_free(&p->conn.ch);
+    return 0;
+}
+
+/* proc:set_max_message(n): frames from the child with more than n bytes
+ * of payload are refused (a bad frame, the channel closed), and no more
+ * than n is ever reserved for one. */
+static int proc_set_max_message(lua_State *L)
+{
+    proc *p = check_proc(L, 1);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n > 0 && (lua_Unsigned)n <= FRAME_MAX, 2, "must be 1 .. 2^31 - 1");
+    p->conn.ch.max_in = (size_t)n;
+    return 0;
+}
+
+/* proc:buffer_sizes() -> in, out: the bytes the parent's buffers for this
+ * child hold (capacity), for specs and diagnostics. */
+static int proc_buffer_sizes(lua_State *L)
+{
+    proc *p = check_proc(L, 1);
+    lua_pushinteger(L, (lua_Integer)p->conn.ch.in.cap);
+    lua_pushinteger(L, (lua_Integer)(p->conn.ch.out.cap + p->conn.ch.later.cap));
+    return 2;
 }
 
 static int proc_tostring(lua_State *L)
@@ -361,25 +399,30 @@ static proc *new_proc(lua_State *L, int on_message, int on_exit)
 }
 
 /* Gives each of the n procs from first a channel: a socketpair for the
- * parent's frames, a pipe for the child's. Raises (the procs' __gc closes
- * what was made). */
-static void make_channels(lua_State *L, int first, int n)
+ * parent's frames, a pipe for the child's. Returns how many got one (< n:
+ * *what failed, with errno). */
+static int make_channels(lua_State *L, int first, int n, const char **what)
 {
     for (int k = 0; k < n; k++) {
         proc *p = lua_touserdata(L, first + k);
         int sv[2], pv[2];
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-            luaL_error(L, "orch: socketpair: %s", strerror(errno));
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+            *what = "socketpair";
+            return k;
+        }
         if (pipe2(pv, O_CLOEXEC) < 0) {
             int e = errno;
             close(sv[0]);
             close(sv[1]);
-            luaL_error(L, "orch: pipe: %s", strerror(e));
+            errno = e;
+            *what = "pipe";
+            return k;
         }
         chan_init(&p->conn.ch, pv[0], sv[0]);
         p->peer = sv[1];
         p->peer_w = pv[1];
     }
+    return n;
 }
 
 /* Forks the n children back to back; a child goes to worker_child_main
@@ -433,7 +476,15 @@ static int l_spawn(lua_State *L)
     int first = nargs + 1; /* the procs, first .. first + n - 1 */
     for (int k = 0; k < n; k++)
         new_proc(L, 3 * k + 2, 3 * k + 3);
-    make_channels(L, first, n);
+    const char *what = NULL;
+    int made = make_channels(L, first, n, &what);
+    if (made < n) { /* out of fds, most often: leave none of them open */
+        int e = errno;
+        for (int k = 0; k < made; k++)
+            proc_close(L, lua_touserdata(L, first + k));
+        return luaL_error(L, "orch: cannot start child %d of %d: %s: %s", made + 1, n, what,
+                          strerror(e));
+    }
     /* In the live list before the first fork: SIGCHLD is watched from
      * then on, and a child forked below never sees its siblings' ends. */
     for (int k = 0; k < n; k++)
@@ -465,8 +516,9 @@ void proc_open(lua_State *L)
     static const luaL_Reg methods[] = {
         {"send", proc_send}, {"send_task", proc_send_task}, {"stop", proc_stop},
         {"kill", proc_kill}, {"pid", proc_pid}, {"alive", proc_alive},
-        {"pending", proc_pending}, {"close", proc_gc},
-        {"__gc", proc_gc}, {"__close", proc_gc}, {"__tostring", proc_tostring},
+        {"pending", proc_pending}, {"close", proc_close_m},
+        {"set_max_message", proc_set_max_message}, {"buffer_sizes", proc_buffer_sizes},
+        {"__gc", proc_gc}, {"__close", proc_close_m}, {"__tostring", proc_tostring},
         {NULL, NULL}};
     if (luaL_newmetatable(L, PROC_MT)) {
         luaL_setfuncs(L, methods, 0);

@@ -123,6 +123,8 @@ static int move_frame(wbuf *src, wbuf *dst, const char *payload, size_t plen)
 static int next_frame(lua_State *L, int want_reply, wbuf **from, int *type,
                       const char **payload, size_t *plen)
 {
+    if (deferred.len == 0)
+        wbuf_reset(&deferred); /* drained: a large buffer is given back */
     if (!want_reply && chan_peek(&deferred, type, payload, plen) == 1) {
         *from = &deferred;
         return 1;
@@ -393,6 +395,17 @@ static int l_send_parent(lua_State *L)
     return 0;
 }
 
+/* set_max_message(n): a frame this child sends with more than n bytes of
+ * payload is refused (the parent's max_message; a task's result raises). */
+static int l_set_max_message(lua_State *L)
+{
+    check_child(L, "set_max_message");
+    lua_Integer n = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, n > 0 && (lua_Unsigned)n <= FRAME_MAX, 1, "must be 1 .. 2^31 - 1");
+    ch.max_out = (size_t)n;
+    return 0;
+}
+
 /* call(...): a MSG_CALL frame, then the values of the parent's MSG_REPLY. */
 static int l_call(lua_State *L)
 {
@@ -484,6 +497,6 @@ void worker_open(lua_State *L)
     static const luaL_Reg fns[] = {
         {"serve", l_serve}, {"send_parent", l_send_parent}, {"call", l_call},
         {"stopping", l_stopping}, {"child_sleep", l_child_sleep},
-        {"in_child", l_in_child}, {NULL, NULL}};
+        {"in_child", l_in_child}, {"set_max_message", l_set_max_message}, {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);
 }

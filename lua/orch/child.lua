@@ -65,7 +65,7 @@ function child.frame(proc, name, type, a, ...)
       pcall(proc.send, proc, REPLY, nil, ("orch: unknown call '%s'"):format(tostring(a)))
     end
   elseif type == 0 then
-    child.protocol_error(proc, name, a)
+    child.protocol_error(proc, name, "bad frame: " .. tostring(a))
     return false
   end
   return true

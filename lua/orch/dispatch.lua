@@ -24,6 +24,8 @@
 --
 -- What a dispatcher provides (d = dispatch.new(side, opts)):
 --   d:start()             workers up (raises if that fails)
+--   d.max_message         the largest packed task it takes, bytes (nil: any);
+--                         the pool refuses a larger one at submit
 --   d.eager               after queueing a task the pool calls d:pump()
 --                         while the backlog holds at most this many (past
 --                         that, the dispatcher's own answers keep it busy)
@@ -77,6 +79,13 @@ local CORES = core.cpu_count()  -- cores online
 -- Workers that fail their init this many times in a row break the pool.
 local MAX_INIT_FAILURES = 3
 local SPAWN_BATCH = 64  -- core.spawn's limit
+-- The largest frame a worker may send (max_message): a result that big
+-- costs the parent about twice that while it is read and decoded, and a
+-- frame's announced length is what the parent reserves for it at once, so
+-- the bound is what one worker can make the parent hold. 256 MiB is far
+-- more than a result worth moving through a pipe (a quarter second at
+-- 1 GB/s); a pool that needs more says so.
+local MAX_MESSAGE = 256 * 1024 * 1024
 
 local D = {}
 D.__index = D
@@ -91,9 +100,10 @@ end
 ---------------------------------------------------------------------------
 -- workers
 
-local function worker_main(name)
+local function worker_main(name, max_message)
   return function()
     log.name = name
+    core.set_max_message(max_message)
     core.serve()
   end
 end
@@ -107,7 +117,7 @@ local function spawn_workers(self, first, last)
   for slot = first, last do
     local w = { slot = slot, name = "worker " .. slot, inflight = {}, ih = 1, it = 0, dispatched = 0 }
     workers[#workers + 1] = w
-    args[#args + 1] = worker_main(w.name)
+    args[#args + 1] = worker_main(w.name, self.max_message)
     args[#args + 1] = function(_, ...)
       local d = ref[1]
       if d then d:_message(w, ...) end
@@ -124,6 +134,7 @@ local function spawn_workers(self, first, last)
     for k = i, j do
       local w = workers[k]
       w.proc = procs[k - i + 1]
+      w.proc:set_max_message(self.max_message)
       w.pid = w.proc:pid()
       self.slots[w.slot] = w
       self.n_live = self.n_live + 1
@@ -404,14 +415,44 @@ local function task_failed(self, w, id, kind, message, traceback, value)
   answered(self, w, core.now(), 1)
 end
 
+-- A frame of w that did not decode (why; ftype: the type its header
+-- said): w's channel cannot be trusted, so w is killed and replaced. A
+-- RESULT or ERROR answered the task running first, which fails now; any
+-- other frame leaves it to fail once w is gone. Either way it is
+-- "crashed" with message "bad frame from worker: why". Frames read after
+-- the bad one are still handled.
+local function bad_frame(self, w, why, ftype)
+  child.frame(w.proc, w.name, 0, why)  -- logged
+  local message = "bad frame from worker: " .. tostring(why)
+  w.bad_frame, w.retiring, w.killed = message, true, true
+  w.proc:kill()
+  if ftype ~= RESULT and ftype ~= ERROR then return end
+  if w.in_init then
+    init_done(self, w, true, message)
+    return
+  end
+  local fut = head_of(w)
+  if not fut or not take_head(w, fut.id) then return end
+  w.killed_task = fut  -- the task behind it was not what the kill was for
+  if awaited(self, fut) then
+    if fut.stop_kind then
+      stopped(self, fut, w, nil)
+    else
+      self.failed(fut, task_error("crashed", { message = "crashed: " .. message, pid = w.pid }))
+    end
+  end
+  answered(self, w, core.now(), 1)
+end
+
 function D:_message(w, type, id, ...)
   if type == RESULT then
     results(self, w, id, ...)
   elseif type == ERROR then
     task_failed(self, w, id, ...)
-  elseif not child.frame(w.proc, w.name, type, id, ...) then
-    w.bad_frame = tostring(id):gsub("^bad frame: ", "")  -- what its task crashed of
-    w.proc:kill()  -- its channel cannot be trusted
+  elseif type == 0 then
+    bad_frame(self, w, id, ...)
+  else
+    child.frame(w.proc, w.name, type, id, ...)
   end
 end
 
@@ -431,8 +472,7 @@ local function head_ended(self, w, head, how, code)
     leave(self, head)
     self.failed(head, task_error("killed", { message = "killed", pid = w.pid }))
   elseif not killed then
-    local fields = { pid = w.pid }
-    if w.bad_frame then fields.message = "crashed: bad frame from worker: " .. w.bad_frame end
+    local fields = { pid = w.pid, message = w.bad_frame and "crashed: " .. w.bad_frame }
     if how == "signal" then
       fields.signal, fields.signal_name = code, core.signame(code)
     else
@@ -621,13 +661,15 @@ end
 local dispatch = {}
 
 --- dispatch.new(side, opts) -> d: the local dispatcher of a pool (opts:
--- the pool's workers, init, max_tasks_per_worker).
+-- the pool's workers, init, max_tasks_per_worker, max_message). d.max_message:
+-- the limit, which a packed task must respect too.
 function dispatch.new(side, opts)
   local size = opts.workers or core.cpu_count()
   return setmetatable({
     backlog = side.backlog, done = side.done, failed = side.failed,
     waiting = side.waiting, broken = side.broken,
     size = size, eager = size + 1, init = opts.init, max_tasks = opts.max_tasks_per_worker,
+    max_message = opts.max_message or MAX_MESSAGE,
     slots = {}, n_live = 0, n_running = 0, restarts = 0, pipeline = 1, mean_task = nil,
     closing = false, terminated = false,
   }, D)

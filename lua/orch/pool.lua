@@ -47,6 +47,7 @@ local OPTIONS = {
   on_error = "string or function", grace = "non-negative number",
   init = "function or string", backoff = "non-negative number",
   broker = "string", queue = "string", lease = "positive number", secret = "string",
+  max_message = "positive integer",
 }
 -- With a broker, a pool may have no workers of its own: nodes run its tasks.
 local BROKER_OPTIONS = {}
@@ -69,6 +70,10 @@ local function check_options(opts)
   opts = check.options("orch.pool", opts, spec)
   if not opts.broker and (opts.queue or opts.lease or opts.secret) then
     check.fail("orch.pool", "options 'queue', 'lease' and 'secret' need option 'broker'")
+  end
+  local m = opts.max_message
+  if m ~= nil and m > 0x7fffffff then
+    check.fail("orch.pool", "option 'max_message' must be at most 2^31 - 1 bytes (got %s)", check.show(m))
   end
   Group.check_policy(opts, "orch.pool")
   return opts
@@ -234,6 +239,11 @@ function Pool:_submit(group, fn, ...)
   -- encoded once, here: what cannot cross is refused at submit
   local ok, task = pcall(pack_task, fn, ...)
   if not ok then check.fail("orch.pool", "submit: %s", tostring(task)) end
+  local max = self.dispatcher.max_message
+  if max and #task > max then
+    check.fail("orch.pool", "submit: the task's arguments take %d bytes, over the limit of %d (max_message)",
+      #task, max)
+  end
   local fut = self:_enqueue(group, task)
   if group.keeps_args then
     fut.fn, fut.args = fn, pack(...)  -- what a policy function may look at

@@ -47,6 +47,30 @@ function seeds.wire(core)
   return out
 end
 
+-- The frame reader's input: one byte of set-up (see fuzz_frame.c: the
+-- seed of the read sizes; odd: a 256-byte limit), then a stream of frames
+-- with headers as chan.c writes them, payloads from the real encoder.
+function seeds.frame(core)
+  local enc, msg, out = core.encode_strict, core.msg, {}
+  local function frame(type, payload) return string.pack("<I4B", #payload, type) .. payload end
+  local function results(from, to)
+    local t = {}
+    for id = from, to do t[#t + 1] = frame(msg.RESULT, enc(id, "value " .. id, { id })) end
+    return table.concat(t)
+  end
+  local mixed = results(1, 3) .. frame(msg.LOG, enc("info", "hello")) .. results(4, 5)
+    .. frame(msg.ERROR, enc(6, "error", "boom", "traceback", nil)) .. frame(msg.SEND, enc({ 1, 2 }))
+  local big = frame(msg.RESULT, enc(7, ("b"):rep(3000)))
+  local over = string.pack("<I4B", 0x7fffffff, msg.RESULT) .. "xyz"
+  local bad = frame(msg.RESULT, "\255\255\255") .. frame(msg.LOG, enc("warn")) .. frame(msg.RESULT, enc(8))
+  local streams = { results(1, 1), results(1, 40), mixed, big, mixed .. big, over, mixed .. over,
+    bad, frame(msg.READY, ""), frame(msg.RESULT, enc(1)):sub(1, 7) }
+  for _, seed in ipairs{ 0, 1, 2, 77 } do
+    for _, st in ipairs(streams) do out[#out + 1] = string.char(seed) .. st end
+  end
+  return out
+end
+
 if arg and arg[0] and arg[0]:match("seeds%.lua$") then
   local target, dir, cpath = arg[1], arg[2], arg[3]
   assert(seeds[target] and dir, "usage: seeds.lua TARGET DIR [cpath]")
