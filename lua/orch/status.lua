@@ -206,9 +206,9 @@ end
 
 --- status.service(action, name) -> true, detail | nil, err, code. action:
 -- "stop" (the service and those that depend on it, dependents first, as
--- sup:stop(name)), "restart" (sup:restart(name)), "start" (a stopped
--- service, with those its stop took down; a running one is left alone).
--- Returns once done: it runs the loop meanwhile.
+-- sup:stop(name)), "restart" (sup:restart(name)), "start" (sup:start(name):
+-- a stopped service, with those its stop took down; a running one is left
+-- alone). Returns once done: it runs the loop meanwhile.
 function status.service(action, name)
   local found, err, code = find_service(name)
   if not found then return nil, err, code end
@@ -219,8 +219,10 @@ function status.service(action, name)
   local done, why
   if action == "stop" then
     done, why = sup:stop(name)
+  elseif action == "start" then
+    done, why = sup:start(name)
   else
-    done, why = sup:restart(name)  -- a stopped service: restarting starts it
+    done, why = sup:restart(name)
   end
   if not done then return nil, ("%s %s: %s"):format(action, name, tostring(why)), "failed" end
   return true
