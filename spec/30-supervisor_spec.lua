@@ -43,11 +43,13 @@ describe("orch.supervisor validation", function()
     bad({ services = { { name = "a", run = "f" } } }, "option 'run' must be a function (got \"f\")")
     bad("x", "options must be a table")
   end)
-  it("checks names given to stop and restart", function()
+  it("checks names given to stop, start and restart", function()
     local sup = orch.supervisor{ services = { { name = "a", run = noop } } }
     assert.has_error(function() sup:stop("nope") end,
       "orch.supervisor: stop: unknown service 'nope' (services: a)")
     assert.has_error(function() sup:restart("nope") end)
+    assert.has_error(function() sup:start("nope") end,
+      "orch.supervisor: start: unknown service 'nope' (services: a)")
     assert.equal("pending", sup:status()[1].state)
   end)
   it("orch.ready outside a service does nothing", function()
@@ -95,6 +97,57 @@ describe("orch.supervisor restarts", function()
     assert.matches("crasher\tfailed\t2\t1", out, 1, true)
     assert.matches("base\tstopped\t0\t0", out, 1, true)
     assert.matches("restarting (restart 2)", err, 1, true)
+  end)
+
+  it("start(name) brings back a service and what its stop took down, counting no restart", function()
+    local rc, out, err = run_script("spec/scripts/sup_start.lua")
+    assert.equal(0, rc, err)
+    local at = {}  -- step -> name -> { state, restarts, pid }
+    for step, name, state, restarts, pid in out:gmatch("([%w-]+)\t(%w+)\t(%a+)\t(%d+)\t(%w+)\n") do
+      at[step] = at[step] or {}
+      at[step][name] = { state = state, restarts = tonumber(restarts), pid = tonumber(pid) }
+    end
+    local function states(step)
+      local list = {}
+      for _, name in ipairs({ "db", "web", "api", "cache", "bad" }) do list[#list + 1] = at[step][name].state end
+      return table.concat(list, " ")
+    end
+    assert.equal("running stopped stopped running failed", states("stop-web"))
+    assert.equal("running running running running failed", states("start-web"))
+    assert.equal(at.start.db.pid, at["start-web"].db.pid)        -- untouched
+    assert.are_not.equal(at.start.web.pid, at["start-web"].web.pid)
+    assert.equal(at.start.cache.pid, at["start-cache"].cache.pid)  -- running: left alone
+    assert.equal("stopped stopped stopped running failed", states("stop-db"))
+    -- api was stopped by name after db's stop: db's start leaves it down
+    assert.equal("running running stopped running failed", states("start-db"))
+    assert.equal("running running running running failed", states("start-api"))
+    assert.matches("start-bad-result\tnil\tservice 'bad' failed", out, 1, true)
+    -- the supervisor was over (every service stopped): web starts with db, which it needs
+    assert.equal("stopped stopped stopped stopped failed", states("stop-cache"))
+    assert.equal("running running stopped stopped failed", states("start-again"))
+    for step, services in pairs(at) do
+      for name, s in pairs(services) do assert.equal(0, s.restarts, step .. " " .. name) end
+    end
+    assert.is_nil(err:find("restarting", 1, true), err)
+    -- after order, from the log: db ready, then web, then api started
+    for _, step in ipairs({ "start-web", "start-db" }) do
+      local db, web = at[step].db.pid, at[step].web.pid
+      local ready = err:find(("[db %d] ready"):format(db), 1, true)
+      local web_start = err:find(("[web %d] started"):format(web), 1, true)
+      assert.truthy(ready and web_start and ready < web_start, step .. "\n" .. err)
+    end
+    local web_start = err:find(("[web %d] started"):format(at["start-web"].web.pid), 1, true)
+    local api_start = err:find(("[api %d] started"):format(at["start-web"].api.pid), 1, true)
+    assert.truthy(web_start < api_start, err)
+    -- started by name first: b and a, which it needs; c stays pending
+    assert.equal("running", at.first.a.state)
+    assert.equal("running", at.first.b.state)
+    assert.equal("pending", at.first.c.state)
+    -- misuse reports the caller's line
+    assert.matches("misuse\tfalse\tspec/scripts/sup_start.lua:%d+: orch.supervisor: use sup:start%(...%) %(a colon%)", out)
+    assert.matches("misuse\tfalse\tspec/scripts/sup_start.lua:%d+: orch.supervisor: start: unknown service 'nosuch' "
+      .. "%(services: api, bad, cache, db, web%)", out)
+    assert.matches("start: unknown service 42", out, 1, true)
   end)
 
   it("restart kinds, readiness and ready_timeout; run() returns once nothing is left", function()

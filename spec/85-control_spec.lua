@@ -118,9 +118,16 @@ describe("orch ctl", function()
     assert.equal("running", service(st, "cache").state)
     code, out = orch(xdg, "ctl start db")
     assert.equal(0, code, out)
+    assert.equal("db: started\n", out)
     st = status_of(xdg)
-    assert.equal("running", service(st, "db").state)
-    assert.equal("running", service(st, "web").state)
+    for _, name in ipairs({ "db", "web" }) do
+      assert.equal("running", service(st, name).state)
+      assert.equal(0, service(st, name).restarts)  -- a start, not a restart
+    end
+    local db2, web2 = P.service_pids(job, "db")[2], P.service_pids(job, "web")[2]
+    assert.equal(math.tointeger(service(st, "db").pid), db2)
+    assert.truthy(P.pos(job, ("[db %d] started"):format(db2)) < P.pos(job, ("[web %d] started"):format(web2)))
+    assert.is_nil(P.pos(job, "restarting"), P.stderr(job))
     code, out = orch(xdg, "ctl ctljob restart web")
     assert.equal(0, code, out)
     assert.equal("web: restarted\n", out)

@@ -372,6 +372,51 @@ static void weak_table(lua_State *L, int *ref, const char *mode)
     *ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+/* ---- a task's source (parent, read-only) ------------------------------ */
+
+/* A C function's tag in wire.c's format (0x18 when referred to again). */
+#define CFUNC_TAG 0x08
+#define SHARED_BIT 0x10
+
+/* task_source(task) -> "short_src:linedefined" | "module.name" | "[C]" |
+ * nil: where the function of a task packed here comes from. Nothing runs:
+ * the code of fnid (dumped here, debug information kept) is loaded, not
+ * called, for its lua_getinfo; fnid 0 holds a "module.name" string or a C
+ * function. nil for a string that holds no task packed by this process. */
+static int l_task_source(lua_State *L)
+{
+    size_t tlen;
+    const char *task = luaL_checklstring(L, 1, &tlen);
+    lua_Integer fnid;
+    if (tlen <= TASK_FNID)
+        return luaL_pushfail(L), 1;
+    memcpy(&fnid, task, TASK_FNID);
+    if (fnid == 0) {
+        unsigned char tag = (unsigned char)task[TASK_FNID];
+        if ((tag & ~SHARED_BIT) == CFUNC_TAG)
+            return lua_pushliteral(L, "[C]"), 1;
+        wire_dec d;
+        wire_dec_begin(&d, L, task + TASK_FNID, tlen - TASK_FNID, 0);
+        int bad = wire_dec_value(&d) < 0;
+        wire_dec_end(&d);                      /* the name, if decoded */
+        if (bad || lua_type(L, -1) != LUA_TSTRING)
+            return luaL_pushfail(L), 1;
+        return 1;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
+    size_t n;
+    const char *code;
+    if (lua_rawgeti(L, -1, fnid) != LUA_TSTRING)
+        return luaL_pushfail(L), 1;
+    code = lua_tolstring(L, -1, &n);
+    if (luaL_loadbufferx(L, code, n, "=task", "b") != LUA_OK)
+        return luaL_pushfail(L), 1;
+    lua_Debug ar;
+    lua_getinfo(L, ">S", &ar);                 /* pops the function */
+    lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
+    return 1;
+}
+
 void task_open(lua_State *L)
 {
     if (fn_by_closure == LUA_NOREF) {
@@ -390,4 +435,6 @@ void task_open(lua_State *L)
     wbuf_scratch_fn(L, l_pack_chunk, "pack_chunk");
     lua_pushcfunction(L, l_resolve);
     lua_setfield(L, -2, "resolve");
+    lua_pushcfunction(L, l_task_source);
+    lua_setfield(L, -2, "task_source");
 }

@@ -385,13 +385,13 @@ function Pool:_release()
 end
 
 -- pool:status_tasks() -> the tasks not settled yet, for orch.status: those
--- its workers hold, then those queued ({ id, state, pid, started, fn, future }).
+-- its workers hold, then those queued ({ id, state, pid, started, task, future }).
 function Pool:status_tasks()
   local list, d = {}, self.dispatcher
   local function add(fut)
     local pid, started = d:where(fut)
     list[#list + 1] = { id = fut.id, state = fut.status, pid = pid, started = started,
-                        fn = fut.fn, future = fut }
+                        task = fut.task, future = fut }
   end
   for _, fut in ipairs(d:held()) do
     if not fut:done() then add(fut) end

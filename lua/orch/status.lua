@@ -15,10 +15,12 @@
 --
 --     pool:status_tasks() -> { { id =, state = "queued"|"running",
 --                                pid = worker pid | nil, started = core.now()
---                                when it started | nil, fn = the function or
---                                "module.name" submitted, future = fut }, ... }
+--                                when it started | nil, task = the task as
+--                                core.pack_task packed it (or fn = the function
+--                                or "module.name" submitted), future = fut }, ... }
 --
--- (a pool without it reports no tasks).
+-- (a pool without it reports no tasks). A task's source is read from its
+-- packed form (core.task_source), once per function id.
 --
 -- status.report() -> {
 --   pid, time,                                  -- this process, os.time()
@@ -94,12 +96,30 @@ end
 ---------------------------------------------------------------------------
 -- pools
 
-local function source_of(fn)
+local function source_of_fn(fn)
   if type(fn) == "string" then return fn end
   if type(fn) ~= "function" then return "?" end
   local info = debug.getinfo(fn, "S")
   if info.what == "C" then return "[C]" end
   return ("%s:%d"):format(info.short_src, info.linedefined)
+end
+
+-- fnid -> "short_src:line": a function id never names two pieces of code.
+local source_by_fnid = {}
+local FNID = ("j"):packsize()  -- a packed task starts with its function id
+
+-- A task's "source:line", "module.name" or "[C]"; "?" when unknown.
+local function source_of(t)
+  local task = t.task
+  if type(task) ~= "string" then return source_of_fn(t.fn) end
+  if #task < FNID then return "?" end
+  local fnid = ("j"):unpack(task)
+  local source = source_by_fnid[fnid]
+  if not source then
+    source = core.task_source(task)
+    if source and fnid ~= 0 then source_by_fnid[fnid] = source end  -- 0: a name, in the task
+  end
+  return source or "?"
 end
 
 local function pool_tasks(pool)
@@ -126,7 +146,7 @@ local function pool_report(pool, entry)
   report.tasks = {}
   for i, t in ipairs(pool_tasks(pool)) do
     report.tasks[i] = {
-      id = t.id, state = t.state, pid = t.pid, source = source_of(t.fn),
+      id = t.id, state = t.state, pid = t.pid, source = source_of(t),
       age = t.started and now - t.started or nil,
     }
   end
@@ -206,9 +226,9 @@ end
 
 --- status.service(action, name) -> true, detail | nil, err, code. action:
 -- "stop" (the service and those that depend on it, dependents first, as
--- sup:stop(name)), "restart" (sup:restart(name)), "start" (a stopped
--- service, with those its stop took down; a running one is left alone).
--- Returns once done: it runs the loop meanwhile.
+-- sup:stop(name)), "restart" (sup:restart(name)), "start" (sup:start(name):
+-- a stopped service, with those its stop took down; a running one is left
+-- alone). Returns once done: it runs the loop meanwhile.
 function status.service(action, name)
   local found, err, code = find_service(name)
   if not found then return nil, err, code end
@@ -219,8 +239,10 @@ function status.service(action, name)
   local done, why
   if action == "stop" then
     done, why = sup:stop(name)
+  elseif action == "start" then
+    done, why = sup:start(name)
   else
-    done, why = sup:restart(name)  -- a stopped service: restarting starts it
+    done, why = sup:restart(name)
   end
   if not done then return nil, ("%s %s: %s"):format(action, name, tostring(why)), "failed" end
   return true

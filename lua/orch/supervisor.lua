@@ -10,8 +10,8 @@
 -- - down: a running service is asked to stop once every service that lists
 --         it in `after` has exited; SIGKILL follows after its `grace`.
 --
--- Restarts, strategies, sup:stop(name) and the whole shutdown only change
--- wishes. A restart of several services (one_for_all, rest_for_one,
+-- Restarts, strategies, sup:stop(name), sup:start(name) and the whole
+-- shutdown only change wishes. A restart of several services (one_for_all, rest_for_one,
 -- sup:restart) is a `cycle`: its services go down in order, and once all
 -- of them are down they all go up again, in order.
 --
@@ -136,7 +136,7 @@ local function spawn(self, s)
   local function on_exit(proc, how, code)
     self:_exited(s, proc, how, code)
   end
-  s.exit_code, s.signal, s.asked, s.not_ready = nil, nil, false, nil
+  s.exit_code, s.signal, s.asked, s.not_ready, s.took_down = nil, nil, false, nil, nil
   local proc = core.spawn(main, on_message, on_exit)
   s.proc, s.pid, s.started_at = proc, proc:pid(), core.now()
   if s.notify then
@@ -382,32 +382,51 @@ local function check_name(self, name, fn)
   return s
 end
 
---- sup:start(): starts every service in `after` order; returns true once
--- all are ready, or nil, err when the supervisor gave up or is stopping.
-function Supervisor:start()
-  check_self(self, "start")
-  if core.in_child() then check.fail("orch.supervisor", "start: only in the parent process") end
-  if self.stopping_all and not self.finished then return nil, "stopping" end
-  if self.finished then
-    -- started again after a full stop
-    self.finished, self.stopping_all, self.error, self.restart_times = false, false, nil, {}
-    for _, s in ipairs(self.services) do s.want = "up" end
-  end
-  activate(self)
+-- A finished supervisor runs again: its end and its restart history are
+-- forgotten.
+function Supervisor:_reopen()
+  self.finished, self.stopping_all, self.error, self.restart_times = false, false, nil, {}
+end
+
+-- Waits until no service of those ready() looks at moves any more, then
+-- returns true, or nil, err when the supervisor gave up or is stopping.
+function Supervisor:_wait_up(ready)
   self.started = true
+  activate(self)
   self:_check()
   loop.wait(function()
     if self.stopping_all or self.finished then return true end
-    for _, s in ipairs(self.services) do
-      if s.want == "up" and s.state ~= "running" then return false end
-    end
-    return true
+    return ready()
   end)
   if self.error then return nil, self.error end
   if self.stopping_all then return nil, "stopping" end
   return true
 end
 
+--- sup:start(name?): starts every service in `after` order; returns true
+-- once all are ready, or nil, err when the supervisor gave up or is
+-- stopping. With a name: starts that service unless it runs, with the
+-- services its sup:stop(name) took down and those it needs (its `after`,
+-- directly or not) that are down, in `after` order; never counts a
+-- restart; returns true once they are ready, nil, err when one of them did
+-- not stay up ("service 'web' failed").
+function Supervisor:start(name)
+  check_self(self, "start")
+  if core.in_child() then check.fail("orch.supervisor", "start: only in the parent process") end
+  if name ~= nil then return self:_start_one(check_name(self, name, "start")) end
+  if self.stopping_all and not self.finished then return nil, "stopping" end
+  if self.finished then
+    -- started again after a full stop
+    self:_reopen()
+    for _, s in ipairs(self.services) do s.want = "up" end
+  end
+  return self:_wait_up(function()
+    for _, s in ipairs(self.services) do
+      if s.want == "up" and s.state ~= "running" then return false end
+    end
+    return true
+  end)
+end
 
 -- The set of s and of every service that depends on it, directly or not.
 local function with_dependents(s, set)
@@ -417,6 +436,75 @@ local function with_dependents(s, set)
     for _, d in ipairs(s.dependents) do with_dependents(d, set) end
   end
   return set
+end
+
+-- The set of s and of every service it needs: those it lists in `after`,
+-- directly or not.
+local function with_needs(s, by_name, set)
+  if not set[s] then
+    set[s] = true
+    for _, dep in ipairs(s.after) do with_needs(by_name[dep], by_name, set) end
+  end
+  return set
+end
+
+-- Whether s is up or on its way up (a restart of several that takes it
+-- along brings it back).
+function Supervisor:_wanted_up(s)
+  return s.want == "up" or (self.cycle ~= nil and self.cycle[s] ~= nil)
+end
+
+-- s goes no further towards up: it runs, is to stay down, or needs a
+-- service that is to stay down.
+function Supervisor:_settled(s)
+  if self.cycle and self.cycle[s] then return false end
+  if s.want ~= "up" or s.state == "running" then return true end
+  for _, dep in ipairs(s.after) do
+    if not self:_wanted_up(self.by_name[dep]) then return true end
+  end
+  return false
+end
+
+-- sup:stop(name) remembers in s.took_down the services the stop of s
+-- brought down besides s (those up until then); a second stop of s while
+-- it is down adds to it, an explicit stop of one of them removes it.
+-- spawn() forgets it: it describes s's last stop only.
+function Supervisor:_note_stop(s, set)
+  for _, u in ipairs(self.services) do
+    if u.took_down then u.took_down[s] = nil end
+  end
+  local took = self:_wanted_up(s) and {} or s.took_down or {}
+  for t in pairs(set) do
+    if t ~= s and self:_wanted_up(t) then took[t] = true end
+  end
+  s.took_down = took
+end
+
+-- sup:start(name): s, what its stop took down and what they need, up.
+function Supervisor:_start_one(s)
+  if self.stopping_all and not self.finished then return nil, "stopping" end
+  if s.want == "up" and s.state == "running" then return true end
+  local set = with_needs(s, self.by_name, {})
+  for t in pairs(s.took_down or {}) do with_needs(t, self.by_name, set) end
+  if self.finished then self:_reopen() end
+  for _, t in ipairs(self.order) do
+    if set[t] then
+      if not (self.cycle and self.cycle[t]) then t.want = "up" end
+    elseif not self.started then
+      t.want = "down"  -- the first start: only these
+    end
+  end
+  local ok, err = self:_wait_up(function()
+    for t in pairs(set) do
+      if not self:_settled(t) then return false end
+    end
+    return true
+  end)
+  if not ok then return nil, err end
+  for _, t in ipairs(self.order) do
+    if set[t] and t.state ~= "running" then return nil, ("service '%s' %s"):format(t.name, t.state) end
+  end
+  return true
 end
 
 --- sup:stop(name?): the ordered stop of every service, or of one service
@@ -432,6 +520,7 @@ function Supervisor:stop(name)
   end
   local s = check_name(self, name, "stop")
   local set = with_dependents(s)
+  self:_note_stop(s, set)
   for t in pairs(set) do
     all_down({ t })
     if self.cycle then self.cycle[t] = nil end

@@ -24,8 +24,7 @@ local sup = orch.supervisor{
   },
 }
 status.register(sup, "supervisor")
--- on_error as a function keeps each task's function with its future,
--- where orch.status finds the task's source:line
+-- on_error "continue": a killed task leaves the other tasks running
 local pool <close> = orch.pool{ workers = 2, grace = 1, on_error = function() return "continue" end }
 status.register(pool, "pool")
 local function spin()

@@ -1,0 +1,118 @@
+-- Where orch.status() says a pool's tasks come from: read from each
+-- future's packed task (core.task_source), not from the function, which
+-- futures do not keep. core.task_source on strings that hold no task.
+local orch = require "orch"
+local core = require "orch.core"
+
+local function where(fn)
+  local info = debug.getinfo(fn, "S")
+  return ("%s:%d"):format(info.short_src, info.linedefined)
+end
+
+-- Runs until the file at path exists.
+local function wait_for_file(path)
+  while not io.open(path) do os.execute("sleep 0.02") end
+  return "seen"
+end
+
+local function adder(n)
+  return function(x) return x + n end
+end
+
+-- The report's entry of a pool of 1 worker holding n_tasks tasks, and
+-- its tasks by id.
+local function pool_entry(n_tasks)
+  for _, p in ipairs(orch.status().pools) do
+    if #p.tasks == n_tasks and p.workers == 1 then
+      local by_id = {}
+      for _, t in ipairs(p.tasks) do by_id[t.id] = t end
+      return p, by_id
+    end
+  end
+end
+
+describe("orch.status() task sources", function()
+  it("names each task's function: file:line, 'module.name' or [C]", function()
+    local path = os.tmpname()
+    os.remove(path)
+    local pool <close> = orch.pool{ workers = 1 }
+    local futs = {
+      pool:submit(wait_for_file, path),
+      pool:submit("string.rep", "a", 2),
+      pool:submit(string.rep, "b", 2),
+      pool:submit(adder(1), 1),
+      pool:submit(adder(2), 1),       -- another closure of the same code
+      pool:submit(function() return "inline" end),
+    }
+    local inline_line = debug.getinfo(1, "l").currentline - 2
+    local tasks
+    local deadline = core.now() + 10
+    repeat
+      orch.sleep(0.02)
+      tasks = select(2, pool_entry(#futs))
+    until (tasks and tasks[futs[1].id].state == "running") or core.now() > deadline
+    assert.truthy(tasks, "the pool's running task was not seen")
+    assert.equal(where(wait_for_file), tasks[futs[1].id].source)
+    assert.matches("^spec/84%-status_sources_spec%.lua:%d+$", tasks[futs[1].id].source)
+    assert.equal("string.rep", tasks[futs[2].id].source)
+    assert.equal("[C]", tasks[futs[3].id].source)
+    assert.equal(where(adder(0)), tasks[futs[4].id].source)
+    assert.equal(where(adder(0)), tasks[futs[5].id].source)
+    assert.equal("spec/84-status_sources_spec.lua:" .. inline_line, tasks[futs[6].id].source)
+    -- asked again (from the cache by function id): the same
+    local _, again = pool_entry(#futs)
+    for id, t in pairs(tasks) do assert.equal(t.source, again[id].source) end
+    local text = require("orch.status").format(orch.status())
+    assert.matches(("running +pid %%d+ +age [%%d.]+s +%s"):format(where(wait_for_file):gsub("%p", "%%%0")), text)
+    assert(io.open(path, "w")):close()
+    assert.equal("seen", futs[1]:result())
+    os.remove(path)
+  end)
+end)
+
+describe("core.task_source", function()
+  it("reads a packed task without running it", function()
+    local ran = false
+    local function f() ran = true end
+    assert.equal(where(f), core.task_source(core.pack_task(f, 1, { 2 })))
+    assert.equal("os.time", core.task_source(core.pack_task("os.time")))
+    assert.equal("[C]", core.task_source(core.pack_task(os.time)))
+    assert.is_false(ran)
+  end)
+
+  it("returns nil for strings that hold no task, raises for a non-string", function()
+    local fnid0 = ("j"):pack(0)
+    for _, s in ipairs({ "", "short", ("\0"):rep(8), fnid0 .. "\0", fnid0 .. "\6\0\0\0",
+                         ("j"):pack(-1) .. "x", ("j"):pack(math.maxinteger) .. "x", 12345 }) do
+      assert.is_nil(core.task_source(s), ("%q"):format(s))
+    end
+    assert.matches("bad argument #1 to 'orch.core.task_source' %(string expected, got no value%)",
+      select(2, pcall(core.task_source)))
+    assert.matches("bad argument #1 to 'orch.core.task_source' %(string expected, got table%)",
+      select(2, pcall(core.task_source, {})))
+  end)
+
+  it("never crashes on random strings, random tails or cut tasks", function()
+    math.randomseed(os.time())
+    local function noise(n)
+      local b = {}
+      for i = 1, n do b[i] = string.char(math.random(0, 255)) end
+      return table.concat(b)
+    end
+    local task = core.pack_task(wait_for_file, "x")
+    local prefix = task:sub(1, ("j"):packsize())
+    for _ = 1, 3000 do
+      local s = noise(math.random(0, 64))
+      assert.is_nil(core.task_source(s), ("%q"):format(s))
+      -- fnid 0 and any value after it: a name, [C] or nil
+      local r = core.task_source(("j"):pack(0) .. noise(math.random(0, 64)))
+      assert.is_true(r == nil or type(r) == "string")
+      -- a known function id: its source, whatever follows
+      assert.equal(where(wait_for_file), core.task_source(prefix .. noise(math.random(1, 32))))
+    end
+    for n = 0, #task do
+      local r = core.task_source(task:sub(1, n))
+      assert.is_true(r == nil or r == where(wait_for_file))
+    end
+  end)
+end)
