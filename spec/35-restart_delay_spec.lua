@@ -89,7 +89,7 @@ describe("restart delays", function()
     assert_gaps({ 0.7, 0.2 }, { g[3], g[4] })
   end)
 
-  it("restart_delay = 0 restarts at once", function()
+  it("restart_delay = 0 restarts at once #novalgrind", function()
     H.capture_logs(finally)
     run{ max_restarts = 3, restart_window = 30, restart_delay = 0, services = {
       { name = "quick", run = service(path, { default = fail }) } } }
