@@ -91,16 +91,26 @@ static void before_block_cb(struct ev_loop *l, ev_prepare *w, int revents)
         hooks[k]();
 }
 
+lua_Number loop_check_seconds(lua_State *L, int arg)
+{
+    lua_Number secs = luaL_checknumber(L, arg);
+    if (secs != secs)
+        luaL_argerror(L, arg, "seconds must be a number, got NaN");
+    if (secs < 0)
+        luaL_argerror(L, arg, "seconds must not be negative");
+    return secs;
+}
+
 static void step_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
     (void)l; (void)w; (void)revents;
 }
 
-/* step([timeout]): one turn of the loop. Without a timeout it blocks until
- * something happens; 0 only polls. Raises a callback's error. */
+/* step([timeout]): one turn of the loop. Without a timeout (nil) it blocks
+ * until something happens; 0 only polls. Raises a callback's error. */
 static int l_step(lua_State *L)
 {
-    lua_Number timeout = luaL_optnumber(L, 1, -1);
+    lua_Number timeout = lua_isnoneornil(L, 1) ? -1 : loop_check_seconds(L, 1);
     lua_settop(L, 0);
     lua_State *outer = running_L;
     running_L = L;
@@ -173,9 +183,8 @@ static void timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 /* timer(after, fn) -> timer: calls fn(timer) once, after seconds. */
 static int l_timer(lua_State *L)
 {
-    lua_Number after = luaL_checknumber(L, 1);
+    lua_Number after = loop_check_seconds(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    luaL_argcheck(L, after >= 0, 1, "must not be negative");
     ltimer *t = lua_newuserdatauv(L, sizeof *t, 1);
     t->self = LUA_NOREF;
     ev_timer_init(&t->w, timer_cb, after, 0.);

@@ -265,6 +265,8 @@ ORCH_HIDDEN int loop_call(lua_State *L, int nargs);
  * it polls; registering it again does nothing. At most 4 hooks. */
 typedef void (*loop_hook)(void);
 ORCH_HIDDEN void loop_on_before_block(loop_hook fn);
+/* The number of seconds at arg: raises for NaN and negative ones. */
+ORCH_HIDDEN lua_Number loop_check_seconds(lua_State *L, int arg);
 ORCH_HIDDEN void loop_open(lua_State *L);
 
 /* ---- sig.c: signals ------------------------------------------------------ */

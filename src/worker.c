@@ -424,7 +424,7 @@ static int l_stopping(lua_State *L)
 /* child_sleep(seconds): sleeps; returns early (true) when asked to stop. */
 static int l_child_sleep(lua_State *L)
 {
-    lua_Number secs = luaL_checknumber(L, 1);
+    lua_Number secs = loop_check_seconds(L, 1);
     struct timespec end, now;
     clock_gettime(CLOCK_MONOTONIC, &end);
     lua_Number t = (lua_Number)end.tv_sec + end.tv_nsec / 1e9 + secs;

@@ -57,7 +57,7 @@ end
 --- orch.sleep(seconds): in the parent, runs the loop for that long; in a
 -- child, sleeps and returns early once the parent asked it to stop.
 function loop.sleep(seconds)
-  if type(seconds) ~= "number" or seconds < 0 then
+  if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then
     error("orch.sleep: seconds must be a non-negative number", 2)
   end
   if core.in_child() then
