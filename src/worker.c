@@ -310,15 +310,21 @@ static int run_frame(lua_State *L)
     lua_pushcfunction(L, msgh); /* 1 */
     int nargs = task_load(L, payload, plen, &frame_id); /* fn at 2, args */
     lua_Integer id = frame_id;
-    if (run_task(L, nargs, id) == LUA_OK) {
+    int rc = run_task(L, nargs, id);
+    if (rc == LUA_OK) {
         reply_result(L, id, 2);
         return 0;
     }
-    /* error value at 2 (msgh ran) */
+    /* error value at 2 */
     int level = interrupted;
     const char *kind = level == STOP_TIMEOUT ? "timeout" : level ? "cancelled" : "error";
-    lua_getfield(L, LUA_REGISTRYINDEX, "orch.message");
-    lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+    if (rc == LUA_ERRRUN) { /* msgh ran: its message and traceback */
+        lua_getfield(L, LUA_REGISTRYINDEX, "orch.message");
+        lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+    } else { /* a memory error (or one in msgh itself): no handler ran */
+        lua_pushstring(L, lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "error");
+        lua_pushliteral(L, "");
+    }
     int top = lua_gettop(L);
     reply_error(L, id, kind, top - 1, top, 2);
     return 0;
@@ -461,7 +467,10 @@ void worker_child_main(lua_State *L, int in, int out, int fnidx)
     lua_insert(L, -2);
     int rc = lua_pcall(L, 0, 0, -2);
     if (rc != LUA_OK) {
-        lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+        if (rc == LUA_ERRRUN)
+            lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+        else
+            lua_pushvalue(L, -1); /* a memory error: msgh did not run */
         const char *tb = lua_tostring(L, -1);
         lua_pushcfunction(L, l_send_parent);
         lua_pushinteger(L, MSG_LOG);

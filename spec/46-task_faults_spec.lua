@@ -1,0 +1,27 @@
+-- Faults inside a task that must not leak into what is reported for it or
+-- into the next task on the same worker: memory errors, a signal mask the
+-- task changed, a busy loop inside a coroutine when a stop comes.
+local H = orch_spec
+
+describe("a task that runs out of memory", function()
+  it("fails with its own cause, not the previous task's message", function()
+    -- the job's address space is capped, so the big string cannot be had
+    local out, code = H.run_lua([[
+      local orch = require "orch"
+      local pool <close> = orch.pool{ workers = 1 }
+      local first = pool:submit(function() error("the first task's own error") end)
+      assert(first:wait(5) and first:error().message:find("the first task's own error"))
+      local fut = pool:submit(function() return #string.rep("x", (1 << 30) + 7) end)
+      assert(fut:wait(10))
+      local err = fut:error()
+      print("kind=" .. err.kind, "message=" .. err.message, "traceback=" .. tostring(err.traceback))
+      -- the worker goes on, and a plain error after it is its own again
+      local after = pool:submit(function() error("third", 0) end)
+      assert(after:wait(5))
+      print("after=" .. after:error().message, after:error().traceback:find("third") ~= nil)
+    ]], "prlimit --as=400000000")
+    assert.are.equal(0, code, out)
+    assert.matches("kind=error\tmessage=not enough memory\ttraceback=nil\n", out, 1, true)
+    assert.matches("after=third\ttrue\n", out, 1, true)
+  end)
+end)
