@@ -89,6 +89,17 @@ static const char *signame(int sig)
     return "?";
 }
 
+/* A process may be started with signals blocked (a program that blocked
+ * them before exec): orch unblocks what it relies on, SIGCHLD from the
+ * start and a signal it handles once it does. */
+static void unblock(int sig)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)loop; (void)revents;
@@ -134,6 +145,7 @@ static int l_on_signal(lua_State *L)
         ev_signal_start(loop, &s->w);
         ev_unref(loop);
     }
+    unblock(sig);
     return 0;
 }
 
@@ -158,10 +170,7 @@ static int l_die_by(lua_State *L)
     int sig = signum(L, 1);
     fflush(NULL);
     signal(sig, SIG_DFL);
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, sig);
-    sigprocmask(SIG_UNBLOCK, &set, NULL);
+    unblock(sig);
     raise(sig);
     _exit(128 + sig); /* only if the signal did not end us */
 }
@@ -216,6 +225,7 @@ void sig_open(lua_State *L)
     if (!ready) { /* once per process, however often orch.core is opened */
         for (size_t k = 0; k < NHANDLED; k++)
             watchers[k].fn = LUA_NOREF;
+        unblock(SIGCHLD); /* children are reaped on it */
         ready = 1;
     }
     static const luaL_Reg fns[] = {
