@@ -59,3 +59,31 @@ describe("a parent started with signals blocked", function()
     assert.matches("got=INT,TERM\n", out, 1, true)
   end)
 end)
+
+describe("an INT before orch handles it", function()
+  after_each(function() P.cleanup_all() end)
+
+  --- A script that loads orch, says so, then works in plain Lua for a
+  -- while (outside orch's loop, with no pool yet).
+  local function start_loaded(extra)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write('package.path = "lua/?.lua;lua/?/init.lua;" .. package.path\n')
+    f:write('package.cpath = "' .. (os.getenv("ORCH_CPATH") or "build/?.so") .. ';" .. package.cpath\n')
+    f:write('local orch = require "orch"\n', extra or "", '\n')
+    f:write('io.stdout:write("loaded\\n"); io.stdout:flush()\n')
+    f:write('local t = os.clock() + 10; while os.clock() < t do end\nprint("not interrupted")\n')
+    f:close()
+    return P.start(path), path
+  end
+
+  it("ends the script by that signal (130), not by Lua's 'interrupted!'", function()
+    local job, path = start_loaded()
+    assert.is_true(P.wait_output(job, "loaded", 10))
+    P.signal("INT", job.pid)
+    local rc = P.wait_exit(job, 10)
+    os.remove(path)
+    assert.are.equal(130, rc, P.stderr(job))
+    assert.are.equal("", P.stderr(job))
+  end)
+end)

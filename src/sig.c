@@ -219,6 +219,18 @@ void sig_child_accept_stop(sig_stop_handler handler)
     sigprocmask(SIG_UNBLOCK, &set, NULL);
 }
 
+/* Until orch has a handler for INT, INT ends the process by the signal,
+ * as a job expects (the shell sees 130), whoever had caught it before:
+ * lua.c's handler would raise "interrupted!" at a moment orch cannot
+ * choose and exit 1. An ignored INT (a background job) stays ignored. */
+static void int_default(void)
+{
+    struct sigaction sa;
+    if (sigaction(SIGINT, NULL, &sa) == 0 && sa.sa_handler != SIG_IGN
+        && sa.sa_handler != SIG_DFL)
+        signal(SIGINT, SIG_DFL);
+}
+
 void sig_open(lua_State *L)
 {
     static int ready;
@@ -226,6 +238,7 @@ void sig_open(lua_State *L)
         for (size_t k = 0; k < NHANDLED; k++)
             watchers[k].fn = LUA_NOREF;
         unblock(SIGCHLD); /* children are reaped on it */
+        int_default();
         ready = 1;
     }
     static const luaL_Reg fns[] = {
