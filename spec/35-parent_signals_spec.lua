@@ -87,3 +87,35 @@ describe("an INT before orch handles it", function()
     assert.are.equal("", P.stderr(job))
   end)
 end)
+
+describe("a parent SIGKILLed while its tasks run shell commands", function()
+  after_each(function() P.cleanup_all() end)
+
+  --- Live processes whose environment holds CHAOS_MARK=token.
+  local function marked(token)
+    local p = io.popen("grep -lsxz " .. P.quote("CHAOS_MARK=" .. token) .. " /proc/[0-9]*/environ")
+    local pids = {}
+    for line in p:lines() do
+      local pid = tonumber(line:match("^/proc/(%d+)/"))
+      if pid and P.alive(pid) then pids[#pids + 1] = pid end
+    end
+    p:close()
+    return pids
+  end
+
+  it("leaves nothing: not the workers, not the shells, not their commands", function()
+    local token = ("%d-%d"):format(require("orch.core").getpid(), os.time())
+    local job = P.start("spec/scripts/chaos_refork.lua", { "shell" }, { CHAOS_MARK = token })
+    assert.is_true(P.wait_for(function()
+      return select(2, P.stdout(job):gsub("sleeping", "")) == 2
+    end, 10), P.stderr(job))
+    P.sleep(0.2)  -- the shells have started their sleep
+    assert.is_true(#marked(token) >= 5)  -- the parent, its workers, 2 sh, 2 sleep
+    P.signal("KILL", job.pid)
+    assert.are.equal(137, P.wait_exit(job, 10))
+    local left = {}
+    P.wait_for(function() left = marked(token); return #left == 0 end, 2)
+    if #left > 0 then os.execute("kill -KILL " .. table.concat(left, " ")) end
+    assert.are.same({}, left)
+  end)
+end)

@@ -13,7 +13,9 @@
  * the task id and the stop level (stop_pack in orch.h): sig.c keeps it
  * blocked from before the fork until the child's own handler (worker.c)
  * is in place, so no request is lost or meets the default disposition. If
- * the parent dies, the kernel kills the child (parent-death signal).
+ * the parent dies, the kernel sends the child its parent-death signal,
+ * whose handler SIGKILLs the child's process group: the child and what
+ * its tasks started (pdeath_handler).
  */
 #include <errno.h>
 #include <signal.h>
@@ -180,6 +182,22 @@ static void ignore_job_signal(int sig)
     (void)sig;
 }
 
+/* The parent-death signal of a child: a realtime signal nobody else
+ * sends. The child leads its own process group, and what its tasks start
+ * (os.execute's shell and its commands) is in that group too: they all go
+ * with it, as they do when the parent kills the child's group. */
+static int pdeath_signal(void)
+{
+    return SIGRTMIN + 5;
+}
+
+static void pdeath_handler(int sig)
+{
+    (void)sig;
+    kill(0, SIGKILL); /* the child's whole group, the child with it */
+    _exit(137);
+}
+
 void sig_child_setup(pid_t parent)
 {
     struct sigaction sa;
@@ -200,7 +218,11 @@ void sig_child_setup(pid_t parent)
     sigaddset(&only_stop, sig_stop_signal());
     sigprocmask(SIG_SETMASK, &only_stop, NULL); /* until sig_child_accept_stop */
     setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    sa.sa_handler = pdeath_handler;
+    sa.sa_flags = 0;
+    sigfillset(&sa.sa_mask);
+    sigaction(pdeath_signal(), &sa, NULL);
+    prctl(PR_SET_PDEATHSIG, pdeath_signal());
     if (getppid() != parent)
         _exit(1); /* the parent died before the line above */
 }
