@@ -1,6 +1,7 @@
 -- Faults inside a task that must not leak into what is reported for it or
 -- into the next task on the same worker: memory errors, a signal mask the
 -- task changed, a busy loop inside a coroutine when a stop comes.
+local orch = require "orch"
 local H = orch_spec
 
 describe("a task that runs out of memory", function()
@@ -23,5 +24,38 @@ describe("a task that runs out of memory", function()
     assert.are.equal(0, code, out)
     assert.matches("kind=error\tmessage=not enough memory\ttraceback=nil\n", out, 1, true)
     assert.matches("after=third\ttrue\n", out, 1, true)
+  end)
+end)
+
+describe("a task that changes its worker's signals", function()
+  local dir
+  setup(function()
+    dir = require("scripts.sup_proc").tmpdir()
+    assert(os.execute(("cc -shared -fPIC -I/usr/include/lua5.4 -o %s/sigmask.so spec/fixtures/sigmask.c")
+      :format(dir)))
+  end)
+  teardown(function() os.execute("rm -rf " .. dir) end)
+
+  it("leaves the next task a worker that a stop request still reaches", function()
+    local pool <close> = orch.pool{ workers = 1, grace = 5 }
+    local lib = dir .. "/sigmask.so"
+    local core = require "orch.core"
+    assert.is_nil(pool:submit(function(path)
+      local m = package.loadlib(path, "luaopen_sigmask")()
+      m.block_all()
+      m.ignore_rt(4)  -- the stop signal
+      m.ignore_rt(5)  -- the parent-death signal
+    end, lib):result())
+    -- the next task on that worker: nothing blocked, and a timeout interrupts it
+    local blocked = pool:submit(function(path)
+      local m = package.loadlib(path, "luaopen_sigmask")()
+      return m.blocked(require("orch.core").signum("CHLD"))
+    end, lib):result()
+    assert.is_false(blocked)
+    local t0 = core.now()
+    local fut = pool:group{ timeout = 0.5 }:submit(function() while true do end end)
+    assert.is_true(fut:wait(10))
+    assert.are.equal("timeout", fut:error().kind)
+    assert.is_true(core.now() - t0 < 3, "interrupted only after the grace period")
   end)
 end)

@@ -283,6 +283,11 @@ ORCH_HIDDEN void sig_child_setup(pid_t parent);
  * a request that came before it is delivered. */
 typedef void (*sig_stop_handler)(int sig, siginfo_t *si, void *uc);
 ORCH_HIDDEN void sig_child_accept_stop(sig_stop_handler handler);
+/* A worker keeps its mask between tasks: save it once, restore it after
+ * each task, with the stop and parent-death dispositions if a task
+ * changed them. */
+ORCH_HIDDEN void sig_child_save(sigset_t *mask);
+ORCH_HIDDEN void sig_child_restore(const sigset_t *mask);
 
 /* ---- alloc.c: a child's allocator -------------------------------------- */
 /* In a fresh child: small Lua objects come from then on from a slab of the

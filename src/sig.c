@@ -198,6 +198,15 @@ static void pdeath_handler(int sig)
     _exit(137);
 }
 
+static void take_pdeath(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = pdeath_handler;
+    sigfillset(&sa.sa_mask);
+    sigaction(pdeath_signal(), &sa, NULL);
+}
+
 void sig_child_setup(pid_t parent)
 {
     struct sigaction sa;
@@ -218,27 +227,47 @@ void sig_child_setup(pid_t parent)
     sigaddset(&only_stop, sig_stop_signal());
     sigprocmask(SIG_SETMASK, &only_stop, NULL); /* until sig_child_accept_stop */
     setpgid(0, 0);
-    sa.sa_handler = pdeath_handler;
-    sa.sa_flags = 0;
-    sigfillset(&sa.sa_mask);
-    sigaction(pdeath_signal(), &sa, NULL);
+    take_pdeath();
     prctl(PR_SET_PDEATHSIG, pdeath_signal());
     if (getppid() != parent)
         _exit(1); /* the parent died before the line above */
 }
 
-void sig_child_accept_stop(sig_stop_handler handler)
+static sig_stop_handler stop_handler;
+
+static void take_stop(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
-    sa.sa_sigaction = handler;
+    sa.sa_sigaction = stop_handler;
     sa.sa_flags = SA_SIGINFO | SA_RESTART;
     sigaction(sig_stop_signal(), &sa, NULL);
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, sig_stop_signal());
-    sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
+void sig_child_accept_stop(sig_stop_handler handler)
+{
+    stop_handler = handler;
+    take_stop();
+    unblock(sig_stop_signal());
+}
+
+void sig_child_save(sigset_t *mask)
+{
+    sigprocmask(SIG_SETMASK, NULL, mask);
+}
+
+/* One call restores the mask; the dispositions are only read, and put
+ * back if a task changed them. */
+void sig_child_restore(const sigset_t *mask)
+{
+    sigprocmask(SIG_SETMASK, mask, NULL);
+    struct sigaction cur;
+    if (sigaction(sig_stop_signal(), NULL, &cur) == 0
+        && cur.sa_sigaction != stop_handler)
+        take_stop();
+    if (sigaction(pdeath_signal(), NULL, &cur) == 0 && cur.sa_handler != pdeath_handler)
+        take_pdeath();
 }
 
 /* Until orch has a handler for INT, INT ends the process by the signal,

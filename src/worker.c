@@ -336,6 +336,8 @@ static int l_serve(lua_State *L)
 {
     if (ch.rfd < 0)
         return luaL_error(L, "orch.core.serve: only in a child process of orch");
+    sigset_t mask;
+    sig_child_save(&mask);
     for (;;) {
         wbuf *from;
         int type;
@@ -363,6 +365,7 @@ static int l_serve(lua_State *L)
             lua_pushliteral(L, "");
             reply_error(L, frame_id, "error", msg, msg + 1, msg);
         }
+        sig_child_restore(&mask); /* a task may have blocked the stop signal */
         /* Each result leaves before the next task starts: a worker that
          * dies in that task must not take finished results with it. */
         if (chan_flush_blocking(&ch) < 0)
