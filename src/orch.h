@@ -268,6 +268,10 @@ ORCH_HIDDEN void loop_on_before_block(loop_hook fn);
 /* The number of seconds at arg: raises for NaN and negative ones. */
 ORCH_HIDDEN lua_Number loop_check_seconds(lua_State *L, int arg);
 ORCH_HIDDEN void loop_open(lua_State *L);
+/* In a fresh child, once the parent's signal watchers are stopped:
+ * disarms the parent's timers and gives the child a loop of its own, so
+ * a task or service can run a pool or supervisor. */
+ORCH_HIDDEN void loop_child_reset(lua_State *L);
 
 /* ---- sig.c: signals ------------------------------------------------------ */
 ORCH_HIDDEN void sig_open(lua_State *L);
@@ -276,8 +280,9 @@ ORCH_HIDDEN int sig_stop_signal(void);           /* the realtime stop signal */
  * the child has its handler; the parent restores its mask with *old. */
 ORCH_HIDDEN void sig_block_stop(sigset_t *old);
 ORCH_HIDDEN void sig_restore_mask(const sigset_t *old);
-/* In a fresh child: job-wide signals become no-ops, the rest default, the
- * mask empty but for the stop signal; parent death kills the child. */
+/* In a fresh child: the parent's signal watchers stopped, job-wide
+ * signals become no-ops, the rest default, the mask empty but for the
+ * stop signal; parent death kills the child and its process group. */
 ORCH_HIDDEN void sig_child_setup(pid_t parent);
 /* In a child: handler takes the stop signal from now on (SA_SIGINFO), and
  * a request that came before it is delivered. */

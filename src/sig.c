@@ -207,8 +207,24 @@ static void take_pdeath(void)
     sigaction(pdeath_signal(), &sa, NULL);
 }
 
+/* The parent's handlers are not the child's: stops their watchers (the
+ * dispositions are set below). Their functions stay referenced. */
+static void forget_watchers(void)
+{
+    struct ev_loop *loop = loop_get();
+    for (size_t k = 0; k < NHANDLED; k++) {
+        lsignal *s = &watchers[k];
+        s->fn = LUA_NOREF;
+        if (ev_is_active(&s->w)) {
+            ev_ref(loop);
+            ev_signal_stop(loop, &s->w);
+        }
+    }
+}
+
 void sig_child_setup(pid_t parent)
 {
+    forget_watchers();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);

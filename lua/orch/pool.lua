@@ -367,7 +367,8 @@ end
 
 function Pool:__close()
   if self.terminated or self.dispatcher.n_live == 0 then return self:_release() end
-  local ok, err = pcall(self.shutdown, self)
+  -- a pool of a task being stopped passes the stop steps on to its tasks
+  local ok, err = pcall(self.shutdown, self, core.stopping() and { cancel_pending = true } or nil)
   if not ok then
     self:terminate()
     error(err, 0)
@@ -414,7 +415,6 @@ end
 --- orch.pool(opts) -> Pool
 local function new(opts)
   opts = check_options(opts)
-  if core.in_child() then error("orch.pool: pools are created in the parent process", 2) end
   local self = setmetatable({
     opts = opts, backlog = backlog.new(), retry_waiting = {},
     n_done = 0, n_failed = 0, n_cancelled = 0,

@@ -341,7 +341,6 @@ end
 -- all are ready, or nil, err when the supervisor gave up or is stopping.
 function Supervisor:start()
   check_self(self, "start")
-  if core.in_child() then error("orch.supervisor: start: only in the parent process", 2) end
   if self.stopping_all and not self.finished then return nil, "stopping" end
   if self.finished then
     -- started again after a full stop
@@ -459,7 +458,6 @@ end
 --- orch.supervisor(spec) -> Supervisor
 function M.new(spec)
   local services, by_name, order = services_of(spec)
-  if core.in_child() then error("orch.supervisor: supervisors run in the parent process", 2) end
   local sup = setmetatable({
     services = services, by_name = by_name, order = order,
     strategy = spec.strategy or "one_for_one",
