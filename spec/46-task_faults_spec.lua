@@ -59,3 +59,43 @@ describe("a task that changes its worker's signals", function()
     assert.is_true(core.now() - t0 < 3, "interrupted only after the grace period")
   end)
 end)
+
+describe("a busy loop inside a coroutine", function()
+  local core = require "orch.core"
+
+  local function interrupted_quickly(body)
+    local pool <close> = orch.pool{ workers = 1, grace = 5 }
+    local t0 = core.now()
+    local fut = pool:group{ timeout = 0.3 }:submit(body)
+    assert.is_true(fut:wait(10))
+    local err = fut:error()
+    assert.are.equal("timeout", err.kind)
+    assert.is_true(core.now() - t0 < 3, "interrupted only by the SIGKILL after the grace period")
+    assert.are.equal(0, pool:stats().restarts)  -- the worker was not killed
+    return err
+  end
+
+  it("is interrupted by a timeout (coroutine.wrap)", function()
+    interrupted_quickly(function() coroutine.wrap(function() while true do end end)() end)
+  end)
+
+  it("is interrupted by a timeout (coroutine.resume, started before the stop)", function()
+    interrupted_quickly(function()
+      local co = coroutine.create(function()
+        coroutine.yield()
+        while true do end
+      end)
+      coroutine.resume(co)
+      local ok, err = coroutine.resume(co)
+      error(err, 0)  -- the coroutine's "timeout" is the task's
+    end)
+  end)
+
+  it("is interrupted inside a coroutine that a coroutine resumed", function()
+    interrupted_quickly(function()
+      coroutine.wrap(function()
+        coroutine.wrap(function() while true do end end)()
+      end)()
+    end)
+  end)
+end)

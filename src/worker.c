@@ -41,6 +41,7 @@ static volatile sig_atomic_t cur_id = NO_TASK;  /* low 30 bits of the running id
 static volatile sig_atomic_t running;           /* a task's Lua code may run */
 static volatile sig_atomic_t stop_level;        /* for cur_id */
 static volatile sig_atomic_t interrupted;       /* the hook raised, with this level */
+static lua_State *volatile running_co;           /* the coroutine a task runs, if any */
 static volatile sig_atomic_t ring[RING];        /* recent stop values */
 static volatile sig_atomic_t ring_n;
 
@@ -67,8 +68,12 @@ static void stop_handler(int sig, siginfo_t *si, void *uc)
     ring_n = ring_n + 1;
     if (id == cur_id && level > stop_level) {
         stop_level = level;
-        if (level >= STOP_CANCEL && running && task_L)
+        if (level >= STOP_CANCEL && running && task_L) {
             lua_sethook(task_L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+            lua_State *co = running_co;
+            if (co)
+                lua_sethook(co, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+        }
     }
     errno = saved;
 }
@@ -86,6 +91,83 @@ static int ring_level(int id)
             best = level;
     }
     return best;
+}
+
+/* ---- coroutines -------------------------------------------------------------
+ * The stop hook is per thread: a task busy inside a coroutine would never
+ * see the one set on the task's thread. In a child, coroutine.resume and
+ * coroutine.wrap are wrapped so that the thread being run is known
+ * (running_co, for the handler) and one resumed while a stop is pending
+ * gets the hook at once. Code that kept the original functions from
+ * before the fork is not covered. */
+
+/* Calls the function below n arguments with co as the running coroutine;
+ * returns its results, or raises its error. */
+static int run_as(lua_State *L, lua_State *co, int n)
+{
+    lua_State *prev = running_co;
+    running_co = co;
+    if (co && running && stop_level >= STOP_CANCEL && !interrupted)
+        lua_sethook(co, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    int rc = lua_pcall(L, n, LUA_MULTRET, 0);
+    running_co = prev;
+    if (rc != LUA_OK)
+        return lua_error(L);
+    return lua_gettop(L);
+}
+
+/* coroutine.resume(co, ...), upvalue 1 the original. */
+static int co_resume(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    return run_as(L, co, n);
+}
+
+/* What coroutine.wrap returns: upvalues the coroutine and the original
+ * wrapper around it. */
+static int co_wrapped(lua_State *L)
+{
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_insert(L, 1);
+    return run_as(L, lua_tothread(L, lua_upvalueindex(1)), n);
+}
+
+/* coroutine.wrap(f), upvalue 1 the original. */
+static int co_wrap(lua_State *L)
+{
+    lua_settop(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 1, 1); /* the original's function */
+    if (lua_getupvalue(L, 1, 1) == NULL || !lua_isthread(L, -1))
+        return 1; /* not the wrapper this Lua makes: leave it alone */
+    lua_insert(L, 1);
+    lua_pushcclosure(L, co_wrapped, 2);
+    return 1;
+}
+
+static void wrap_coroutines(lua_State *L)
+{
+    if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
+        lua_getfield(L, -1, "resume");
+        int done = lua_tocfunction(L, -1) == co_resume; /* a child's child */
+        lua_pop(L, 1);
+        if (done) {
+            lua_pop(L, 1);
+            return;
+        }
+        lua_getfield(L, -1, "resume");
+        lua_pushcclosure(L, co_resume, 1);
+        lua_setfield(L, -2, "resume");
+        lua_getfield(L, -1, "wrap");
+        lua_pushcclosure(L, co_wrap, 1);
+        lua_setfield(L, -2, "wrap");
+    }
+    lua_pop(L, 1);
 }
 
 /* ---- channel -------------------------------------------------------------- */
@@ -255,6 +337,7 @@ static int run_task(lua_State *L, int nargs, lua_Integer id)
     interrupted = 0;
     lua_sethook(L, NULL, 0, 0);
     task_L = L;
+    running_co = NULL;
     running = 1;
     int pending = ring_level(key);
     if (pending > stop_level)
@@ -461,6 +544,7 @@ static int l_in_child(lua_State *L)
 void worker_child_main(lua_State *L, int in, int out, int fnidx)
 {
     alloc_child_init(L);
+    wrap_coroutines(L);
     chan_init(&ch, in, out);
     task_L = L;
     cur_id = 0; /* a service is "task 0" for stop requests */
