@@ -91,7 +91,7 @@ local modules = {
     -- every file of src/*.c
     sources = {
       "src/alloc.c", "src/chan.c", "src/conn.c", "src/control.c", "src/core.c",
-      "src/dispatch.c", "src/loop.c", "src/proc.c", "src/redis.c", "src/sha256.c",
+      "src/dispatch.c", "src/limits.c", "src/loop.c", "src/proc.c", "src/redis.c", "src/sha256.c",
       "src/sig.c", "src/task.c", "src/tty.c", "src/wbuf.c", "src/wire.c",
       "src/worker.c",
     },

@@ -149,7 +149,9 @@ enum {
     MSG_LOG = 12,    /* level, message */
     MSG_READY = 13,  /* a service says it is ready */
     MSG_CALL = 14,   /* a request the parent answers with MSG_REPLY */
-    MSG_SEND = 15    /* a one-way message for the child's owner */
+    MSG_SEND = 15,   /* a one-way message for the child's owner */
+    MSG_RETIRE = 16  /* reason: the worker leaves after the result before it;
+                        no task sent after that result was started */
 };
 
 #define FRAME_HEADER 5
@@ -298,6 +300,25 @@ ORCH_HIDDEN void sig_child_restore(const sigset_t *mask);
 /* In a fresh child: small Lua objects come from then on from a slab of the
  * child's own instead of from free chunks in pages shared with the parent. */
 ORCH_HIDDEN void alloc_child_init(lua_State *L);
+
+/* ---- limits.c: a worker's resource limits (plumbing) ------------------- */
+typedef struct worker_limits {
+    long long cpu;          /* seconds of CPU a task may use, 0: none */
+    long long memory;       /* bytes of address space the worker may add */
+    long long files;        /* open files (RLIMIT_NOFILE) */
+    long long processes;    /* processes of the user (RLIMIT_NPROC) */
+    long long max_resident; /* a worker above it after a task is replaced */
+} worker_limits;
+
+/* In a worker, before its first task: setrlimit for files, processes and
+ * memory; remembers the others. 0, or -1 with err filled. */
+ORCH_HIDDEN int limits_apply(const worker_limits *l, char *err, size_t n);
+/* Before each task: its CPU budget starts (a no-op without one). */
+ORCH_HIDDEN void limits_task_start(void);
+/* After a task: 1 when the resident set is above max_resident. */
+ORCH_HIDDEN int limits_over_memory(void);
+/* The address-space limit in bytes, 0 when there is none. */
+ORCH_HIDDEN long long limits_memory(void);
 
 /* ---- dispatch.c: a child's frames handed to Lua ------------------------ */
 /* Decodes every whole frame in `in` (consuming it) for on_message, user

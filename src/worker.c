@@ -297,6 +297,7 @@ static int encode_error(lua_State *L)
 }
 
 static int last_failed; /* the last task replied with an error */
+static int memory_limited; /* limits.memory applies: a memory error names it */
 
 static void reply_error(lua_State *L, lua_Integer id, const char *kind, int msg_idx,
                         int tb_idx, int val_idx)
@@ -405,7 +406,11 @@ static int run_frame(lua_State *L)
         lua_getfield(L, LUA_REGISTRYINDEX, "orch.message");
         lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
     } else { /* a memory error (or one in msgh itself): no handler ran */
-        lua_pushstring(L, lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "error");
+        const char *msg = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "error";
+        if (rc == LUA_ERRMEM && memory_limited)
+            lua_pushfstring(L, "%s (limits.memory)", msg);
+        else
+            lua_pushstring(L, msg);
         lua_pushliteral(L, "");
     }
     int top = lua_gettop(L);
@@ -413,12 +418,53 @@ static int run_frame(lua_State *L)
     return 0;
 }
 
-/* serve(): the pool worker's loop. Returns when the parent says QUIT or
- * goes away. Exits the child with 3 if the init task (id 0) fails. */
+#define EXIT_INIT_FAILED 3  /* the init task failed */
+#define EXIT_RESIDENT 4     /* resident memory above max_resident after a task */
+
+static long long limit_field(lua_State *L, int t, const char *name)
+{
+    lua_getfield(L, t, name);
+    lua_Integer v = lua_isnil(L, -1) ? 0 : luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    return v > 0 ? (long long)v : 0;
+}
+
+/* The limits table at t (serve's argument), applied. */
+static void apply_limits(lua_State *L, int t)
+{
+    worker_limits l;
+    l.cpu = limit_field(L, t, "cpu");
+    l.memory = limit_field(L, t, "memory");
+    l.files = limit_field(L, t, "files");
+    l.processes = limit_field(L, t, "processes");
+    l.max_resident = limit_field(L, t, "max_resident");
+    char err[160];
+    if (limits_apply(&l, err, sizeof err) < 0)
+        luaL_error(L, "orch: %s", err);
+    memory_limited = l.memory > 0;
+}
+
+/* Leaves before reading another task, saying why first (a RETIRE frame):
+ * the parent then knows that what it sent since has not started. */
+static void retire(lua_State *L, const char *reason)
+{
+    lua_settop(L, 0);
+    lua_pushstring(L, reason);
+    chan_enc_values(L, &ch, MSG_RETIRE, 1, 0);
+    child_exit(EXIT_RESIDENT);
+}
+
+/* serve([limits]): the pool worker's loop. Returns when the parent says
+ * QUIT or goes away. Exits the child with EXIT_INIT_FAILED if the init
+ * task (id 0) fails, with EXIT_RESIDENT after a task that left it above
+ * limits.max_resident. limits: { cpu =, memory =, files =, processes =,
+ * max_resident = } (limits.c). */
 static int l_serve(lua_State *L)
 {
     if (ch.rfd < 0)
         return luaL_error(L, "orch.core.serve: only in a child process of orch");
+    if (lua_istable(L, 1))
+        apply_limits(L, 1);
     sigset_t mask;
     sig_child_save(&mask);
     for (;;) {
@@ -436,6 +482,7 @@ static int l_serve(lua_State *L)
             continue;
         frame_id = NO_FRAME;
         last_failed = 0;
+        limits_task_start();
         lua_pushcfunction(L, run_frame);
         lua_pushlightuserdata(L, (void *)payload);
         lua_pushinteger(L, (lua_Integer)plen);
@@ -454,7 +501,9 @@ static int l_serve(lua_State *L)
         if (chan_flush_blocking(&ch) < 0)
             break;
         if (frame_id == 0 && last_failed)
-            child_exit(3); /* init failed: this worker is of no use */
+            child_exit(EXIT_INIT_FAILED); /* this worker is of no use */
+        if (limits_over_memory())
+            retire(L, "resident"); /* a fresh worker takes the next task */
     }
     lua_settop(L, 0);
     return 0;

@@ -40,7 +40,9 @@ local OPTIONS = {
   workers = "number", max_tasks_per_worker = "number", timeout = "number",
   retries = "number", retry_on = "table", on_error = "string|function",
   grace = "number", init = "function|string", backoff = "number",
+  max_memory_per_worker = "number", limits = "table",
 }
+local LIMITS = { cpu = true, memory = true, files = true, processes = true }
 local VALID = {}
 for k in pairs(OPTIONS) do VALID[#VALID + 1] = k end
 table.sort(VALID)
@@ -79,6 +81,18 @@ local function check_options(opts)
   local m = opts.max_tasks_per_worker
   if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
     fail_option("option 'max_tasks_per_worker' must be a positive integer, got %s", tostring(m))
+  end
+  local r = opts.max_memory_per_worker
+  if r ~= nil and (math.type(r) ~= "integer" or r < 1) then
+    fail_option("option 'max_memory_per_worker' must be a positive integer (bytes), got %s", tostring(r))
+  end
+  for k, v in pairs(opts.limits or {}) do
+    if not LIMITS[k] then
+      fail_option("option 'limits' has no '%s' (valid: cpu, files, memory, processes)", tostring(k))
+    end
+    if math.type(v) ~= "integer" or v < 1 then
+      fail_option("option 'limits.%s' must be a positive integer, got %s", k, tostring(v))
+    end
   end
   Group.check_policy(opts, "orch.pool", 4)
   return opts
