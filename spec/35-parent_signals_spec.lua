@@ -3,19 +3,13 @@
 -- signals; an INT that comes before orch installed a handler ends the
 -- script by that signal; a SIGKILLed parent leaves nothing of what its
 -- tasks started.
-local H = orch_spec
 local P = require "scripts.sup_proc"
 
 --- Runs Lua code in a fresh lua5.4 whose signal mask blocks the given
 -- signals (a parent started by a program that blocked them), under
 -- timeout: returns its output and exit code (124: it hung).
 local function run_blocked(signals, code)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write('package.path = "lua/?.lua;lua/?/init.lua;" .. package.path\n')
-  f:write('package.cpath = "' .. (os.getenv("ORCH_CPATH") or "build/?.so") .. ';" .. package.cpath\n')
-  f:write(code)
-  f:close()
+  local path = orch_spec.lua_script(code)
   local py = ("import signal, os; signal.pthread_sigmask(signal.SIG_BLOCK, {%s}); "
     .. "os.execvp('lua5.4', ['lua5.4', '%s'])"):format(signals, path)
   local p = io.popen(("timeout -s KILL 20 python3 -c %s 2>&1; echo \"exit=$?\""):format(P.quote(py)))
@@ -65,15 +59,12 @@ describe("an INT before orch handles it", function()
 
   --- A script that loads orch, says so, then works in plain Lua for a
   -- while (outside orch's loop, with no pool yet).
-  local function start_loaded(extra)
-    local path = os.tmpname()
-    local f = assert(io.open(path, "w"))
-    f:write('package.path = "lua/?.lua;lua/?/init.lua;" .. package.path\n')
-    f:write('package.cpath = "' .. (os.getenv("ORCH_CPATH") or "build/?.so") .. ';" .. package.cpath\n')
-    f:write('local orch = require "orch"\n', extra or "", '\n')
-    f:write('io.stdout:write("loaded\\n"); io.stdout:flush()\n')
-    f:write('local t = os.clock() + 10; while os.clock() < t do end\nprint("not interrupted")\n')
-    f:close()
+  local function start_loaded()
+    local path = orch_spec.lua_script(table.concat({
+      'require "orch"',
+      'io.stdout:write("loaded\\n"); io.stdout:flush()',
+      'local t = os.clock() + 10; while os.clock() < t do end', 'print("not interrupted")', ""
+    }, "\n"))
     return P.start(path), path
   end
 
@@ -91,18 +82,6 @@ end)
 describe("a parent SIGKILLed while its tasks run shell commands", function()
   after_each(function() P.cleanup_all() end)
 
-  --- Live processes whose environment holds CHAOS_MARK=token.
-  local function marked(token)
-    local p = io.popen("grep -lsxz " .. P.quote("CHAOS_MARK=" .. token) .. " /proc/[0-9]*/environ")
-    local pids = {}
-    for line in p:lines() do
-      local pid = tonumber(line:match("^/proc/(%d+)/"))
-      if pid and P.alive(pid) then pids[#pids + 1] = pid end
-    end
-    p:close()
-    return pids
-  end
-
   it("leaves nothing: not the workers, not the shells, not their commands", function()
     local token = ("%d-%d"):format(require("orch.core").getpid(), os.time())
     local job = P.start("spec/scripts/chaos_refork.lua", { "shell" }, { CHAOS_MARK = token })
@@ -110,11 +89,11 @@ describe("a parent SIGKILLed while its tasks run shell commands", function()
       return select(2, P.stdout(job):gsub("sleeping", "")) == 2
     end, 10), P.stderr(job))
     P.sleep(0.2)  -- the shells have started their sleep
-    assert.is_true(#marked(token) >= 5)  -- the parent, its workers, 2 sh, 2 sleep
+    assert.is_true(#P.marked(token) >= 5)  -- the parent, its workers, 2 sh, 2 sleep
     P.signal("KILL", job.pid)
     assert.are.equal(137, P.wait_exit(job, 10))
     local left = {}
-    P.wait_for(function() left = marked(token); return #left == 0 end, 2)
+    P.wait_for(function() left = P.marked(token); return #left == 0 end, 2)
     if #left > 0 then os.execute("kill -KILL " .. table.concat(left, " ")) end
     assert.are.same({}, left)
   end)
