@@ -3,7 +3,6 @@
 -- task) and max_memory_per_worker (a worker above it after a task is
 -- replaced before its next one).
 local orch = require "orch"
-local core = require "orch.core"
 local P = require "scripts.sup_proc"
 
 local MB = 1 << 20
