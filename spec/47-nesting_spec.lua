@@ -65,8 +65,11 @@ describe("a task that runs a pool of its own", function()
       for i = 1, 2 do
         futs[i] = inner:submit(function(p, k)
           local f = assert(io.open(p .. "." .. k, "w")); f:write("started\n"); f:close()
-          while not o.stopping() do o.sleep(0.01) end
-          f = assert(io.open(p .. "." .. k, "a")); f:write("asked\n"); f:close()
+          -- runs when the stop steps end the task, not on a SIGKILL
+          local _ <close> = setmetatable({}, { __close = function()
+            local g = assert(io.open(p .. "." .. k, "a")); g:write("stopped\n"); g:close()
+          end })
+          while true do o.sleep(0.01) end
         end, path, i)
       end
       for i = 1, 2 do futs[i]:wait() end
@@ -80,7 +83,7 @@ describe("a task that runs a pool of its own", function()
     assert.is_true(fut:wait(8), "the cancel did not get through")
     assert.is_true(require("orch.core").now() - t0 < 5, "ended only by the grace SIGKILL")
     for k = 1, 2 do
-      assert.are.equal("started\nasked\n", procs.slurp(mark .. "." .. k))
+      assert.are.equal("started\nstopped\n", procs.slurp(mark .. "." .. k))
       os.remove(mark .. "." .. k)
     end
     os.remove(mark)
