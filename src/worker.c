@@ -42,6 +42,7 @@ static volatile sig_atomic_t running;           /* a task's Lua code may run */
 static volatile sig_atomic_t stop_level;        /* for cur_id */
 static volatile sig_atomic_t interrupted;       /* the hook raised, with this level */
 static lua_State *volatile running_co;           /* the coroutine a task runs, if any */
+static ev_async stop_wake;                      /* wakes the child's loop on a stop */
 static volatile sig_atomic_t ring[RING];        /* recent stop values */
 static volatile sig_atomic_t ring_n;
 
@@ -66,6 +67,8 @@ static void stop_handler(int sig, siginfo_t *si, void *uc)
     stop_unpack(value, &id, &level);
     ring[ring_n % RING] = value;
     ring_n = ring_n + 1;
+    if (ev_is_active(&stop_wake))
+        ev_async_send(loop_get(), &stop_wake); /* async-signal-safe (libev) */
     if (id == cur_id && level > stop_level) {
         stop_level = level;
         if (level >= STOP_CANCEL && running && task_L) {
@@ -590,12 +593,35 @@ static int l_in_child(lua_State *L)
     return 1;
 }
 
+static int no_op(lua_State *L)
+{
+    (void)L;
+    return 0;
+}
+
+/* A stop request came while the child may be in its loop (orch.sleep, a
+ * pool of its own): the turn ends as if a callback ran, so the waiting
+ * Lua code sees orch.stopping() at once, wherever in the turn the signal
+ * fell. */
+static void stop_wake_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+    (void)loop; (void)w; (void)revents;
+    lua_State *L = loop_state();
+    if (L) {
+        lua_pushcfunction(L, no_op);
+        loop_call(L, 0);
+    }
+}
+
 void worker_child_main(lua_State *L, int in, int out, int fnidx)
 {
     alloc_child_init(L);
     wrap_coroutines(L);
     chan_init(&ch, in, out);
     task_L = L;
+    ev_async_init(&stop_wake, stop_wake_cb);
+    ev_async_start(loop_get(), &stop_wake);
+    ev_unref(loop_get()); /* it holds no loop alive */
     cur_id = 0; /* a service is "task 0" for stop requests */
     sig_child_accept_stop(stop_handler); /* a request already queued comes now */
     lua_pushvalue(L, fnidx);
