@@ -47,7 +47,7 @@ describe("bad arguments", function()
     fails("orch.pool: option 'init' must be a function or string (got 5)",
       function() orch.pool{ init = 5 } end)
     fails([[orch.pool: options must be a table (got "four")]], function() orch.pool("four") end)
-    fails("orch.pool: unknown option 'worker' (valid: backoff, broker, grace, init, lease, max_message, max_tasks_per_worker",
+    fails("orch.pool: unknown option 'worker' (valid: backoff, broker, grace, init, lease, limits, max_memory_per_worker",
       function() orch.pool{ worker = 2 } end)
   end)
 

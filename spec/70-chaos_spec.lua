@@ -30,18 +30,7 @@ local function new_token()
   return ("%d-%d-%d"):format(core.getpid(), os.time(), math.random(1 << 30))
 end
 
---- Live processes whose environment holds CHAOS_MARK=token (a zombie's
--- environment reads empty: it is not counted).
-local function marked(token)
-  local p = io.popen("grep -lsxz " .. P.quote("CHAOS_MARK=" .. token) .. " /proc/[0-9]*/environ")
-  local pids = {}
-  for line in p:lines() do
-    local pid = tonumber(line:match("^/proc/(%d+)/"))
-    if pid and P.alive(pid) then pids[#pids + 1] = pid end
-  end
-  p:close()
-  return pids
-end
+local marked = P.marked
 
 --- SIGKILLs whatever is left of a run: the spec never leaves a process behind.
 local function kill_marked(token)
@@ -364,7 +353,7 @@ describe("chaos #slow #chaos", function()
   end)
 
   it("parent SIGKILLed while tasks run shell commands: nothing of the run is left, "
-    .. "not even the commands (KNOWN FAULT: the shells outlive the parent)", function()
+    .. "not even the commands", function()
     parent_kills("shell", knob("CHAOS_SHELL_TRIALS", 10), knob("CHAOS_KILL_WITHIN", 0.5))
   end)
 

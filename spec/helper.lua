@@ -74,15 +74,22 @@ function H.eventually(pred, timeout)
   return pred()
 end
 
--- Runs Lua code in a fresh lua5.4 with the tree's paths; returns its
--- output (stdout and stderr) and exit code.
-function H.run_lua(code, env)
-  local path = os.tmpname()
+-- Writes Lua code to path (default: a fresh temporary file), after lines
+-- that give it the tree's paths; returns the path.
+function H.lua_script(code, path)
+  path = path or os.tmpname()
   local f = assert(io.open(path, "w"))
   f:write('package.path = "lua/?.lua;lua/?/init.lua;" .. package.path\n')
   f:write('package.cpath = "' .. (os.getenv("ORCH_CPATH") or "build/?.so") .. ';" .. package.cpath\n')
   f:write(code)
   f:close()
+  return path
+end
+
+-- Runs Lua code in a fresh lua5.4 with the tree's paths; returns its
+-- output (stdout and stderr) and exit code.
+function H.run_lua(code, env)
+  local path = H.lua_script(code)
   local p = io.popen(("%s lua5.4 %s 2>&1; echo \"exit=$?\""):format(env or "", path))
   local out = p:read("a")
   p:close()

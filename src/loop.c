@@ -93,16 +93,26 @@ static void before_block_cb(struct ev_loop *l, ev_prepare *w, int revents)
         hooks[k]();
 }
 
+lua_Number loop_check_seconds(lua_State *L, int arg)
+{
+    lua_Number secs = luaL_checknumber(L, arg);
+    if (secs != secs)
+        luaL_argerror(L, arg, "seconds must be a number, got NaN");
+    if (secs < 0)
+        luaL_argerror(L, arg, "seconds must not be negative");
+    return secs;
+}
+
 static void step_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
     (void)l; (void)w; (void)revents;
 }
 
-/* step([timeout]): one turn of the loop. Without a timeout it blocks until
- * something happens; 0 only polls. Raises a callback's error. */
+/* step([timeout]): one turn of the loop. Without a timeout (nil) it blocks
+ * until something happens; 0 only polls. Raises a callback's error. */
 static int l_step(lua_State *L)
 {
-    lua_Number timeout = luaL_optnumber(L, 1, -1);
+    lua_Number timeout = lua_isnoneornil(L, 1) ? -1 : loop_check_seconds(L, 1);
     lua_settop(L, 0);
     lua_State *outer = running_L;
     running_L = L;
@@ -149,7 +159,10 @@ static int l_now(lua_State *L)
 typedef struct ltimer {
     ev_timer w;
     int self;  /* registry ref while armed */
+    struct ltimer *next_armed, *prev_armed;
 } ltimer;
+
+static ltimer *armed; /* the armed timers: a fresh child disarms them */
 
 static void timer_disarm(lua_State *L, ltimer *t)
 {
@@ -157,6 +170,13 @@ static void timer_disarm(lua_State *L, ltimer *t)
     if (t->self != LUA_NOREF) {
         luaL_unref(L, LUA_REGISTRYINDEX, t->self);
         t->self = LUA_NOREF;
+        if (t->prev_armed)
+            t->prev_armed->next_armed = t->next_armed;
+        else
+            armed = t->next_armed;
+        if (t->next_armed)
+            t->next_armed->prev_armed = t->prev_armed;
+        t->next_armed = t->prev_armed = NULL;
     }
 }
 
@@ -175,17 +195,22 @@ static void timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 /* timer(after, fn) -> timer: calls fn(timer) once, after seconds. */
 static int l_timer(lua_State *L)
 {
-    lua_Number after = luaL_checknumber(L, 1);
+    lua_Number after = loop_check_seconds(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    luaL_argcheck(L, after >= 0, 1, "must not be negative");
     ltimer *t = lua_newuserdatauv(L, sizeof *t, 1);
     t->self = LUA_NOREF;
+    t->next_armed = t->prev_armed = NULL;
     ev_timer_init(&t->w, timer_cb, after, 0.);
     luaL_setmetatable(L, TIMER_MT);
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, -2, 1);
     lua_pushvalue(L, -1);
     t->self = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->prev_armed = NULL;
+    t->next_armed = armed;
+    if (armed)
+        armed->prev_armed = t;
+    armed = t;
     ev_timer_start(loop, &t->w);
     return 1;
 }
@@ -204,19 +229,55 @@ static int timer_active(lua_State *L)
     return 1;
 }
 
+/* A new loop with the before-block hooks' watcher (not holding it alive)
+ * and step's timer. */
+static struct ev_loop *loop_create(void)
+{
+    struct ev_loop *l = ev_loop_new(EVFLAG_AUTO);
+    if (l == NULL)
+        return NULL;
+    ev_prepare_init(&before_block, before_block_cb);
+    ev_prepare_start(l, &before_block);
+    ev_unref(l);  /* the hooks alone keep no loop alive */
+    ev_init(&step_timer, step_timer_cb);
+    return l;
+}
+
+/* In a fresh child: the parent's timers never fire here, a callback
+ * error the parent had kept is not the child's, and the child gets a
+ * loop of its own. The parent's loop is left behind, not renewed
+ * (ev_loop_fork): the child was forked from inside one of its callbacks,
+ * with the parent's events pending, and a watcher of the parent's that
+ * nobody stopped (the control socket's) would wake in the child. Its
+ * conns and signal watchers were stopped by their files before this, so
+ * no signal stays attached to it. */
+void loop_child_reset(lua_State *L)
+{
+    while (armed)
+        timer_disarm(L, armed);
+    if (pending_error != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, pending_error);
+        pending_error = LUA_NOREF;
+    }
+    running_L = NULL;
+    struct ev_loop *fresh = loop_create();
+    if (fresh == NULL) {
+        ev_loop_fork(loop); /* no memory: the parent's loop, renewed */
+        return;
+    }
+    ev_loop_destroy(loop); /* closes its fds: epoll's is the parent's */
+    loop = fresh;
+}
+
 void loop_open(lua_State *L)
 {
     if (loop == NULL) {
         /* Not the default loop: that one reaps every child with
          * waitpid(-1), which would steal the exit statuses of io.popen and
          * os.execute in the parent. proc.c reaps its own children. */
-        loop = ev_loop_new(EVFLAG_AUTO);
+        loop = loop_create();
         if (loop == NULL)
             luaL_error(L, "orch.core: cannot initialise a libev loop");
-        ev_prepare_init(&before_block, before_block_cb);
-        ev_prepare_start(loop, &before_block);
-        ev_unref(loop);  /* the hooks alone keep no loop alive */
-        ev_init(&step_timer, step_timer_cb);
     }
     static const luaL_Reg timer_methods[] = {
         {"stop", timer_stop}, {"active", timer_active}, {"__close", timer_stop}, {NULL, NULL}};

@@ -165,7 +165,9 @@ enum {
     MSG_LOG = 12,    /* level, message */
     MSG_READY = 13,  /* a service says it is ready */
     MSG_CALL = 14,   /* a request the parent answers with MSG_REPLY */
-    MSG_SEND = 15    /* a one-way message for the child's owner */
+    MSG_SEND = 15,   /* a one-way message for the child's owner */
+    MSG_RETIRE = 16  /* reason: the worker leaves after the result before it;
+                        no task sent after that result was started */
 };
 
 #define FRAME_HEADER 5
@@ -296,7 +298,13 @@ ORCH_HIDDEN int loop_call(lua_State *L, int nargs);
  * it polls; registering it again does nothing. At most 4 hooks. */
 typedef void (*loop_hook)(void);
 ORCH_HIDDEN void loop_on_before_block(loop_hook fn);
+/* The number of seconds at arg: raises for NaN and negative ones. */
+ORCH_HIDDEN lua_Number loop_check_seconds(lua_State *L, int arg);
 ORCH_HIDDEN void loop_open(lua_State *L);
+/* In a fresh child, once the parent's signal watchers are stopped:
+ * disarms the parent's timers and gives the child a loop of its own, so
+ * a task or service can run a pool or supervisor. */
+ORCH_HIDDEN void loop_child_reset(lua_State *L);
 
 /* ---- sig.c: signals ------------------------------------------------------ */
 ORCH_HIDDEN void sig_open(lua_State *L);
@@ -305,18 +313,43 @@ ORCH_HIDDEN int sig_stop_signal(void);           /* the realtime stop signal */
  * the child has its handler; the parent restores its mask with *old. */
 ORCH_HIDDEN void sig_block_stop(sigset_t *old);
 ORCH_HIDDEN void sig_restore_mask(const sigset_t *old);
-/* In a fresh child: job-wide signals become no-ops, the rest default, the
- * mask empty but for the stop signal; parent death kills the child. */
+/* In a fresh child: the parent's signal watchers stopped, job-wide
+ * signals become no-ops, the rest default, the mask empty but for the
+ * stop signal; parent death kills the child and its process group. */
 ORCH_HIDDEN void sig_child_setup(pid_t parent);
 /* In a child: handler takes the stop signal from now on (SA_SIGINFO), and
  * a request that came before it is delivered. */
 typedef void (*sig_stop_handler)(int sig, siginfo_t *si, void *uc);
 ORCH_HIDDEN void sig_child_accept_stop(sig_stop_handler handler);
+/* A worker keeps its mask between tasks: save it once, restore it after
+ * each task, with the stop and parent-death dispositions if a task
+ * changed them. */
+ORCH_HIDDEN void sig_child_save(sigset_t *mask);
+ORCH_HIDDEN void sig_child_restore(const sigset_t *mask);
 
 /* ---- alloc.c: a child's allocator -------------------------------------- */
 /* In a fresh child: small Lua objects come from then on from a slab of the
  * child's own instead of from free chunks in pages shared with the parent. */
 ORCH_HIDDEN void alloc_child_init(lua_State *L);
+
+/* ---- limits.c: a worker's resource limits (plumbing) ------------------- */
+typedef struct worker_limits {
+    long long cpu;          /* seconds of CPU a task may use, 0: none */
+    long long memory;       /* bytes of address space the worker may add */
+    long long files;        /* open files (RLIMIT_NOFILE) */
+    long long processes;    /* processes of the user (RLIMIT_NPROC) */
+    long long max_resident; /* a worker above it after a task is replaced */
+} worker_limits;
+
+/* In a worker, before its first task: setrlimit for files, processes and
+ * memory; remembers the others. 0, or -1 with err filled. */
+ORCH_HIDDEN int limits_apply(const worker_limits *l, char *err, size_t n);
+/* Before each task: its CPU budget starts (a no-op without one). */
+ORCH_HIDDEN void limits_task_start(void);
+/* After a task: 1 when the resident set is above max_resident. */
+ORCH_HIDDEN int limits_over_memory(void);
+/* The address-space limit in bytes, 0 when there is none. */
+ORCH_HIDDEN long long limits_memory(void);
 
 /* ---- dispatch.c: a child's frames handed to Lua ------------------------ */
 /* Decodes every whole frame in `in` (consuming it) for on_message, user

@@ -376,6 +376,8 @@ static void proc_close_inherited(const proc *keep)
         p->live = 0;
     }
     live_head = NULL;
+    if (live_count > 0)
+        ev_signal_stop(loop_get(), &chld_watcher); /* started again with a child's own */
     live_count = 0;
 }
 
@@ -445,6 +447,7 @@ static int fork_children(lua_State *L, int first, int n, pid_t *pids, int *err)
             int in = own->peer, out = own->peer_w;
             proc_close_inherited(own);
             sig_child_setup(parent);
+            loop_child_reset(L);
             worker_child_main(L, in, out, 3 * forked + 1); /* never returns */
         }
         pids[forked] = pid;

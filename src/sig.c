@@ -13,7 +13,9 @@
  * the task id and the stop level (stop_pack in orch.h): sig.c keeps it
  * blocked from before the fork until the child's own handler (worker.c)
  * is in place, so no request is lost or meets the default disposition. If
- * the parent dies, the kernel kills the child (parent-death signal).
+ * the parent dies, the kernel sends the child its parent-death signal,
+ * whose handler SIGKILLs the child's process group: the child and what
+ * its tasks started (pdeath_handler).
  */
 #include <errno.h>
 #include <signal.h>
@@ -32,7 +34,8 @@ static const struct {
     {"INT", SIGINT}, {"TERM", SIGTERM}, {"HUP", SIGHUP}, {"QUIT", SIGQUIT},
     {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"KILL", SIGKILL}, {"CHLD", SIGCHLD},
     {"PIPE", SIGPIPE}, {"ALRM", SIGALRM}, {"SEGV", SIGSEGV}, {"ABRT", SIGABRT},
-    {"STOP", SIGSTOP}, {"CONT", SIGCONT}, {"WINCH", SIGWINCH}, {NULL, 0}};
+    {"STOP", SIGSTOP}, {"CONT", SIGCONT}, {"WINCH", SIGWINCH}, {"XCPU", SIGXCPU},
+    {"XFSZ", SIGXFSZ}, {NULL, 0}};
 
 /* The signals a script may handle with on_signal. */
 static const int handled[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
@@ -89,6 +92,17 @@ static const char *signame(int sig)
     return "?";
 }
 
+/* A process may be started with signals blocked (a program that blocked
+ * them before exec): orch unblocks what it relies on, SIGCHLD from the
+ * start and a signal it handles once it does. */
+static void unblock(int sig)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)loop; (void)revents;
@@ -134,6 +148,7 @@ static int l_on_signal(lua_State *L)
         ev_signal_start(loop, &s->w);
         ev_unref(loop);
     }
+    unblock(sig);
     return 0;
 }
 
@@ -159,10 +174,7 @@ static int l_die_by(lua_State *L)
     exit_hooks_run(); /* what an exit() would have done (control sockets) */
     fflush(NULL);
     signal(sig, SIG_DFL);
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, sig);
-    sigprocmask(SIG_UNBLOCK, &set, NULL);
+    unblock(sig);
     raise(sig);
     _exit(128 + sig); /* only if the signal did not end us */
 }
@@ -172,8 +184,49 @@ static void ignore_job_signal(int sig)
     (void)sig;
 }
 
+/* The parent-death signal of a child: a realtime signal nobody else
+ * sends. The child leads its own process group, and what its tasks start
+ * (os.execute's shell and its commands) is in that group too: they all go
+ * with it, as they do when the parent kills the child's group. */
+static int pdeath_signal(void)
+{
+    return SIGRTMIN + 5;
+}
+
+static void pdeath_handler(int sig)
+{
+    (void)sig;
+    kill(0, SIGKILL); /* the child's whole group, the child with it */
+    _exit(137);
+}
+
+static void take_pdeath(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = pdeath_handler;
+    sigfillset(&sa.sa_mask);
+    sigaction(pdeath_signal(), &sa, NULL);
+}
+
+/* The parent's handlers are not the child's: stops their watchers (the
+ * dispositions are set below). Their functions stay referenced. */
+static void forget_watchers(void)
+{
+    struct ev_loop *loop = loop_get();
+    for (size_t k = 0; k < NHANDLED; k++) {
+        lsignal *s = &watchers[k];
+        s->fn = LUA_NOREF;
+        if (ev_is_active(&s->w)) {
+            ev_ref(loop);
+            ev_signal_stop(loop, &s->w);
+        }
+    }
+}
+
 void sig_child_setup(pid_t parent)
 {
+    forget_watchers();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
@@ -192,23 +245,59 @@ void sig_child_setup(pid_t parent)
     sigaddset(&only_stop, sig_stop_signal());
     sigprocmask(SIG_SETMASK, &only_stop, NULL); /* until sig_child_accept_stop */
     setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    take_pdeath();
+    prctl(PR_SET_PDEATHSIG, pdeath_signal());
     if (getppid() != parent)
         _exit(1); /* the parent died before the line above */
 }
 
-void sig_child_accept_stop(sig_stop_handler handler)
+static sig_stop_handler stop_handler;
+
+static void take_stop(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
-    sa.sa_sigaction = handler;
+    sa.sa_sigaction = stop_handler;
     sa.sa_flags = SA_SIGINFO | SA_RESTART;
     sigaction(sig_stop_signal(), &sa, NULL);
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, sig_stop_signal());
-    sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
+void sig_child_accept_stop(sig_stop_handler handler)
+{
+    stop_handler = handler;
+    take_stop();
+    unblock(sig_stop_signal());
+}
+
+void sig_child_save(sigset_t *mask)
+{
+    sigprocmask(SIG_SETMASK, NULL, mask);
+}
+
+/* One call restores the mask; the dispositions are only read, and put
+ * back if a task changed them. */
+void sig_child_restore(const sigset_t *mask)
+{
+    sigprocmask(SIG_SETMASK, mask, NULL);
+    struct sigaction cur;
+    if (sigaction(sig_stop_signal(), NULL, &cur) == 0
+        && cur.sa_sigaction != stop_handler)
+        take_stop();
+    if (sigaction(pdeath_signal(), NULL, &cur) == 0 && cur.sa_handler != pdeath_handler)
+        take_pdeath();
+}
+
+/* Until orch has a handler for INT, INT ends the process by the signal,
+ * as a job expects (the shell sees 130), whoever had caught it before:
+ * lua.c's handler would raise "interrupted!" at a moment orch cannot
+ * choose and exit 1. An ignored INT (a background job) stays ignored. */
+static void int_default(void)
+{
+    struct sigaction sa;
+    if (sigaction(SIGINT, NULL, &sa) == 0 && sa.sa_handler != SIG_IGN
+        && sa.sa_handler != SIG_DFL)
+        signal(SIGINT, SIG_DFL);
 }
 
 void sig_open(lua_State *L)
@@ -217,6 +306,8 @@ void sig_open(lua_State *L)
     if (!ready) { /* once per process, however often orch.core is opened */
         for (size_t k = 0; k < NHANDLED; k++)
             watchers[k].fn = LUA_NOREF;
+        unblock(SIGCHLD); /* children are reaped on it */
+        int_default();
         ready = 1;
     }
     static const luaL_Reg fns[] = {

@@ -41,6 +41,8 @@ static volatile sig_atomic_t cur_id = NO_TASK;  /* low 30 bits of the running id
 static volatile sig_atomic_t running;           /* a task's Lua code may run */
 static volatile sig_atomic_t stop_level;        /* for cur_id */
 static volatile sig_atomic_t interrupted;       /* the hook raised, with this level */
+static lua_State *volatile running_co;           /* the coroutine a task runs, if any */
+static ev_async stop_wake;                      /* wakes the child's loop on a stop */
 static volatile sig_atomic_t ring[RING];        /* recent stop values */
 static volatile sig_atomic_t ring_n;
 
@@ -65,10 +67,16 @@ static void stop_handler(int sig, siginfo_t *si, void *uc)
     stop_unpack(value, &id, &level);
     ring[ring_n % RING] = value;
     ring_n = ring_n + 1;
+    if (ev_is_active(&stop_wake))
+        ev_async_send(loop_get(), &stop_wake); /* async-signal-safe (libev) */
     if (id == cur_id && level > stop_level) {
         stop_level = level;
-        if (level >= STOP_CANCEL && running && task_L)
+        if (level >= STOP_CANCEL && running && task_L) {
             lua_sethook(task_L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+            lua_State *co = running_co;
+            if (co)
+                lua_sethook(co, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+        }
     }
     errno = saved;
 }
@@ -86,6 +94,83 @@ static int ring_level(int id)
             best = level;
     }
     return best;
+}
+
+/* ---- coroutines -------------------------------------------------------------
+ * The stop hook is per thread: a task busy inside a coroutine would never
+ * see the one set on the task's thread. In a child, coroutine.resume and
+ * coroutine.wrap are wrapped so that the thread being run is known
+ * (running_co, for the handler) and one resumed while a stop is pending
+ * gets the hook at once. Code that kept the original functions from
+ * before the fork is not covered. */
+
+/* Calls the function below n arguments with co as the running coroutine;
+ * returns its results, or raises its error. */
+static int run_as(lua_State *L, lua_State *co, int n)
+{
+    lua_State *prev = running_co;
+    running_co = co;
+    if (co && running && stop_level >= STOP_CANCEL && !interrupted)
+        lua_sethook(co, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    int rc = lua_pcall(L, n, LUA_MULTRET, 0);
+    running_co = prev;
+    if (rc != LUA_OK)
+        return lua_error(L);
+    return lua_gettop(L);
+}
+
+/* coroutine.resume(co, ...), upvalue 1 the original. */
+static int co_resume(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    return run_as(L, co, n);
+}
+
+/* What coroutine.wrap returns: upvalues the coroutine and the original
+ * wrapper around it. */
+static int co_wrapped(lua_State *L)
+{
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_insert(L, 1);
+    return run_as(L, lua_tothread(L, lua_upvalueindex(1)), n);
+}
+
+/* coroutine.wrap(f), upvalue 1 the original. */
+static int co_wrap(lua_State *L)
+{
+    lua_settop(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 1, 1); /* the original's function */
+    if (lua_getupvalue(L, 1, 1) == NULL || !lua_isthread(L, -1))
+        return 1; /* not the wrapper this Lua makes: leave it alone */
+    lua_insert(L, 1);
+    lua_pushcclosure(L, co_wrapped, 2);
+    return 1;
+}
+
+static void wrap_coroutines(lua_State *L)
+{
+    if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
+        lua_getfield(L, -1, "resume");
+        int done = lua_tocfunction(L, -1) == co_resume; /* a child's child */
+        lua_pop(L, 1);
+        if (done) {
+            lua_pop(L, 1);
+            return;
+        }
+        lua_getfield(L, -1, "resume");
+        lua_pushcclosure(L, co_resume, 1);
+        lua_setfield(L, -2, "resume");
+        lua_getfield(L, -1, "wrap");
+        lua_pushcclosure(L, co_wrap, 1);
+        lua_setfield(L, -2, "wrap");
+    }
+    lua_pop(L, 1);
 }
 
 /* ---- channel -------------------------------------------------------------- */
@@ -222,6 +307,7 @@ static int encode_error(lua_State *L)
 }
 
 static int last_failed; /* the last task replied with an error */
+static int memory_limited; /* limits.memory applies: a memory error names it */
 
 static void reply_error(lua_State *L, lua_Integer id, const char *kind, int msg_idx,
                         int tb_idx, int val_idx)
@@ -262,6 +348,7 @@ static int run_task(lua_State *L, int nargs, lua_Integer id)
     interrupted = 0;
     lua_sethook(L, NULL, 0, 0);
     task_L = L;
+    running_co = NULL;
     running = 1;
     int pending = ring_level(key);
     if (pending > stop_level)
@@ -317,26 +404,79 @@ static int run_frame(lua_State *L)
     lua_pushcfunction(L, msgh); /* 1 */
     int nargs = task_load(L, payload, plen, &frame_id); /* fn at 2, args */
     lua_Integer id = frame_id;
-    if (run_task(L, nargs, id) == LUA_OK) {
+    int rc = run_task(L, nargs, id);
+    if (rc == LUA_OK) {
         reply_result(L, id, 2);
         return 0;
     }
-    /* error value at 2 (msgh ran) */
+    /* error value at 2 */
     int level = interrupted;
     const char *kind = level == STOP_TIMEOUT ? "timeout" : level ? "cancelled" : "error";
-    lua_getfield(L, LUA_REGISTRYINDEX, "orch.message");
-    lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+    if (rc == LUA_ERRRUN) { /* msgh ran: its message and traceback */
+        lua_getfield(L, LUA_REGISTRYINDEX, "orch.message");
+        lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+    } else { /* a memory error (or one in msgh itself): no handler ran */
+        const char *msg = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "error";
+        if (rc == LUA_ERRMEM && memory_limited)
+            lua_pushfstring(L, "%s (limits.memory)", msg);
+        else
+            lua_pushstring(L, msg);
+        lua_pushliteral(L, "");
+    }
     int top = lua_gettop(L);
     reply_error(L, id, kind, top - 1, top, 2);
     return 0;
 }
 
-/* serve(): the pool worker's loop. Returns when the parent says QUIT or
- * goes away. Exits the child with 3 if the init task (id 0) fails. */
+#define EXIT_INIT_FAILED 3  /* the init task failed */
+#define EXIT_RESIDENT 4     /* resident memory above max_resident after a task */
+
+static long long limit_field(lua_State *L, int t, const char *name)
+{
+    lua_getfield(L, t, name);
+    lua_Integer v = lua_isnil(L, -1) ? 0 : luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    return v > 0 ? (long long)v : 0;
+}
+
+/* The limits table at t (serve's argument), applied. */
+static void apply_limits(lua_State *L, int t)
+{
+    worker_limits l;
+    l.cpu = limit_field(L, t, "cpu");
+    l.memory = limit_field(L, t, "memory");
+    l.files = limit_field(L, t, "files");
+    l.processes = limit_field(L, t, "processes");
+    l.max_resident = limit_field(L, t, "max_resident");
+    char err[160];
+    if (limits_apply(&l, err, sizeof err) < 0)
+        luaL_error(L, "orch: %s", err);
+    memory_limited = l.memory > 0;
+}
+
+/* Leaves before reading another task, saying why first (a RETIRE frame):
+ * the parent then knows that what it sent since has not started. */
+static void retire(lua_State *L, const char *reason)
+{
+    lua_settop(L, 0);
+    lua_pushstring(L, reason);
+    chan_enc_values(L, &ch, MSG_RETIRE, 1, 0);
+    child_exit(EXIT_RESIDENT);
+}
+
+/* serve([limits]): the pool worker's loop. Returns when the parent says
+ * QUIT or goes away. Exits the child with EXIT_INIT_FAILED if the init
+ * task (id 0) fails, with EXIT_RESIDENT after a task that left it above
+ * limits.max_resident. limits: { cpu =, memory =, files =, processes =,
+ * max_resident = } (limits.c). */
 static int l_serve(lua_State *L)
 {
     if (ch.rfd < 0)
         return luaL_error(L, "orch.core.serve: only in a child process of orch");
+    if (lua_istable(L, 1))
+        apply_limits(L, 1);
+    sigset_t mask;
+    sig_child_save(&mask);
     for (;;) {
         wbuf *from;
         int type;
@@ -352,6 +492,7 @@ static int l_serve(lua_State *L)
             continue;
         frame_id = NO_FRAME;
         last_failed = 0;
+        limits_task_start();
         lua_pushcfunction(L, run_frame);
         lua_pushlightuserdata(L, (void *)payload);
         lua_pushinteger(L, (lua_Integer)plen);
@@ -364,12 +505,15 @@ static int l_serve(lua_State *L)
             lua_pushliteral(L, "");
             reply_error(L, frame_id, "error", msg, msg + 1, msg);
         }
+        sig_child_restore(&mask); /* a task may have blocked the stop signal */
         /* Each result leaves before the next task starts: a worker that
          * dies in that task must not take finished results with it. */
         if (chan_flush_blocking(&ch) < 0)
             break;
         if (frame_id == 0 && last_failed)
-            child_exit(3); /* init failed: this worker is of no use */
+            child_exit(EXIT_INIT_FAILED); /* this worker is of no use */
+        if (limits_over_memory())
+            retire(L, "resident"); /* a fresh worker takes the next task */
     }
     lua_settop(L, 0);
     return 0;
@@ -442,7 +586,7 @@ static int l_stopping(lua_State *L)
 /* child_sleep(seconds): sleeps; returns early (true) when asked to stop. */
 static int l_child_sleep(lua_State *L)
 {
-    lua_Number secs = luaL_checknumber(L, 1);
+    lua_Number secs = loop_check_seconds(L, 1);
     struct timespec end, now;
     clock_gettime(CLOCK_MONOTONIC, &end);
     lua_Number t = (lua_Number)end.tv_sec + end.tv_nsec / 1e9 + secs;
@@ -467,11 +611,35 @@ static int l_in_child(lua_State *L)
     return 1;
 }
 
+static int no_op(lua_State *L)
+{
+    (void)L;
+    return 0;
+}
+
+/* A stop request came while the child may be in its loop (orch.sleep, a
+ * pool of its own): the turn ends as if a callback ran, so the waiting
+ * Lua code sees orch.stopping() at once, wherever in the turn the signal
+ * fell. */
+static void stop_wake_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+    (void)loop; (void)w; (void)revents;
+    lua_State *L = loop_state();
+    if (L) {
+        lua_pushcfunction(L, no_op);
+        loop_call(L, 0);
+    }
+}
+
 void worker_child_main(lua_State *L, int in, int out, int fnidx)
 {
     alloc_child_init(L);
+    wrap_coroutines(L);
     chan_init(&ch, in, out);
     task_L = L;
+    ev_async_init(&stop_wake, stop_wake_cb);
+    ev_async_start(loop_get(), &stop_wake);
+    ev_unref(loop_get()); /* it holds no loop alive */
     cur_id = 0; /* a service is "task 0" for stop requests */
     sig_child_accept_stop(stop_handler); /* a request already queued comes now */
     lua_pushvalue(L, fnidx);
@@ -479,7 +647,10 @@ void worker_child_main(lua_State *L, int in, int out, int fnidx)
     lua_insert(L, -2);
     int rc = lua_pcall(L, 0, 0, -2);
     if (rc != LUA_OK) {
-        lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+        if (rc == LUA_ERRRUN)
+            lua_getfield(L, LUA_REGISTRYINDEX, "orch.traceback");
+        else
+            lua_pushvalue(L, -1); /* a memory error: msgh did not run */
         const char *tb = lua_tostring(L, -1);
         lua_pushcfunction(L, l_send_parent);
         lua_pushinteger(L, MSG_LOG);

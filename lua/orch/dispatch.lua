@@ -62,7 +62,7 @@ local Future = require "orch.future"
 local TaskError = require("orch.errors").TaskError
 
 local MSG = core.msg
-local RESULT, ERROR = MSG.RESULT, MSG.ERROR
+local RESULT, ERROR, RETIRE = MSG.RESULT, MSG.ERROR, MSG.RETIRE
 local pop, push_front = backlog.pop, backlog.push_front
 local clear_timers = Future.clear_timers
 
@@ -100,11 +100,21 @@ end
 ---------------------------------------------------------------------------
 -- workers
 
-local function worker_main(name, max_message)
+-- A worker's limits (limits.c): the pool's `limits` and its
+-- max_memory_per_worker, as core.serve takes them; nil when none.
+local function worker_limits(opts)
+  local l, max = opts.limits, opts.max_memory_per_worker
+  if not (l or max) then return nil end
+  l = l or {}
+  return { cpu = l.cpu, memory = l.memory, files = l.files, processes = l.processes,
+           max_resident = max }
+end
+
+local function worker_main(name, max_message, limits)
   return function()
     log.name = name
     core.set_max_message(max_message)
-    core.serve()
+    core.serve(limits)
   end
 end
 
@@ -117,7 +127,7 @@ local function spawn_workers(self, first, last)
   for slot = first, last do
     local w = { slot = slot, name = "worker " .. slot, inflight = {}, ih = 1, it = 0, dispatched = 0 }
     workers[#workers + 1] = w
-    args[#args + 1] = worker_main(w.name, self.max_message)
+    args[#args + 1] = worker_main(w.name, self.max_message, self.limits)
     args[#args + 1] = function(_, ...)
       local d = ref[1]
       if d then d:_message(w, ...) end
@@ -451,6 +461,8 @@ function D:_message(w, type, id, ...)
     task_failed(self, w, id, ...)
   elseif type == 0 then
     bad_frame(self, w, id, ...)
+  elseif type == RETIRE then
+    w.retired = id  -- the reason; it exits before reading another task
   else
     child.frame(w.proc, w.name, type, id, ...)
   end
@@ -475,12 +487,27 @@ local function head_ended(self, w, head, how, code)
     local fields = { pid = w.pid, message = w.bad_frame and "crashed: " .. w.bad_frame }
     if how == "signal" then
       fields.signal, fields.signal_name = code, core.signame(code)
+      local cpu = self.limits and self.limits.cpu
+      if cpu and fields.signal_name == "XCPU" then
+        fields.message = ("cpu limit: the task used more than %d s of CPU (limits.cpu)"):format(cpu)
+      end
     else
       fields.exit_code = code
     end
     leave(self, head)
     self.failed(head, task_error("crashed", fields))
   end
+end
+
+-- A task its worker's parent saw start, but that never ran there, goes
+-- back to the front of the backlog.
+local function unstart(self, fut)
+  if not (fut and fut.status == "running") then return end
+  clear_timers(fut)
+  leave(self, fut)
+  fut.status = "queued"
+  fut.attempts = fut.attempts - 1
+  push_front(self.backlog, fut)
 end
 
 -- The tasks of a dead worker that never started go back to the front of
@@ -503,11 +530,7 @@ local function give_back(self, w, inflight)
   if head and head.status == "running" and w.killed_task and w.killed_task ~= head then
     -- killed for a task whose result was on its way: this one had only
     -- just started and is not the one the kill was meant for
-    clear_timers(head)
-    leave(self, head)
-    head.status = "queued"
-    head.attempts = head.attempts - 1
-    push_front(bl, head)
+    unstart(self, head)
   end
 end
 
@@ -519,10 +542,18 @@ function D:_exited(w, how, code)
   local inflight = inflight_list(w)
   w.inflight, w.ih, w.it = {}, 1, 0
   local replace = not w.retiring or w.killed or inflight[1] ~= nil
-  if inflight[1] then head_ended(self, w, inflight[1], how, code) end
+  if w.retired then
+    unstart(self, inflight[1])  -- it left before reading it
+  elseif inflight[1] then
+    head_ended(self, w, inflight[1], how, code)
+  end
   give_back(self, w, inflight)
   if how == "exit" and code == 3 and self.init_error then
     self.init_failures = (self.init_failures or 0) + 1
+  end
+  if w.retired then
+    log.deliver("info", ("%s replaced: resident memory above max_memory_per_worker (%d bytes)")
+      :format(w.name, self.limits.max_resident), w.name, w.pid)
   end
   if self.terminated then return end
   if (self.init_failures or 0) >= MAX_INIT_FAILURES then
@@ -670,6 +701,7 @@ function dispatch.new(side, opts)
     waiting = side.waiting, broken = side.broken,
     size = size, eager = size + 1, init = opts.init, max_tasks = opts.max_tasks_per_worker,
     max_message = opts.max_message or MAX_MESSAGE,
+    limits = worker_limits(opts),
     slots = {}, n_live = 0, n_running = 0, restarts = 0, pipeline = 1, mean_task = nil,
     closing = false, terminated = false,
   }, D)

@@ -28,17 +28,9 @@ local function check_interrupt()
   error(Interrupted.new(p.signal), 0)
 end
 
--- The loop is the parent's: a child has none to run.
-local function parent_only()
-  if core.in_child() then
-    check.fail("orch", "this call runs the parent's loop; it cannot run in a child process")
-  end
-end
-
--- Runs the loop until pred() is true (returns true) or timeout seconds
+--- Runs the loop until pred() is true (returns true) or timeout seconds
 -- have passed (returns false). timeout nil: no limit.
 function loop.wait(pred, timeout)
-  parent_only()
   check_interrupt()
   if pred() then return true end
   local deadline = timeout and core.now() + timeout
@@ -59,25 +51,25 @@ end
 -- handled and what is queued for the children is written. For long runs of
 -- parent work (map packing its chunks) that must not leave workers idle.
 function loop.poll()
-  parent_only()
   check_interrupt()
   core.step(0)
   check_interrupt()
 end
 
---- orch.sleep(seconds): in the parent, runs the loop for that long; in a
--- child, sleeps and returns early once the parent asked it to stop.
+--- orch.sleep(seconds): runs the loop for that long (a task or service
+-- that runs a pool or supervisor of its own keeps serving it meanwhile);
+-- in a child, returns early once the parent asked it to stop.
 function loop.sleep(seconds)
   if not check.fits(seconds, "non-negative number") then
     check.fail("orch.sleep", "seconds must be a non-negative number (got %s)", check.show(seconds))
   end
-  if core.in_child() then
-    core.child_sleep(seconds)
-    return
-  end
   local done = false
   local t <close> = core.timer(seconds, function() done = true end)
-  loop.wait(function() return done end)
+  if core.in_child() then
+    loop.wait(function() return done or core.stopping() end)
+  else
+    loop.wait(function() return done end)
+  end
 end
 
 return loop

@@ -47,8 +47,10 @@ local OPTIONS = {
   on_error = "string or function", grace = "non-negative number",
   init = "function or string", backoff = "non-negative number",
   broker = "string", queue = "string", lease = "positive number", secret = "string",
-  max_message = "positive integer",
+  max_message = "positive integer", max_memory_per_worker = "positive integer", limits = "table",
 }
+local LIMITS = { cpu = "positive integer", memory = "positive integer", files = "positive integer",
+                 processes = "positive integer" }
 -- With a broker, a pool may have no workers of its own: nodes run its tasks.
 local BROKER_OPTIONS = {}
 for k, v in pairs(OPTIONS) do BROKER_OPTIONS[k] = v end
@@ -75,6 +77,7 @@ local function check_options(opts)
   if m ~= nil and m > 0x7fffffff then
     check.fail("orch.pool", "option 'max_message' must be at most 2^31 - 1 bytes (got %s)", check.show(m))
   end
+  check.options("orch.pool", opts.limits, LIMITS, "limits: ")
   Group.check_policy(opts, "orch.pool")
   return opts
 end
@@ -405,7 +408,8 @@ end
 
 function Pool:__close()
   if self.terminated or self.dispatcher.n_live == 0 then return self:_release() end
-  local ok, err = pcall(self.shutdown, self)
+  -- a pool of a task being stopped passes the stop steps on to its tasks
+  local ok, err = pcall(self.shutdown, self, core.stopping() and { cancel_pending = true } or nil)
   if not ok then
     self:terminate()
     error(err, 0)
@@ -460,7 +464,6 @@ end
 -- orch.pool(opts) -> Pool
 local function new(opts)
   opts = check_options(opts)
-  if core.in_child() then check.fail("orch.pool", "pools are created in the parent process") end
   local self = setmetatable({
     opts = opts, backlog = backlog.new(), retry_waiting = {},
     n_done = 0, n_failed = 0, n_cancelled = 0,

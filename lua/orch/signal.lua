@@ -34,16 +34,20 @@ end
 -- Installs orch's default handler for name unless the script has its own.
 -- Defaults stack: a supervisor's, installed while it runs, hides the
 -- pools' one until it is removed. Returns the function that removes it.
+-- In a child (a task or service running a pool or supervisor of its
+-- own) the defaults are not installed: job-wide signals stay no-ops there,
+-- and its parent's stop requests are what stops it.
 function signal.set_default(name, fn)
   local stack = defaults[name] or {}
   defaults[name] = stack
   stack[#stack + 1] = fn
-  if not user[name] then core.on_signal(name, fn) end
+  local installs = not core.in_child()
+  if installs and not user[name] then core.on_signal(name, fn) end
   return function()
     for i = #stack, 1, -1 do
       if stack[i] == fn then table.remove(stack, i) break end
     end
-    if not user[name] then core.on_signal(name, current_default(name)) end
+    if installs and not user[name] then core.on_signal(name, current_default(name)) end
   end
 end
 

@@ -412,7 +412,6 @@ end
 -- not stay up ("service 'web' failed").
 function Supervisor:start(name)
   check_self(self, "start")
-  if core.in_child() then check.fail("orch.supervisor", "start: only in the parent process") end
   if name ~= nil then return self:_start_one(check_name(self, name, "start")) end
   if self.stopping_all and not self.finished then return nil, "stopping" end
   if self.finished then
@@ -592,7 +591,6 @@ end
 -- orch.supervisor(spec) -> Supervisor
 function M.new(spec)
   local services, by_name, order = services_of(spec)
-  if core.in_child() then check.fail("orch.supervisor", "supervisors run in the parent process") end
   local sup = setmetatable({
     services = services, by_name = by_name, order = order,
     strategy = spec.strategy or "one_for_one",

@@ -96,6 +96,20 @@ function P.alive(pid)
   return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
+--- Live processes whose environment holds CHAOS_MARK=token: those of a
+-- job started with it, whatever their process group or parent is now (a
+-- zombie's environment reads empty: it is not counted).
+function P.marked(token)
+  local p = io.popen("grep -lsxz " .. q("CHAOS_MARK=" .. token) .. " /proc/[0-9]*/environ")
+  local pids = {}
+  for line in p:lines() do
+    local pid = tonumber(line:match("^/proc/(%d+)/"))
+    if pid and P.alive(pid) then pids[#pids + 1] = pid end
+  end
+  p:close()
+  return pids
+end
+
 --- Pids of a service as the log names them: "[name pid] started".
 function P.service_pids(job, name)
   local pids = {}
