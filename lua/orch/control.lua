@@ -121,6 +121,24 @@ local function status_answer()
   return report
 end
 
+-- Status answers asked for within STATUS_FRESH seconds of each other share
+-- one report, encoded once: many clients polling a busy run cost it one
+-- report an interval, not one a request. The cached text is the report's
+-- fields; each answer puts its own envelope (ok, id, cmd, v) in front.
+local STATUS_FRESH = 0.05
+local status_cache = { at = -math.huge, fields = nil }
+
+local function status_line(id)
+  local now = core.now()
+  if now - status_cache.at >= STATUS_FRESH then
+    status_cache.fields = encode(status_answer()):sub(2)  -- without its "{"
+    status_cache.at = now
+  end
+  local envelope = ('{"cmd":"status",%s"ok":true,"v":%d,'):format(
+    id ~= nil and ('"id":%s,'):format(cjson.encode(id)) or "", control.PROTOCOL)
+  return envelope .. status_cache.fields
+end
+
 local function check_name(req)
   if type(req.name) ~= "string" or req.name == "" then
     return nil, "field 'name' must be a service name (a string)", "bad_request"
@@ -151,7 +169,7 @@ local COMMANDS = {
     return { name = server.name, pid = core.getpid(), version = core.version,
              uptime = core.now() - server.started }
   end,
-  status = status_answer,
+  status = status_answer,  -- answered through status_line, cached (see request)
   stop = acting(check_name, status.service, "stop"),
   start = acting(check_name, status.service, "start"),
   restart = acting(check_name, status.service, "restart"),
@@ -196,6 +214,11 @@ local function request(conn, line)
   if not command then
     return refuse(conn, id, "unknown_command", ("unknown command %s (commands: %s)")
       :format(cjson.encode(req.cmd), table.concat(COMMAND_NAMES, ", ")))
+  end
+  if req.cmd == "status" then
+    local ok, line = xpcall(status_line, debug.traceback, id)
+    if not ok then return refuse(conn, id, "internal", tostring(line)) end
+    return conn:send(line .. "\n")
   end
   local res = table.pack(xpcall(command, debug.traceback, req, conn))
   if not res[1] then
