@@ -125,6 +125,7 @@ end
 -- one report, encoded once: many clients polling a busy run cost it one
 -- report an interval, not one a request. The cached text is the report's
 -- fields; each answer puts its own envelope (ok, id, cmd, v) in front.
+-- Any other command forgets it, so a status asked after an action sees it.
 local STATUS_FRESH = 0.05
 local status_cache = { at = -math.huge, fields = nil }
 
@@ -216,10 +217,11 @@ local function request(conn, line)
       :format(cjson.encode(req.cmd), table.concat(COMMAND_NAMES, ", ")))
   end
   if req.cmd == "status" then
-    local ok, line = xpcall(status_line, debug.traceback, id)
-    if not ok then return refuse(conn, id, "internal", tostring(line)) end
-    return conn:send(line .. "\n")
+    local made, answer = xpcall(status_line, debug.traceback, id)
+    if not made then return refuse(conn, id, "internal", tostring(answer)) end
+    return conn:send(answer .. "\n")
   end
+  status_cache.at = -math.huge  -- what this command does shows in the next status
   local res = table.pack(xpcall(command, debug.traceback, req, conn))
   if not res[1] then
     if Interrupted.is(res[2]) then error(res[2], 0) end  -- the script's, not ours
