@@ -19,6 +19,10 @@
  * Invariants:
  * - Function ids and the code they stand for live in the parent's registry
  *   for good (weakly by closure): an id never names two pieces of code.
+ *   There are at most FN_CACHE_MAX of them, so a parent that submits ever
+ *   new code (generated closures) does not grow without bound, nor do its
+ *   workers' tables: past that, a task of new code carries its code itself
+ *   (fnid FN_INLINE), and the worker loads it for that task only.
  * - The worker's table of loaded functions ("orch.functions") is made in
  *   the parent before any fork, so a worker that fills it writes only the
  *   pages of its own copy.
@@ -31,6 +35,8 @@
 #define TASK_FNID sizeof(lua_Integer)
 #define FUNCTIONS "orch.functions" /* registry: the worker's fnid -> function */
 #define MAX_ARGS 1000000
+#define FN_CACHE_MAX 4096        /* function ids a parent hands out */
+#define FN_INLINE ((lua_Integer)-1) /* a task that carries its own code */
 
 static lua_Integer fn_counter;
 static int fn_by_closure = LUA_NOREF; /* weak-keyed: closure -> fnid */
@@ -52,6 +58,10 @@ static lua_Integer code_id(lua_State *L, int code)
         return id;
     }
     lua_pop(L, 1);
+    if (fn_counter >= FN_CACHE_MAX) {
+        lua_pop(L, 1);
+        return FN_INLINE;                      /* the cache is full */
+    }
     id = ++fn_counter;
     lua_pushvalue(L, code);
     lua_pushinteger(L, id);
@@ -138,7 +148,9 @@ static void proto_remember(lua_State *L, int fidx)
 }
 
 /* The id of the Lua function at fidx, its code dumped and numbered the
- * first time that code is seen (or that prototype: proto_id). */
+ * first time that code is seen (or that prototype: proto_id). FN_INLINE
+ * when the cache is full and the code is new: its code is then pushed, for
+ * the task to carry. */
 static lua_Integer function_id(lua_State *L, int fidx)
 {
     lua_rawgeti(L, LUA_REGISTRYINDEX, fn_by_closure);
@@ -157,6 +169,10 @@ static lua_Integer function_id(lua_State *L, int fidx)
     }
     wire_dump_function(L, fidx);               /* closures, code */
     id = code_id(L, lua_gettop(L));
+    if (id == FN_INLINE) {
+        lua_remove(L, -2);                     /* code */
+        return id;
+    }
     lua_pop(L, 1);                             /* closures */
     lua_pushvalue(L, fidx);
     lua_pushinteger(L, id);
@@ -164,6 +180,15 @@ static lua_Integer function_id(lua_State *L, int fidx)
     lua_pop(L, 1);
     proto_remember(L, fidx);
     return id;
+}
+
+/* Encodes what stands for the Lua function at fidx in a packed task: its
+ * code when it travels inline (at code), then its upvalues. */
+static void put_function(wire_enc *e, lua_Integer fnid, int fidx, int code)
+{
+    if (fnid == FN_INLINE)
+        wire_enc_value(e, code, "function");
+    wire_enc_upvalues(e, fidx);
 }
 
 /* ---- packing (parent) ------------------------------------------------- */
@@ -198,11 +223,12 @@ static int l_pack_task(lua_State *L)
     luaL_argexpected(L, t == LUA_TFUNCTION || t == LUA_TSTRING, 1, "function or module name");
     int n = lua_gettop(L);
     lua_Integer fnid = t == LUA_TFUNCTION && !lua_iscfunction(L, 1) ? function_id(L, 1) : 0;
+    int code = lua_gettop(L);                  /* the code, if inline */
     wire_enc e;
     int holder;
     wbuf *b = pack_begin(L, fnid, &e, &holder);
     if (fnid)
-        wire_enc_upvalues(&e, 1);
+        put_function(&e, fnid, 1, code);
     else
         wire_enc_value(&e, 1, "function");
     wire_enc_integer(&e, n - 1);
@@ -229,10 +255,11 @@ static int l_pack_chunk(lua_State *L)
     lua_Integer i = luaL_checkinteger(L, 4), j = luaL_checkinteger(L, 5);
     luaL_argcheck(L, !lua_iscfunction(L, 1), 1, "a Lua function expected");
     lua_Integer fnid = function_id(L, 1);
+    int code = lua_gettop(L);                  /* the code, if inline */
     wire_enc e;
     int holder;
     wbuf *b = pack_begin(L, fnid, &e, &holder);
-    wire_enc_upvalues(&e, 1);
+    put_function(&e, fnid, 1, code);
     wire_enc_integer(&e, 3);
     wire_enc_value(&e, 2, "function");
     wire_enc_slice(&e, 3, i, j, "items");
@@ -258,7 +285,7 @@ void task_put(lua_State *L, wire_enc *e, lua_Integer id, const char *task, size_
     memcpy(&fnid, task, TASK_FNID);
     wire_enc_integer(e, id);
     wire_enc_integer(e, fnid);
-    if (fnid) {
+    if (fnid > 0) {                            /* an inline task has its code */
         lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
         if (with_code)
             lua_rawgeti(L, -1, fnid);
@@ -317,6 +344,18 @@ static void load_function(lua_State *L, wire_dec *d, lua_Integer fnid)
             luaL_error(L, "bad task frame: %s", d->err);
         if (lua_type(L, -1) == LUA_TSTRING)
             task_resolve(L, -1);
+        return;
+    }
+    if (fnid == FN_INLINE) {                   /* loaded for this task only */
+        if (wire_dec_value(d) < 0)
+            luaL_error(L, "bad task frame: %s", d->err);
+        size_t n;
+        const char *code = lua_tolstring(L, -1, &n);
+        if (!code || luaL_loadbufferx(L, code, n, "=task", "b") != LUA_OK)
+            luaL_error(L, "bad task frame: no code for an inline function");
+        lua_remove(L, -2);
+        if (wire_dec_upvalues(d, lua_gettop(L)) < 0)
+            luaL_error(L, "bad task frame: %s", d->err);
         return;
     }
     lua_getfield(L, LUA_REGISTRYINDEX, FUNCTIONS);
@@ -403,11 +442,20 @@ static int l_task_source(lua_State *L)
             return luaL_pushfail(L), 1;
         return 1;
     }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
+    if (fnid == FN_INLINE) {                   /* the code is the first value */
+        wire_dec d;
+        wire_dec_begin(&d, L, task + TASK_FNID, tlen - TASK_FNID, 0);
+        int bad = wire_dec_value(&d) < 0;
+        wire_dec_end(&d);
+        if (bad || lua_type(L, -1) != LUA_TSTRING)
+            return luaL_pushfail(L), 1;
+    } else {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, code_by_fn);
+        if (lua_rawgeti(L, -1, fnid) != LUA_TSTRING)
+            return luaL_pushfail(L), 1;
+    }
     size_t n;
     const char *code;
-    if (lua_rawgeti(L, -1, fnid) != LUA_TSTRING)
-        return luaL_pushfail(L), 1;
     code = lua_tolstring(L, -1, &n);
     if (luaL_loadbufferx(L, code, n, "=task", "b") != LUA_OK)
         return luaL_pushfail(L), 1;
@@ -415,6 +463,15 @@ static int l_task_source(lua_State *L)
     lua_getinfo(L, ">S", &ar);                 /* pops the function */
     lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
     return 1;
+}
+
+/* functions_known() -> n, max: function ids handed out so far, and the
+ * most there will be (a diagnostic: the cache's bound). */
+static int l_functions_known(lua_State *L)
+{
+    lua_pushinteger(L, fn_counter);
+    lua_pushinteger(L, FN_CACHE_MAX);
+    return 2;
 }
 
 void task_open(lua_State *L)
@@ -437,4 +494,6 @@ void task_open(lua_State *L)
     lua_setfield(L, -2, "resolve");
     lua_pushcfunction(L, l_task_source);
     lua_setfield(L, -2, "task_source");
+    lua_pushcfunction(L, l_functions_known);
+    lua_setfield(L, -2, "functions_known");
 }
