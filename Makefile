@@ -85,7 +85,8 @@ bench: build
 	$(LUA) bench/broker.lua
 
 # AddressSanitizer + UBSan build of the module, then the specs with the
-# sanitizer runtime preloaded into the stock interpreter.
+# sanitizer runtime preloaded into the stock interpreter, each spec file in
+# a process of its own (orch busted), as make test runs them.
 ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan \
@@ -93,7 +94,7 @@ asan: deps
 	  LDFLAGS="-fsanitize=address,undefined" build-asan/orch/core.so
 	@ORCH_CPATH=build-asan/?.so LD_PRELOAD=$(ASAN_LIB) \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  $(LUA) scripts/run-specs $(BUSTED) --exclude-tags=slow,noasan
+	  $(LUA) scripts/run-specs $(LUA) scripts/orch busted --exclude-tags=slow,noasan
 
 # The specs under valgrind, in one interpreter (--ignore-lua: busted does
 # not start another one); workers are forked copies, silent after fork.

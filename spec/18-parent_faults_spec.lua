@@ -234,7 +234,7 @@ describe("buffers after a big message", function()
     pool:terminate()
   end)
 
-  it("the worker's read buffer is given back once drained #novalgrind", function()
+  it("the worker's read buffer is given back once drained #novalgrind #noasan", function()
     local pool = orch.pool { workers = 1 }
     local pid = pool:submit(function() return require("orch.core").getpid() end):result()
     local base = vm_rss(pid)
