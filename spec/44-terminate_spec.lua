@@ -165,7 +165,7 @@ describe("a task queue (seed 003)", function()
     end)
   end)
 
-  it("close + join(timeout) returns as soon as the workers are gone, or nil, 'timeout'; then terminate", function()
+  it("close + join(timeout) returns as soon as the workers are gone, or nil, 'timeout'; then terminate #novalgrind", function()
     local before = procs.descendants()
     local pool = orch.pool { workers = 2 }
     for i = 1, 4 do pool:submit(function() osleep(0.1) return i end) end
