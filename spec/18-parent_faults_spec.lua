@@ -13,10 +13,7 @@ local MSG = core.msg
 local function script(prefix, name, ...)
   local cmd = ("%s timeout 60 env -u LD_PRELOAD lua5.4 spec/scripts/%s %s 2>&1"):format(prefix, name,
     table.concat({ ... }, " "))
-  local p = io.popen(cmd)
-  local s = p:read("a")
-  p:close()
-  return s
+  return (H.sh(cmd))
 end
 
 local function vm_rss(pid)

@@ -3,9 +3,7 @@ local P = require "scripts.sup_proc"
 after_each(P.cleanup_all)
 
 local function orch_cmd(args, env)
-  local p = io.popen((env or "") .. " lua5.4 scripts/orch " .. args .. " 2>&1")
-  local out = p:read("a")
-  local _, _, code = p:close()
+  local out, code = orch_spec.sh((env or "") .. " lua5.4 scripts/orch " .. args .. " 2>&1")
   return code, out
 end
 

@@ -30,9 +30,7 @@ local function start_job(xdg, env)
 end
 
 local function orch(xdg, args)
-  local p = io.popen(("XDG_RUNTIME_DIR=%s lua5.4 scripts/orch %s 2>&1"):format(P.quote(xdg), args))
-  local out = p:read("a")
-  local _, _, code = p:close()
+  local out, code = orch_spec.sh(("XDG_RUNTIME_DIR=%s lua5.4 scripts/orch %s 2>&1"):format(P.quote(xdg), args))
   return code, out
 end
 

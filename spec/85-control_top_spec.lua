@@ -21,10 +21,7 @@ local function start_job()
 end
 
 local function sh_out(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  return out
+  return (orch_spec.sh(cmd))
 end
 
 -- A tmux server of our own running `orch top` in a 120x40 pane.

@@ -86,6 +86,15 @@ function H.lua_script(code, path)
   return path
 end
 
+-- Runs a shell command; returns what it wrote to stdout and its exit code
+-- (the signal number when a signal ended it, as io.popen's close says).
+function H.sh(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("a")
+  local _, _, code = p:close()
+  return out, code
+end
+
 -- Runs Lua code in a fresh lua5.4 with the tree's paths; returns its
 -- output (stdout and stderr) and exit code.
 function H.run_lua(code, env)
