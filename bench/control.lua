@@ -14,7 +14,10 @@
 -- Environment: BENCH_ROUNDS (5), BENCH_TASKS (100000), BENCH_CLIENTS (50),
 -- BENCH_CLIENT = ctl (each request a real `scripts/orch ctl PATH status
 -- --json` process) | socat (one connection per client, a request line
--- each pause), BENCH_PAUSE (seconds a client waits between requests: 0.1).
+-- each pause, from a shell loop) | mux (every client's connection in one
+-- process, bench/control_clients.py: the clients' own cost is kept off
+-- the cores the run needs), BENCH_PAUSE (seconds a client waits between
+-- requests: 0.1).
 
 local root = (arg and arg[0] or ""):match("^(.-)[^/]*$"):gsub("bench/$", ""):gsub("^$", "./")
 package.path = root .. "lua/?.lua;" .. root .. "lua/?/init.lua;" .. package.path
@@ -66,14 +69,18 @@ local function job(dir)
   local pool <close> = orch.pool{ workers = 2 }
   pool:map(inc, { 1, 2, 3, 4, 5, 6, 7, 8 })  -- warm: workers up, code cached
   touch(dir .. "/ready")
+  -- the warm-up: the clients ask (in a loud run) while no task runs
+  local w0, wc0 = core.now(), os.clock()
   while not exists(dir .. "/go") do orch.sleep(0.01) end
+  local idle, idle_cpu = core.now() - w0, os.clock() - wc0
   measuring = true
-  local t0 = core.now()
+  local t0, c0 = core.now(), os.clock()
   for i = 1, TASKS do assert(pool:submit(inc, i):result() == i + 1) end
-  local elapsed = core.now() - t0
+  local elapsed, cpu = core.now() - t0, os.clock() - c0
   measuring = false
   local f = assert(io.open(dir .. "/result", "w"))
-  f:write(("rate %.1f\nelapsed %.4f\nanswered %d\n"):format(TASKS / elapsed, elapsed, answered))
+  f:write(("rate %.1f\nelapsed %.4f\ncpu %.4f\nanswered %d\nidle %.4f\nidlecpu %.4f\n"):format(
+    TASKS / elapsed, elapsed, cpu, answered, idle, idle_cpu))
   f:close()
   touch(dir .. "/done")
   while not exists(dir .. "/quit") do orch.sleep(0.01) end
@@ -102,6 +109,11 @@ local function socat_client(dir, i)
 end
 
 local function start_clients(dir)
+  if CLIENT == "mux" then
+    assert(os.execute(("python3 %s %s %d %s %s %s >%s 2>&1 &"):format(q(root .. "bench/control_clients.py"),
+      q(dir .. "/run.sock"), CLIENTS, PAUSE, q(dir .. "/done"), q(dir .. "/clients"), q(dir .. "/clients.log"))))
+    return
+  end
   for i = 1, CLIENTS do
     local script = CLIENT == "socat" and socat_client(dir, i) or ctl_client(dir, i)
     assert(os.execute(("sh -c %s >/dev/null 2>&1 &"):format(q(script))))
@@ -110,6 +122,16 @@ end
 
 -- { answered, failed, silent } over every client, once all have written.
 local function client_totals(dir)
+  if CLIENT == "mux" then
+    local line
+    for _ = 1, 3000 do
+      line = read(dir .. "/clients")
+      if line then break end
+      os.execute("sleep 0.01")
+    end
+    local n, f, s = assert(line, "the clients never ended: " .. (read(dir .. "/clients.log") or "")):match("(%d+) (%d+) (%d+)")
+    return { answered = tonumber(n), failed = tonumber(f), silent = tonumber(s) }
+  end
   local totals = { answered = 0, failed = 0, silent = 0 }
   for i = 1, CLIENTS do
     local path, line = dir .. "/client." .. i, nil
@@ -166,22 +188,32 @@ local function loadavg()
 end
 
 local function driver()
-  assert(CLIENT == "ctl" or CLIENT == "socat", "BENCH_CLIENT must be ctl or socat")
+  assert(CLIENT == "ctl" or CLIENT == "socat" or CLIENT == "mux", "BENCH_CLIENT must be ctl, socat or mux")
   print(("%d rounds; %d tasks one by one (2 workers); %d %s clients asking status, "
     .. "%.2f s pause; load average %s"):format(ROUNDS, TASKS, CLIENTS, CLIENT, PAUSE, loadavg()))
-  print(("%-6s %12s %12s %8s %10s %8s %7s"):format("round", "quiet/s", "loud/s", "ratio",
-    "answered", "in run", "failed"))
-  local ratios, all_answered = {}, true
+  print(("%-6s %12s %12s %8s %10s %8s %7s %12s %12s"):format("round", "quiet/s", "loud/s", "ratio",
+    "answered", "in run", "failed", "quiet cpu/s", "loud cpu/s"))
+  local ratios, cpu_ratios, costs, all_answered = {}, {}, {}, true
   for r = 1, ROUNDS do
     local quiet, loud
     if r % 2 == 1 then quiet = one_run(false); loud = one_run(true)
     else loud = one_run(true); quiet = one_run(false) end
     local c = loud.clients
     ratios[r] = loud.rate / quiet.rate
+    -- tasks per CPU-second of the run's own process: what serving the
+    -- clients cost it, whatever else the machine was doing
+    local qcpu, lcpu = TASKS / quiet.cpu, TASKS / loud.cpu
+    cpu_ratios[r] = lcpu / qcpu
+    -- the warm-up: what the run spent answering, while no task ran
+    costs[r] = (loud.idlecpu - quiet.idlecpu * loud.idle / quiet.idle) / (loud.idle * CLIENTS / PAUSE)
     if c.failed > 0 or c.silent > 0 then all_answered = false end
-    print(("%-6d %12.0f %12.0f %8.3f %10d %8d %7d"):format(r, quiet.rate, loud.rate, ratios[r],
-      c.answered, loud.answered, c.failed + c.silent))
+    print(("%-6d %12.0f %12.0f %8.3f %10d %8d %7d %12.0f %12.0f"):format(r, quiet.rate, loud.rate, ratios[r],
+      c.answered, loud.answered, c.failed + c.silent, qcpu, lcpu))
   end
+  print(("median ratio of tasks per CPU-second of the run, loud/quiet %.3f"):format(median(cpu_ratios)))
+  local m_cost = median(costs)
+  print(("CPU the run spends per request while idle: median %.1f us; at %d requests/s that is %.1f%% of "
+    .. "one core"):format(m_cost * 1e6, CLIENTS / PAUSE, m_cost * CLIENTS / PAUSE * 100))
   local m = median(ratios)
   print(("median ratio loud/quiet %.3f (target >= 0.90: %s); every client answered: %s; "
     .. "load average %s"):format(m, m >= 0.9 and "met" or "NOT met",
