@@ -32,6 +32,26 @@ describe("joblog", function()
     assert.are.equal("3\terror\t2\t0.250000\t4243\t\titem 3: bad\\tthing\\nhere", lines[4])
   end)
 
+  it("writes a chunk's done lines in one call, each value encoded on its own", function()
+    local core = require "orch.core"
+    local shared = { 1, 2 }
+    local list = { "skip", 7, "a\tb\n", { shared, shared }, 2 ^ 53, false }
+    local text = core.joblog_done(41, list, 2, 5, "\tdone\t3\t0.1\t99\t")
+    local lines = lines_of(text)
+    assert.are.equal(5, #lines)
+    for j = 1, 5 do
+      local index, hex = lines[j]:match("^(%d+)\tdone\t3\t0%.1\t99\t(%x*)\t$")
+      assert.are.equal(tostring(40 + j), index)
+      local bytes = hex:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)
+      assert.are.equal(core.encode(list[j + 1]), bytes)
+      assert.are.same(list[j + 1], core.decode(bytes))
+    end
+    assert.are.equal("", core.joblog_done(1, list, 1, 0, "\t"))
+    assert.has_error(function() core.joblog_done(1, list, 1, -1, "\t") end)
+    assert.has_error(function() core.joblog_done(1, { io.stdout }, 1, 1, "\t") end,
+      "result: cannot send userdata")
+  end)
+
   it("reads back what a resumed run needs: values and failures", function()
     local value = { name = "x", list = { 1.5, -0.0, "a\0b" } }
     local log = joblog.open(path, inc, { 1, 2, 3 })

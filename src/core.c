@@ -45,6 +45,7 @@ __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
     worker_open(L);
     wire_open(L);
     sha256_open(L);  /* signed tasks */
+    joblog_open(L);  /* a long map's job log */
     redis_open(L);   /* the broker's client */
     control_open(L); /* the control socket */
     control_client_open(L); /* orch ctl's end of it */

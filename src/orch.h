@@ -420,6 +420,10 @@ ORCH_HIDDEN void hmac_sha256(const void *key, size_t klen, const void *msg, size
 /* Registers sha256(msg) and hmac_sha256(key, msg) (hex digests). */
 ORCH_HIDDEN void sha256_open(lua_State *L);
 
+/* ---- joblog.c: a job log's lines ----------------------------------------- */
+/* Registers joblog_done(first, list, from, n, mid) -> the lines of n done items. */
+ORCH_HIDDEN void joblog_open(lua_State *L);
+
 /* ---- redis.c: an asynchronous Redis client on the loop (hiredis) ------- */
 /* Registers redis_connect{...} -> conn in the table at the top of the stack. */
 ORCH_HIDDEN void redis_open(lua_State *L);

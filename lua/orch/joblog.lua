@@ -149,13 +149,8 @@ end
 ---------------------------------------------------------------------------
 -- lines
 
--- The hex digits of each byte value, and of a string (one gsub for a
--- whole chunk's results: a call per item would cost more than the rest of
--- the line).
-local HEX = {}
-for b = 0, 255 do HEX[string.char(b)] = ("%02x"):format(b) end
-local function hex(s) return (s:gsub(".", HEX)) end
-
+-- Done lines are made in C (core.joblog_done, src/joblog.c): a chunk's
+-- in one call. Reading them back:
 local UNHEX = {}
 for b = 0, 255 do
   local c = string.char(b)
@@ -291,20 +286,12 @@ end
 
 --- Items first..first+n-1 done, with the values list[from..from+n-1];
 -- attempts, seconds (the chunk's, nil: not known) and the worker's pid
--- are the same for all of them.
+-- are the same for all of them. Their lines are made in one C call.
 function Log:done_list(first, list, from, n, attempts, seconds, pid)
-  local enc, encoded = core.encode, {}
-  for j = 1, n do encoded[j] = enc(list[from + j - 1]) end
-  local digits = hex(table.concat(encoded))
   local mid = ("\tdone\t%d\t%s\t%s\t"):format(attempts or 1,
     seconds and ("%.6f"):format(seconds / n) or "", pid or "")
-  local lines, pos = self.lines, 1
-  local k = #lines
-  for j = 1, n do
-    local stop = pos + 2 * #encoded[j]
-    lines[k + j] = (first + j - 1) .. mid .. digits:sub(pos, stop - 1) .. "\t\n"
-    pos = stop
-  end
+  local lines = self.lines
+  lines[#lines + 1] = core.joblog_done(first, list, from, n, mid)
 end
 
 --- Item index done: its value, attempts, seconds and worker pid.
