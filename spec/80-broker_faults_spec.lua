@@ -104,7 +104,7 @@ describe("orch.pool on a broker, when things fail", function()
     assert.equal(130, b:status(10))
   end)
 
-  it("Redis restarted (append-only file) while tasks are queued and running: all complete #slow", function()
+  it("Redis restarted (append-only file) while tasks are queued and running: all complete", function()
     srv = redis_server.start{ aof = true }
     srv:worker("r", { workers = 2 })
     srv:worker("r", { workers = 2 })

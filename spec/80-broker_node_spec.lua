@@ -161,6 +161,28 @@ describe("orch.broker.node", function()
     assert.is_true(exit_status(b))
   end)
 
+  it("runs an entry delivered to it whose read was lost with the connection, as its first delivery", function()
+    local pid, log = start_node(srv, "q5", { workers = 1 })
+    assert.is_true(H.eventually(function() return H.read_file(log):find("serving queue") end, 10))
+    local cl = client(srv, "q5")
+    local host = H.read_file("/proc/sys/kernel/hostname"):gsub("%s+$", "")
+    -- delivered to the node's consumer, but the node never sees the read
+    local fields = stream.task_fields{ id = "lost-read", reply = cl.reply, max = 1,
+                                       fn = function() return "ran once" end }
+    cl.c:call{ "MULTI" }
+    cl.c:call(stream.add_task(cl.keys, fields))
+    cl.c:call{ "XREADGROUP", "GROUP", stream.GROUP, host .. ":" .. pid, "COUNT", 1,
+               "STREAMS", cl.keys.tasks, ">" }
+    assert.is_table(cl.c:call{ "EXEC" })
+    -- the node's connections go; it recovers what the group says it holds
+    assert.is_true(cl.c:call{ "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes" } > 0)
+    local results, n = cl:collect(1, 10)
+    assert.equal(1, n, H.read_file(log))
+    assert.equal("done", results["lost-read"].status, H.read_file(log))
+    assert.same({ "ran once", n = 1 }, results["lost-read"].value)
+    assert.matches("delivered here as the connection went", H.read_file(log))
+  end)
+
   it("on TERM hands back a task it cannot finish within grace", function()
     local a, alog = start_node(srv, "q4", { lease = 30, grace = 0.3, workers = 1 })
     local cl = client(srv, "q4")

@@ -379,15 +379,17 @@ function stream.hand_back(keys, consumer, entry_id, deliveries)
 end
 
 -- The entries consumer ARGV[2] holds, up to ARGV[3]: { {entry id,
--- fields, deliveries}, ... } (deleted ones left out).
+-- fields, deliveries}, ... } (deleted ones left out), each one's lease
+-- renewed. Read with XRANGE, not with XREADGROUP's history (id 0): that
+-- would count one more delivery of each, and an entry whose read was lost
+-- with a restart would look delivered twice, its node lost once.
 local OWN_SCRIPT = [[
-local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
-  'STREAMS', KEYS[1], '0')
 local out = {}
-for _, e in ipairs(r and r[1] and r[1][2] or {}) do
-  if e[2] then
-    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
-    out[#out + 1] = { e[1], e[2], p[1] and p[1][4] or 1 }
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[3], ARGV[2])) do
+  local e = redis.call('XRANGE', KEYS[1], p[1], p[1])[1]
+  if e then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, p[1], 'JUSTID')
+    out[#out + 1] = { p[1], e[2], p[4] }
   end
 end
 return out
