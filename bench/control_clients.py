@@ -1,10 +1,10 @@
 """bench/control_clients.py: many control-socket clients in one process.
 
-    python3 bench/control_clients.py SOCKET CLIENTS PAUSE DONE OUT
+    python3 bench/control_clients.py SOCKET CLIENTS PAUSE TALK DONE OUT
 
 Opens CLIENTS connections to the control socket SOCKET and, on each, asks
-`status` every PAUSE seconds (the clients are spread over the pause) until
-the file DONE exists; then waits up to 10 s for the last answers and
+`status` every PAUSE seconds (the clients are spread over the pause) while
+the file TALK exists, until the file DONE exists; then waits up to 10 s for the last answers and
 writes "answered failed silent" to OUT (silent: connections never answered). A request not answered with "ok":true
 counts as failed. One process with one poll loop, so the load the clients
 put on the machine is a small fraction of a core, not one process per
@@ -19,7 +19,7 @@ import time
 REQUEST = b'{"cmd":"status"}\n'
 
 
-def main(path, clients, pause, done, out):
+def main(path, clients, pause, talk, done, out):
     sel = selectors.DefaultSelector()
     conns = []
     for i in range(clients):
@@ -46,10 +46,12 @@ def main(path, clients, pause, done, out):
 
     while not os.path.exists(done):
         now = time.monotonic()
+        talking = os.path.exists(talk)
         for c in conns:
             if now >= c["next"]:
-                c["sock"].sendall(REQUEST)
-                c["sent"] += 1
+                if talking:
+                    c["sock"].sendall(REQUEST)
+                    c["sent"] += 1
                 c["next"] += pause
         wake = min(c["next"] for c in conns)
         for key, _ in sel.select(max(0.0, min(wake - time.monotonic(), 0.05))):
@@ -68,4 +70,4 @@ def main(path, clients, pause, done, out):
 
 if __name__ == "__main__":
     p = sys.argv[1:]
-    main(p[0], int(p[1]), float(p[2]), p[3], p[4])
+    main(p[0], int(p[1]), float(p[2]), p[3], p[4], p[5])
