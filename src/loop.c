@@ -108,16 +108,19 @@ static void step_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
     (void)l; (void)w; (void)revents;
 }
 
-/* step([timeout]): one turn of the loop. Without a timeout (nil) it blocks
- * until something happens; 0 only polls. Raises a callback's error. */
+/* step([timeout [, idle]]): one turn of the loop. Without a timeout (nil)
+ * it blocks until something happens; 0 only polls. idle: what the caller
+ * waits for is no quick reply (a timer, a service's exit), so it blocks
+ * without polling first. Raises a callback's error. */
 static int l_step(lua_State *L)
 {
     lua_Number timeout = lua_isnoneornil(L, 1) ? -1 : loop_check_seconds(L, 1);
+    int idle = lua_toboolean(L, 2);
     lua_settop(L, 0);
     lua_State *outer = running_L;
     running_L = L;
     unsigned long before = calls;
-    if (timeout != 0 && spin_pays()) {
+    if (timeout != 0 && !idle && spin_pays()) {
         ev_tstamp until = ev_time() + (timeout > 0 && timeout < SPIN_SECONDS ? timeout : SPIN_SECONDS);
         do
             ev_run(loop, EVRUN_NOWAIT);

@@ -29,8 +29,11 @@ local function check_interrupt()
 end
 
 --- Runs the loop until pred() is true (returns true) or timeout seconds
--- have passed (returns false). timeout nil: no limit.
-function loop.wait(pred, timeout)
+-- have passed (returns false). timeout nil: no limit. idle: what pred
+-- waits for is no quick reply of a child (a timer, services going up or
+-- down), so each turn blocks at once rather than polling first (see
+-- src/spin.c): a long wait costs no CPU between its events.
+function loop.wait(pred, timeout, idle)
   check_interrupt()
   if pred() then return true end
   local deadline = timeout and core.now() + timeout
@@ -38,9 +41,9 @@ function loop.wait(pred, timeout)
     if deadline then
       local left = deadline - core.now()
       if left <= 0 then return pred() end
-      core.step(left)
+      core.step(left, idle)
     else
-      core.step()
+      core.step(nil, idle)
     end
     check_interrupt()
     if pred() then return true end
@@ -66,9 +69,9 @@ function loop.sleep(seconds)
   local done = false
   local t <close> = core.timer(seconds, function() done = true end)
   if core.in_child() then
-    loop.wait(function() return done or core.stopping() end)
+    loop.wait(function() return done or core.stopping() end, nil, true)
   else
-    loop.wait(function() return done end)
+    loop.wait(function() return done end, nil, true)
   end
 end
 

@@ -514,7 +514,7 @@ function Supervisor:stop(name)
     if self.finished or not self.started then return true end
     self:_shutdown("stop requested")
     self:_check()
-    loop.wait(function() return self.finished end)
+    loop.wait(function() return self.finished end, nil, true)
     return true
   end
   local s = check_name(self, name, "stop")
@@ -574,7 +574,7 @@ end
 function Supervisor:run()
   check_self(self, "run")
   if not self.started or self.finished then self:start() end
-  loop.wait(function() return self.finished end)
+  loop.wait(function() return self.finished end, nil, true)
   if self.error then return nil, self.error end
   return true
 end
