@@ -57,7 +57,6 @@ local function task_error(kind, fields)
   return TaskError.new(fields)
 end
 
-local function noop() end
 
 ---------------------------------------------------------------------------
 -- sending tasks
@@ -100,12 +99,13 @@ end
 -- Tasks sent in one command at the most.
 local SEND_BATCH = 512
 
--- The answer to a batch of XADDs: each task's entry id, or why none.
+-- The answer to a batch of XADDs (EXEC's): each task's entry id, or why none.
 local function sent(self, futs, ids, reply, err)
+  local list = type(reply) == "table" and not reply.err and reply or {}
   for i, fut in ipairs(futs) do
     if fut.id == ids[i] and fut.worker == HELD then  -- else settled meanwhile
-      local entry = type(reply) == "table" and not reply.err and reply[i]
-      if entry then
+      local entry = list[i]
+      if type(entry) == "string" then
         fut.entry = entry
         if fut.stop_wanted then self:_queue_stop(fut, fut.stop_wanted) end
       elseif err then
@@ -113,12 +113,14 @@ local function sent(self, futs, ids, reply, err)
       else
         release(self, fut)
         fut.no_retry = true
+        local why = type(entry) == "table" and entry.err or type(reply) == "table" and reply.err
         self.failed(fut, task_error("error", { message = "the broker refused the task: "
-          .. tostring(type(reply) == "table" and reply.err or reply) }))
+          .. tostring(why or reply) }))
       end
     end
   end
 end
+
 
 -- Sends up to SEND_BATCH tasks of the backlog; false when the connection
 -- is down (they are back in the backlog).
@@ -139,10 +141,8 @@ local function send_batch(self)
     fut = pop(self.backlog)
   end
   if #futs == 0 then return true end
-  local ok = self.writer:command(stream.add_tasks(self.keys, lists, self.lease_ms),
-    function(reply, err)
-    sent(self, futs, ids, reply, err)
-  end)
+  local ok = self.writer:transaction(stream.add_tasks(self.keys, lists, self.lease_ms),
+    function(reply, err) sent(self, futs, ids, reply, err) end)
   if not ok then
     for i = #futs, 1, -1 do unsend(self, futs[i]) end
   end
@@ -170,7 +170,8 @@ function B:_send_backlog()
   local bl = self.backlog
   if bl.n == 0 or self.terminated then return end
   if not self.writer:connected() then return end  -- sent once reconnected
-  while bl.n > 0 and send_batch(self) do end
+  -- one batch a turn: it goes out while the next is made
+  if send_batch(self) and bl.n > 0 then self:pump() end
   self:_read()
 end
 
@@ -231,11 +232,11 @@ function B:_read()
       for _, s in ipairs(reply or {}) do
         for _, e in ipairs(s[2]) do
           self.after = e[1]
-          self:_result(stream.fields(e[2]))
+          for _, r in ipairs(stream.results(e[2])) do self:_result(r) end
         end
       end
       if reply then  -- what was read is not needed any more
-        self.writer:command({ "XTRIM", self.reply, "MINID", self.after }, noop)
+        self.writer:command({ "XTRIM", self.reply, "MINID", self.after })
       end
       self:pump()  -- retries
       self:_read()

@@ -66,7 +66,6 @@ end
 local Node = {}
 Node.__index = Node
 
-local function noop() end
 
 -- Tasks taken ahead of the free workers while tasks are short and the
 -- stream has more: per worker, as many as fit in AHEAD_SECONDS of the mean
@@ -101,18 +100,20 @@ function Node:check_long()
 end
 
 --- Tells the clients of these tasks that they have started: one XADD
--- each, pipelined; a task that has ended by then is never reported (its
--- result says it all). Lost with the connection: not sent again.
+-- per client, pipelined; a task that has ended by then is never reported
+-- (its result says it all). Lost with the connection: not sent again.
 function Node:report_started(tasks)
-  local replies = {}
+  local by_reply = {}
   for _, t in ipairs(tasks) do
     if t.reply ~= "" then
-      self.writer:command(stream.add_started(t.reply, t.id, self.name), noop)
-      replies[t.reply] = true
+      local ids = by_reply[t.reply] or {}
+      ids[#ids + 1] = t.id
+      by_reply[t.reply] = ids
     end
   end
-  for reply in pairs(replies) do
-    self.writer:command({ "EXPIRE", reply, self.result_ttl or stream.RESULT_TTL }, noop)
+  for reply, ids in pairs(by_reply) do
+    self.writer:command(stream.add_started(reply, ids, self.name))
+    self.writer:command({ "EXPIRE", reply, self.result_ttl or stream.RESULT_TTL })
   end
 end
 
@@ -125,24 +126,38 @@ function Node:pull()
   local count = free > 0 and free or free + self:ahead()
   if count <= 0 then return end
   self.reading = true
-  local ok = self.reader:command(free > 0 and stream.read_new(self.keys, self.name, free, BLOCK_MS)
-    -- reading ahead: never a read that waits, nor one that leaves others idle
-    or stream.read_ahead(self.keys, self.name, count),
-    function(reply, err)
+  if free > 0 then return self:read(stream.read_new(self.keys, self.name, free, BLOCK_MS), count) end
+  -- reading ahead: never a read that waits, nor one that leaves others
+  -- idle: only while the stream holds more undelivered entries than that
+  local ok = self.reader:command(stream.undelivered(self.keys), function(n, err)
+    if err or type(n) ~= "number" then
       self.reading = false
-      if err or (type(reply) == "table" and reply.err) then
-        return self:read_failed(err or reply.err)
+      return self:read_failed(err or tostring(type(n) == "table" and n.err or n))
+    end
+    if n > count then return self:read(stream.read_ahead(self.keys, self.name, count), count) end
+    self.reading, self.backlogged = false, false
+    self:pull()  -- workers freed meanwhile wait for new entries
+  end)
+  if not ok then self.reading = false end  -- the reconnect pulls again
+end
+
+-- Sends a read of up to count new entries and takes what it brings.
+function Node:read(argv, count)
+  local ok = self.reader:command(argv, function(reply, err)
+    self.reading = false
+    if err or (type(reply) == "table" and reply.err) then
+      return self:read_failed(err or reply.err)
+    end
+    local got = 0
+    for _, s in ipairs(reply or {}) do
+      for _, entry in ipairs(s[2]) do
+        got = got + 1
+        self:take(entry[1], entry[2], 1)
       end
-      local got = 0
-      for _, s in ipairs(reply or {}) do
-        for _, entry in ipairs(s[2]) do
-          got = got + 1
-          self:take(entry[1], entry[2], 1)
-        end
-      end
-      self.backlogged = got >= count
-      self:pull()
-    end)
+    end
+    self.backlogged = got >= count
+    self:pull()
+  end)
   if not ok then self.reading = false end  -- the reconnect pulls again
 end
 
@@ -221,7 +236,7 @@ function Node:start(entry_id, list, deliveries, stop, lease_ms)
   stop = stop or self.early_stops[entry_id]
   if stop then
     self.early_stops[entry_id] = nil
-    local result = stream.result_fields(f.id or "?", self.name, nil, { kind = stop, message = stop })
+    local result = stream.result_fields(f.id or "?", nil, { kind = stop, message = stop })
     return self:finish(entry_id, f.reply, result)
   end
   local max = tonumber(f.max) or stream.MAX_DELIVERIES
@@ -248,8 +263,8 @@ function Node:start(entry_id, list, deliveries, stop, lease_ms)
 end
 
 function Node:refuse(entry_id, f, list, kind, why, deliveries)
-  self.writer:command(stream.dead_letter(self.keys, list, why, self.name), noop)
-  local result = stream.result_fields(f.id or "?", self.name, nil,
+  self.writer:command(stream.dead_letter(self.keys, list, why, self.name))
+  local result = stream.result_fields(f.id or "?", nil,
     { kind = kind, message = why, deliveries = deliveries })
   self:finish(entry_id, f.reply, result)
 end
@@ -269,9 +284,9 @@ function Node:done(entry_id)
   local res = table.pack(pcall(r.fut.result, r.fut))
   local result
   if res[1] then
-    result = stream.result_fields(r.task.id, self.name, table.pack(table.unpack(res, 2, res.n)))
+    result = stream.result_fields(r.task.id, table.pack(table.unpack(res, 2, res.n)))
   else
-    result = stream.result_fields(r.task.id, self.name, nil, res[2])
+    result = stream.result_fields(r.task.id, nil, res[2])
   end
   self:finish(entry_id, r.task.reply, result)
   self:start_waiting()
@@ -282,7 +297,7 @@ end
 -- with the others finished in this turn of the loop, sent again after a
 -- reconnect until it is through.
 function Node:finish(entry_id, reply, result)
-  self.writing[entry_id] = stream.finish(self.keys, entry_id, reply, result, self.result_ttl)
+  self.writing[entry_id] = { entry_id, reply, result }
   self.n_writing = self.n_writing + 1
   self.to_write[#self.to_write + 1] = entry_id
   if not self.write_timer then
@@ -295,12 +310,30 @@ function Node:finish(entry_id, reply, result)
   end
 end
 
+-- Results written in one transaction at the most, and their bytes (about).
+local WRITE_BATCH, WRITE_BYTES = 512, 8 << 20
+
+-- The results of ids in transactions of at most WRITE_BATCH results or
+-- WRITE_BYTES.
 function Node:send_finish(ids)
-  if #ids == 0 or not self.writer:command({ "MULTI" }, noop) then return end
+  local batch, bytes = {}, 0
   for _, id in ipairs(ids) do
-    for _, argv in ipairs(self.writing[id]) do self.writer:command(argv, noop) end
+    local w = self.writing[id]
+    batch[#batch + 1] = w
+    bytes = bytes + #w[3][6]
+    if #batch >= WRITE_BATCH or bytes >= WRITE_BYTES then
+      self:write_results(batch)
+      batch, bytes = {}, 0
+    end
   end
-  self.writer:command({ "EXEC" }, function(reply, err)
+  if #batch > 0 then self:write_results(batch) end
+end
+
+function Node:write_results(batch)
+  local ids = {}
+  for i, w in ipairs(batch) do ids[i] = w[1] end
+  local cmds = stream.finish(self.keys, self.name, batch, self.result_ttl)
+  self.writer:transaction(cmds, function(reply, err)
     if err or type(reply) ~= "table" or reply.err then
       log.warn("node %s: %d result(s) not written: %s", self.name, #ids,
         tostring(err or (reply and reply.err) or "transaction aborted"))
