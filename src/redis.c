@@ -465,6 +465,19 @@ static int l_command(lua_State *L)
     return 1;
 }
 
+/* conn:flush(): writes what the commands sent so far left in the output
+ * buffer now, as far as the socket takes it without waiting (the loop
+ * writes the rest), so the server can act on it while this process goes
+ * on without running the loop. */
+static int l_flush(lua_State *L)
+{
+    rconn *c = check_conn(L);
+    if (c->owner == getpid() && c->ac && c->connected &&
+        !(c->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
+        redisAsyncHandleWrite(c->ac);
+    return 0;
+}
+
 /* close(): ends the connection; the commands still waiting get
  * fn(nil, "closed") before it returns; no on_disconnect. Idempotent. */
 static int l_close(lua_State *L)
@@ -547,7 +560,7 @@ void redis_open(lua_State *L)
     }
     static const luaL_Reg methods[] = {
         {"command", l_command}, {"close", l_close}, {"connected", l_connected},
-        {"error", l_error}, {"waiting", l_waiting}, {"__gc", l_gc}, {"__close", l_close},
+        {"error", l_error}, {"flush", l_flush}, {"waiting", l_waiting}, {"__gc", l_gc}, {"__close", l_close},
         {"__tostring", l_tostring}, {NULL, NULL}};
     if (luaL_newmetatable(L, REDIS_MT)) {
         luaL_setfuncs(L, methods, 0);

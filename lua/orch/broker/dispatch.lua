@@ -63,12 +63,10 @@ end
 
 -- The task's stream fields, or nil, why (what cannot cross to a node).
 local function fields_of(self, fut)
-  local opts = fut.group.opts
-  return pcall(stream.task_fields, {
-    id = fut.id, reply = self.reply, fn = fut.fn, args = fut.args,
-    max = (opts.retries or 0) + 1, timeout = opts.timeout, grace = opts.grace,
-    lease = self.lease, secret = self.secret,
-  })
+  local opts, t = fut.group.opts, self.task
+  t.id, t.fn, t.args = fut.id, fut.fn, fut.args
+  t.max, t.timeout, t.grace = (opts.retries or 0) + 1, opts.timeout, opts.grace
+  return pcall(stream.task_fields, t)
 end
 
 local function hold(self, fut)
@@ -122,23 +120,29 @@ local function sent(self, futs, ids, reply, err)
 end
 
 
--- Sends up to SEND_BATCH tasks of the backlog; false when the connection
--- is down (they are back in the backlog).
-local function send_batch(self)
+-- A task that cannot cross fails at the next turn of the loop (never
+-- inside the submit that sent its batch).
+local function refuse(self, fut, why)
+  fut.no_retry = true
+  core.timer(0, function()
+    self.failed(fut, task_error("error", { message = "cannot send to the broker: " .. why }))
+  end)
+end
+
+-- Sends the first tasks of the backlog, up to SEND_BATCH and `most`;
+-- false when the connection is down (they are back in the backlog).
+local function send_batch(self, most)
   local futs, ids, lists = {}, {}, {}
-  local fut = pop(self.backlog)
-  while fut do
+  for _ = 1, math.min(most, SEND_BATCH) do
+    local fut = pop(self.backlog)
+    if not fut then break end
     local ok, fields = fields_of(self, fut)
     if ok then
       hold(self, fut)
       futs[#futs + 1], ids[#futs + 1], lists[#futs + 1] = fut, fut.id, fields
-      if #futs == SEND_BATCH then break end
     else
-      fut.no_retry = true
-      self.failed(fut, task_error("error", { message = "cannot send to the broker: "
-        .. tostring(fields) }))
+      refuse(self, fut, tostring(fields))
     end
-    fut = pop(self.backlog)
   end
   if #futs == 0 then return true end
   local ok = self.writer:transaction(stream.add_tasks(self.keys, lists, self.lease_ms),
@@ -152,14 +156,22 @@ end
 --- Sends every task of the backlog to the stream, at the next turn of
 -- the loop: the pool asks right after queueing a task, before it has kept
 -- the task's function and arguments on the future; and the tasks of one
--- turn go out together.
+-- turn go out together. A full batch queued before the task just queued
+-- goes at once (written out now): the nodes run it while more are
+-- submitted.
 function B:pump()
   -- the task just queued: its group keeps each task's function and
   -- arguments on the future (pool.lua and map.lua do, right after this)
   local bl = self.backlog
   local last = bl[bl.tail]
   if last then last.group.keeps_args = true end
-  if self.pump_timer or self.backlog.n == 0 or self.terminated then return end
+  if self.backlog.n == 0 or self.terminated then return end
+  if bl.n > SEND_BATCH and self.writer:connected() and not self.released then
+    send_batch(self, bl.n - 1)
+    self.writer:flush()
+    self:_read()
+  end
+  if self.pump_timer then return end
   self.pump_timer = core.timer(0, function()
     self.pump_timer = nil
     self:_send_backlog()
@@ -171,7 +183,7 @@ function B:_send_backlog()
   if bl.n == 0 or self.terminated then return end
   if not self.writer:connected() then return end  -- sent once reconnected
   -- one batch a turn: it goes out while the next is made
-  if send_batch(self) and bl.n > 0 then self:pump() end
+  if send_batch(self, bl.n) and bl.n > 0 then self:pump() end
   self:_read()
 end
 
@@ -499,6 +511,8 @@ function broker.new(side, opts)
   }, B)
   self.keys = stream.keys(self.queue)
   self.reply = self.keys.results_prefix .. client_id()
+  -- the fields of the task being sent (fields_of)
+  self.task = { reply = self.reply, lease = self.lease, secret = self.secret }
   return self
 end
 

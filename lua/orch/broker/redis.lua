@@ -158,6 +158,12 @@ function Client:call(argv, timeout)
   return reply, err
 end
 
+--- Writes the commands sent so far now, as far as the socket takes them
+-- (conn:flush), rather than at the next turn of the loop.
+function Client:flush()
+  if self.ready then self.conn:flush() end
+end
+
 function Client:connected()
   return self.ready
 end

@@ -88,17 +88,21 @@ end
 -- field list for XADD. What cannot cross is refused here, naming its place.
 function stream.task_fields(t)
   local args = t.args or { n = 0 }
-  local f = {
-    id = tostring(t.id), reply = t.reply, max = tostring(t.max or stream.MAX_DELIVERIES),
-    timeout = t.timeout and tostring(t.timeout) or "", lua = stream.LUA_FORMAT,
-    p = core.encode(t.fn, table.unpack(args, 1, args.n or #args)),
-    grace = t.grace and tostring(t.grace) or "", lease = t.lease and tostring(t.lease),
+  local list = {
+    "id", tostring(t.id), "reply", t.reply, "max", tostring(t.max or stream.MAX_DELIVERIES),
+    "timeout", t.timeout and tostring(t.timeout) or "", "lua", stream.LUA_FORMAT,
+    "p", core.encode(t.fn, table.unpack(args, 1, args.n or #args)),
+    "grace", t.grace and tostring(t.grace) or "",
   }
-  f.sig = t.secret and signature(t.secret, f) or ""
-  local list = {}
-  for _, k in ipairs(SIGNED) do list[#list + 1] = k; list[#list + 1] = f[k] end
-  if f.lease then list[#list + 1] = "lease"; list[#list + 1] = f.lease end
-  list[#list + 1] = "sig"; list[#list + 1] = f.sig
+  local lease = t.lease and tostring(t.lease)
+  if lease then list[15], list[16] = "lease", lease end
+  local sig = ""
+  if t.secret then
+    sig = signature(t.secret, { id = list[2], reply = list[4], max = list[6], timeout = list[8],
+                                lua = list[10], p = list[12], grace = list[14], lease = lease })
+  end
+  list[#list + 1] = "sig"
+  list[#list + 1] = sig
   return list
 end
 
