@@ -7,9 +7,10 @@
 -- the three stop steps are enforced by the node that runs the task (its
 -- local pool), from the timeout and grace the task carries.
 --
--- A pool on a broker has a client id and a results stream of its own. Each
--- task taken from the backlog is XADDed to the queue's stream at once
--- (hiredis pipelines the writes); a reader on a connection of its own
+-- A pool on a broker has a client id and a results stream of its own.
+-- Tasks taken from the backlog are XADDed to the queue's stream in
+-- batches (one MULTI each; a full batch from submit itself, the rest at
+-- the next turn of the loop); a reader on a connection of its own
 -- waits in XREAD BLOCK for results and settles each future once: delivery
 -- is at least once, so a result for a task no longer held (a late
 -- duplicate, an earlier run of a retried task) is dropped. A task is held

@@ -14,9 +14,10 @@
 -- while workers are free, takes over tasks whose node stopped renewing
 -- (as soon as the first pending task it knows of may run out of lease).
 -- Tasks still running at a check (every 50 ms) are reported started to
--- their clients, in one batch. A result is written, the entry
--- acknowledged and deleted in one transaction; a write the connection
--- lost is sent again once it is back.
+-- their clients, in one batch. The results of a loop turn are written,
+-- their entries acknowledged and deleted in one transaction (one result
+-- entry per client); a write the connection lost is sent again once it
+-- is back.
 -- On INT or TERM it reads nothing new, lets running tasks finish within
 -- `grace`, hands back what is left (and anything delivered to it that it
 -- never started) for other nodes, then returns. A second signal hurries
@@ -196,14 +197,15 @@ end
 function Node:take(entry_id, list, deliveries, stop)
   -- held already (a recovered entry whose read came in after all)
   if self.running[entry_id] or self.queued[entry_id] or self.writing[entry_id] then return end
-  local lease_ms = stream.lease_ms(stream.fields(list), self.lease_ms) or self.lease_ms
+  local f = stream.fields(list)
+  local lease_ms = stream.lease_ms(f, self.lease_ms) or self.lease_ms
   self:keep_renewing(lease_ms)
   if self.n_running < self.workers + self:ahead() then
-    return self:start(entry_id, list, deliveries, stop, lease_ms)
+    return self:start(entry_id, f, list, deliveries, stop, lease_ms)
   end
   local q = self.waiting
   q.tail = q.tail + 1
-  q[q.tail] = { entry_id, list, deliveries, stop, lease_ms }
+  q[q.tail] = { entry_id, f, list, deliveries, stop, lease_ms }
   self.queued[entry_id] = true
 end
 
@@ -213,7 +215,7 @@ function Node:start_waiting()
     local e = q[q.head]
     q[q.head], q.head = nil, q.head + 1
     self.queued[e[1]] = nil
-    self:start(e[1], e[2], e[3], e[4], e[5])
+    self:start(e[1], e[2], e[3], e[4], e[5], e[6])
   end
 end
 
@@ -223,16 +225,15 @@ function Node:held_entries()
   local list = {}
   for id, r in pairs(self.running) do list[#list + 1] = { id, r.deliveries, r.lease_ms } end
   local q = self.waiting
-  for i = q.head, q.tail do list[#list + 1] = { q[i][1], q[i][3], q[i][5] } end
+  for i = q.head, q.tail do list[#list + 1] = { q[i][1], q[i][4], q[i][6] } end
   return list
 end
 
---- Starts the entry delivered for the deliveries-th time, or refuses it
--- (dead letter, and a failed result for its client). stop: a stop its
--- client asked for before this node had it (the entry is answered with
--- that outcome and never runs).
-function Node:start(entry_id, list, deliveries, stop, lease_ms)
-  local f = stream.fields(list)
+--- Starts the entry (its fields f, as a list `list`) delivered for the
+-- deliveries-th time, or refuses it (dead letter, and a failed result for
+-- its client). stop: a stop its client asked for before this node had it
+-- (the entry is answered with that outcome and never runs).
+function Node:start(entry_id, f, list, deliveries, stop, lease_ms)
   stop = stop or self.early_stops[entry_id]
   if stop then
     self.early_stops[entry_id] = nil
@@ -249,10 +250,11 @@ function Node:start(entry_id, list, deliveries, stop, lease_ms)
     log.warn("node %s: task %s refused: %s", self.name, tostring(f.id), why)
     return self:refuse(entry_id, f, list, "error", why)
   end
-  local ok, fut = pcall(function()
-    local target = self:group_for(task.timeout, task.grace)
-    return target:submit(task.fn, table.unpack(task.args, 1, task.args.n))
-  end)
+  local ok, target = pcall(self.group_for, self, task.timeout, task.grace)
+  local fut = target
+  if ok then
+    ok, fut = pcall(target.submit, target, task.fn, table.unpack(task.args, 1, task.args.n))
+  end
   if not ok then
     return self:refuse(entry_id, f, list, "error", tostring(fut))
   end
@@ -281,12 +283,11 @@ function Node:done(entry_id)
   end
   local took = core.now() - r.since
   self.mean_task = self.mean_task and 0.9 * self.mean_task + 0.1 * took or took
-  local res = table.pack(pcall(r.fut.result, r.fut))
-  local result
-  if res[1] then
-    result = stream.result_fields(r.task.id, table.pack(table.unpack(res, 2, res.n)))
+  local fut, result = r.fut, nil
+  if fut.status == "done" then
+    result = stream.result_fields(r.task.id, fut.values)
   else
-    result = stream.result_fields(r.task.id, nil, res[2])
+    result = stream.result_fields(r.task.id, nil, fut:error())
   end
   self:finish(entry_id, r.task.reply, result)
   self:start_waiting()

@@ -134,16 +134,16 @@ function stream.decode_task(f, secret, default_lease_ms)
   end
   local lease_ms = stream.lease_ms(f, default_lease_ms)
   if not lease_ms then return nil, ("task with a bad lease %q"):format(tostring(f.lease)) end
-  local ok, packed = pcall(function() return table.pack(core.decode(f.p, true)) end)
-  if not ok then return nil, "task payload does not decode: " .. tostring(packed) end
-  local fn = packed[1]
+  local packed = table.pack(pcall(core.decode, f.p, true))
+  if not packed[1] then return nil, "task payload does not decode: " .. tostring(packed[2]) end
+  local fn = packed[2]
   if type(fn) ~= "function" and type(fn) ~= "string" then
     return nil, ("task function is a %s"):format(type(fn))
   end
   return {
     id = f.id, reply = f.reply, max = tonumber(f.max) or stream.MAX_DELIVERIES,
     timeout = tonumber(f.timeout), grace = tonumber(f.grace), lease_ms = lease_ms, fn = fn,
-    args = table.pack(table.unpack(packed, 2, packed.n)),
+    args = table.move(packed, 3, packed.n, 1, { n = packed.n - 2 }),
   }
 end
 
