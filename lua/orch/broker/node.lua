@@ -283,7 +283,7 @@ function Node:done(entry_id)
   end
   local took = core.now() - r.since
   self.mean_task = self.mean_task and 0.9 * self.mean_task + 0.1 * took or took
-  local fut, result = r.fut, nil
+  local fut, result = r.fut
   if fut.status == "done" then
     result = stream.result_fields(r.task.id, fut.values)
   else
