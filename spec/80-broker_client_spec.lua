@@ -50,6 +50,19 @@ describe("core.redis_connect", function()
     assert.equal(0, c:waiting())
   end)
 
+  it("flush writes what was sent at once, before the loop runs", function()
+    local c <close> = assert(core.redis_connect{ path = srv.path })
+    assert.same({ ok = "PONG" }, ask(c, { "PING" }))  -- connected
+    local function get()  -- another client, while this process runs no loop
+      return (redis_server.sh(("redis-cli -s %s GET flushed"):format(srv.path)):gsub("%s+$", ""))
+    end
+    c:command{ "SET", "flushed", "no" }
+    assert.equal("", get())  -- still in the output buffer
+    c:command{ "SET", "flushed", "yes" }
+    c:flush()
+    assert.equal("yes", get())
+  end)
+
   it("close: waiting commands get nil, 'closed'; later commands nil, 'closed'; idempotent", function()
     local c = assert(core.redis_connect{ path = srv.path })
     local r, e, called = "x", nil, 0
