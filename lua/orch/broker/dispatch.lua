@@ -147,8 +147,13 @@ local function send_batch(self, most)
   end
   if #futs == 0 then return true end
   local ok = self.writer:transaction(stream.add_tasks(self.keys, lists, self.lease_ms),
-    function(reply, err) sent(self, futs, ids, reply, err) end)
-  if not ok then
+    function(reply, err)
+      self.sending = self.sending - 1
+      sent(self, futs, ids, reply, err)
+    end)
+  if ok then
+    self.sending = self.sending + 1
+  else
     for i = #futs, 1, -1 do unsend(self, futs[i]) end
   end
   return ok
@@ -447,6 +452,11 @@ end
 -- returned for the pool to fail.
 function B:terminate()
   self.terminated = true
+  -- a node may run a task before this process has read its XADD's answer
+  -- (its entry): those answers first
+  if self.writer and self.writer:connected() then
+    loop.wait(function() return self.sending == 0 end, 1)
+  end
   local list = self:held()
   local entries = {}
   for _, fut in ipairs(list) do
@@ -509,6 +519,7 @@ function broker.new(side, opts)
     secret = secret ~= "" and secret or nil, size = opts.workers or 0,
     max_tasks = opts.max_tasks_per_worker, eager = math.huge,
     slots = {}, by_id = {}, n_held = 0, n_started = 0, n_live = 1, stops = {}, after = "0",
+    sending = 0,  -- batches of XADDs not answered yet
   }, B)
   self.keys = stream.keys(self.queue)
   self.reply = self.keys.results_prefix .. client_id()
