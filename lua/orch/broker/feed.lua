@@ -2,7 +2,7 @@
 -- many as there are free workers, or, for short tasks, some ahead), run
 -- in the node's local pool, their start reported and their results
 -- written back. Methods of the node (orch.broker.node installs them);
--- the leases of what it holds are orch.broker.leases'.
+-- orch.broker.leases keeps the leases of what it holds.
 --
 -- A delivered entry runs when a worker is free (or, for short tasks, soon
 -- will be), else waits here in order. When its local task ends, its
@@ -24,7 +24,8 @@ local BLOCK_MS = 5000  -- a read for free workers waits this long, then is sent 
 -- task time, at most AHEAD_MAX; they wait in the local pool (which sends
 -- them ahead to busy workers, as it does for its own backlog). A read
 -- ahead never waits, and takes nothing unless the stream holds more
--- undelivered entries than it asks for (stream.read_ahead); none once a
+-- undelivered entries than it asks for (stream.undelivered, asked just
+-- before stream.read_ahead); none once a
 -- read found fewer entries than it asked for, nor while a task has run
 -- longer than AHEAD_SECONDS (the mean is then stale). So a task never
 -- waits here while another node is idle.
