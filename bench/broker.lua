@@ -7,7 +7,10 @@
 --
 -- BROKER_N (default 20000) tasks one by one, BROKER_RT (default 2000)
 -- sequential round trips, a map of 100,000 items in chunks of 1000. Only
--- the workload is timed (servers, nodes, pools and warm-up are not).
+-- the workload is timed (servers, nodes, pools and warm-up are not). The
+-- throughput is measured BROKER_ROUNDS times (default 3), the broker's and
+-- Python's in turn, and their medians compared (the machine is shared:
+-- paired rounds see the same load).
 local root = (arg and arg[0] or ""):match("^(.-)[^/]*$"):gsub("bench/$", ""):gsub("^$", "./")
 package.path = root .. "lua/?.lua;" .. root .. "lua/?/init.lua;" .. root .. "spec/?.lua;" .. package.path
 package.cpath = root .. "build/?.so;" .. package.cpath
@@ -18,6 +21,7 @@ local redis_server = require "redis_server"
 
 local N = tonumber(os.getenv("BROKER_N")) or 20000
 local N_RT = tonumber(os.getenv("BROKER_RT")) or 2000
+local ROUNDS = tonumber(os.getenv("BROKER_ROUNDS")) or 3
 local N_MAP, CHUNK = 100000, 1000
 
 orch.log.level = "warn"
@@ -55,20 +59,51 @@ local function map_seconds(pool)
   return secs
 end
 
-local function measure(pool)
-  pool:map(inc, { 1, 2, 3, 4, 5, 6, 7, 8 })  -- warm: nodes' and workers' code caches
-  local rate = submit_rate(pool, N)
-  local mean, median, p99 = round_trips(pool, N_RT)
-  return { rate = rate, mean = mean, median = median, p99 = p99, map = map_seconds(pool) }
-end
-
 local sh = redis_server.sh
 
-local function python_submit()
-  local out = sh("python3 " .. root .. "bench/pool.py submit 2>&1")
-  local secs = tonumber(out:match("seconds%s+(%S+)"))
-  local rt = sh("python3 " .. root .. "bench/pool.py roundtrip 2>&1")
-  return secs and 100000 / secs, tonumber(rt:match("median_us%s+(%S+)"))
+local function python_rate()
+  local secs = tonumber(sh("python3 " .. root .. "bench/pool.py submit 2>&1"):match("seconds%s+(%S+)"))
+  return secs and 100000 / secs
+end
+
+local function median(list)
+  local t = table.move(list, 1, #list, 1, {})
+  table.sort(t)
+  return t[(#t + 1) // 2]
+end
+
+-- The submit rate of pool, and Python's, in ROUNDS paired rounds: medians
+-- and the rounds' figures.
+local function paired_rates(pool)
+  local mine, py = {}, {}
+  for i = 1, ROUNDS do
+    mine[i] = submit_rate(pool, N)
+    py[i] = python_rate() or 0
+  end
+  return median(mine), median(py), mine, py
+end
+
+local function measure(pool, rounds)
+  pool:map(inc, { 1, 2, 3, 4, 5, 6, 7, 8 })  -- warm: nodes' and workers' code caches
+  local r = {}
+  if rounds then
+    r.rate, r.py_rate, r.rates, r.py_rates = paired_rates(pool)
+  else
+    r.rate = submit_rate(pool, N)
+  end
+  r.mean, r.median, r.p99 = round_trips(pool, N_RT)
+  r.map = map_seconds(pool)
+  return r
+end
+
+local function python_median_rt()
+  return tonumber(sh("python3 " .. root .. "bench/pool.py roundtrip 2>&1"):match("median_us%s+(%S+)"))
+end
+
+local function rounds_text(list)
+  local out = {}
+  for i, v in ipairs(list) do out[i] = ("%.0f"):format(v) end
+  return table.concat(out, " / ")
 end
 
 local function xadd_rate(srv, pipeline)
@@ -83,12 +118,12 @@ local ok, err = pcall(function()
   local w2 = srv:worker("bench", { workers = 1 })
   assert(w1:wait_log("serving queue") and w2:wait_log("serving queue"), "the nodes did not start")
   local broker = orch.pool{ broker = srv.url, queue = "bench" }
-  local b = measure(broker)
+  local b = measure(broker, true)
   broker:shutdown()
   local pool = orch.pool{ workers = 2 }
   local l = measure(pool)
   pool:shutdown()
-  local py_rate, py_median = python_submit()
+  local py_rate, py_median = b.py_rate, python_median_rt()
   local x1, x16 = xadd_rate(srv, 1), xadd_rate(srv, 16)
   local load = sh("cat /proc/loadavg"):match("^(%S+ %S+ %S+)")
   print(("broker benchmark: %d cores, load average %s"):format(core.cpu_count(), load))
@@ -101,6 +136,8 @@ local ok, err = pcall(function()
   print(("%-44s %12.0f %12.0f"):format("round trip, p99 us", b.p99, l.p99))
   print(("%-44s %12.3f %12.3f"):format(("map of %d items, chunks of %d, s"):format(N_MAP, CHUNK),
     b.map, l.map))
+  print(("broker %s tasks/s, Python %s (rounds in turn); ratio of medians %.2f")
+    :format(rounds_text(b.rates), rounds_text(b.py_rates), py_rate and b.rate / py_rate or 0))
   print(("redis-benchmark XADD, %d commands: %.0f/s (50 clients), %.0f/s (pipelined by 16)")
     :format(N, x1 or 0, x16 or 0))
   print(("targets: broker throughput >= half of Python's apply_async (%s); round trip median < 1 ms (%s)")

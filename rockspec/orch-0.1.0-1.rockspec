@@ -49,6 +49,8 @@ external_dependencies = {
 local lua_modules = {
   "backlog",
   "broker.dispatch",
+  "broker.feed",
+  "broker.leases",
   "broker.node",
   "broker.redis",
   "broker.stream",

@@ -48,6 +48,8 @@ external_dependencies = {
 local lua_modules = {
   "backlog",
   "broker.dispatch",
+  "broker.feed",
+  "broker.leases",
   "broker.node",
   "broker.redis",
   "broker.stream",

@@ -39,12 +39,35 @@ describe("core.redis_connect", function()
     assert.is_true(H.wait_for(function() return #got == 200 end))
     for i = 1, 200 do assert.is_true(got[i]) end
     assert.equal(0, c:waiting())
+    -- without fn: sent, its answer dropped; a MULTI's EXEC answers for all
+    assert.is_true(c:command{ "MULTI" })
+    for _ = 1, 3 do assert.is_true(c:command{ "INCR", "seq" }) end
+    local exec
+    c:command({ "EXEC" }, function(v) exec = v end)
+    assert.equal(5, c:waiting())
+    assert.is_true(H.wait_for(function() return exec ~= nil end))
+    assert.same({ 201, 202, 203, n = 3 }, exec)
+    assert.equal(0, c:waiting())
+  end)
+
+  it("flush writes what was sent at once, before the loop runs", function()
+    local c <close> = assert(core.redis_connect{ path = srv.path })
+    assert.same({ ok = "PONG" }, ask(c, { "PING" }))  -- connected
+    local function get()  -- another client, while this process runs no loop
+      return (redis_server.sh(("redis-cli -s %s GET flushed"):format(srv.path)):gsub("%s+$", ""))
+    end
+    c:command{ "SET", "flushed", "no" }
+    assert.equal("", get())  -- still in the output buffer
+    c:command{ "SET", "flushed", "yes" }
+    c:flush()
+    assert.equal("yes", get())
   end)
 
   it("close: waiting commands get nil, 'closed'; later commands nil, 'closed'; idempotent", function()
     local c = assert(core.redis_connect{ path = srv.path })
     local r, e, called = "x", nil, 0
     c:command({ "BLPOP", "never", 10 }, function(a, b) r, e, called = a, b, called + 1 end)
+    c:command{ "BLPOP", "never", 10 }  -- nobody waits for this one
     c:close()
     assert.equal(1, called); assert.is_nil(r); assert.equal("closed", e)
     assert.same({ nil, "closed" }, { c:command({ "PING" }, function() end) })
@@ -104,7 +127,7 @@ describe("core.redis_connect", function()
     local c <close> = assert(core.redis_connect{ path = srv.path })
     assert.has_error(function() c:command({}, function() end) end)
     assert.has_error(function() c:command({ "GET", {} }, function() end) end)
-    assert.has_error(function() c:command({ "PING" }) end)
+    assert.has_error(function() c:command({ "PING" }, "not a function") end)
     assert.has_error(function() c.command({ "PING" }, function() end) end)
   end)
 end)

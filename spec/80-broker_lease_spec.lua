@@ -68,9 +68,10 @@ describe("orch.pool on a broker: the lease travels with each task", function()
     local f = pool:submit(mark_and_sleep, ran, 3)
     assert.equal(1, f:result())  -- one run: the other node never took it
     assert.equal(1, count(ran))
-    -- the lease went with the task, and went with its entry
+    -- the entry went with its result, and nothing pends
     local c = assert(redis.connect(srv.url))
-    assert.equal(0, c:call{ "HLEN", stream.keys("l2").leases })
+    assert.equal(0, c:call{ "XLEN", stream.keys("l2").tasks })
+    assert.equal(0, c:call{ "XPENDING", stream.keys("l2").tasks, stream.GROUP }[1])
     c:close()
   end)
 end)

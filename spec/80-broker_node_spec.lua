@@ -62,13 +62,14 @@ function Client:collect(n, timeout)
     for _, s in ipairs(reply or {}) do
       for _, e in ipairs(s[2]) do
         self.after = e[1]
-        local f = stream.fields(e[2])
-        if f.status == "started" then
-          self.started[f.id] = f.node
-        else
-          local id, status, v = stream.decode_result(f)
-          if not self.results[id] then count = count + 1 end
-          self.results[id] = { status = status, value = v, node = f.node }
+        for _, f in ipairs(stream.results(e[2])) do
+          if f.status == "started" then
+            self.started[f.id] = f.node
+          else
+            local id, status, v = stream.decode_result(f)
+            if not self.results[id] then count = count + 1 end
+            self.results[id] = { status = status, value = v, node = f.node }
+          end
         end
       end
     end

@@ -207,6 +207,12 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
     int top = lua_gettop(L);
     if (!push_conn(L, c))
         return;
+    if (privdata == NULL) {  /* sent without fn: nobody waits for the answer */
+        if (c->waiting == 0 && c->connected)
+            unanchor(L, c);
+        lua_settop(L, top);
+        return;
+    }
     lua_pushcfunction(L, deliver);
     lua_getiuservalue(L, top + 1, 1);
     lua_rawgeti(L, -1, (lua_Integer)(intptr_t)privdata);
@@ -416,15 +422,19 @@ static int push_argv(lua_State *L, int t)
     return (int)n;
 }
 
-/* conn:command(argv, fn) -> true | nil, err
+/* conn:command(argv [, fn]) -> true | nil, err
  * Sends argv (a list of strings and numbers); fn(reply) or fn(nil, err)
- * runs in the loop once the answer (or the end of the connection) comes.
+ * runs in the loop once the answer (or the end of the connection) comes;
+ * without fn the answer is dropped here, never reaching Lua (the commands
+ * inside a MULTI, whose EXEC answers for them all).
  * nil, err: the connection has ended (err says why), fn never runs. */
 static int l_command(lua_State *L)
 {
     rconn *c = check_conn(L);
     luaL_checktype(L, 2, LUA_TTABLE);
-    luaL_checktype(L, 3, LUA_TFUNCTION);
+    int has_fn = !lua_isnoneornil(L, 3);
+    if (has_fn)
+        luaL_checktype(L, 3, LUA_TFUNCTION);
     lua_settop(L, 3);
     if (c->owner != getpid())
         return luaL_error(L, "orch.redis: a connection cannot be used in a forked child");
@@ -438,19 +448,34 @@ static int l_command(lua_State *L)
     size_t *lens = (size_t *)(argv + n);
     for (int i = 0; i < n; i++)
         argv[i] = lua_tolstring(L, 4 + i, &lens[i]);
-    long id = ++c->next_id;
+    long id = has_fn ? ++c->next_id : 0;
     if (redisAsyncCommandArgv(c->ac, reply_cb, (void *)(intptr_t)id, n, argv, lens) != REDIS_OK) {
         lua_pushnil(L);
         lua_pushstring(L, "closed");
         return 2;
     }
-    lua_getiuservalue(L, 1, 1);
-    lua_pushvalue(L, 3);
-    lua_rawseti(L, -2, id);
+    if (has_fn) {
+        lua_getiuservalue(L, 1, 1);
+        lua_pushvalue(L, 3);
+        lua_rawseti(L, -2, id);
+    }
     c->waiting++;
     anchor(L, c, 1);
     lua_pushboolean(L, 1);
     return 1;
+}
+
+/* conn:flush(): writes what the commands sent so far left in the output
+ * buffer now, as far as the socket takes it without waiting (the loop
+ * writes the rest), so the server can act on it while this process goes
+ * on without running the loop. */
+static int l_flush(lua_State *L)
+{
+    rconn *c = check_conn(L);
+    if (c->owner == getpid() && c->ac && c->connected &&
+        !(c->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
+        redisAsyncHandleWrite(c->ac);
+    return 0;
 }
 
 /* close(): ends the connection; the commands still waiting get
@@ -535,7 +560,7 @@ void redis_open(lua_State *L)
     }
     static const luaL_Reg methods[] = {
         {"command", l_command}, {"close", l_close}, {"connected", l_connected},
-        {"error", l_error}, {"waiting", l_waiting}, {"__gc", l_gc}, {"__close", l_close},
+        {"error", l_error}, {"flush", l_flush}, {"waiting", l_waiting}, {"__gc", l_gc}, {"__close", l_close},
         {"__tostring", l_tostring}, {NULL, NULL}};
     if (luaL_newmetatable(L, REDIS_MT)) {
         luaL_setfuncs(L, methods, 0);

@@ -7,9 +7,10 @@
 -- the three stop steps are enforced by the node that runs the task (its
 -- local pool), from the timeout and grace the task carries.
 --
--- A pool on a broker has a client id and a results stream of its own. Each
--- task taken from the backlog is XADDed to the queue's stream at once
--- (hiredis pipelines the writes); a reader on a connection of its own
+-- A pool on a broker has a client id and a results stream of its own.
+-- Tasks taken from the backlog are XADDed to the queue's stream in
+-- batches (one MULTI each; a full batch from submit itself, the rest at
+-- the next turn of the loop); a reader on a connection of its own
 -- waits in XREAD BLOCK for results and settles each future once: delivery
 -- is at least once, so a result for a task no longer held (a late
 -- duplicate, an earlier run of a retried task) is dropped. A task is held
@@ -57,19 +58,16 @@ local function task_error(kind, fields)
   return TaskError.new(fields)
 end
 
-local function noop() end
 
 ---------------------------------------------------------------------------
 -- sending tasks
 
 -- The task's stream fields, or nil, why (what cannot cross to a node).
 local function fields_of(self, fut)
-  local opts = fut.group.opts
-  return pcall(stream.task_fields, {
-    id = fut.id, reply = self.reply, fn = fut.fn, args = fut.args,
-    max = (opts.retries or 0) + 1, timeout = opts.timeout, grace = opts.grace,
-    lease = self.lease, secret = self.secret,
-  })
+  local opts, t = fut.group.opts, self.task
+  t.id, t.fn, t.args = fut.id, fut.fn, fut.args
+  t.max, t.timeout, t.grace = (opts.retries or 0) + 1, opts.timeout, opts.grace
+  return pcall(stream.task_fields, t)
 end
 
 local function hold(self, fut)
@@ -100,12 +98,13 @@ end
 -- Tasks sent in one command at the most.
 local SEND_BATCH = 512
 
--- The answer to a batch of XADDs: each task's entry id, or why none.
+-- The answer to a batch of XADDs (EXEC's): each task's entry id, or why none.
 local function sent(self, futs, ids, reply, err)
+  local list = type(reply) == "table" and not reply.err and reply or {}
   for i, fut in ipairs(futs) do
     if fut.id == ids[i] and fut.worker == HELD then  -- else settled meanwhile
-      local entry = type(reply) == "table" and not reply.err and reply[i]
-      if entry then
+      local entry = list[i]
+      if type(entry) == "string" then
         fut.entry = entry
         if fut.stop_wanted then self:_queue_stop(fut, fut.stop_wanted) end
       elseif err then
@@ -113,37 +112,48 @@ local function sent(self, futs, ids, reply, err)
       else
         release(self, fut)
         fut.no_retry = true
+        local why = type(entry) == "table" and entry.err or type(reply) == "table" and reply.err
         self.failed(fut, task_error("error", { message = "the broker refused the task: "
-          .. tostring(type(reply) == "table" and reply.err or reply) }))
+          .. tostring(why or reply) }))
       end
     end
   end
 end
 
--- Sends up to SEND_BATCH tasks of the backlog; false when the connection
--- is down (they are back in the backlog).
-local function send_batch(self)
+
+-- A task that cannot cross fails at the next turn of the loop (never
+-- inside the submit that sent its batch).
+local function refuse(self, fut, why)
+  fut.no_retry = true
+  core.timer(0, function()
+    self.failed(fut, task_error("error", { message = "cannot send to the broker: " .. why }))
+  end)
+end
+
+-- Sends the first tasks of the backlog, up to SEND_BATCH and `most`;
+-- false when the connection is down (they are back in the backlog).
+local function send_batch(self, most)
   local futs, ids, lists = {}, {}, {}
-  local fut = pop(self.backlog)
-  while fut do
+  for _ = 1, math.min(most, SEND_BATCH) do
+    local fut = pop(self.backlog)
+    if not fut then break end
     local ok, fields = fields_of(self, fut)
     if ok then
       hold(self, fut)
       futs[#futs + 1], ids[#futs + 1], lists[#futs + 1] = fut, fut.id, fields
-      if #futs == SEND_BATCH then break end
     else
-      fut.no_retry = true
-      self.failed(fut, task_error("error", { message = "cannot send to the broker: "
-        .. tostring(fields) }))
+      refuse(self, fut, tostring(fields))
     end
-    fut = pop(self.backlog)
   end
   if #futs == 0 then return true end
-  local ok = self.writer:command(stream.add_tasks(self.keys, lists, self.lease_ms),
+  local ok = self.writer:transaction(stream.add_tasks(self.keys, lists, self.lease_ms),
     function(reply, err)
-    sent(self, futs, ids, reply, err)
-  end)
-  if not ok then
+      self.sending = self.sending - 1
+      sent(self, futs, ids, reply, err)
+    end)
+  if ok then
+    self.sending = self.sending + 1
+  else
     for i = #futs, 1, -1 do unsend(self, futs[i]) end
   end
   return ok
@@ -152,14 +162,22 @@ end
 --- Sends every task of the backlog to the stream, at the next turn of
 -- the loop: the pool asks right after queueing a task, before it has kept
 -- the task's function and arguments on the future; and the tasks of one
--- turn go out together.
+-- turn go out together. A full batch queued before the task just queued
+-- goes at once (written out now): the nodes run it while more are
+-- submitted.
 function B:pump()
   -- the task just queued: its group keeps each task's function and
   -- arguments on the future (pool.lua and map.lua do, right after this)
   local bl = self.backlog
   local last = bl[bl.tail]
   if last then last.group.keeps_args = true end
-  if self.pump_timer or self.backlog.n == 0 or self.terminated then return end
+  if self.backlog.n == 0 or self.terminated then return end
+  if bl.n > SEND_BATCH and self.writer:connected() and not self.released then
+    send_batch(self, bl.n - 1)
+    self.writer:flush()
+    self:_read()
+  end
+  if self.pump_timer then return end
   self.pump_timer = core.timer(0, function()
     self.pump_timer = nil
     self:_send_backlog()
@@ -170,7 +188,8 @@ function B:_send_backlog()
   local bl = self.backlog
   if bl.n == 0 or self.terminated then return end
   if not self.writer:connected() then return end  -- sent once reconnected
-  while bl.n > 0 and send_batch(self) do end
+  -- one batch a turn: it goes out while the next is made
+  if send_batch(self, bl.n) and bl.n > 0 then self:pump() end
   self:_read()
 end
 
@@ -231,11 +250,11 @@ function B:_read()
       for _, s in ipairs(reply or {}) do
         for _, e in ipairs(s[2]) do
           self.after = e[1]
-          self:_result(stream.fields(e[2]))
+          for _, r in ipairs(stream.results(e[2])) do self:_result(r) end
         end
       end
       if reply then  -- what was read is not needed any more
-        self.writer:command({ "XTRIM", self.reply, "MINID", self.after }, noop)
+        self.writer:command({ "XTRIM", self.reply, "MINID", self.after })
       end
       self:pump()  -- retries
       self:_read()
@@ -433,6 +452,11 @@ end
 -- returned for the pool to fail.
 function B:terminate()
   self.terminated = true
+  -- a node may run a task before this process has read its XADD's answer
+  -- (its entry): those answers first
+  if self.writer and self.writer:connected() then
+    loop.wait(function() return self.sending == 0 end, 1)
+  end
   local list = self:held()
   local entries = {}
   for _, fut in ipairs(list) do
@@ -495,9 +519,12 @@ function broker.new(side, opts)
     secret = secret ~= "" and secret or nil, size = opts.workers or 0,
     max_tasks = opts.max_tasks_per_worker, eager = math.huge,
     slots = {}, by_id = {}, n_held = 0, n_started = 0, n_live = 1, stops = {}, after = "0",
+    sending = 0,  -- batches of XADDs not answered yet
   }, B)
   self.keys = stream.keys(self.queue)
   self.reply = self.keys.results_prefix .. client_id()
+  -- the fields of the task being sent (fields_of)
+  self.task = { reply = self.reply, lease = self.lease, secret = self.secret }
   return self
 end
 

@@ -8,15 +8,13 @@
 -- command then exits as orch does for a run ended by a signal (128+n).
 --
 -- The node reads new tasks with a blocking XREADGROUP on a connection of
--- its own, asking for as many as it has free workers; a second connection
--- writes results, renews each task's lease (every third of that lease:
--- a task carries its pool's; `lease` here is for tasks without one), and,
--- while workers are free, takes over tasks whose node stopped renewing
--- (as soon as the first pending task it knows of may run out of lease).
--- Tasks still running at a check (every 50 ms) are reported started to
--- their clients, in one batch. A result is written, the entry
--- acknowledged and deleted in one transaction; a write the connection
--- lost is sent again once it is back.
+-- its own, asking for as many as it has free workers, and writes their
+-- results on a second one (orch.broker.feed); that one also renews each
+-- task's lease (every third of that lease: a task carries its pool's;
+-- `lease` here is for tasks without one) and, while workers are free,
+-- takes over tasks whose node stopped renewing (orch.broker.leases). A
+-- third connection reads the control stream: stop requests for the tasks
+-- it runs, leases newly in use (here).
 -- On INT or TERM it reads nothing new, lets running tasks finish within
 -- `grace`, hands back what is left (and anything delivered to it that it
 -- never started) for other nodes, then returns. A second signal hurries
@@ -26,10 +24,12 @@ local loop = require "orch.loop"
 local log = require "orch.log"
 local redis = require "orch.broker.redis"
 local stream = require "orch.broker.stream"
+local feed = require "orch.broker.feed"
+local leases = require "orch.broker.leases"
 
 local node = {}
 
-local BLOCK_MS = 5000
+local BLOCK_MS = 5000  -- a read of the control stream waits this long, then is sent again
 local OPTIONS = {
   broker = "string", queue = "string", workers = "number", lease = "number", grace = "number",
   max_tasks_per_worker = "number", secret = "string", result_ttl = "number", quiet = "boolean",
@@ -63,348 +63,16 @@ local function hostname()
   return name or os.getenv("HOSTNAME") or "localhost"
 end
 
+-- A node's methods: its lifecycle and stop requests here, its task
+-- feeding (orch.broker.feed) and its leases (orch.broker.leases).
 local Node = {}
 Node.__index = Node
-
-local function noop() end
-
--- Tasks taken ahead of the free workers while tasks are short and the
--- stream has more: per worker, as many as fit in AHEAD_SECONDS of the mean
--- task time, at most AHEAD_MAX; they wait in the local pool (which sends
--- them ahead to busy workers, as it does for its own backlog). A read
--- ahead never waits, and takes nothing unless the stream holds more
--- undelivered entries than it asks for (stream.read_ahead); none once a
--- read found fewer entries than it asked for, nor while a task has run
--- longer than AHEAD_SECONDS (the mean is then stale). So a task never
--- waits here while another node is idle.
-local AHEAD_SECONDS, AHEAD_MAX = 0.05, 128
-
-function Node:ahead()
-  local mean = self.mean_task
-  if not (self.backlogged and mean) or self.long_task then return 0 end
-  return self.workers * math.min(AHEAD_MAX, math.floor(AHEAD_SECONDS / math.max(mean, 1e-6)))
-end
-
--- Every AHEAD_SECONDS: is one of the running tasks long? And the tasks
--- its local pool has started since are reported to their clients.
-function Node:check_long()
-  local old, long, started = core.now() - AHEAD_SECONDS, false, {}
-  for _, r in pairs(self.running) do
-    if r.since < old then long = true end
-    if not r.reported and r.fut.status == "running" then
-      r.reported = true
-      started[#started + 1] = r.task
-    end
-  end
-  self.long_task = long
-  self:report_started(started)
-end
-
---- Tells the clients of these tasks that they have started: one XADD
--- each, pipelined; a task that has ended by then is never reported (its
--- result says it all). Lost with the connection: not sent again.
-function Node:report_started(tasks)
-  local replies = {}
-  for _, t in ipairs(tasks) do
-    if t.reply ~= "" then
-      self.writer:command(stream.add_started(t.reply, t.id, self.name), noop)
-      replies[t.reply] = true
-    end
-  end
-  for reply in pairs(replies) do
-    self.writer:command({ "EXPIRE", reply, self.result_ttl or stream.RESULT_TTL }, noop)
+for _, part in ipairs{ feed, leases } do
+  for name, fn in pairs(part) do
+    if type(fn) == "function" then Node[name] = fn end
   end
 end
 
---- Asks for new tasks, as many as there are free workers (a read that
--- waits for them), or, with none free, some ahead (see above) of those
--- there are now; unless a read is already out or the node is stopping.
-function Node:pull()
-  if self.stopping or self.reading then return end
-  local free = self.workers - self.n_running - self:n_waiting()
-  local count = free > 0 and free or free + self:ahead()
-  if count <= 0 then return end
-  self.reading = true
-  local ok = self.reader:command(free > 0 and stream.read_new(self.keys, self.name, free, BLOCK_MS)
-    -- reading ahead: never a read that waits, nor one that leaves others idle
-    or stream.read_ahead(self.keys, self.name, count),
-    function(reply, err)
-      self.reading = false
-      if err or (type(reply) == "table" and reply.err) then
-        return self:read_failed(err or reply.err)
-      end
-      local got = 0
-      for _, s in ipairs(reply or {}) do
-        for _, entry in ipairs(s[2]) do
-          got = got + 1
-          self:take(entry[1], entry[2], 1)
-        end
-      end
-      self.backlogged = got >= count
-      self:pull()
-    end)
-  if not ok then self.reading = false end  -- the reconnect pulls again
-end
-
-function Node:read_failed(err)
-  if self.stopping then return end
-  if err:find("^NOGROUP") then  -- the stream was deleted under us
-    log.warn("node %s: %s; creating the consumer group again", self.name, err)
-    self.writer:command(stream.create_group(self.keys), function() self:pull() end)
-  elseif err:find("^disconnected") or err:find("lost") then
-    log.warn("node %s: %s", self.name, err)  -- pulls again on reconnect
-  else
-    error(("orch.serve: XREADGROUP failed: %s"):format(err), 0)
-  end
-end
-
--- The pool group that runs tasks with this timeout and grace (nil: the
--- pool's).
-function Node:group_for(timeout, grace)
-  if not timeout and not grace then return self.pool end
-  local key = tostring(timeout) .. "/" .. tostring(grace)
-  local g = self.groups[key]
-  if not g then
-    g = self.pool:group{ timeout = timeout, grace = grace }
-    self.groups[key] = g
-  end
-  return g
-end
-
-function Node:n_waiting()
-  return self.waiting.tail - self.waiting.head + 1
-end
-
---- Runs a delivered entry when a worker is free (or, for short tasks,
--- soon will be), else keeps it, in order, until one is: a task never
--- waits in a worker's pipeline behind a long one.
-function Node:take(entry_id, list, deliveries, stop)
-  -- held already (a recovered entry whose read came in after all)
-  if self.running[entry_id] or self.queued[entry_id] or self.writing[entry_id] then return end
-  local lease_ms = stream.lease_ms(stream.fields(list), self.lease_ms) or self.lease_ms
-  self:keep_renewing(lease_ms)
-  if self.n_running < self.workers + self:ahead() then
-    return self:start(entry_id, list, deliveries, stop, lease_ms)
-  end
-  local q = self.waiting
-  q.tail = q.tail + 1
-  q[q.tail] = { entry_id, list, deliveries, stop, lease_ms }
-  self.queued[entry_id] = true
-end
-
-function Node:start_waiting()
-  local q = self.waiting
-  while not self.stopping and self.n_running < self.workers + self:ahead() and q.head <= q.tail do
-    local e = q[q.head]
-    q[q.head], q.head = nil, q.head + 1
-    self.queued[e[1]] = nil
-    self:start(e[1], e[2], e[3], e[4], e[5])
-  end
-end
-
--- The entries delivered to this node, running, then waiting: { id,
--- deliveries, lease ms }.
-function Node:held_entries()
-  local list = {}
-  for id, r in pairs(self.running) do list[#list + 1] = { id, r.deliveries, r.lease_ms } end
-  local q = self.waiting
-  for i = q.head, q.tail do list[#list + 1] = { q[i][1], q[i][3], q[i][5] } end
-  return list
-end
-
---- Starts the entry delivered for the deliveries-th time, or refuses it
--- (dead letter, and a failed result for its client). stop: a stop its
--- client asked for before this node had it (the entry is answered with
--- that outcome and never runs).
-function Node:start(entry_id, list, deliveries, stop, lease_ms)
-  local f = stream.fields(list)
-  stop = stop or self.early_stops[entry_id]
-  if stop then
-    self.early_stops[entry_id] = nil
-    local result = stream.result_fields(f.id or "?", self.name, nil, { kind = stop, message = stop })
-    return self:finish(entry_id, f.reply, result)
-  end
-  local max = tonumber(f.max) or stream.MAX_DELIVERIES
-  if deliveries > max then
-    return self:refuse(entry_id, f, list, "crashed",
-      ("crashed: delivered %d times, its node lost each time"):format(deliveries - 1), deliveries - 1)
-  end
-  local task, why = stream.decode_task(f, self.secret, self.lease_ms)
-  if not task then
-    log.warn("node %s: task %s refused: %s", self.name, tostring(f.id), why)
-    return self:refuse(entry_id, f, list, "error", why)
-  end
-  local ok, fut = pcall(function()
-    local target = self:group_for(task.timeout, task.grace)
-    return target:submit(task.fn, table.unpack(task.args, 1, task.args.n))
-  end)
-  if not ok then
-    return self:refuse(entry_id, f, list, "error", tostring(fut))
-  end
-  self.running[entry_id] = { fut = fut, task = task, deliveries = deliveries, since = core.now(),
-                             lease_ms = lease_ms }
-  self.n_running = self.n_running + 1
-  fut:on_done(function() self:done(entry_id) end)
-end
-
-function Node:refuse(entry_id, f, list, kind, why, deliveries)
-  self.writer:command(stream.dead_letter(self.keys, list, why, self.name), noop)
-  local result = stream.result_fields(f.id or "?", self.name, nil,
-    { kind = kind, message = why, deliveries = deliveries })
-  self:finish(entry_id, f.reply, result)
-end
-
---- A local task ended: its outcome goes back, unless the task is no
--- longer this node's (lease lost, handed back).
-function Node:done(entry_id)
-  local r = self.running[entry_id]
-  self.running[entry_id] = nil
-  self.n_running = self.n_running - 1
-  if r.gone then
-    self:start_waiting()
-    return self:pull()
-  end
-  local took = core.now() - r.since
-  self.mean_task = self.mean_task and 0.9 * self.mean_task + 0.1 * took or took
-  local res = table.pack(pcall(r.fut.result, r.fut))
-  local result
-  if res[1] then
-    result = stream.result_fields(r.task.id, self.name, table.pack(table.unpack(res, 2, res.n)))
-  else
-    result = stream.result_fields(r.task.id, self.name, nil, res[2])
-  end
-  self:finish(entry_id, r.task.reply, result)
-  self:start_waiting()
-  self:pull()
-end
-
---- Writes a result, acknowledges and deletes the entry: one transaction
--- with the others finished in this turn of the loop, sent again after a
--- reconnect until it is through.
-function Node:finish(entry_id, reply, result)
-  self.writing[entry_id] = stream.finish(self.keys, entry_id, reply, result, self.result_ttl)
-  self.n_writing = self.n_writing + 1
-  self.to_write[#self.to_write + 1] = entry_id
-  if not self.write_timer then
-    self.write_timer = core.timer(0, function()
-      self.write_timer = nil
-      local ids = self.to_write
-      self.to_write = {}
-      self:send_finish(ids)
-    end)
-  end
-end
-
-function Node:send_finish(ids)
-  if #ids == 0 or not self.writer:command({ "MULTI" }, noop) then return end
-  for _, id in ipairs(ids) do
-    for _, argv in ipairs(self.writing[id]) do self.writer:command(argv, noop) end
-  end
-  self.writer:command({ "EXEC" }, function(reply, err)
-    if err or type(reply) ~= "table" or reply.err then
-      log.warn("node %s: %d result(s) not written: %s", self.name, #ids,
-        tostring(err or (reply and reply.err) or "transaction aborted"))
-      return  -- sent again once the connection is back
-    end
-    for _, id in ipairs(ids) do
-      if self.writing[id] then
-        self.writing[id] = nil
-        self.n_writing = self.n_writing - 1
-      end
-    end
-  end)
-end
-
---- Keeps the leases of the held tasks whose lease is lease_ms; a task
--- another node took over is cancelled here and its outcome dropped.
-function Node:renew(lease_ms)
-  local ids = {}
-  for _, e in ipairs(self:held_entries()) do
-    if e[3] == lease_ms then ids[#ids + 1] = e[1] end
-  end
-  if #ids == 0 then return false end
-  self.writer:command(stream.renew(self.keys, self.name, ids), function(lost)
-    if type(lost) ~= "table" or lost.err then return end
-    for _, id in ipairs(lost) do
-      local r = self.running[id]
-      if r and not r.gone then
-        log.warn("node %s: lease of %s lost to another node; cancelling it here", self.name, id)
-        r.gone = true
-        r.fut:cancel()
-      end
-    end
-  end)
-  return true
-end
-
---- One renewal timer per lease among the held tasks, every third of it;
--- it goes when no held task has that lease any more.
-function Node:keep_renewing(lease_ms)
-  if self.renewers[lease_ms] or self.stopping then return end
-  local function tick()
-    if self.stopping or not self:renew(lease_ms) then
-      self.renewers[lease_ms] = nil
-      return
-    end
-    self.renewers[lease_ms] = core.timer(lease_ms / 3000, tick)
-  end
-  self.renewers[lease_ms] = core.timer(lease_ms / 3000, tick)
-end
-
-local CLAIM_MIN = 0.05  -- seconds between two looks for stale tasks, at least
-
--- Seconds between two looks for stale tasks at the most: half the
--- shortest lease in use (its own for tasks without one included).
-function Node:claim_period()
-  return math.min(self.lease_ms, self.shortest_lease) / 2000
-end
-
-function Node:claim_in(seconds)
-  if self.claim_timer then self.claim_timer:stop() end
-  self.claim_at = core.now() + seconds
-  self.claim_timer = core.timer(seconds, function()
-    self.claim_timer = nil
-    self:claim()
-  end)
-end
-
---- Takes over tasks whose node stopped renewing their lease, each judged
--- by its own lease; looks again as soon as the first task it left may
--- run out of lease (a full pending list is looked at in pages, back to
--- back), and at least every half of the shortest lease clients of the
--- queue have used lately (stream.claim_stale) or of its own.
-function Node:claim()
-  if self.stopping or self.claiming then return end
-  local every = self:claim_period()
-  local free = self.workers - self.n_running - self:n_waiting()
-  if free <= 0 then return self:claim_in(every) end
-  self.claiming = true
-  local ok = self.writer:command(stream.claim_stale(self.keys, self.name, free, self.claim_after,
-    self.lease_ms), function(reply)
-    self.claiming = false
-    if self.stopping then return end
-    if type(reply) ~= "table" or reply.err or type(reply[1]) ~= "table" then
-      return self:claim_in(every)
-    end
-    for _, e in ipairs(reply[1]) do
-      log.info("node %s: took over %s (delivery %d)", self.name, e[1], e[3])
-      self:take(e[1], e[2], e[3], e[4] or nil)
-    end
-    local shortest = tonumber(reply[4]) or -1
-    self.shortest_lease = shortest > 0 and shortest or math.huge
-    local wait = tonumber(reply[2]) or -1
-    if wait >= 0 then self.claim_wait = math.min(self.claim_wait or math.huge, wait / 1000) end
-    self.claim_after = reply[3]
-    if self.claim_after ~= "-" then return self:claim_in(CLAIM_MIN) end  -- the next page
-    local soonest = math.min(self.claim_wait or every, every)
-    self.claim_wait = nil
-    self:claim_in(math.max(soonest, CLAIM_MIN))
-  end)
-  if not ok then
-    self.claiming = false
-    self:claim_in(every)
-  end
-end
 
 local function every(seconds, fn)
   local t
@@ -444,15 +112,6 @@ function Node:watch()
   if not ok then self.watching = false end  -- the reconnect watches again
 end
 
-function Node:lease_used(lease_ms)
-  if not lease_ms or lease_ms <= 0 or lease_ms >= self.shortest_lease then return end
-  self.shortest_lease = lease_ms
-  local period = self:claim_period()
-  if not self.stopping and self.claim_timer and self.claim_at > core.now() + period then
-    self:claim_in(period)
-  end
-end
-
 function Node:apply_stop(entry_id, stop)
   local r = self.running[entry_id]
   if not r then
@@ -483,45 +142,6 @@ function Node:reconnected()
   self:send_finish(ids)
   self:recover()
   self:pull()
-end
-
---- Takes the entries the group says this node holds but it does not
--- know of: delivered by a read (or a claim) whose answer was lost with
--- the connection. Nobody would renew them; they would be taken over as
--- if this node were lost.
-function Node:recover()
-  if self.stopping then return end
-  self.writer:command(stream.read_own(self.keys, self.name, 10000), function(reply)
-    if type(reply) ~= "table" or reply.err or self.stopping then return end
-    for _, e in ipairs(reply) do
-      if not (self.running[e[1]] or self.queued[e[1]] or self.writing[e[1]]) then
-        log.info("node %s: %s was delivered here as the connection went; running it", self.name, e[1])
-        self:take(e[1], e[2], e[3])
-      end
-    end
-  end)
-end
-
-function Node:hand_back_all()
-  local pending = 0
-  local function sent() pending = pending - 1 end
-  local back = {}
-  for _, r in pairs(self.running) do r.gone = true end
-  for _, e in ipairs(self:held_entries()) do
-    back[e[1]] = true
-    pending = pending + 1
-    self.writer:command(stream.hand_back(self.keys, self.name, e[1], e[2]), sent)
-  end
-  -- what was delivered to this node but never taken (a read answered
-  -- as it stopped) goes back too
-  local held = self.writer:call(stream.held(self.keys, self.name, 10000), 5)
-  for _, p in ipairs(type(held) == "table" and held or {}) do
-    if not back[p[1]] and not self.writing[p[1]] then
-      pending = pending + 1
-      self.writer:command(stream.hand_back(self.keys, self.name, p[1], p[4]), sent)
-    end
-  end
-  loop.wait(function() return pending <= 0 end, 5)
 end
 
 function Node:stop_timers()
@@ -569,11 +189,8 @@ function Node:release(on_released)
       if on_released then on_released() end
     end
   end
-  for _, r in pairs(self.running) do r.gone = true end
-  for _, e in ipairs(self:held_entries()) do
-    local ok = self.writer:command(stream.hand_back(self.keys, self.name, e[1], e[2]), sent)
-    if ok then pending = pending + 1 end
-  end
+  local _, n = self:hand_back_held(sent)
+  pending = pending + n
   self.pool:terminate()
   if not self.writer:command({ "PING" }, sent) then sent() end  -- after the writes before it
 end
@@ -625,7 +242,7 @@ function node.start(opts)
   end
   self.pool = orch.pool{ workers = self.workers, max_tasks_per_worker = opts.max_tasks_per_worker }
   self.forget_timer = every(self.lease_ms / 3000, function() self:forget_early_stops() end)
-  self.long_timer = every(AHEAD_SECONDS, function() self:check_long() end)
+  self.long_timer = every(feed.CHECK_SECONDS, function() self:check_long() end)
   log.info("node %s: serving queue '%s' with %d workers", self.name, self.queue, self.workers)
   self:claim()
   self:pull()

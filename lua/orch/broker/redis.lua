@@ -133,6 +133,16 @@ function Client:command(argv, fn)
   return self.conn:command(argv, fn)
 end
 
+--- client:transaction(cmds, fn) -> true | nil, err: MULTI, each argv of
+-- cmds (their answers dropped), then EXEC, whose answer (the list of
+-- theirs) goes to fn as command's does.
+function Client:transaction(cmds, fn)
+  local ok, err = self:command{ "MULTI" }
+  if not ok then return nil, err end
+  for _, argv in ipairs(cmds) do self:command(argv) end
+  return self:command({ "EXEC" }, fn)
+end
+
 --- client:call(argv [, timeout]) -> reply | nil, err: waits in the loop.
 -- An error reply is nil, its message (e.g. "BUSYGROUP ...").
 function Client:call(argv, timeout)
@@ -146,6 +156,12 @@ function Client:call(argv, timeout)
   end
   if type(reply) == "table" and reply.err then return nil, reply.err end
   return reply, err
+end
+
+--- Writes the commands sent so far now, as far as the socket takes them
+-- (conn:flush), rather than at the next turn of the loop.
+function Client:flush()
+  if self.ready then self.conn:flush() end
 end
 
 function Client:connected()

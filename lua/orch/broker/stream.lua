@@ -12,9 +12,6 @@
 --                        node reads (a stream, capped)
 --   orch:Q:stops         entry id -> the stop asked for it ("cancelled" |
 --                        "killed"), for a node that takes the entry over
---   orch:Q:leases        entry id -> its lease in ms (a hash written with
---                        the entry, removed with it): what claim_stale
---                        judges a pending entry by
 --   orch:Q:leases_used   the leases (ms) clients sent tasks with, scored
 --                        by when they last did (unix s): how often a node
 --                        looks for stale entries
@@ -27,13 +24,15 @@
 -- tasks: the node's default), sig (HMAC-SHA256 of id, reply, max, timeout,
 -- lua, p, grace and, when present, lease under the shared secret; ""
 -- without).
--- A result entry: id, status ("done" | "failed"), node, p (encode_strict
--- of the values table with n, or of the TaskError's fields); or id,
--- status "started", node: the node has started the task.
+-- A result entry: node, then one or more results, each id, status
+-- ("done" | "failed"), p (encode_strict of the values table with n, or of
+-- the TaskError's fields), or id, status "started" (the node has started
+-- the task): a node writes the results of one batch for one client in one
+-- entry.
 -- Delivery is at least once: a node holds an entry in the group's pending
 -- list; renew() resets its idle time while the task runs (every third of
 -- the task's lease); claim_stale() takes the entries idle longer than
--- their own lease (orch:Q:leases), with their delivery counts;
+-- their own lease (the entry's lease field), with their delivery counts;
 -- finish() writes the result, acknowledges and deletes the entry in one
 -- transaction, so an entry is acknowledged only with its result written.
 -- stop() is the client's cancel or kill: an entry no node has read is
@@ -56,8 +55,7 @@ stream.LUA_FORMAT = _VERSION .. " " .. string.dump(function() end, true):sub(1, 
 function stream.keys(queue)
   local base = "orch:" .. queue .. ":"
   return { tasks = base .. "tasks", dead = base .. "dead", results_prefix = base .. "results:",
-           control = base .. "control", stops = base .. "stops", leases = base .. "leases",
-           leases_used = base .. "leases_used" }
+           control = base .. "control", stops = base .. "stops", leases_used = base .. "leases_used" }
 end
 
 --- A flat list of fields (XREADGROUP's) as a table field -> value.
@@ -90,17 +88,21 @@ end
 -- field list for XADD. What cannot cross is refused here, naming its place.
 function stream.task_fields(t)
   local args = t.args or { n = 0 }
-  local f = {
-    id = tostring(t.id), reply = t.reply, max = tostring(t.max or stream.MAX_DELIVERIES),
-    timeout = t.timeout and tostring(t.timeout) or "", lua = stream.LUA_FORMAT,
-    p = core.encode(t.fn, table.unpack(args, 1, args.n or #args)),
-    grace = t.grace and tostring(t.grace) or "", lease = t.lease and tostring(t.lease),
+  local list = {
+    "id", tostring(t.id), "reply", t.reply, "max", tostring(t.max or stream.MAX_DELIVERIES),
+    "timeout", t.timeout and tostring(t.timeout) or "", "lua", stream.LUA_FORMAT,
+    "p", core.encode(t.fn, table.unpack(args, 1, args.n or #args)),
+    "grace", t.grace and tostring(t.grace) or "",
   }
-  f.sig = t.secret and signature(t.secret, f) or ""
-  local list = {}
-  for _, k in ipairs(SIGNED) do list[#list + 1] = k; list[#list + 1] = f[k] end
-  if f.lease then list[#list + 1] = "lease"; list[#list + 1] = f.lease end
-  list[#list + 1] = "sig"; list[#list + 1] = f.sig
+  local lease = t.lease and tostring(t.lease)
+  if lease then list[15], list[16] = "lease", lease end
+  local sig = ""
+  if t.secret then
+    sig = signature(t.secret, { id = list[2], reply = list[4], max = list[6], timeout = list[8],
+                                lua = list[10], p = list[12], grace = list[14], lease = lease })
+  end
+  list[#list + 1] = "sig"
+  list[#list + 1] = sig
   return list
 end
 
@@ -132,25 +134,26 @@ function stream.decode_task(f, secret, default_lease_ms)
   end
   local lease_ms = stream.lease_ms(f, default_lease_ms)
   if not lease_ms then return nil, ("task with a bad lease %q"):format(tostring(f.lease)) end
-  local ok, packed = pcall(function() return table.pack(core.decode(f.p, true)) end)
-  if not ok then return nil, "task payload does not decode: " .. tostring(packed) end
-  local fn = packed[1]
+  local packed = table.pack(pcall(core.decode, f.p, true))
+  if not packed[1] then return nil, "task payload does not decode: " .. tostring(packed[2]) end
+  local fn = packed[2]
   if type(fn) ~= "function" and type(fn) ~= "string" then
     return nil, ("task function is a %s"):format(type(fn))
   end
   return {
     id = f.id, reply = f.reply, max = tonumber(f.max) or stream.MAX_DELIVERIES,
     timeout = tonumber(f.timeout), grace = tonumber(f.grace), lease_ms = lease_ms, fn = fn,
-    args = table.pack(table.unpack(packed, 2, packed.n)),
+    args = table.move(packed, 3, packed.n, 1, { n = packed.n - 2 }),
   }
 end
 
 local ERROR_FIELDS = { "kind", "message", "traceback", "value", "exit_code", "signal", "deliveries" }
 
---- result_fields(id, node, values) or result_fields(id, node, nil, err)
--- -> field list for XADD. err: a TaskError or a table of its fields; a
--- `value` that cannot cross is left out.
-function stream.result_fields(id, node, values, err)
+--- result_fields(id, values) or result_fields(id, nil, err) -> the fields
+-- of one result (results_entry puts several in one entry). err: a
+-- TaskError or a table of its fields; a `value` that cannot cross is left
+-- out.
+function stream.result_fields(id, values, err)
   local status, p = "done"
   if err then
     status = "failed"
@@ -168,15 +171,51 @@ function stream.result_fields(id, node, values, err)
       p = s
     end
   end
-  return { "id", tostring(id), "status", status, "node", node, "p", p }
+  return { "id", tostring(id), "status", status, "p", p }
 end
 
---- The note on a client's results stream that a node has started task id.
-function stream.add_started(reply, id, node)
-  return { "XADD", reply, "*", "id", tostring(id), "status", "started", "node", node }
+--- XADD of one entry on a client's results stream: node, then the
+-- results (lists of result_fields) in order.
+function stream.add_results(reply, node, results)
+  local argv = { "XADD", reply, "*", "node", node }
+  for _, r in ipairs(results) do table.move(r, 1, #r, #argv + 1, argv) end
+  return argv
 end
 
---- decode_result(fields) -> id, "done", values (with n) | id, "failed", error fields
+--- The note on a client's results stream that a node has started the
+-- tasks ids (one entry).
+function stream.add_started(reply, ids, node)
+  local argv = { "XADD", reply, "*", "node", node }
+  for _, id in ipairs(ids) do
+    argv[#argv + 1], argv[#argv + 2] = "id", tostring(id)
+    argv[#argv + 1], argv[#argv + 2] = "status", "started"
+  end
+  return argv
+end
+
+--- The results of a result entry's field list, in order: { id, status,
+-- p, node }, ... (a field before the first id, node included, applies to
+-- all; each id starts the next result).
+function stream.results(list)
+  local out, common, cur = {}, {}, nil
+  for i = 1, #list, 2 do
+    local k, v = list[i], list[i + 1]
+    if k == "id" then
+      cur = { id = v }
+      out[#out + 1] = cur
+    elseif k == "node" or not cur then
+      common[k] = v
+    else
+      cur[k] = v
+    end
+  end
+  for _, r in ipairs(out) do
+    for k, v in pairs(common) do r[k] = r[k] or v end
+  end
+  return out
+end
+
+--- decode_result(result) -> id, "done", values (with n) | id, "failed", error fields
 -- (the fields of a TaskError). Functions never decode here.
 function stream.decode_result(f)
   local ok, v = pcall(core.decode, f.p or "")
@@ -200,31 +239,23 @@ function stream.add_task(keys, fields)
   return argv
 end
 
--- XADDs the tasks ARGV[3..] (ARGV[1] fields each) in order, each with
--- its lease ARGV[2] (ms) in KEYS[2], the lease marked used now in KEYS[3]
--- (and announced on KEYS[4] when it was not in use); returns their entry
--- ids.
-local ADD_SCRIPT = [[
-local n, ids = tonumber(ARGV[1]), {}
-for i = 3, #ARGV, n do
-  local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + n - 1))
-  redis.call('HSET', KEYS[2], id, ARGV[2])
-  ids[#ids + 1] = id
+-- Marks the lease ARGV[1] (ms) used now in KEYS[1], announced on KEYS[2]
+-- when it was not in use.
+local LEASE_SCRIPT = [[
+if redis.call('ZADD', KEYS[1], redis.call('TIME')[1], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ]] .. stream.CONTROL_LEN .. [[, '*', 'lease', ARGV[1])
 end
-if redis.call('ZADD', KEYS[3], redis.call('TIME')[1], ARGV[2]) == 1 then
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ]] .. stream.CONTROL_LEN .. [[, '*', 'lease', ARGV[2])
-end
-return ids
 ]]
 
---- Several tasks (field lists of task_fields, all of one length), all
--- with the lease lease_ms, in one command: the reply is the list of their
--- entry ids.
+--- Several tasks (field lists of task_fields), all with the lease
+-- lease_ms, as the commands of one MULTI ... EXEC: an XADD each, in
+-- order (the first replies of EXEC are their entry ids), and the lease
+-- marked used.
 function stream.add_tasks(keys, field_lists, lease_ms)
-  local argv = { "EVAL", ADD_SCRIPT, 4, keys.tasks, keys.leases, keys.leases_used, keys.control,
-                 #field_lists[1], lease_ms }
-  for _, fields in ipairs(field_lists) do table.move(fields, 1, #fields, #argv + 1, argv) end
-  return argv
+  local cmds = {}
+  for i, fields in ipairs(field_lists) do cmds[i] = stream.add_task(keys, fields) end
+  cmds[#cmds + 1] = { "EVAL", LEASE_SCRIPT, 2, keys.leases_used, keys.control, lease_ms }
+  return cmds
 end
 
 --- New entries for this consumer, at most count, waiting block_ms at most.
@@ -233,19 +264,22 @@ function stream.read_new(keys, consumer, count, block_ms)
            "STREAMS", keys.tasks, ">" }
 end
 
--- Reads ARGV[3] new entries for consumer ARGV[2], without waiting, only if
--- the stream holds more than that not yet delivered (entries minus those
--- pending): what is left still keeps the other nodes busy.
-local AHEAD_SCRIPT = [[
-local waiting = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], ARGV[1])[1]
-if waiting <= tonumber(ARGV[3]) then return false end
-return redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+-- The entries of KEYS[1] not delivered yet (entries minus those pending).
+local UNDELIVERED_SCRIPT = [[
+return redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], ARGV[1])[1]
 ]]
 
---- Entries read ahead of the free workers (see AHEAD_SCRIPT); nil reply
--- when the stream holds too few.
+--- How many entries of the stream no node has read yet (an integer).
+function stream.undelivered(keys)
+  return { "EVAL", UNDELIVERED_SCRIPT, 1, keys.tasks, stream.GROUP }
+end
+
+--- Up to count new entries for this consumer, without waiting (a read
+-- ahead of the free workers, once undelivered() said the stream holds
+-- more than that: what is left keeps the other nodes busy).
 function stream.read_ahead(keys, consumer, count)
-  return { "EVAL", AHEAD_SCRIPT, 1, keys.tasks, stream.GROUP, consumer, count }
+  return { "XREADGROUP", "GROUP", stream.GROUP, consumer, "COUNT", count,
+           "STREAMS", keys.tasks, ">" }
 end
 
 --- Results for a client, after the entry id `after` ("0" at first).
@@ -255,8 +289,8 @@ end
 
 -- Looks at up to ARGV[5] pending entries after ARGV[4] ("-": from the
 -- start) and takes, for consumer ARGV[2], up to ARGV[3] of those idle for
--- at least their own lease (KEYS[3], else ARGV[6] ms): an XCLAIM with that
--- lease as its min-idle-time. Returns { taken, wait, next, shortest } with taken =
+-- at least their own lease (the entry's lease field in s, else ARGV[6]
+-- ms): an XCLAIM with that lease as its min-idle-time. Returns { taken, wait, next, shortest } with taken =
 -- { {entry id, fields, deliveries, stop or false, lease ms}, ... }
 -- (deleted entries left out, their lease dropped), wait = ms until the
 -- first entry it looked at and left runs out of lease (0: one has; -1:
@@ -266,11 +300,22 @@ end
 -- seconds (-1: none).
 local CLAIM_SCRIPT = [[
 local group, free, scan = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[5])
+local function lease_of(id)
+  local e = redis.call('XRANGE', KEYS[1], id, id)[1]
+  local f = e and e[2] or {}
+  for i = 1, #f, 2 do
+    if f[i] == 'lease' then
+      local s = tonumber(f[i + 1])
+      if s and s > 0 and s < 1e12 then return math.max(1, math.floor(s * 1000)) end
+    end
+  end
+  return tonumber(ARGV[6])
+end
 local pending = redis.call('XPENDING', KEYS[1], group, ARGV[4], '+', scan)
 local taken, wait = {}, -1
 for _, p in ipairs(pending) do
   local id, idle = p[1], p[3]
-  local lease = tonumber(redis.call('HGET', KEYS[3], id)) or tonumber(ARGV[6])
+  local lease = lease_of(id)
   if idle < lease then
     if wait < 0 or lease - idle < wait then wait = lease - idle end
   elseif #taken >= free then
@@ -279,16 +324,14 @@ for _, p in ipairs(pending) do
     local e = redis.call('XCLAIM', KEYS[1], group, ARGV[2], lease, id)[1]
     if e and e[2] then
       taken[#taken + 1] = { id, e[2], p[4] + 1, redis.call('HGET', KEYS[2], id), lease }
-    else
-      redis.call('HDEL', KEYS[3], id)
     end
   end
 end
 local next = '-'
 if #pending == scan then next = '(' .. pending[#pending][1] end
 local shortest = -1
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', redis.call('TIME')[1] - ARGV[7])
-for _, ms in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', redis.call('TIME')[1] - ARGV[7])
+for _, ms in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   if shortest < 0 or tonumber(ms) < shortest then shortest = tonumber(ms) end
 end
 return { taken, wait, next, shortest }
@@ -300,7 +343,7 @@ stream.CLAIM_SCAN = 1000  -- pending entries one claim_stale looks at
 
 --- claim_stale(keys, consumer, count, after, default_lease_ms): see CLAIM_SCRIPT.
 function stream.claim_stale(keys, consumer, count, after, default_lease_ms)
-  return { "EVAL", CLAIM_SCRIPT, 4, keys.tasks, keys.stops, keys.leases, keys.leases_used,
+  return { "EVAL", CLAIM_SCRIPT, 3, keys.tasks, keys.stops, keys.leases_used,
            stream.GROUP, consumer, count, after or "-", stream.CLAIM_SCAN, default_lease_ms,
            stream.LEASES_USED_FOR }
 end
@@ -320,7 +363,6 @@ for i = 3, #ARGV do
       'entry', id, 'stop', ARGV[2])
     out[#out + 1] = 'running'
   elseif redis.call('XDEL', KEYS[1], id) == 1 then
-    redis.call('HDEL', KEYS[4], id)
     out[#out + 1] = 'removed'
   else
     out[#out + 1] = 'gone'
@@ -331,7 +373,7 @@ return out
 ]]
 
 function stream.stop(keys, kind, entry_ids)
-  local argv = { "EVAL", STOP_SCRIPT, 4, keys.tasks, keys.stops, keys.control, keys.leases,
+  local argv = { "EVAL", STOP_SCRIPT, 3, keys.tasks, keys.stops, keys.control,
                  stream.GROUP, kind }
   table.move(entry_ids, 1, #entry_ids, #argv + 1, argv)
   return argv
@@ -404,20 +446,29 @@ function stream.held(keys, consumer, count)
   return { "XPENDING", keys.tasks, stream.GROUP, "-", "+", count, consumer }
 end
 
---- The commands that finish a delivery, for one MULTI ... EXEC: the
--- result (when the task has a reply key), its expiry, the ack, the delete
--- (of the entry and its lease).
-function stream.finish(keys, entry_id, reply, result, ttl)
-  local cmds = {}
-  if reply and reply ~= "" then
-    local add = { "XADD", reply, "*" }
-    table.move(result, 1, #result, 4, add)
-    cmds[#cmds + 1] = add
+--- The commands that finish deliveries, for one MULTI ... EXEC. done:
+-- { {entry id, reply key, result fields}, ... }. For each client, one
+-- entry of its results and its expiry; then the ack and the delete, each
+-- one command for all.
+function stream.finish(keys, node, done, ttl)
+  local cmds, by_reply, order, ids = {}, {}, {}, {}
+  for i, d in ipairs(done) do
+    ids[i] = d[1]
+    local reply = d[2]
+    if reply and reply ~= "" then
+      if not by_reply[reply] then by_reply[reply] = {}; order[#order + 1] = reply end
+      local list = by_reply[reply]
+      list[#list + 1] = d[3]
+    end
+  end
+  for _, reply in ipairs(order) do
+    cmds[#cmds + 1] = stream.add_results(reply, node, by_reply[reply])
     cmds[#cmds + 1] = { "EXPIRE", reply, ttl or stream.RESULT_TTL }
   end
-  cmds[#cmds + 1] = { "XACK", keys.tasks, stream.GROUP, entry_id }
-  cmds[#cmds + 1] = { "XDEL", keys.tasks, entry_id }
-  cmds[#cmds + 1] = { "HDEL", keys.leases, entry_id }
+  local ack, del = { "XACK", keys.tasks, stream.GROUP }, { "XDEL", keys.tasks }
+  table.move(ids, 1, #ids, 4, ack)
+  table.move(ids, 1, #ids, 3, del)
+  cmds[#cmds + 1], cmds[#cmds + 2] = ack, del
   return cmds
 end
 
