@@ -95,7 +95,7 @@ local modules = {
     sources = {
       "src/alloc.c", "src/chan.c", "src/conn.c", "src/control.c",
       "src/control_client.c", "src/core.c", "src/dispatch.c", "src/exit.c",
-      "src/limits.c", "src/loop.c", "src/proc.c", "src/redis.c", "src/sha256.c",
+      "src/limits.c", "src/loop.c", "src/memfd.c", "src/proc.c", "src/redis.c", "src/sha256.c",
       "src/sig.c", "src/spin.c", "src/task.c", "src/tty.c", "src/wbuf.c",
       "src/wire.c", "src/worker.c",
     },

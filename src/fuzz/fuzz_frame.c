@@ -145,7 +145,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
             if (got_n <= 0)
                 fail("read");
-            if (dispatch_frames(L, &c.in, max, 1, 1) < 0) {
+            if (dispatch_frames(L, &c, 1, 1) < 0) {
                 fatal = 1;
                 break;
             }
