@@ -469,23 +469,11 @@ int chan_flush_blocking(chan *c)
     return rc;
 }
 
-/* Room for want more bytes in b, and for no more than that when it grows
- * past what wbuf_reserve would double to (a frame that announced its size). */
+/* Room for want more bytes in b: a chunk the usual way, or no more than
+ * that for a frame that announced its size. */
 static int reserve_exact(wbuf *b, size_t want)
 {
-    if (b->cap - b->len >= want)
-        return 0;
-    wbuf_compact(b);
-    if (b->cap - b->len >= want)
-        return 0;
-    if (want <= FILL_CHUNK)
-        return wbuf_reserve(b, want);
-    char *p = realloc(b->data, b->len + want);
-    if (!p)
-        return -1;
-    b->data = p;
-    b->cap = b->len + want;
-    return 0;
+    return want <= FILL_CHUNK ? wbuf_reserve(b, want) : wbuf_reserve_exact(b, want);
 }
 
 /* Reads into p[0..n) (flags: recv's, for a socket). From a socket, with

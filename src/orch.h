@@ -41,6 +41,9 @@ typedef struct wbuf {
 } wbuf;
 
 ORCH_HIDDEN int wbuf_reserve(wbuf *b, size_t extra); /* 0, or -1 (ENOMEM) */
+/* Room for want more bytes, growing to no more than that (a frame that
+ * announced its size). 0, or -1 (ENOMEM). */
+ORCH_HIDDEN int wbuf_reserve_exact(wbuf *b, size_t want);
 ORCH_HIDDEN void wbuf_compact(wbuf *b);                /* drop consumed bytes */
 ORCH_HIDDEN void wbuf_reset(wbuf *b);                  /* len = off = 0; may shrink */
 ORCH_HIDDEN void wbuf_free(wbuf *b);
