@@ -4,22 +4,19 @@
  *
  * A big value crossing a channel is written into memory nobody used a
  * moment before: the encoder's buffer, then the string the decoder makes.
- * Fresh memory costs more than the copy: a page fault per 4 KiB (16384
- * for 64 MiB) and the kernel zeroing every page, and on a virtual machine
- * the host may have to back each page too. So big mappings are asked for
- * huge pages (MADV_HUGEPAGE, at a 2 MiB boundary), and the last ones
- * given back are kept, lazily freed (MADV_FREE: the kernel may take their
- * pages under memory pressure), for the next big block: a value that
- * comes and goes again and again reuses the same pages.
+ * In 4 KiB pages, fresh memory costs more than the copy: a page fault per
+ * 4 KiB (16384 for 64 MiB), each page zeroed on its own. So big blocks
+ * are mappings at a 2 MiB boundary with huge pages asked for
+ * (MADV_HUGEPAGE: a few faults), resized with mremap, and unmapped when
+ * given back: a big value pins no memory once it is gone.
  *
  * bigalloc wraps the Lua state's allocator: blocks of BIG bytes or more
  * are such mappings; smaller ones, which the C library serves from memory
- * it reuses anyway, go to the allocator the state had. Lua passes a
- * block's size when it frees or resizes it, so only a block of BIG bytes
- * or more can be one of ours; which ones are is a list through a header
- * before each (few blocks are that big). A block the allocator made
- * before stays with it. A forked child inherits the mappings, the list
- * and the kept mappings with the heap.
+ * it reuses, go to the allocator the state had. Lua passes a block's size
+ * when it frees or resizes it, so only a block of BIG bytes or more can
+ * be one of ours; which ones are is a list through a header before each
+ * (few blocks are that big). A block the allocator made before stays with
+ * it. A forked child inherits the mappings and the list with the heap.
  *
  * The state frees its last blocks after it has unloaded the C modules
  * (lua_close), so this module stays loaded once it has wrapped the
@@ -36,32 +33,17 @@
 #define BIG ((size_t)32 << 20)      /* a Lua block this big is a mapping */
 #define HUGE_PAGE ((size_t)2 << 20)
 #define PAGE ((size_t)4096)
-#define KEPT 3                      /* mappings kept for reuse */
-#define KEPT_MAX ((size_t)256 << 20) /* none bigger is kept */
 
 /* ---- mappings ------------------------------------------------------------ */
-
-static struct { void *p; size_t len; } kept[KEPT];
 
 static size_t page_round(size_t n)
 {
     return (n + PAGE - 1) & ~(PAGE - 1);
 }
 
-void *bigmap_get(size_t len, int largest, size_t *got)
+void *bigmap_get(size_t len, size_t *got)
 {
     len = page_round(len);
-    int best = -1;
-    for (int k = 0; k < KEPT; k++)
-        if (kept[k].p && kept[k].len >= len
-            && (best < 0 || (kept[k].len < kept[best].len) != largest))
-            best = k;
-    if (best >= 0) {
-        void *p = kept[best].p;
-        *got = kept[best].len;
-        kept[best].p = NULL;
-        return p;
-    }
     char *p = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                    -1, 0);
     if (p == MAP_FAILED)
@@ -77,24 +59,7 @@ void *bigmap_get(size_t len, int largest, size_t *got)
 
 void bigmap_put(void *p, size_t len)
 {
-    int slot = 0; /* an empty one, else the one that keeps the least */
-    for (int k = 0; k < KEPT; k++) {
-        if (!kept[k].p) {
-            slot = k;
-            break;
-        }
-        if (kept[k].len < kept[slot].len)
-            slot = k;
-    }
-    if (len > KEPT_MAX || (kept[slot].p && kept[slot].len >= len)) {
-        munmap(p, len);
-        return;
-    }
-    if (kept[slot].p)
-        munmap(kept[slot].p, kept[slot].len);
-    madvise(p, len, MADV_FREE);
-    kept[slot].p = p;
-    kept[slot].len = len;
+    munmap(p, len);
 }
 
 void *bigmap_resize(void *p, size_t len, size_t want, size_t *got)
@@ -153,7 +118,7 @@ static big_block *ours(void *ptr)
 static void *big_new(size_t n)
 {
     size_t len;
-    big_block *h = bigmap_get(sizeof *h + n, 0, &len);
+    big_block *h = bigmap_get(sizeof *h + n, &len);
     if (!h)
         return NULL;
     h->maplen = len;

@@ -31,12 +31,11 @@
 ORCH_HIDDEN int spin_pays(void);
 
 /* ---- bigalloc.c: big blocks in mappings of their own -------------------
- * Mappings at a 2 MiB boundary with huge pages asked for; the last ones
- * given back are kept (lazily freed) for the next. bigmap_get: one of at
- * least len bytes (*got: its length; the largest kept one if largest, for
- * a buffer that will grow, else the smallest that fits), or NULL. bigmap_resize: p (of len
- * bytes) grown to want at least (*got), or NULL (p unchanged). */
-ORCH_HIDDEN void *bigmap_get(size_t len, int largest, size_t *got);
+ * Mappings at a 2 MiB boundary with huge pages asked for. bigmap_get: one
+ * of at least len bytes (*got: its length), or NULL; bigmap_put unmaps
+ * it. bigmap_resize: p (of len bytes) grown to want at least (*got), or
+ * NULL (p unchanged). */
+ORCH_HIDDEN void *bigmap_get(size_t len, size_t *got);
 ORCH_HIDDEN void bigmap_put(void *p, size_t len);
 ORCH_HIDDEN void *bigmap_resize(void *p, size_t len, size_t want, size_t *got);
 /* From now on, blocks of 32 MiB or more of this state are such mappings

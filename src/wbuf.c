@@ -7,9 +7,8 @@
  * empty again, so one 64 MiB value does not pin 64 MiB for ever.
  *
  * A buffer of WBUF_MAP bytes or more is a mapping of its own (bigalloc.c:
- * huge pages, grown by mremap, the last ones given back kept for the
- * next): a big frame is then written into pages used a moment before
- * rather than fresh ones, which cost more than the copy itself.
+ * huge pages, grown by mremap): a big frame then costs a few page faults,
+ * not one per 4 KiB, which cost more than the copy itself.
  *
  * A scratch buffer is a wbuf owned by a userdata, the upvalue of the C
  * function that encodes into it: a Lua error raised while it is filled
@@ -34,7 +33,7 @@ static int resize(wbuf *b, size_t cap)
     } else if (b->cap >= WBUF_MAP) {
         p = bigmap_resize(b->data, b->cap, cap, &cap);
     } else {
-        p = bigmap_get(cap, 1, &cap); /* the largest kept: it may grow on */
+        p = bigmap_get(cap, &cap);
         if (p) {
             if (b->len)
                 memcpy(p, b->data, b->len);
