@@ -37,7 +37,6 @@ static int l_getpid(lua_State *L)
 
 __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
 {
-    bigalloc_init(L); /* big values decoded from frames: few page faults */
     lua_newtable(L);
     loop_open(L);
     proc_open(L);

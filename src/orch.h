@@ -30,19 +30,6 @@
  * anyone. */
 ORCH_HIDDEN int spin_pays(void);
 
-/* ---- bigalloc.c: big blocks in mappings of their own -------------------
- * Mappings at a 2 MiB boundary with huge pages asked for. bigmap_get: one
- * of at least len bytes (*got: its length), or NULL; bigmap_put unmaps
- * it. bigmap_resize: p (of len bytes) grown to want at least (*got), or
- * NULL (p unchanged). */
-ORCH_HIDDEN void *bigmap_get(size_t len, size_t *got);
-ORCH_HIDDEN void bigmap_put(void *p, size_t len);
-ORCH_HIDDEN void *bigmap_resize(void *p, size_t len, size_t want, size_t *got);
-/* From now on, blocks of 32 MiB or more of this state are such mappings
- * (one state per process: a second state with another allocator is left
- * as it is). */
-ORCH_HIDDEN void bigalloc_init(lua_State *L);
-
 /* ---- wbuf.c: a growable byte buffer ------------------------------------
  * Owned by a userdata (or a module-level static) so that a Lua error raised
  * while it is being filled leaks nothing. */

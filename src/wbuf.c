@@ -6,9 +6,10 @@
  * a buffer that grew large for one big frame is given back once it is
  * empty again, so one 64 MiB value does not pin 64 MiB for ever.
  *
- * A buffer of WBUF_MAP bytes or more is a mapping of its own (bigalloc.c:
- * huge pages, grown by mremap): a big frame then costs a few page faults,
- * not one per 4 KiB, which cost more than the copy itself.
+ * A buffer of WBUF_MAP bytes or more is a mapping of its own, with huge
+ * pages asked for (MADV_HUGEPAGE) and grown by mremap: a big frame is
+ * then written into a few 2 MiB pages instead of thousands of 4 KiB page
+ * faults, which cost more than the copy itself.
  *
  * A scratch buffer is a wbuf owned by a userdata, the upvalue of the C
  * function that encodes into it: a Lua error raised while it is filled
@@ -16,29 +17,37 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "orch.h"
 
 #define WBUF_MIN 4096
 #define WBUF_KEEP (1u << 20) /* capacity kept across resets */
 #define WBUF_MAP (2u << 20)  /* from this capacity on, a mapping of its own */
+#define PAGE 4096
 
-/* b's capacity becomes cap (>= len) or more: realloc below WBUF_MAP, a
- * mapping (bigalloc.c) from there on. 0, or -1 (b unchanged). */
+/* b's capacity becomes cap (>= len): realloc below WBUF_MAP, a mapping
+ * from there on. 0, or -1 (b unchanged). */
 static int resize(wbuf *b, size_t cap)
 {
     char *p;
     if (cap < WBUF_MAP && b->cap < WBUF_MAP) {
         p = realloc(b->data, cap);
-    } else if (b->cap >= WBUF_MAP) {
-        p = bigmap_resize(b->data, b->cap, cap, &cap);
     } else {
-        p = bigmap_get(cap, &cap);
-        if (p) {
-            if (b->len)
-                memcpy(p, b->data, b->len);
-            free(b->data);
+        cap = (cap + PAGE - 1) & ~(size_t)(PAGE - 1);
+        if (b->cap >= WBUF_MAP) {
+            p = mremap(b->data, b->cap, cap, MREMAP_MAYMOVE);
+        } else {
+            p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p != MAP_FAILED) {
+                madvise(p, cap, MADV_HUGEPAGE);
+                if (b->len)
+                    memcpy(p, b->data, b->len);
+                free(b->data);
+            }
         }
+        if (p == MAP_FAILED)
+            p = NULL;
     }
     if (!p)
         return -1;
@@ -50,7 +59,7 @@ static int resize(wbuf *b, size_t cap)
 static void release(wbuf *b)
 {
     if (b->cap >= WBUF_MAP)
-        bigmap_put(b->data, b->cap);
+        munmap(b->data, b->cap);
     else
         free(b->data);
     b->data = NULL;
