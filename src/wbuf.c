@@ -23,7 +23,7 @@
 
 #define WBUF_MIN 4096
 #define WBUF_KEEP (1u << 20) /* capacity kept across resets */
-#define WBUF_MAP (2u << 20)  /* from this capacity on, a mapping of its own */
+#define WBUF_MAP (4u << 20)  /* from this capacity on, a mapping of its own */
 #define PAGE 4096
 
 /* b's capacity becomes cap (>= len): realloc below WBUF_MAP, a mapping
