@@ -1,4 +1,4 @@
--- Big frames: a payload of 256 KiB or more crosses in a sealed memfd whose
+-- Big frames: a payload of 2 MiB or more crosses in a sealed memfd whose
 -- fd goes over the channel's socket (chan.c, memfd.c). Real forks, real
 -- big strings, real SIGKILLs; fds of the parent and of the workers are
 -- counted before and after.
@@ -26,9 +26,9 @@ local function worker_pid(pool)
 end
 
 describe("big frames", function()
-  it("strings from 256 KiB to 16 MiB go there and back whole, in order with small frames", function()
+  it("strings from 2 MiB to 16 MiB go there and back whole, in order with small frames", function()
     local pool <close> = orch.pool { workers = 2 }
-    local sizes = { 256 * 1024 - 64, 256 * 1024, 300000, MB, 16 * MB, 50, 2 * MB }
+    local sizes = { 2 * MB - 64, 2 * MB, 3 * MB + 7, MB, 16 * MB, 50, 2 * MB + 1 }
     local futs = {}
     for i, n in ipairs(sizes) do
       futs[i] = pool:submit(function(s, k) return s, #s, k end, big(n, i), i)
@@ -41,7 +41,7 @@ describe("big frames", function()
     end
   end)
 
-  it("go through memfd_create in both directions from 256 KiB on, not below", function()
+  it("go through memfd_create in both directions from 2 MiB on, not below", function()
     local function memfds(n)
       local out = H.sh(("strace -f -qq -e trace=memfd_create -o /dev/stdout lua5.4 %s 2>/dev/null"):format(
         H.lua_script(([[
@@ -58,8 +58,8 @@ describe("big frames", function()
       pending("strace is not installed")
       return
     end
-    assert.are.equal(2, memfds(MB))
-    assert.are.equal(0, memfds(200 * 1024))
+    assert.are.equal(2, memfds(3 * MB))
+    assert.are.equal(0, memfds(MB))
   end)
 
   it("leave no fd open in the parent or the workers", function()
@@ -69,7 +69,7 @@ describe("big frames", function()
       local pid = worker_pid(pool)
       local wbefore = fds_of(pid)
       for i = 1, 20 do
-        assert.are.equal(MB + i, #pool:submit(function(s) return s end, big(MB + i, i)):result())
+        assert.are.equal(2 * MB + i, #pool:submit(function(s) return s end, big(2 * MB + i, i)):result())
       end
       assert.are.equal(pid, worker_pid(pool))
       assert.are.equal(wbefore, fds_of(pid))
@@ -84,18 +84,18 @@ describe("big frames", function()
     local first = pool:submit(function(queue) return #queue:get() end, q)
     local second = pool:submit(function(s) return #s end, big(3 * MB, 3))
     orch.sleep(0.2)
-    q:put(big(MB, 1))
-    assert.are.equal(MB, first:result())
+    q:put(big(2 * MB, 1))
+    assert.are.equal(2 * MB, first:result())
     assert.are.equal(3 * MB, second:result())
   end)
 
   describe("and max_message", function()
     it("a big result over it fails its task in the worker; nothing was sent", function()
-      local pool <close> = orch.pool { workers = 1, max_message = 500000 }
-      local fut = pool:submit(function() return ("x"):rep(MB) end)
+      local pool <close> = orch.pool { workers = 1, max_message = 2500000 }
+      local fut = pool:submit(function() return ("x"):rep(3 * MB) end)
       fut:wait()
       assert.are.equal("error", fut:error().kind)
-      assert.matches("a message of 10485%d%d bytes is over the limit of 500000 bytes %(max_message%)",
+      assert.matches("a message of 31457%d%d bytes is over the limit of 2500000 bytes %(max_message%)",
         fut:error().message)
       assert.are.equal(0, pool:stats().restarts)
     end)
@@ -103,10 +103,10 @@ describe("big frames", function()
     it("a big frame over the parent's limit: crashed, bad frame, the worker replaced, no fd left", function()
       local before = H.fd_count()
       do
-        local pool <close> = orch.pool { workers = 1, max_message = 500000 }
+        local pool <close> = orch.pool { workers = 1, max_message = 2500000 }
         local fut = pool:submit(function()
           require("orch.core").set_max_message(0x7fffffff) -- a worker that ignores the limit
-          return ("x"):rep(MB)
+          return ("x"):rep(3 * MB)
         end)
         fut:wait()
         assert.are.equal("crashed", fut:error().kind)
@@ -202,7 +202,7 @@ describe("big frames", function()
       local before = H.fd_count()
       for _, how in ipairs { "join", "terminate" } do
         local pool = orch.pool { workers = 2 }
-        for i = 1, 8 do pool:submit(function(s) return s end, big(2 * MB, i)) end
+        for i = 1, 8 do pool:submit(function(s) return s end, big(3 * MB, i)) end
         orch.sleep(0.01)
         if how == "join" then
           pool:close()
@@ -226,8 +226,8 @@ describe("big frames", function()
       end
       KEEP_OPEN = files -- luacheck: ignore (until the result has left: memfd_create fails)
       return #files, ("q"):rep(len)
-    end, MB):result()
+    end, 3 * MB):result()
     assert.is_true(n > 0)
-    assert.are.equal(MB, #s)
+    assert.are.equal(3 * MB, #s)
   end)
 end)

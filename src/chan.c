@@ -16,8 +16,9 @@
  * more than that is ever reserved for it), a frame made past max_out;
  * both are FRAME_MAX unless set (a pool's max_message).
  *
- * Big frames: a frame whose payload is big_min bytes or more (and the
- * channel has a Unix socket) leaves as a big frame: a 4-byte length of
+ * Big frames: a frame whose payload is big_min bytes or more (BIG_MIN,
+ * 2 MiB: below it the copies through the channel cost less), on a channel
+ * with a Unix socket, leaves as a big frame: a 4-byte length of
  * FRAME_BIG | 8, the type byte, and the payload's real length (8 bytes,
  * little-endian); the payload itself is in a sealed memfd (memfd.c) whose
  * fd crosses the socket. The parent writes to the socket: the fd rides
@@ -63,7 +64,7 @@
 #define FILL_CHUNK (64 * 1024)
 #define FRAME_BIG 0x80000000u /* in the length word: the payload is in a memfd */
 #define BIG_HEADER (FRAME_HEADER + 8)
-#define BIG_MIN (256 * 1024) /* payloads this big or more go in a memfd */
+#define BIG_MIN (2u << 20) /* payloads this big or more go in a memfd */
 
 /* What chan_next knows of the head of `in`. */
 enum {

@@ -155,6 +155,8 @@ ORCH_HIDDEN void wire_open(lua_State *L);
 /* ---- the protocol between the parent and its children -----------------
  * A frame is a 4-byte little-endian payload length, one byte of message
  * type, then the payload: one wire context holding the message's fields.
+ * A big frame's payload is in a memfd whose fd crosses the socket (chan.c,
+ * docs/core.md "Frames").
  * Stop requests do not travel in frames: they are a realtime signal whose
  * value carries the task id and the level (stop_pack below). */
 enum {
