@@ -26,6 +26,12 @@ local function worker_pid(pool)
 end
 
 describe("big frames", function()
+  setup(function()
+    -- what the loop opens once for good (its signal watchers' fd) is open before fds are counted
+    local pool <close> = orch.pool { workers = 1 }
+    pool:submit(function() end):result()
+  end)
+
   it("strings from 2 MiB to 16 MiB go there and back whole, in order with small frames", function()
     local pool <close> = orch.pool { workers = 2 }
     local sizes = { 2 * MB - 64, 2 * MB, 3 * MB + 7, MB, 16 * MB, 50, 2 * MB + 1 }
@@ -87,6 +93,25 @@ describe("big frames", function()
     q:put(big(2 * MB, 1))
     assert.are.equal(2 * MB, first:result())
     assert.are.equal(3 * MB, second:result())
+  end)
+
+  it("a big frame read with results before it is dropped when their callback closes the proc", function()
+    local before = H.fd_count()
+    local got, exited = {}, false
+    local proc = core.spawn(function()
+      core.send_parent(MSG.RESULT, 1, "one")
+      core.send_parent(MSG.SEND, big(3 * MB))
+      core.child_sleep(30)
+    end, function(p, t)
+      got[#got + 1] = t
+      p:close()
+    end, function() exited = true end)
+    os.execute("sleep 0.5") -- both frames wait in the pipe: one read takes them
+    H.wait_for(function() return #got > 0 end, 10)
+    core.step(0.1)
+    assert.are.same({ MSG.RESULT }, got)
+    assert.is_false(exited)
+    assert.are.equal(before, H.fd_count())
   end)
 
   describe("and max_message", function()

@@ -125,6 +125,13 @@ static void unmap_head(chan *c)
     c->head = HEAD_NONE;
 }
 
+void chan_drop_in(chan *c)
+{
+    c->in.off = c->in.len;
+    if (c->head == HEAD_BIG || c->head == HEAD_REFUSED)
+        unmap_head(c);
+}
+
 void chan_free_in(chan *c)
 {
     unmap_head(c);

@@ -171,8 +171,7 @@ void conn_close(conn *c)
 void conn_free(conn *c)
 {
     conn_close(c);
-    wbuf *in = &c->ch.in;
-    in->off = in->len; /* not dispatched: dropped */
+    chan_drop_in(&c->ch); /* not dispatched: dropped */
     if (c->reading)
         c->free_in = 1; /* a frame of it may be being decoded */
     else

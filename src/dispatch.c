@@ -88,7 +88,7 @@ static int take(lua_State *L)
         return 0;
     }
     if (p == -1) {
-        r->c->in.off = r->c->in.len; /* the stream is out of sync */
+        chan_drop_in(r->c); /* the stream is out of sync */
         r->status = TAKE_FATAL;
         lua_pushliteral(L, "length over the limit");
         return 1;

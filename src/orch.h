@@ -292,6 +292,9 @@ ORCH_HIDDEN int chan_next(chan *c, int *type, const char **payload, size_t *plen
 ORCH_HIDDEN void chan_take(chan *c);
 /* Frees `in` and what chan_next holds (a mapping, fds received). */
 ORCH_HIDDEN void chan_free_in(chan *c);
+/* Drops what is left in `in` unread, a big frame found but not taken
+ * included (a frame taken keeps its payload: it may be being decoded). */
+ORCH_HIDDEN void chan_drop_in(chan *c);
 /* Drops what was not written of out (the peer is gone), fds included. */
 ORCH_HIDDEN void chan_drop_out(chan *c);
 /* Writes what it can of out without blocking (an open frame is dropped
