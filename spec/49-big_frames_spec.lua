@@ -111,6 +111,7 @@ describe("big frames", function()
     core.step(0.1)
     assert.are.same({ MSG.RESULT }, got)
     assert.is_false(exited)
+    assert.is_false(proc:alive())
     assert.are.equal(before, H.fd_count())
   end)
 
