@@ -241,6 +241,31 @@ describe("big frames", function()
     end)
   end)
 
+  it("a parent out of fds: sends the bytes through the socket, refuses a big frame it cannot take "
+    .. "#novalgrind", function()
+    local out = H.run_lua([[
+      local orch = require "orch"
+      local pool <close> = orch.pool { workers = 1 }
+      assert(pool:submit(function() return 1 end):result() == 1)
+      local files = {}
+      while true do
+        local f = io.open("/dev/null")
+        if not f then break end
+        files[#files + 1] = f
+      end
+      print("sent", pool:submit(function(s) return #s end, ("a"):rep(3 << 20)):result())
+      local fut = pool:submit(function() return ("b"):rep(3 << 20) end)
+      fut:wait()
+      print("back", fut:error() and fut:error().message)
+      for _, f in ipairs(files) do f:close() end
+      print("then", #pool:submit(function() return ("c"):rep(3 << 20) end):result())
+    ]], "ulimit -n 64;")
+    assert.matches("sent\t3145728\n", out)
+    assert.matches("back\tcrashed: bad frame from worker: big frame: its file descriptor was lost "
+      .. "%(no fd free here%)\n", out)
+    assert.matches("then\t3145728\n", out)
+  end)
+
   it("without memfds (a worker out of fds): the bytes go through the pipe #novalgrind", function()
     local pool <close> = orch.pool { workers = 1, limits = { files = 32 } }
     local n, s = pool:submit(function(len)

@@ -112,7 +112,8 @@ int memfd_send(int sock, int fd)
 }
 
 /* recvmsg into p[0..n): the descriptors that came with the bytes go to
- * fds (at most max; any beyond are closed); *nfds counts them all. */
+ * fds (at most max; any beyond are closed); *nfds counts them all, or is
+ * -1 when some were lost and none came (MSG_CTRUNC: no fd free here). */
 ssize_t memfd_recv_with(int sock, char *p, size_t n, int flags, int *fds, int *nfds, int max)
 {
     union { char buf[CMSG_SPACE(4 * sizeof(int))]; struct cmsghdr align; } u;
@@ -143,6 +144,8 @@ ssize_t memfd_recv_with(int sock, char *p, size_t n, int flags, int *fds, int *n
             ++*nfds;
         }
     }
+    if (*nfds == 0 && (m.msg_flags & MSG_CTRUNC))
+        *nfds = -1;
     return r;
 }
 
@@ -155,7 +158,8 @@ int memfd_recv(int sock, const char **why)
         return fd;
     if (nfds > 0)
         close(fd);
-    *why = nfds > 1 ? "big frame: more than one file descriptor came with it"
-                    : "big frame: no file descriptor came with it";
+    *why = nfds > 1    ? "big frame: more than one file descriptor came with it"
+           : nfds < 0 ? "big frame: its file descriptor was lost (no fd free here)"
+                      : "big frame: no file descriptor came with it";
     return -1;
 }

@@ -216,7 +216,8 @@ ORCH_HIDDEN ssize_t memfd_send_with(int sock, const char *p, size_t n, int fd, i
 /* fd on a byte of its own, blocking. 0, or -1 with errno. */
 ORCH_HIDDEN int memfd_send(int sock, int fd);
 /* recvmsg into p[0..n): the fds that came go to fds (at most max, the
- * others closed), *nfds counts them all. Bytes read, 0 at EOF, -1. */
+ * others closed), *nfds counts them all (-1: lost, none free here).
+ * Bytes read, 0 at EOF, -1. */
 ORCH_HIDDEN ssize_t memfd_recv_with(int sock, char *p, size_t n, int flags, int *fds, int *nfds,
                                     int max);
 /* The fd memfd_send sent, without blocking; -1 with *why if it is not
