@@ -127,6 +127,7 @@ FUZZ_LIBS    = -llua5.4 -lev
 FUZZ_TARGETS = wire frame
 FUZZ_OBJS_wire = $(FUZZ_BUILD)/obj/wire.o $(FUZZ_BUILD)/obj/wbuf.o
 FUZZ_OBJS_frame = $(FUZZ_BUILD)/obj/chan.o $(FUZZ_BUILD)/obj/dispatch.o $(FUZZ_BUILD)/obj/loop.o \
+                  $(FUZZ_BUILD)/obj/memfd.o $(FUZZ_BUILD)/obj/spin.o \
                   $(FUZZ_BUILD)/obj/wire.o $(FUZZ_BUILD)/obj/wbuf.o
 
 fuzz: build

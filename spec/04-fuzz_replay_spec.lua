@@ -70,16 +70,23 @@ local function frame_pipe_of(pid)
 end
 
 -- The frames' types a plain reading finds (as fuzz_frame.c's frames_of).
+-- A big frame (chan.c) is 13 bytes; here no fd comes with it: refused.
 local function frames_of(s, max)
   local want, at = {}, 1
   while #s - at + 1 >= 5 do
     local len, t = string.unpack("<I4B", s, at)
     want[#want + 1] = t
-    if len > max or #s - at + 1 - 5 < len then
-      if len <= max then want[#want] = nil end
-      break
+    if len == 0x80000008 then
+      if #s - at + 1 < 13 then want[#want] = nil; break end
+      if math.ult(max, string.unpack("<I8", s, at + 5)) then break end
+      at = at + 13
+    else
+      if len > max or #s - at + 1 - 5 < len then
+        if len <= max then want[#want] = nil end
+        break
+      end
+      at = at + 5 + len
     end
-    at = at + 5 + len
   end
   return want
 end

@@ -16,6 +16,20 @@
  * more than that is ever reserved for it), a frame made past max_out;
  * both are FRAME_MAX unless set (a pool's max_message).
  *
+ * Big frames: a frame whose payload is big_min bytes or more (BIG_MIN,
+ * 2 MiB: below it the copies through the channel cost less), on a channel
+ * with a Unix socket, leaves as a big frame: a 4-byte length of
+ * FRAME_BIG | 8, the type byte, and the payload's real length (8 bytes,
+ * little-endian); the payload itself is in a sealed memfd (memfd.c) whose
+ * fd crosses the socket. The parent writes to the socket: the fd rides
+ * in band, on the big frame's first byte. The child writes to a pipe: it
+ * sends the fd on its socket, on a byte of its own, before the frame
+ * leaves, and the parent takes it from there when it meets the frame.
+ * Either way the n-th big frame read goes with the n-th fd received. The
+ * reader checks the fd (memfd.c) and maps it; the real length answers to
+ * max_in as a plain frame's does. A memfd that cannot be made leaves the
+ * frame as it is (the bytes through the channel).
+ *
  * Invariants:
  * - At most one frame is open (being encoded) in `out`, and it is last.
  *   An open frame never leaves. It is either being encoded or left by an
@@ -36,23 +50,53 @@
  * raises.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "orch.h"
 
 #define FILL_CHUNK (64 * 1024)
+#define FRAME_BIG 0x80000000u /* in the length word: the payload is in a memfd */
+#define BIG_HEADER (FRAME_HEADER + 8)
+#define BIG_MIN (2u << 20) /* payloads this big or more go in a memfd */
+
+/* What chan_next knows of the head of `in`. */
+enum {
+    HEAD_NONE,    /* nothing: look */
+    HEAD_BIG,     /* a big frame, mapped, not taken yet */
+    HEAD_REFUSED, /* a big frame refused (c->why), not taken yet */
+    HEAD_TAKEN    /* the big frame taken; its mapping stays until the next look */
+};
+
+static int is_socket(int fd)
+{
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}
 
 void chan_init(chan *c, int rfd, int wfd)
 {
     memset(c, 0, sizeof *c);
     c->rfd = rfd;
     c->wfd = wfd;
+    c->sock = is_socket(wfd) ? wfd : is_socket(rfd) ? rfd : -1;
     c->max_in = c->max_out = FRAME_MAX;
+    c->big_min = BIG_MIN;
+}
+
+static void close_fds_queued(chan *c)
+{
+    for (int k = 0; k < c->n_in_fds; k++)
+        close(c->in_fds[k]);
+    for (int k = 0; k < c->n_out_fds; k++)
+        close(c->out_fds[k].fd);
+    c->n_in_fds = c->n_out_fds = 0;
 }
 
 void chan_close_fds(chan *c)
@@ -61,7 +105,8 @@ void chan_close_fds(chan *c)
         close(c->rfd);
     if (c->wfd >= 0 && c->wfd != c->rfd)
         close(c->wfd);
-    c->rfd = c->wfd = -1;
+    c->rfd = c->wfd = c->sock = -1;
+    close_fds_queued(c);
 }
 
 void chan_close(chan *c)
@@ -72,13 +117,42 @@ void chan_close(chan *c)
         wbuf_free(&c->out);
 }
 
+static void unmap_head(chan *c)
+{
+    memfd_unmap(c->map, c->map_len);
+    c->map = NULL;
+    c->map_len = 0;
+    c->head = HEAD_NONE;
+}
+
+void chan_drop_in(chan *c)
+{
+    c->in.off = c->in.len;
+    if (c->head == HEAD_BIG || c->head == HEAD_REFUSED)
+        unmap_head(c);
+}
+
+void chan_free_in(chan *c)
+{
+    unmap_head(c);
+    wbuf_free(&c->in);
+}
+
 void chan_free(chan *c)
 {
     chan_close_fds(c);
     wbuf_free(&c->later);
     wbuf_free(&c->out);
     c->frame_open = 0;
-    wbuf_free(&c->in);
+    chan_free_in(c);
+}
+
+void chan_drop_out(chan *c)
+{
+    for (int k = 0; k < c->n_out_fds; k++)
+        close(c->out_fds[k].fd);
+    c->n_out_fds = 0;
+    wbuf_reset(&c->out);
 }
 
 /* ---- making frames ---------------------------------------------------- */
@@ -142,6 +216,38 @@ int chan_frame_begin(chan *c, int type)
     return 0;
 }
 
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int k = 0; k < 8; k++)
+        p[k] = (unsigned char)(v >> (8 * k));
+}
+
+/* The frame at `at` (from out.off), the last in out, n bytes of payload,
+ * becomes a big frame if a memfd can be made and its fd sent: the parent
+ * queues the fd for chan_flush, the child sends it now, before the frame. */
+static void make_big(chan *c, size_t at, size_t n)
+{
+    int inband = c->sock == c->wfd;
+    if (c->sock < 0 || (inband && c->n_out_fds == CHAN_FDS))
+        return;
+    unsigned char *h = (unsigned char *)c->out.data + c->out.off + at;
+    int fd = memfd_from((const char *)h + FRAME_HEADER, n);
+    if (fd < 0)
+        return;
+    if (inband) {
+        c->out_fds[c->n_out_fds].ahead = at;
+        c->out_fds[c->n_out_fds++].fd = fd;
+    } else {
+        int rc = memfd_send(c->sock, fd);
+        close(fd);
+        if (rc < 0)
+            return;
+    }
+    put_length(&c->out, c->out.off + at, FRAME_BIG | 8);
+    put_u64(h + FRAME_HEADER, n);
+    c->out.len = c->out.off + at + BIG_HEADER;
+}
+
 int chan_frame_end(chan *c)
 {
     size_t n = c->out.len - c->out.off - c->frame_at - FRAME_HEADER;
@@ -151,6 +257,8 @@ int chan_frame_end(chan *c)
     }
     put_length(&c->out, c->out.off + c->frame_at, n);
     c->frame_open = 0;
+    if (c->big_min > 0 && n >= c->big_min)
+        make_big(c, c->frame_at, n);
     take_later(c);
     return 0;
 }
@@ -198,7 +306,112 @@ void chan_consume(wbuf *b, size_t plen)
         b->off = b->len = 0;
 }
 
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int k = 7; k >= 0; k--)
+        v = v << 8 | p[k];
+    return v;
+}
+
+/* The fd of the next big frame: received already (the child), or waiting
+ * on the socket (the parent). -1 with c->why when there is none. */
+static int next_fd(chan *c)
+{
+    if (c->sock >= 0 && c->sock == c->rfd) {
+        if (c->n_in_fds == 0) {
+            c->why = "big frame: no file descriptor came with it";
+            return -1;
+        }
+        int fd = c->in_fds[0];
+        memmove(c->in_fds, c->in_fds + 1, sizeof c->in_fds[0] * (size_t)--c->n_in_fds);
+        return fd;
+    }
+    if (c->sock < 0) {
+        c->why = "big frame: no file descriptor came with it";
+        return -1;
+    }
+    return memfd_recv(c->sock, &c->why);
+}
+
+/* The big frame whose header is at h (its 8 bytes there): its fd taken
+ * and mapped. HEAD_BIG, HEAD_REFUSED (c->why), or -1 for a length over
+ * max_in (the fd closed: the channel is out of sync). */
+static int map_big(chan *c, const unsigned char *h)
+{
+    uint64_t n = get_u64(h + FRAME_HEADER);
+    int fd = next_fd(c);
+    if (n > c->max_in) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (fd < 0)
+        return HEAD_REFUSED;
+    if (memfd_map(fd, (size_t)n, &c->map, &c->why) < 0)
+        return HEAD_REFUSED;
+    c->map_len = (size_t)n;
+    return HEAD_BIG;
+}
+
+int chan_next(chan *c, int *type, const char **payload, size_t *plen)
+{
+    if (c->head == HEAD_TAKEN)
+        unmap_head(c);
+    wbuf *b = &c->in;
+    const unsigned char *h = (const unsigned char *)b->data + b->off;
+    if (c->head == HEAD_NONE) {
+        if (b->len - b->off < FRAME_HEADER)
+            return 0;
+        size_t n = frame_length(h);
+        if (!(n & FRAME_BIG)) {
+            int r = chan_peek_max(b, c->max_in, type, payload, plen);
+            if (r == 1)
+                c->head_len = FRAME_HEADER + *plen;
+            return r;
+        }
+        *type = h[4];
+        if (n != (FRAME_BIG | 8))
+            return -1; /* no frame has that length: the stream is out of sync */
+        if (b->len - b->off < BIG_HEADER)
+            return 0;
+        int r = map_big(c, h);
+        if (r < 0)
+            return -1;
+        c->head = r;
+        c->head_len = BIG_HEADER;
+    }
+    *type = h[4];
+    if (c->head == HEAD_REFUSED)
+        return -2;
+    *payload = c->map ? (const char *)c->map : "";
+    *plen = c->map_len;
+    return 1;
+}
+
+void chan_take(chan *c)
+{
+    wbuf *b = &c->in;
+    b->off += c->head_len;
+    if (b->off == b->len)
+        b->off = b->len = 0;
+    c->head = c->head == HEAD_BIG ? HEAD_TAKEN : HEAD_NONE;
+}
+
 /* ---- moving bytes ----------------------------------------------------- */
+
+/* n bytes of out were sent (the first big frame's fd with them if
+ * with_fd): the fds queued are that much nearer. */
+static void sent(chan *c, size_t n, int with_fd)
+{
+    if (with_fd) {
+        close(c->out_fds[0].fd);
+        memmove(c->out_fds, c->out_fds + 1, sizeof c->out_fds[0] * (size_t)--c->n_out_fds);
+    }
+    for (int k = 0; k < c->n_out_fds; k++)
+        c->out_fds[k].ahead -= n;
+    c->out.off += n;
+}
 
 int chan_flush(chan *c)
 {
@@ -206,9 +419,15 @@ int chan_flush(chan *c)
     take_later(c);
     wbuf *b = &c->out;
     while (b->off < b->len) {
-        ssize_t n = send(c->wfd, b->data + b->off, b->len - b->off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        /* up to the next big frame; that one from its first byte, with its fd */
+        size_t len = b->len - b->off;
+        int fd = c->n_out_fds > 0 && c->out_fds[0].ahead == 0 ? c->out_fds[0].fd : -1;
+        if (fd < 0 && c->n_out_fds > 0)
+            len = c->out_fds[0].ahead;
+        ssize_t n = fd >= 0 ? memfd_send_with(c->wfd, b->data + b->off, len, fd, MSG_DONTWAIT)
+                            : send(c->wfd, b->data + b->off, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
-            b->off += (size_t)n;
+            sent(c, (size_t)n, fd >= 0);
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -258,28 +477,36 @@ int chan_flush_blocking(chan *c)
     return rc;
 }
 
-/* Room for want more bytes in b, and for no more than that when it grows
- * past what wbuf_reserve would double to (a frame that announced its size). */
+/* Room for want more bytes in b: a chunk the usual way, or no more than
+ * that for a frame that announced its size. */
 static int reserve_exact(wbuf *b, size_t want)
 {
-    if (b->cap - b->len >= want)
-        return 0;
-    wbuf_compact(b);
-    if (b->cap - b->len >= want)
-        return 0;
-    if (want <= FILL_CHUNK)
-        return wbuf_reserve(b, want);
-    char *p = realloc(b->data, b->len + want);
-    if (!p)
-        return -1;
-    b->data = p;
-    b->cap = b->len + want;
-    return 0;
+    return want <= FILL_CHUNK ? wbuf_reserve(b, want) : wbuf_reserve_exact(b, want);
+}
+
+/* Reads into p[0..n) (flags: recv's, for a socket). From a socket, with
+ * recvmsg: the fds of big frames come with their bytes and are kept, in
+ * order, for chan_next. */
+static ssize_t read_in(chan *c, char *p, size_t n, int flags)
+{
+    if (c->sock < 0 || c->sock != c->rfd)
+        return flags ? recv(c->rfd, p, n, flags) : read(c->rfd, p, n);
+    int fds[CHAN_FDS], nfds;
+    ssize_t r = memfd_recv_with(c->rfd, p, n, flags, fds, &nfds, CHAN_FDS);
+    for (int k = 0; k < nfds && k < CHAN_FDS; k++) {
+        if (c->n_in_fds < CHAN_FDS)
+            c->in_fds[c->n_in_fds++] = fds[k];
+        else
+            close(fds[k]); /* more than frames can use: theirs is refused */
+    }
+    return r;
 }
 
 ssize_t chan_fill(chan *c, size_t max)
 {
     wbuf *b = &c->in;
+    if (c->head == HEAD_TAKEN)
+        unmap_head(c);
     if (b->off == b->len)
         wbuf_reset(b); /* drained: a large buffer is given back */
     size_t want = FILL_CHUNK;
@@ -298,7 +525,7 @@ ssize_t chan_fill(chan *c, size_t max)
         return -1;
     }
     for (;;) {
-        ssize_t n = read(c->rfd, b->data + b->len, b->cap - b->len < want ? b->cap - b->len : want);
+        ssize_t n = read_in(c, b->data + b->len, b->cap - b->len < want ? b->cap - b->len : want, 0);
         if (n < 0 && errno == EINTR)
             continue;
         if (n > 0)
@@ -310,6 +537,8 @@ ssize_t chan_fill(chan *c, size_t max)
 ssize_t chan_fill_spin(chan *c, long ns)
 {
     wbuf *b = &c->in;
+    if (c->head == HEAD_TAKEN)
+        unmap_head(c);
     if (b->off == b->len)
         wbuf_reset(b); /* drained: a large buffer is given back */
     struct timespec t0, t;
@@ -319,7 +548,7 @@ ssize_t chan_fill_spin(chan *c, long ns)
             errno = ENOMEM;
             return -1;
         }
-        ssize_t n = recv(c->rfd, b->data + b->len, b->cap - b->len, MSG_DONTWAIT);
+        ssize_t n = read_in(c, b->data + b->len, b->cap - b->len, MSG_DONTWAIT);
         if (n > 0) {
             b->len += (size_t)n;
             return n;

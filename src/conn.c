@@ -71,7 +71,7 @@ static void flush_queued(void)
         if (rc > 0)
             ev_io_start(loop_get(), &c->wio);
         else if (rc < 0)
-            wbuf_reset(&c->ch.out); /* the child is gone: its exit will tell */
+            chan_drop_out(&c->ch); /* the child is gone: its exit will tell */
     }
 }
 
@@ -83,7 +83,7 @@ static void wio_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (rc <= 0) {
         ev_io_stop(loop, w);
         if (rc < 0)
-            wbuf_reset(&c->ch.out);
+            chan_drop_out(&c->ch);
     }
 }
 
@@ -96,7 +96,7 @@ int conn_read(lua_State *L, conn *c, int hidx, int drain)
         ssize_t n = chan_fill(&c->ch, budget);
         if (n > 0) {
             budget -= (size_t)n;
-            if (dispatch_frames(L, &c->ch.in, c->ch.max_in, hidx, c->uv) < 0) {
+            if (dispatch_frames(L, &c->ch, hidx, c->uv) < 0) {
                 conn_close(c); /* out of sync: nothing after it can be read */
                 rc = -1;
             }
@@ -110,7 +110,7 @@ int conn_read(lua_State *L, conn *c, int hidx, int drain)
     if (--c->reading == 0) {
         wbuf *in = &c->ch.in;
         if (c->free_in) {
-            wbuf_free(in);
+            chan_free_in(&c->ch);
             c->free_in = 0;
         } else if (in->off == in->len) {
             wbuf_reset(in); /* a large buffer is given back */
@@ -171,12 +171,11 @@ void conn_close(conn *c)
 void conn_free(conn *c)
 {
     conn_close(c);
-    wbuf *in = &c->ch.in;
-    in->off = in->len; /* not dispatched: dropped */
+    chan_drop_in(&c->ch); /* not dispatched: dropped */
     if (c->reading)
         c->free_in = 1; /* a frame of it may be being decoded */
     else
-        wbuf_free(in);
+        chan_free_in(&c->ch);
 }
 
 void conn_forget(conn *c)

@@ -40,8 +40,7 @@ enum {
 };
 
 typedef struct drun {
-    wbuf *in;
-    size_t max;
+    chan *c;
     int nb;     /* entries in the batch (two a result) */
     int status; /* TAKE_* */
     int type;   /* the type of the frame taken */
@@ -83,23 +82,27 @@ static int take(lua_State *L)
     drun *r = lua_touserdata(L, 1);
     const char *payload;
     size_t plen;
-    int p = chan_peek_max(r->in, r->max, &r->type, &payload, &plen);
+    int p = chan_next(r->c, &r->type, &payload, &plen);
     if (p == 0) {
         r->status = TAKE_NONE;
         return 0;
     }
-    if (p < 0) {
-        r->in->off = r->in->len; /* the stream is out of sync */
+    if (p == -1) {
+        chan_drop_in(r->c); /* the stream is out of sync */
         r->status = TAKE_FATAL;
         lua_pushliteral(L, "length over the limit");
         return 1;
     }
-    if (r->type != MSG_RESULT && r->nb > 0) {
+    if ((r->type != MSG_RESULT || p < 0) && r->nb > 0) {
         r->status = TAKE_FLUSH;
         return 0;
     }
-    chan_consume(r->in, plen);
+    chan_take(r->c);
     r->status = TAKE_BAD; /* if anything below raises */
+    if (p < 0) { /* a big frame refused */
+        lua_pushstring(L, r->c->why);
+        return 1;
+    }
     if (r->type == 0) { /* the type that reports bad frames */
         lua_pushliteral(L, "message type 0");
         return 1;
@@ -165,9 +168,9 @@ static void deliver(lua_State *L, int pidx, int uv, int base, const drun *r)
 
 /* Every whole frame in `in`, in order (see the header). The batch of
  * results is a table at bidx, made on first use. */
-int dispatch_frames(lua_State *L, wbuf *in, size_t max, int pidx, int uv)
+int dispatch_frames(lua_State *L, chan *c, int pidx, int uv)
 {
-    drun r = {in, max, 0, TAKE_NONE, 0};
+    drun r = {c, 0, TAKE_NONE, 0};
     lua_pushnil(L); /* the batch of results */
     int bidx = lua_gettop(L);
     for (;;) {

@@ -41,6 +41,9 @@ typedef struct wbuf {
 } wbuf;
 
 ORCH_HIDDEN int wbuf_reserve(wbuf *b, size_t extra); /* 0, or -1 (ENOMEM) */
+/* Room for want more bytes, growing to no more than that (a frame that
+ * announced its size). 0, or -1 (ENOMEM). */
+ORCH_HIDDEN int wbuf_reserve_exact(wbuf *b, size_t want);
 ORCH_HIDDEN void wbuf_compact(wbuf *b);                /* drop consumed bytes */
 ORCH_HIDDEN void wbuf_reset(wbuf *b);                  /* len = off = 0; may shrink */
 ORCH_HIDDEN void wbuf_free(wbuf *b);
@@ -152,6 +155,8 @@ ORCH_HIDDEN void wire_open(lua_State *L);
 /* ---- the protocol between the parent and its children -----------------
  * A frame is a 4-byte little-endian payload length, one byte of message
  * type, then the payload: one wire context holding the message's fields.
+ * A big frame's payload is in a memfd whose fd crosses the socket (chan.c,
+ * docs/core.md "Frames").
  * Stop requests do not travel in frames: they are a realtime signal whose
  * value carries the task id and the level (stop_pack below). */
 enum {
@@ -196,19 +201,56 @@ static inline void stop_unpack(int value, int *key, int *level)
     *level = value & 3;
 }
 
+/* ---- memfd.c: big payloads in sealed memfds, passed over a socket ------ */
+/* A memfd holding p[0..n), sealed (write, shrink, grow, seals); -1 with
+ * errno when one cannot be made (the caller sends the bytes instead). */
+ORCH_HIDDEN int memfd_from(const char *p, size_t n);
+/* Checks the received fd (a memfd sealed against writing and shrinking,
+ * at least n bytes long), maps its first n bytes read-only into *map
+ * (NULL for n = 0), and closes fd whatever happens. 0, or -1 with *why. */
+ORCH_HIDDEN int memfd_map(int fd, size_t n, void **map, const char **why);
+ORCH_HIDDEN void memfd_unmap(void *map, size_t n);
+/* sendmsg of p[0..n) with fd attached (SCM_RIGHTS, MSG_NOSIGNAL): bytes
+ * sent (the fd went with them when > 0), or -1 with errno. */
+ORCH_HIDDEN ssize_t memfd_send_with(int sock, const char *p, size_t n, int fd, int flags);
+/* fd on a byte of its own, blocking. 0, or -1 with errno. */
+ORCH_HIDDEN int memfd_send(int sock, int fd);
+/* recvmsg into p[0..n): the fds that came go to fds (at most max, the
+ * others closed), *nfds counts them all (-1: lost, none free here).
+ * Bytes read, 0 at EOF, -1. */
+ORCH_HIDDEN ssize_t memfd_recv_with(int sock, char *p, size_t n, int flags, int *fds, int *nfds,
+                                    int max);
+/* The fd memfd_send sent, without blocking; -1 with *why if it is not
+ * there (or not alone). */
+ORCH_HIDDEN int memfd_recv(int sock, const char **why);
+
 /* ---- chan.c: a framed endpoint (plumbing; chan_enc_* raise) -----------
  * Frames come in from rfd into `in`, go out from `out` to wfd. At most one
  * frame is open in `out` (being encoded, or left by an encode that
  * raised), and it never leaves; a frame encoded while one is open is made
  * aside and follows it (`later`). */
+#define CHAN_FDS 16 /* big frames whose fd waits: in either direction */
+
 typedef struct chan {
     int rfd, wfd;      /* -1 when closed */
+    int sock;          /* rfd or wfd if it is a Unix socket (fds cross on it), or -1 */
     wbuf in, out;
     wbuf later;        /* whole frames made while a frame was open in out */
     size_t frame_at;   /* where the open frame starts in out, from out.off */
     int frame_open;
     size_t max_in;     /* payload limit of a frame read (FRAME_MAX) */
     size_t max_out;    /* payload limit of a frame made (FRAME_MAX) */
+    /* big frames (payload in a memfd, see chan.c) */
+    size_t big_min;    /* payloads from this size on go in a memfd; 0: never */
+    int in_fds[CHAN_FDS];  /* received ahead of their frames (sock == rfd) */
+    int n_in_fds;
+    struct { size_t ahead; int fd; } out_fds[CHAN_FDS]; /* to attach (sock == wfd) */
+    int n_out_fds;
+    int head;          /* HEAD_* in chan.c: what chan_next knows of in's head */
+    size_t head_len;   /* its bytes in `in` */
+    void *map;         /* the head's mapped payload (big frames) */
+    size_t map_len;
+    const char *why;   /* why a big frame was refused (chan_next -2) */
 } chan;
 
 ORCH_HIDDEN void chan_init(chan *c, int rfd, int wfd);
@@ -241,6 +283,21 @@ ORCH_HIDDEN int chan_peek_max(const wbuf *b, size_t max, int *type, const char *
 /* Marks the frame chan_peek found as read. Its bytes stay valid until the
  * buffer is next filled. */
 ORCH_HIDDEN void chan_consume(wbuf *b, size_t plen);
+/* The frame at the head of c->in, as chan_peek_max(&c->in, c->max_in),
+ * a big frame's payload mapped from its memfd: 1, 0, -1 (a length over
+ * max_in: out of sync), or -2 for a big frame refused (c->why says why;
+ * *type is set). Asking again before chan_take gives the same answer. */
+ORCH_HIDDEN int chan_next(chan *c, int *type, const char **payload, size_t *plen);
+/* Marks the frame chan_next found (1 or -2) as read. Its payload stays
+ * valid until the next chan_next, chan_fill or chan_free_in. */
+ORCH_HIDDEN void chan_take(chan *c);
+/* Frees `in` and what chan_next holds (a mapping, fds received). */
+ORCH_HIDDEN void chan_free_in(chan *c);
+/* Drops what is left in `in` unread, a big frame found but not taken
+ * included (a frame taken keeps its payload: it may be being decoded). */
+ORCH_HIDDEN void chan_drop_in(chan *c);
+/* Drops what was not written of out (the peer is gone), fds included. */
+ORCH_HIDDEN void chan_drop_out(chan *c);
 /* Writes what it can of out without blocking (an open frame is dropped
  * first: the loop never flushes inside an encode). 0 when all is written,
  * 1 when the socket is full, -1 on error (errno). */
@@ -352,14 +409,14 @@ ORCH_HIDDEN int limits_over_memory(void);
 ORCH_HIDDEN long long limits_memory(void);
 
 /* ---- dispatch.c: a child's frames handed to Lua ------------------------ */
-/* Decodes every whole frame in `in` (consuming it) for on_message, user
+/* Decodes every whole frame in c->in (consuming it) for on_message, user
  * value uv of the proc at pidx: on_message(proc, type, values...), a run
  * of RESULT frames as on_message(proc, RESULT, batch, n), a frame that
  * does not decode (for any reason, a memory error included: decoding is
  * protected) as on_message(proc, 0, why, type). 0, or -1 after a frame
- * whose length is over max: the rest of `in` is dropped, the stream is
- * out of sync. */
-ORCH_HIDDEN int dispatch_frames(lua_State *L, wbuf *in, size_t max, int pidx, int uv);
+ * whose length is over c->max_in: the rest of `in` is dropped, the
+ * stream is out of sync. */
+ORCH_HIDDEN int dispatch_frames(lua_State *L, chan *c, int pidx, int uv);
 
 /* ---- conn.c: the parent's end of a child's channel, on the loop ---------- */
 typedef struct conn {

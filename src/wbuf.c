@@ -6,17 +6,77 @@
  * a buffer that grew large for one big frame is given back once it is
  * empty again, so one 64 MiB value does not pin 64 MiB for ever.
  *
+ * A buffer of WBUF_MAP bytes or more is a mapping of its own, with huge
+ * pages asked for (MADV_HUGEPAGE) and grown by mremap: a big frame is
+ * then written into a few 2 MiB pages instead of thousands of 4 KiB page
+ * faults, which cost more than the copy itself.
+ *
  * A scratch buffer is a wbuf owned by a userdata, the upvalue of the C
  * function that encodes into it: a Lua error raised while it is filled
  * leaks nothing, and a nested call never shares it.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "orch.h"
 
 #define WBUF_MIN 4096
 #define WBUF_KEEP (1u << 20) /* capacity kept across resets */
+#define WBUF_MAP (4u << 20)  /* from this capacity on, a mapping of its own */
+#define PAGE 4096
+
+/* b's capacity becomes cap (>= len): realloc below WBUF_MAP, a mapping
+ * from there on. 0, or -1 (b unchanged). */
+static int resize(wbuf *b, size_t cap)
+{
+    char *p;
+    if (cap < WBUF_MAP && b->cap < WBUF_MAP) {
+        p = realloc(b->data, cap);
+    } else {
+        cap = (cap + PAGE - 1) & ~(size_t)(PAGE - 1);
+        if (b->cap >= WBUF_MAP) {
+            p = mremap(b->data, b->cap, cap, MREMAP_MAYMOVE);
+        } else {
+            p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p != MAP_FAILED) {
+                madvise(p, cap, MADV_HUGEPAGE);
+                if (b->len)
+                    memcpy(p, b->data, b->len);
+                free(b->data);
+            }
+        }
+        if (p == MAP_FAILED)
+            p = NULL;
+    }
+    if (!p)
+        return -1;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void release(wbuf *b)
+{
+    if (b->cap >= WBUF_MAP)
+        munmap(b->data, b->cap);
+    else
+        free(b->data);
+    b->data = NULL;
+    b->cap = 0;
+}
+
+int wbuf_reserve_exact(wbuf *b, size_t want)
+{
+    if (b->cap - b->len >= want)
+        return 0;
+    wbuf_compact(b);
+    if (b->cap - b->len >= want)
+        return 0;
+    if (want > (size_t)-1 / 2 - b->len)
+        return -1;
+    return resize(b, b->len + want);
+}
 
 int wbuf_reserve(wbuf *b, size_t extra)
 {
@@ -36,12 +96,7 @@ int wbuf_reserve(wbuf *b, size_t extra)
     size_t cap = b->cap ? b->cap : WBUF_MIN;
     while (cap < need)
         cap *= 2;
-    char *p = realloc(b->data, cap);
-    if (!p)
-        return -1;
-    b->data = p;
-    b->cap = cap;
-    return 0;
+    return resize(b, cap);
 }
 
 void wbuf_compact(wbuf *b)
@@ -58,18 +113,14 @@ void wbuf_compact(wbuf *b)
 void wbuf_reset(wbuf *b)
 {
     b->len = b->off = 0;
-    if (b->cap > WBUF_KEEP) {
-        free(b->data);
-        b->data = NULL;
-        b->cap = 0;
-    }
+    if (b->cap > WBUF_KEEP)
+        release(b);
 }
 
 void wbuf_free(wbuf *b)
 {
-    free(b->data);
-    b->data = NULL;
-    b->len = b->off = b->cap = 0;
+    release(b);
+    b->len = b->off = 0;
 }
 
 /* ---- scratch buffers ------------------------------------------------------

@@ -182,16 +182,29 @@ static void child_exit(int code)
     _exit(code);
 }
 
-/* Moves the first whole frame of src to the end of dst. */
-static int move_frame(wbuf *src, wbuf *dst, const char *payload, size_t plen)
-
+/* Keeps the frame chan_next found in `deferred` (a big frame's payload
+ * copied from its mapping: deferred holds plain frames only). */
+static int defer_frame(int type, const char *payload, size_t plen)
 {
-    if (wbuf_reserve(dst, FRAME_HEADER + plen) < 0)
+    if (wbuf_reserve(&deferred, FRAME_HEADER + plen) < 0)
         return -1;
-    memcpy(dst->data + dst->len, payload - FRAME_HEADER, FRAME_HEADER + plen);
-    dst->len += FRAME_HEADER + plen;
-    src->off += FRAME_HEADER + plen;
+    unsigned char *h = (unsigned char *)deferred.data + deferred.len;
+    for (int k = 0; k < 4; k++)
+        h[k] = (unsigned char)(plen >> (8 * k));
+    h[4] = (unsigned char)type;
+    memcpy(h + FRAME_HEADER, payload, plen);
+    deferred.len += FRAME_HEADER + plen;
+    chan_take(&ch);
     return 0;
+}
+
+/* Marks the frame next_frame found (in `deferred`, or the channel's) as read. */
+static void take_frame(int deferred_one, size_t plen)
+{
+    if (deferred_one)
+        chan_consume(&deferred, plen);
+    else
+        chan_take(&ch);
 }
 
 /* The channel is polled this long before the worker blocks on it: the
@@ -203,27 +216,26 @@ static int move_frame(wbuf *src, wbuf *dst, const char *payload, size_t plen)
 
 /* Finds the next frame: from `deferred` first unless want_reply, then from
  * the channel, blocking. With want_reply, frames that are not MSG_REPLY are
- * moved to `deferred`. Returns 1 with the frame in *from (consume it with
- * chan_consume), 0 at EOF, raises on a bad frame. */
-static int next_frame(lua_State *L, int want_reply, wbuf **from, int *type,
+ * moved to `deferred`. Returns 1 with *deferred_one saying where the frame
+ * is (take it with take_frame), 0 at EOF, raises on a bad frame. */
+static int next_frame(lua_State *L, int want_reply, int *deferred_one, int *type,
                       const char **payload, size_t *plen)
 {
     if (deferred.len == 0)
         wbuf_reset(&deferred); /* drained: a large buffer is given back */
-    if (!want_reply && chan_peek(&deferred, type, payload, plen) == 1) {
-        *from = &deferred;
+    *deferred_one = !want_reply && chan_peek(&deferred, type, payload, plen) == 1;
+    if (*deferred_one)
         return 1;
-    }
     for (;;) {
-        int r = chan_peek(&ch.in, type, payload, plen);
+        int r = chan_next(&ch, type, payload, plen);
+        if (r == -2)
+            return luaL_error(L, "orch: bad frame from the parent: %s", ch.why);
         if (r < 0)
             return luaL_error(L, "orch: bad frame from the parent");
         if (r == 1) {
-            if (!want_reply || *type == MSG_REPLY) {
-                *from = &ch.in;
+            if (!want_reply || *type == MSG_REPLY)
                 return 1;
-            }
-            if (move_frame(&ch.in, &deferred, *payload, *plen) < 0)
+            if (defer_frame(*type, *payload, *plen) < 0)
                 return luaL_error(L, "orch: not enough memory");
             continue;
         }
@@ -478,14 +490,14 @@ static int l_serve(lua_State *L)
     sigset_t mask;
     sig_child_save(&mask);
     for (;;) {
-        wbuf *from;
+        int deferred_one;
         int type;
         const char *payload;
         size_t plen;
         lua_settop(L, 0);
-        if (!next_frame(L, 0, &from, &type, &payload, &plen))
+        if (!next_frame(L, 0, &deferred_one, &type, &payload, &plen))
             break;
-        chan_consume(from, plen);
+        take_frame(deferred_one, plen);
         if (type == MSG_QUIT)
             break;
         if (type != MSG_TASK)
@@ -557,11 +569,11 @@ static int l_call(lua_State *L)
     lua_pushinteger(L, MSG_CALL);
     lua_insert(L, 1);
     l_send_parent(L);
-    wbuf *from;
+    int deferred_one;
     int type;
     const char *payload;
     size_t plen;
-    if (!next_frame(L, 1, &from, &type, &payload, &plen))
+    if (!next_frame(L, 1, &deferred_one, &type, &payload, &plen))
         return luaL_error(L, "orch: the parent is gone");
     lua_settop(L, 0);
     wire_dec d;
@@ -570,7 +582,7 @@ static int l_call(lua_State *L)
     while (!bad && d.pos < d.len)
         bad = wire_dec_value(&d) < 0;
     wire_dec_end(&d);
-    chan_consume(from, plen);
+    take_frame(deferred_one, plen);
     if (bad)
         return luaL_error(L, "orch: bad reply from the parent: %s", d.err);
     return lua_gettop(L);

@@ -63,8 +63,16 @@ function seeds.frame(core)
   local big = frame(msg.RESULT, enc(7, ("b"):rep(3000)))
   local over = string.pack("<I4B", 0x7fffffff, msg.RESULT) .. "xyz"
   local bad = frame(msg.RESULT, "\255\255\255") .. frame(msg.LOG, enc("warn")) .. frame(msg.RESULT, enc(8))
+  -- big frames (the payload in a memfd the target makes of the bytes after it)
+  local function bigf(type, size) return string.pack("<I4BI8", 0x80000008, type, size) end
+  local payload = enc(9, "nine")
+  local bigs = bigf(msg.RESULT, #payload) .. payload
+  local bigs_mixed = results(1, 2) .. bigf(msg.RESULT, 40) .. bigf(msg.LOG, 200) .. results(3, 3)
+    .. bigf(msg.SEND, 0) .. bigf(msg.RESULT, 100) .. bigf(msg.RESULT, 7) .. bigf(msg.LOG, 1) .. mixed
   local streams = { results(1, 1), results(1, 40), mixed, big, mixed .. big, over, mixed .. over,
-    bad, frame(msg.READY, ""), frame(msg.RESULT, enc(1)):sub(1, 7) }
+    bad, frame(msg.READY, ""), frame(msg.RESULT, enc(1)):sub(1, 7),
+    bigs, bigs_mixed, bigf(msg.RESULT, 100000) .. mixed, bigf(msg.RESULT, 1):sub(1, 9),
+    string.pack("<I4B", 0x80000009, msg.RESULT) .. mixed }
   for _, seed in ipairs{ 0, 1, 2, 77 } do
     for _, st in ipairs(streams) do out[#out + 1] = string.char(seed) .. st end
   end

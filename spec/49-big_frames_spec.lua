@@ -1,0 +1,284 @@
+-- Big frames: a payload of 2 MiB or more crosses in a sealed memfd whose
+-- fd goes over the channel's socket (chan.c, memfd.c). Real forks, real
+-- big strings, real SIGKILLs; fds of the parent and of the workers are
+-- counted before and after.
+local orch = require "orch"
+local core = require "orch.core"
+local H = orch_spec
+local MSG = core.msg
+
+local MB = 1 << 20
+
+-- A string of n bytes that is not one byte repeated: a mix-up of pieces shows.
+local function big(n, seed)
+  local piece = ("%08d"):format(seed or 0) .. ("abcdefghijklmnopqrstuvwxyz"):rep(4)
+  return (piece:rep(n // #piece + 1)):sub(1, n - 8) .. ("%08d"):format(n % 1e8)
+end
+
+local function fds_of(pid)
+  local out = H.sh("ls /proc/" .. pid .. "/fd | wc -l")
+  return tonumber(out)
+end
+
+-- The pids of the pool's workers, asked of the workers themselves.
+local function worker_pid(pool)
+  return pool:submit(function() return require("orch.core").getpid() end):result()
+end
+
+describe("big frames", function()
+  setup(function()
+    -- what the loop opens once for good (its signal watchers' fd) is open before fds are counted
+    local pool <close> = orch.pool { workers = 1 }
+    pool:submit(function() end):result()
+  end)
+
+  it("strings from 2 MiB to 16 MiB go there and back whole, in order with small frames", function()
+    local pool <close> = orch.pool { workers = 2 }
+    local sizes = { 2 * MB - 64, 2 * MB, 3 * MB + 7, MB, 16 * MB, 50, 2 * MB + 1 }
+    local futs = {}
+    for i, n in ipairs(sizes) do
+      futs[i] = pool:submit(function(s, k) return s, #s, k end, big(n, i), i)
+    end
+    for i, n in ipairs(sizes) do
+      local s, len, k = futs[i]:result()
+      assert.are.equal(n, len)
+      assert.are.equal(i, k)
+      assert.is_true(s == big(n, i), "value " .. i .. " changed on the way")
+    end
+  end)
+
+  it("go through memfd_create in both directions from 2 MiB on, not below", function()
+    local function memfds(n)
+      local out = H.sh(("strace -f -qq -e trace=memfd_create -o /dev/stdout lua5.4 %s 2>/dev/null"):format(
+        H.lua_script(([[
+          local orch = require "orch"
+          local pool <close> = orch.pool { workers = 1 }
+          local s = pool:submit(function(x) return x end, ("z"):rep(%d)):result()
+          assert(#s == %d)
+        ]]):format(n, n))))
+      local count = 0
+      for _ in out:gmatch("memfd_create%(\"orch%-frame\"") do count = count + 1 end
+      return count
+    end
+    if not H.sh("command -v strace"):find("strace") then
+      pending("strace is not installed")
+      return
+    end
+    assert.are.equal(2, memfds(3 * MB))
+    assert.are.equal(0, memfds(MB))
+  end)
+
+  it("leave no fd open in the parent or the workers", function()
+    local before = H.fd_count()
+    do
+      local pool <close> = orch.pool { workers = 1 }
+      local pid = worker_pid(pool)
+      local wbefore = fds_of(pid)
+      for i = 1, 20 do
+        assert.are.equal(2 * MB + i, #pool:submit(function(s) return s end, big(2 * MB + i, i)):result())
+      end
+      assert.are.equal(pid, worker_pid(pool))
+      assert.are.equal(wbefore, fds_of(pid))
+      assert.are.equal(before + 2, H.fd_count())
+    end
+    assert.are.equal(before, H.fd_count())
+  end)
+
+  it("a frame made while a reply is awaited is kept whole for later (a big task deferred)", function()
+    local pool <close> = orch.pool { workers = 1 }
+    local q = orch.queue()
+    local first = pool:submit(function(queue) return #queue:get() end, q)
+    local second = pool:submit(function(s) return #s end, big(3 * MB, 3))
+    orch.sleep(0.2)
+    q:put(big(2 * MB, 1))
+    assert.are.equal(2 * MB, first:result())
+    assert.are.equal(3 * MB, second:result())
+  end)
+
+  it("a big frame read with results before it is dropped when their callback closes the proc", function()
+    local before = H.fd_count()
+    local got, exited = {}, false
+    local proc = core.spawn(function()
+      core.send_parent(MSG.RESULT, 1, "one")
+      core.send_parent(MSG.SEND, big(3 * MB))
+      core.child_sleep(30)
+    end, function(p, t)
+      got[#got + 1] = t
+      p:close()
+    end, function() exited = true end)
+    os.execute("sleep 0.5") -- both frames wait in the pipe: one read takes them
+    H.wait_for(function() return #got > 0 end, 10)
+    core.step(0.1)
+    assert.are.same({ MSG.RESULT }, got)
+    assert.is_false(exited)
+    assert.is_false(proc:alive())
+    assert.are.equal(before, H.fd_count())
+  end)
+
+  describe("and max_message", function()
+    it("a big result over it fails its task in the worker; nothing was sent", function()
+      local pool <close> = orch.pool { workers = 1, max_message = 2500000 }
+      local fut = pool:submit(function() return ("x"):rep(3 * MB) end)
+      fut:wait()
+      assert.are.equal("error", fut:error().kind)
+      assert.matches("a message of 31457%d%d bytes is over the limit of 2500000 bytes %(max_message%)",
+        fut:error().message)
+      assert.are.equal(0, pool:stats().restarts)
+    end)
+
+    it("a big frame over the parent's limit: crashed, bad frame, the worker replaced, no fd left", function()
+      local before = H.fd_count()
+      do
+        local pool <close> = orch.pool { workers = 1, max_message = 2500000 }
+        local fut = pool:submit(function()
+          require("orch.core").set_max_message(0x7fffffff) -- a worker that ignores the limit
+          return ("x"):rep(3 * MB)
+        end)
+        fut:wait()
+        assert.are.equal("crashed", fut:error().kind)
+        assert.are.equal("crashed: bad frame from worker: length over the limit", fut:error().message)
+        assert.are.equal(8, pool:submit(function() return 8 end):result())
+        assert.are.equal(1, pool:stats().restarts)
+      end
+      assert.are.equal(before, H.fd_count())
+    end)
+  end)
+
+  describe("from a child that lies", function()
+    if not H.sh("command -v python3"):find("python3") then
+      it("(python3 is needed to lie)", function() pending("python3 is not installed") end)
+      return
+    end
+    -- The child runs lying_frames.py, which sends, on the child's own ends of
+    -- its channel, one big frame lying as `kind` says and a plain frame after it.
+    local function lie(kind, max)
+      local before = H.fd_count()
+      local got, exited = {}, false
+      local payload, after = core.encode("hello", 42), core.encode("after")
+      local hex = function(s) return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end)) end
+      local proc = core.spawn(function()
+        os.execute(("exec python3 spec/scripts/lying_frames.py %s %d %s %s"):format(kind, MSG.SEND, hex(payload),
+          hex(after)))
+        core.child_sleep(30)
+      end, function(_, ...) got[#got + 1] = table.pack(...) end, function() exited = true end)
+      if max then proc:set_max_message(max) end
+      H.wait_for(function() return #got >= 2 or (#got == 1 and got[1][2] == "length over the limit") end, 20)
+      proc:kill()
+      assert.is_true(H.wait_for(function() return exited end, 10))
+      proc:close()
+      assert.are.equal(before, H.fd_count())
+      return got
+    end
+
+    it("good: the frame python made decodes (so the lies below are the only difference)", function()
+      local got = lie("good")
+      assert.are.same({ MSG.SEND, "hello", 42, n = 3 }, got[1])
+      assert.are.same({ MSG.SEND, "after", n = 2 }, got[2])
+    end)
+
+    for kind, why in pairs {
+      none = "big frame: no file descriptor came with it",
+      two = "big frame: more than one file descriptor came with it",
+      notmemfd = "big frame: the file descriptor is not a memfd",
+      file = "big frame: the file descriptor is not a memfd",
+      unsealed = "big frame: the memfd is not sealed against writing and shrinking",
+      short = "big frame: the size is beyond the end of the memfd",
+    } do
+      it(kind .. ": refused saying why, the frame after it comes, no fd left", function()
+        local got = lie(kind)
+        assert.are.same({ 0, why, MSG.SEND, n = 3 }, got[1])
+        assert.are.same({ MSG.SEND, "after", n = 2 }, got[2])
+      end)
+    end
+
+    it("a size over the limit: length over the limit, the rest dropped, no fd left", function()
+      local got = lie("huge", 1000000)
+      assert.are.same({ 0, "length over the limit", MSG.SEND, n = 3 }, got[1])
+      assert.are.equal(1, #got)
+    end)
+  end)
+
+  describe("no fd left", function()
+    it("when a worker is SIGKILLed while big values cross, either way", function()
+      local before = H.fd_count()
+      do
+        local pool <close> = orch.pool { workers = 2 }
+        for round = 1, 6 do
+          local futs = {}
+          for i = 1, 4 do
+            futs[i] = pool:submit(function(s) return s .. s end, big(4 * MB, i))
+          end
+          orch.sleep(0.005 * round)
+          os.execute("kill -9 " .. table.concat(H.children(core.getpid()), " ") .. " 2>/dev/null")
+          for i = 1, 4 do
+            futs[i]:wait(30)
+            if not futs[i]:error() then
+              assert.are.equal(8 * MB, #futs[i]:result())
+            else
+              assert.are.equal("crashed", futs[i]:error().kind)
+            end
+          end
+        end
+        assert.are.equal(3, pool:submit(function() return 3 end):result())
+      end
+      assert.are.equal(before, H.fd_count())
+    end)
+
+    it("when the pool closes with big frames in flight", function()
+      local before = H.fd_count()
+      for _, how in ipairs { "join", "terminate" } do
+        local pool = orch.pool { workers = 2 }
+        for i = 1, 8 do pool:submit(function(s) return s end, big(3 * MB, i)) end
+        orch.sleep(0.01)
+        if how == "join" then
+          pool:close()
+          assert.is_true(pool:join(30))
+        else
+          pool:terminate()
+        end
+        assert.are.equal(before, H.fd_count())
+      end
+    end)
+  end)
+
+  it("a parent out of fds: sends the bytes through the socket, refuses a big frame it cannot take "
+    .. "#novalgrind", function()
+    local out = H.run_lua([[
+      local orch = require "orch"
+      local pool <close> = orch.pool { workers = 1 }
+      assert(pool:submit(function() return 1 end):result() == 1)
+      local files = {}
+      while true do
+        local f = io.open("/dev/null")
+        if not f then break end
+        files[#files + 1] = f
+      end
+      print("sent", pool:submit(function(s) return #s end, ("a"):rep(3 << 20)):result())
+      local fut = pool:submit(function() return ("b"):rep(3 << 20) end)
+      fut:wait()
+      print("back", fut:error() and fut:error().message)
+      for _, f in ipairs(files) do f:close() end
+      print("then", #pool:submit(function() return ("c"):rep(3 << 20) end):result())
+    ]], "ulimit -n 64;")
+    assert.matches("sent\t3145728\n", out)
+    assert.matches("back\tcrashed: bad frame from worker: big frame: its file descriptor was lost "
+      .. "%(no fd free here%)\n", out)
+    assert.matches("then\t3145728\n", out)
+  end)
+
+  it("without memfds (a worker out of fds): the bytes go through the pipe #novalgrind", function()
+    local pool <close> = orch.pool { workers = 1, limits = { files = 32 } }
+    local n, s = pool:submit(function(len)
+      local files = {}
+      while true do
+        local f = io.open("/dev/null")
+        if not f then break end
+        files[#files + 1] = f
+      end
+      KEEP_OPEN = files -- luacheck: ignore (until the result has left: memfd_create fails)
+      return #files, ("q"):rep(len)
+    end, 3 * MB):result()
+    assert.is_true(n > 0)
+    assert.are.equal(3 * MB, #s)
+  end)
+end)
