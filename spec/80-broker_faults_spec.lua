@@ -29,17 +29,23 @@ local function dead_letters(srv, queue)
   return out
 end
 
--- A pool terminated after the test whatever happens: a test that fails
--- while its tasks have no node left must not wait for them.
+-- Pools terminated after the test whatever happens (a test that fails
+-- while its tasks have no node left must not wait for them), before its
+-- server stops. One finally per test: busted keeps only the last.
+local pools = {}
 local function broker_pool(opts)
   local pool = orch.pool(opts)
-  finally(function() pool:terminate() end)
+  pools[#pools + 1] = pool
   return pool
 end
 
 describe("orch.pool on a broker, when things fail", function()
   local srv
-  after_each(function() if srv then srv:stop() end end)
+  after_each(function()
+    for _, pool in ipairs(pools) do pool:terminate() end
+    pools = {}
+    if srv then srv:stop() end
+  end)
 
   it("a node SIGKILLed mid-task: its tasks run again elsewhere, each future settles once", function()
     srv = redis_server.start()

@@ -275,9 +275,12 @@ end)
 describe("orch.pool on a broker with workers of its own", function()
   it("serves its queue in this process too, and its workers go at shutdown", function()
     local srv = redis_server.start()
-    finally(function() srv:stop() end)
-    local pool = orch.pool{ broker = srv.url, queue = "own", workers = 2 }
-    finally(function() pool:terminate() end)
+    local pool
+    finally(function()  -- one finally: busted keeps only the last
+      if pool then pool:terminate() end
+      srv:stop()
+    end)
+    pool = orch.pool{ broker = srv.url, queue = "own", workers = 2 }
     assert.same({ 2, 4, 6 }, pool:map(function(x) return 2 * x end, { 1, 2, 3 }))
     assert.equal(2, pool:stats().workers)
     assert.is_true(pool:shutdown())
