@@ -78,9 +78,10 @@ void memfd_unmap(void *map, size_t n)
         munmap(map, n);
 }
 
-/* The control message that carries fd, in buf. */
+/* The control message that carries fd, in buf (its padding zeroed too). */
 static void put_rights(struct msghdr *m, char *buf, size_t size, int fd)
 {
+    memset(buf, 0, size);
     m->msg_control = buf;
     m->msg_controllen = size;
     struct cmsghdr *cm = CMSG_FIRSTHDR(m);
