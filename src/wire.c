@@ -231,17 +231,13 @@ static void enc_float(wire_enc *e, lua_Number x)
     e->b->len += 9;
 }
 
-/* An integer run being written (wire_enc_slice, enc_table): n values so
- * far after the T_IRUN tag and a count of w bytes at mark `at`, patched
- * when the run ends (the padded form: nothing after it moves). */
-typedef struct enc_run {
-    size_t at, w, n;
-    lua_Integer last;
-} enc_run;
+/* An integer run being written (a list, enc_table; wire_run in orch.h): n
+ * values so far after the T_IRUN tag and a count of w bytes at mark `at`,
+ * patched when the run ends (the padded form: nothing after it moves). */
 
 /* Opens a run whose count is written in the width of `most`, the array
  * values left at most. */
-static void run_open(wire_enc *e, enc_run *r, size_t most)
+static void run_open(wire_enc *e, wire_run *r, size_t most)
 {
     r->w = uvar_size(most);
     unsigned char *p = enc_room(e, 1 + r->w);
@@ -253,7 +249,7 @@ static void run_open(wire_enc *e, enc_run *r, size_t most)
 /* Appends the array value v: to the open run; else a small integer as
  * its one-byte tag (as short, and decoded as fast), any other as the
  * first of a new run. */
-static inline void run_add(wire_enc *e, enc_run *r, lua_Integer v, size_t most)
+static inline void run_add(wire_enc *e, wire_run *r, lua_Integer v, size_t most)
 {
     if (r->n == 0) {
         if (v >= FIXINT_MIN && v <= FIXINT_MAX) {
@@ -272,7 +268,7 @@ static inline void run_add(wire_enc *e, enc_run *r, lua_Integer v, size_t most)
 
 /* Ends the open run, if any: a run of one becomes a plain integer (the
  * run holds only its varint, so it is rewritten where it began). */
-static void run_close(wire_enc *e, enc_run *r)
+static void run_close(wire_enc *e, wire_run *r)
 {
     if (r->n == 1) {
         e->b->len = e->b->off + r->at - 1;
@@ -529,7 +525,7 @@ static void enc_table(wire_enc *e, int idx)
     int top = lua_gettop(L) + 1;
     size_t na = 0;
     uint64_t nh = 0;
-    enc_run run = { 0, 0, 0, 0 };
+    wire_run run = { 0, 0, 0, 0 };
     lua_pushnil(L);
     while (lua_next(L, idx)) { /* key at top, value at top + 1 */
         /* a float key is never integral (Lua normalizes those) */
@@ -785,14 +781,14 @@ static size_t slice_length(wire_enc *e, lua_Integer i, lua_Integer j)
     return (size_t)span + 1;
 }
 
-void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const char *root)
+/* The open list's path step: its index is set only for a value that is
+ * not an integer (integers cannot fail). */
+void wire_enc_list_begin(wire_enc *e, size_t n, const char *root)
 {
     lua_State *L = e->L;
-    idx = lua_absindex(L, idx);
     e->root = root;
     e->depth = 0;
-    size_t n = slice_length(e, i, j);
-    wire_step *st = enc_enter(e);
+    enc_enter(e)->kind = S_INT;
     lua_newtable(L); /* stands for the new table in the numbering */
     enc_register(e, lua_gettop(L), enc_mark(e));
     lua_pop(L, 1);
@@ -801,29 +797,58 @@ void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const ch
     size_t w = uvar_put(p + 1, (uint64_t)n);
     p[1 + w] = hash_hint(0);
     e->b->len += 2 + w;
+    e->run.n = 0;
+    e->list_n = n;
+    e->list_k = 0;
+}
+
+/* The next list value, of this type, at idx. */
+static inline void list_add(wire_enc *e, int idx, int type)
+{
+    lua_State *L = e->L;
+    size_t k = e->list_k++;
+    if (type == LUA_TNUMBER && lua_isinteger(L, idx)) {
+        run_add(e, &e->run, lua_tointeger(L, idx), e->list_n - k); /* most of map's items */
+        return;
+    }
+    run_close(e, &e->run);
+    e->path[0].n = (lua_Integer)k + 1;
+    enc_any(e, idx, type);
+}
+
+void wire_enc_list_add(wire_enc *e, int idx)
+{
+    list_add(e, idx, lua_type(e->L, idx));
+}
+
+void wire_enc_list_end(wire_enc *e)
+{
+    run_close(e, &e->run);
+    enc_byte(e, T_NIL);
+    e->depth--;
+}
+
+void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const char *root)
+{
+    lua_State *L = e->L;
+    idx = lua_absindex(L, idx);
+    e->root = root;
+    e->depth = 0;
+    size_t n = slice_length(e, i, j);
+    wire_enc_list_begin(e, n, root);
     int top = lua_gettop(L) + 1, types[SLICE_BATCH];
-    enc_run run = { 0, 0, 0, 0 };
     if (!lua_checkstack(L, SLICE_BATCH))
         enc_fail(e, "not enough stack space");
     for (size_t k = 0; k < n;) { /* i + k <= j: no overflow */
         int m = n - k < SLICE_BATCH ? (int)(n - k) : SLICE_BATCH;
         for (int q = 0; q < m; q++) /* a batch on the stack, popped at once */
             types[q] = lua_rawgeti(L, idx, i + (lua_Integer)(k + (size_t)q));
-        for (int q = 0; q < m; q++, k++) {
-            if (types[q] == LUA_TNUMBER && lua_isinteger(L, top + q)) {
-                run_add(e, &run, lua_tointeger(L, top + q), n - k); /* most of map's items */
-            } else {
-                run_close(e, &run);
-                st->kind = S_INT;
-                st->n = (lua_Integer)k + 1;
-                enc_any(e, top + q, types[q]);
-            }
-        }
+        for (int q = 0; q < m; q++)
+            list_add(e, top + q, types[q]);
+        k += (size_t)m;
         lua_settop(L, top - 1);
     }
-    run_close(e, &run);
-    enc_byte(e, T_NIL);
-    e->depth--;
+    wire_enc_list_end(e);
 }
 
 /* A bare zigzag varint, no tag: for headers around the values. */
@@ -1365,6 +1390,107 @@ int wire_dec_upvalues(wire_dec *d, int fidx)
         return -1;
     }
     lua_settop(L, top);
+    return 0;
+}
+
+void wire_dec_state(wire_dec *d, int *nrefs, int *fn_ref)
+{
+    lua_pushvalue(d->L, d->ctx);
+    *nrefs = d->nrefs;
+    *fn_ref = d->fn_ref;
+}
+
+void wire_dec_resume(wire_dec *d, lua_State *L, const char *data, size_t len, int flags,
+                     int ctx, int nrefs, int fn_ref, int fn_idx)
+{
+    ctx = lua_absindex(L, ctx);
+    fn_idx = lua_absindex(L, fn_idx);
+    wire_dec_begin(d, L, data, len, flags);
+    lua_pushvalue(L, ctx);
+    lua_replace(L, d->ctx);
+    d->nrefs = nrefs;
+    d->fn_ref = fn_ref;
+    d->fn_idx = fn_idx;
+}
+
+int wire_dec_list_begin(wire_dec *d, size_t *n)
+{
+    size_t at = d->pos;
+    *n = 0;
+    if (at >= d->len)
+        return dec_fail(d, at, "a list expected, got nothing");
+    /* a list refers to itself only through a table that stood for it
+     * (wire_enc_list_begin), so it is never a shared one */
+    if ((unsigned char)d->data[d->pos++] != T_TABLE)
+        return dec_fail(d, at, "a list expected");
+    size_t na;
+    if (dec_count(d, &na, 1, "list length") != 0)
+        return -1;
+    if (d->pos >= d->len)
+        return dec_fail(d, d->pos, "truncated list");
+    d->pos++; /* the hash size hint */
+    if (!lua_checkstack(d->L, 8))
+        return dec_fail(d, at, "not enough stack space");
+    if (d->nrefs == INT_MAX)
+        return dec_fail(d, at, "too many tables and functions");
+    d->nrefs++; /* the list's own number */
+    d->depth = 1;
+    d->list_left = na;
+    d->run_left = 0;
+    *n = na;
+    return 0;
+}
+
+int wire_dec_list_next(wire_dec *d)
+{
+    lua_State *L = d->L;
+    const unsigned char *p = (const unsigned char *)d->data;
+    uint64_t z;
+    if (d->run_left == 0) {
+        if (d->list_left == 0)
+            return dec_fail(d, d->pos, "no value left in the list");
+        if (d->pos < d->len && p[d->pos] == T_IRUN) {
+            size_t k, at = d->pos++;
+            if (dec_count(d, &k, 1, "integer run length") != 0)
+                return -1;
+            if (k < 2 || k > d->list_left)
+                return dec_fail(d, at, "integer run of %zu values (2..%zu here)", k,
+                                d->list_left);
+            d->run_left = k;
+            d->list_left -= k;
+        } else {
+            d->list_left--;
+            if (d->pos < d->len && p[d->pos] >= T_FIXINT) {
+                lua_pushinteger(L, (lua_Integer)p[d->pos++] - 0x80);
+                return 0;
+            }
+            int top = lua_gettop(L);
+            d->depth = 1;
+            if (dec_any(d) != 0) {
+                lua_settop(L, top);
+                return -1;
+            }
+            return 0;
+        }
+    }
+    if (!uvar_get_short(d, &z) && dec_uvar(d, &z, "integer") != 0)
+        return -1;
+    d->run_left--;
+    lua_pushinteger(L, unzigzag(z));
+    return 0;
+}
+
+int wire_dec_list_end(wire_dec *d)
+{
+    if (d->list_left != 0 || d->run_left != 0)
+        return dec_fail(d, d->pos, "%zu values of the list left", d->list_left + d->run_left);
+    if (d->pos >= d->len)
+        return dec_fail(d, d->pos, "truncated list");
+    if (d->data[d->pos] != T_NIL)
+        return dec_fail(d, d->pos, "a list has keys other than 1..n");
+    d->pos++;
+    if (d->pos != d->len)
+        return dec_fail(d, d->pos, "bytes after the list");
     return 0;
 }
 

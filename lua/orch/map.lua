@@ -1,8 +1,8 @@
 --- map and imap: a function over a list of items, on a pool's group, in
 -- chunks (opts.chunk items per task; "auto", the default, sizes them from
--- the item count and the workers). A chunk runs run_chunk in a worker and
--- its results come back as one encoded list, decoded straight into map's
--- output (core.decode_into).
+-- the item count and the workers). A chunk runs in a worker (src/chunk.c;
+-- run_chunk on a broker's node) and its results come back as one encoded
+-- list, decoded straight into map's output (core.decode_into).
 --
 -- Long runs (opts.progress, opts.joblog, opts.resume): items are counted
 -- and logged as their chunk ends (orch.progress, orch.joblog); a resumed
@@ -67,12 +67,13 @@ end
 ---------------------------------------------------------------------------
 -- the parent's side
 
--- Submits run_chunk(fn, {items[s..e]}, e - s + 1), the slice encoded
--- straight from items.
+-- Submits fn over items[s..e], the slice encoded straight from items: a
+-- local worker runs it in C as run_chunk would (src/chunk.c); a broker's
+-- node runs run_chunk(fn, {items[s..e]}, e - s + 1), kept on the future.
 local function submit_chunk(group, fn, items, s, e)
   local pool = group.pool
   if pool.closed then check.fail("orch.pool", "submit on a closed pool") end
-  local fut = pool:_enqueue(group, core.pack_chunk(run_chunk, fn, items, s, e))
+  local fut = pool:_enqueue(group, core.pack_chunk(fn, items, s, e))
   fut.chunk = true
   if group.keeps_args then
     fut.fn, fut.args = run_chunk, table.pack(fn, table.move(items, s, e, 1, {}), e - s + 1)

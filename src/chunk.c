@@ -1,0 +1,210 @@
+/*
+ * chunk.c - map's chunks, run in a worker.
+ *
+ * A chunk task (task.c's pack_chunk) carries map's function and its items
+ * as one encoded list. task_load makes chunk_run the task's function: it
+ * decodes the items one by one, calls the function on each and encodes
+ * its first result straight into the list of results, so that neither
+ * side of the call builds a table of items or of results. It answers as
+ * map.lua's run_chunk does (the chunk a broker's node runs): the results'
+ * encoding (a string the parent decodes into map's output), the worker's
+ * pid and the seconds the chunk took; an item that fails raises a table
+ * { item, value, message, traceback } (value only when it can cross),
+ * which the parent turns into its TaskError.
+ *
+ * Invariants:
+ * - The items are decoded in the numbering of the frame they came in, so
+ *   an item may be a table the function's upvalues hold too, as in any
+ *   task's arguments.
+ * - A result the encoder numbered (a table) stays referenced until the
+ *   list is done: the encoder knows a value seen before by its address.
+ * - A failure of the chunk itself (a list that cannot be decoded, a
+ *   result that cannot cross) is raised as it is, not as an item's.
+ */
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "orch.h"
+
+#define RUNNER "orch.chunk_run" /* registry: chunk_run, its scratch buffer bound */
+
+typedef struct chunk_state {
+    wbuf *b;            /* the results' encoding (chunk_run's scratch) */
+    lua_Integer item;   /* the item being run, from 1 */
+    int own;            /* an error now is the chunk's own, not the item's */
+} chunk_state;
+
+/* Pushes the error at idx as a message, as run_chunk in map.lua makes it. */
+static void push_message(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) == LUA_TSTRING)
+        lua_pushvalue(L, idx);
+    else if (luaL_getmetafield(L, idx, "__tostring") != LUA_TNIL) {
+        lua_pop(L, 1);
+        luaL_tolstring(L, idx, NULL);
+    } else
+        lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+}
+
+/* Protected: encodes the value at 1 as a worker sends it (does it cross?). */
+static int try_encode(lua_State *L)
+{
+    wbuf *b = wbuf_scratch_new(L);
+    wire_enc e;
+    wire_enc_begin(&e, L, b, 0);
+    wire_enc_value(&e, 1, "error");
+    wire_enc_end(&e);
+    return 0;
+}
+
+static int chunk_loop(lua_State *L);
+
+/* The traceback from the failing item's function up, without the frames
+ * of the chunk's own machinery (chunk_loop and below): the lines of the
+ * levels from chunk_loop down are cut from the end. luaL_traceback shows
+ * the last 11 levels whole; with more below chunk_loop it stays whole. */
+static void push_traceback(lua_State *L, const char *msg)
+{
+    lua_Debug ar;
+    int level = 1, loop_level = 0;
+    while (lua_getstack(L, level, &ar)) {
+        lua_getinfo(L, "f", &ar);
+        if (lua_tocfunction(L, -1) == chunk_loop)
+            loop_level = level;
+        lua_pop(L, 1);
+        level++;
+    }
+    int cut = loop_level ? level - loop_level : 0; /* lines from chunk_loop down */
+    luaL_traceback(L, L, msg, 1);
+    if (cut == 0 || cut > 11)
+        return;
+    size_t len;
+    const char *tb = lua_tolstring(L, -1, &len);
+    size_t end = len;
+    while (cut > 0 && end > 0) {
+        end--;
+        if (tb[end] == '\n' && tb[end + 1] == '\t')
+            cut--;
+    }
+    if (cut == 0) {
+        lua_pushlstring(L, tb, end);
+        lua_remove(L, -2);
+    }
+}
+
+/* The message handler of an item's call (upvalue 1: the chunk's state):
+ * the error as map's parent side expects it, or the chunk's own as it is. */
+static int chunk_msgh(lua_State *L)
+{
+    chunk_state *st = lua_touserdata(L, lua_upvalueindex(1));
+    if (st->own)
+        return 1;
+    lua_settop(L, 1);
+    push_message(L, 1);                        /* 2 */
+    push_traceback(L, lua_tostring(L, 2));     /* 3 */
+    lua_pushcfunction(L, try_encode);
+    lua_pushvalue(L, 1);
+    int crosses = lua_pcall(L, 1, 0, 0) == LUA_OK;
+    if (!crosses)
+        lua_pop(L, 1);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, st->item);
+    lua_setfield(L, -2, "item");
+    if (crosses) {
+        lua_pushvalue(L, 1);
+        lua_setfield(L, -2, "value");
+    }
+    lua_pushvalue(L, 2);
+    lua_setfield(L, -2, "message");
+    lua_pushvalue(L, 3);
+    lua_setfield(L, -2, "traceback");
+    return 1;
+}
+
+/* chunk_loop(state, fn, items, ctx, nrefs, fn_ref): fn over each item,
+ * results into state->b. */
+static int chunk_loop(lua_State *L)
+{
+    chunk_state *st = lua_touserdata(L, 1);
+    size_t len, n;
+    const char *items = lua_tolstring(L, 3, &len);
+    wire_dec d;
+    wire_enc e;
+    st->own = 1;
+    wire_dec_resume(&d, L, items, len, WIRE_FUNCTIONS, 4, (int)lua_tointeger(L, 5),
+                    (int)lua_tointeger(L, 6), 2);
+    wire_enc_begin(&e, L, st->b, 0);
+    if (wire_dec_list_begin(&d, &n) != 0)
+        return luaL_error(L, "bad task frame: %s", d.err);
+    lua_pushnil(L); /* the results the encoder numbered, once there is one */
+    int kept = lua_gettop(L);
+    wire_enc_list_begin(&e, n, "result");
+    for (size_t k = 0; k < n; k++) {
+        lua_pushvalue(L, 2);
+        if (wire_dec_list_next(&d) != 0)
+            return luaL_error(L, "bad task frame: %s", d.err);
+        st->item = (lua_Integer)k + 1;
+        st->own = 0;
+        lua_call(L, 1, 1);
+        st->own = 1;
+        wire_enc_list_add(&e, kept + 1);
+        if (lua_type(L, kept + 1) == LUA_TTABLE) {
+            if (lua_isnil(L, kept)) {
+                lua_newtable(L);
+                lua_replace(L, kept);
+            }
+            lua_rawseti(L, kept, (lua_Integer)k + 1);
+        } else {
+            lua_settop(L, kept);
+        }
+    }
+    if (wire_dec_list_end(&d) != 0)
+        return luaL_error(L, "bad task frame: %s", d.err);
+    wire_enc_list_end(&e);
+    return 0;
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* chunk_run(fn, items, ctx, nrefs, fn_ref) -> results, pid, seconds
+ * (upvalue 1: a scratch buffer). */
+static int chunk_run(lua_State *L)
+{
+    double started = seconds_now();
+    chunk_state st = {NULL, 0, 1};
+    lua_settop(L, 5);
+    st.b = wbuf_scratch_take(L);
+    int holder = lua_gettop(L);
+    lua_pushlightuserdata(L, &st);
+    lua_pushcclosure(L, chunk_msgh, 1);
+    int msgh = lua_gettop(L);
+    lua_pushcfunction(L, chunk_loop);
+    lua_pushlightuserdata(L, &st);
+    for (int i = 1; i <= 5; i++)
+        lua_pushvalue(L, i);
+    if (lua_pcall(L, 6, 0, msgh) != LUA_OK)
+        return lua_error(L);
+    lua_pushlstring(L, st.b->data + st.b->off, st.b->len - st.b->off);
+    wbuf_scratch_give(L, st.b, holder);
+    lua_pushinteger(L, (lua_Integer)getpid());
+    lua_pushnumber(L, seconds_now() - started);
+    return 3;
+}
+
+void chunk_push_runner(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, RUNNER);
+}
+
+void chunk_open(lua_State *L)
+{
+    wbuf_scratch_new(L);
+    lua_pushcclosure(L, chunk_run, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, RUNNER);
+}
