@@ -93,7 +93,7 @@ local modules = {
   ["orch.core"] = {
     -- every file of src/*.c
     sources = {
-      "src/alloc.c", "src/chan.c", "src/conn.c", "src/control.c",
+      "src/alloc.c", "src/array.c", "src/chan.c", "src/chunk.c", "src/conn.c", "src/control.c",
       "src/control_client.c", "src/core.c", "src/dispatch.c", "src/exit.c",
       "src/limits.c", "src/loop.c", "src/proc.c", "src/redis.c", "src/sha256.c",
       "src/sig.c", "src/spin.c", "src/task.c", "src/tty.c", "src/wbuf.c",

@@ -92,7 +92,6 @@ enum {
 #define UVAR_MAX 10
 #define NO_TAG ((size_t)-1) /* a ref with no tag in the stream */
 #define WIRE_MAXLIST 0x7fffffff /* values in one list: a Lua table's limit */
-#define SLICE_BATCH 32 /* values wire_enc_slice fetches before encoding them */
 
 /* kinds of wire_step */
 enum { S_INT, S_VAL, S_KEY, S_UPVAL };
@@ -112,8 +111,23 @@ static size_t uvar_size(uint64_t v)
     return n;
 }
 
-static size_t uvar_put(unsigned char *p, uint64_t v)
+static inline size_t uvar_put(unsigned char *p, uint64_t v)
 {
+    if (v < 0x80) {
+        p[0] = (unsigned char)v;
+        return 1;
+    }
+    if (v < 0x4000) {
+        p[0] = (unsigned char)(v | 0x80);
+        p[1] = (unsigned char)(v >> 7);
+        return 2;
+    }
+    if (v < 0x200000) {
+        p[0] = (unsigned char)(v | 0x80);
+        p[1] = (unsigned char)((v >> 7) | 0x80);
+        p[2] = (unsigned char)(v >> 14);
+        return 3;
+    }
     size_t i = 0;
     while (v >= 0x80) {
         p[i++] = (unsigned char)(v | 0x80);
@@ -277,6 +291,46 @@ static void run_close(wire_enc *e, wire_run *r)
         uvar_put_fixed(enc_at(e, r->at), r->n, r->w);
     }
     r->n = 0;
+}
+
+/* Appends to the run r the integers of the slots a[0..n) (read in place),
+ * up to the first slot that holds something else; `most` bounds the
+ * array values left from a[0] on (a run's count width). Returns how many
+ * it took. The output position and the run stay in locals: a store
+ * through the byte pointer could otherwise alias them. */
+static size_t enc_ints_in_place(wire_enc *e, wire_run *r, const array_slot *a, size_t n,
+                                size_t most)
+{
+    wbuf *b = e->b;
+    wire_run run = *r;
+    size_t k = 0;
+    while (k < n) {
+        size_t m = n - k < 256 ? n - k : 256, q = 0;
+        unsigned char *p = enc_room(e, (m + 2) * UVAR_MAX);
+        const unsigned char *start = (const unsigned char *)b->data + b->off;
+        for (; q < m && a[k + q].tt == ARRAY_INT; q++) {
+            lua_Integer v = a[k + q].v.i;
+            if (run.n == 0) {
+                if (v >= FIXINT_MIN && v <= FIXINT_MAX) {
+                    *p++ = (unsigned char)(v + 0x80);
+                    continue;
+                }
+                run.w = uvar_size(most - k - q); /* run_open */
+                *p = T_IRUN;
+                run.at = (size_t)(p + 1 - start);
+                p += 1 + run.w;
+            }
+            run.n++;
+            run.last = v;
+            p += uvar_put(p, zigzag(v));
+        }
+        b->len = (size_t)(p - (unsigned char *)b->data);
+        k += q;
+        if (q < m)
+            break;
+    }
+    *r = run;
+    return k;
 }
 
 /* Appends a key in path notation: .name, ["two words"], [3], [true],
@@ -489,6 +543,38 @@ static unsigned char hash_hint(uint64_t nh)
     return (unsigned char)(0x80 + bits);
 }
 
+/* A table without a hash part has all its keys in its array part: keys
+ * 1.. up to the first hole (or n, the border) are sent from there, the
+ * integers read in place and the other values through the API. Returns
+ * how many; 0 for a table with a hash part, which lua_next walks whole. */
+static size_t enc_array_in_place(wire_enc *e, int idx, size_t n, wire_step *st,
+                                 wire_run *run)
+{
+    lua_State *L = e->L;
+    size_t size, k = 0;
+    int no_hash;
+    array_slot *a = array_of(L, idx, &size, &no_hash);
+    if (!a || !no_hash)
+        return 0;
+    if (n > size)
+        n = size;
+    while (k < n) {
+        k += enc_ints_in_place(e, run, a + k, n - k, n - k);
+        if (k == n || array_slot_empty(&a[k]))
+            break;
+        run_close(e, run);
+        st->kind = S_INT;
+        st->n = (lua_Integer)++k;
+        int type = lua_rawgeti(L, idx, (lua_Integer)k);
+        enc_any(e, lua_gettop(L), type);
+        lua_pop(L, 1);
+        a = array_of(L, idx, &size, &no_hash); /* a finalizer may have resized it */
+        if (!a || n > size)
+            break;
+    }
+    return k;
+}
+
 static void enc_table(wire_enc *e, int idx)
 {
     lua_State *L = e->L;
@@ -514,7 +600,8 @@ static void enc_table(wire_enc *e, int idx)
      * is at most the border lua_rawlen gives (1..na are all non-nil), so
      * it is written in that border's width and patched afterwards, as is
      * the one-byte hash hint: nothing written ever moves. Integers in the
-     * array part go as runs (T_IRUN), with no path step kept for them. */
+     * array part go as runs (T_IRUN), with no path step kept for them.
+     * Without a hash part the array part is read in place first. */
     size_t n = (size_t)lua_rawlen(L, idx);
     size_t w = uvar_size(n);
     unsigned char *p = enc_room(e, 1 + w + 1);
@@ -523,10 +610,13 @@ static void enc_table(wire_enc *e, int idx)
     size_t nh_at = na_at + w;
     e->b->len += 1 + w + 1;
     int top = lua_gettop(L) + 1;
-    size_t na = 0;
     uint64_t nh = 0;
     wire_run run = { 0, 0, 0, 0 };
-    lua_pushnil(L);
+    size_t na = enc_array_in_place(e, idx, n, st, &run);
+    if (na > 0)
+        lua_pushinteger(L, (lua_Integer)na); /* lua_next goes on after it */
+    else
+        lua_pushnil(L);
     while (lua_next(L, idx)) { /* key at top, value at top + 1 */
         /* a float key is never integral (Lua normalizes those) */
         if (nh == 0 && na < n && lua_isinteger(L, top) &&
@@ -802,15 +892,21 @@ void wire_enc_list_begin(wire_enc *e, size_t n, const char *root)
     e->list_k = 0;
 }
 
-/* The next list value, of this type, at idx. */
+/* The next list value: an integer, or the value of this type at idx. */
+static inline void list_int(wire_enc *e, lua_Integer v)
+{
+    size_t k = e->list_k++;
+    run_add(e, &e->run, v, e->list_n - k); /* most of map's items */
+}
+
 static inline void list_add(wire_enc *e, int idx, int type)
 {
     lua_State *L = e->L;
-    size_t k = e->list_k++;
     if (type == LUA_TNUMBER && lua_isinteger(L, idx)) {
-        run_add(e, &e->run, lua_tointeger(L, idx), e->list_n - k); /* most of map's items */
+        list_int(e, lua_tointeger(L, idx));
         return;
     }
+    size_t k = e->list_k++;
     run_close(e, &e->run);
     e->path[0].n = (lua_Integer)k + 1;
     enc_any(e, idx, type);
@@ -836,17 +932,26 @@ void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const ch
     e->depth = 0;
     size_t n = slice_length(e, i, j);
     wire_enc_list_begin(e, n, root);
-    int top = lua_gettop(L) + 1, types[SLICE_BATCH];
-    if (!lua_checkstack(L, SLICE_BATCH))
-        enc_fail(e, "not enough stack space");
+    /* integers in the array part are read in place, the rest through the
+     * API (after which the array is fetched again: it may have moved) */
+    size_t size;
+    array_slot *a = array_of(L, idx, &size, NULL);
     for (size_t k = 0; k < n;) { /* i + k <= j: no overflow */
-        int m = n - k < SLICE_BATCH ? (int)(n - k) : SLICE_BATCH;
-        for (int q = 0; q < m; q++) /* a batch on the stack, popped at once */
-            types[q] = lua_rawgeti(L, idx, i + (lua_Integer)(k + (size_t)q));
-        for (int q = 0; q < m; q++)
-            list_add(e, top + q, types[q]);
-        k += (size_t)m;
-        lua_settop(L, top - 1);
+        lua_Integer key = i + (lua_Integer)k;
+        if (a && key >= 1 && (lua_Unsigned)key <= size) {
+            size_t in = size - (size_t)(key - 1), m = n - k < in ? n - k : in;
+            size_t got = enc_ints_in_place(e, &e->run, a + (key - 1), m, e->list_n - e->list_k);
+            e->list_k += got;
+            k += got;
+            if (got == m)
+                continue;
+            key = i + (lua_Integer)k;
+        }
+        k++;
+        int type = lua_rawgeti(L, idx, key);
+        list_add(e, lua_gettop(L), type);
+        lua_pop(L, 1);
+        a = array_of(L, idx, &size, NULL);
     }
     wire_enc_list_end(e);
 }
@@ -987,6 +1092,33 @@ static int dec_register(wire_dec *d, int idx, size_t at, int shared)
     return 0;
 }
 
+/* Decodes up to n bare varints into the slots a[0..n) while a whole
+ * varint is surely there (UVAR_MAX bytes left); returns how many. What is
+ * left, and any varint that overflows, goes through dec_uvar's checks. */
+static size_t dec_ints_in_place(wire_dec *d, array_slot *a, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)d->data + d->pos;
+    const unsigned char *end = (const unsigned char *)d->data + d->len;
+    size_t i = 0;
+    for (; i < n && end - p >= UVAR_MAX; i++) {
+        uint64_t z = p[0];
+        if (z < 0x80) {
+            p++;
+        } else if (p[1] < 0x80) {
+            z = (z & 0x7f) | (uint64_t)p[1] << 7;
+            p += 2;
+        } else if (p[2] < 0x80) {
+            z = (z & 0x7f) | (uint64_t)(p[1] & 0x7f) << 7 | (uint64_t)p[2] << 14;
+            p += 3;
+        } else {
+            break; /* long ones: dec_uvar */
+        }
+        array_slot_set_int(&a[i], unzigzag(z));
+    }
+    d->pos = (size_t)(p - (const unsigned char *)d->data);
+    return i;
+}
+
 /* An integer run (T_IRUN at `at`, d->pos after it) among an array
  * part's values: its k values into t[base..base + k - 1]; at most `left`
  * values may follow in the array part. */
@@ -998,12 +1130,24 @@ static int dec_run(wire_dec *d, size_t at, int t, lua_Integer base, size_t left,
         return -1;
     if (*k < 2 || *k > left)
         return dec_fail(d, at, "integer run of %zu values (2..%zu here)", *k, left);
-    for (size_t i = 0; i < *k; i++) {
+    size_t size, i = 0;
+    array_slot *a = array_of(L, t, &size, NULL); /* base >= 1 */
+    if (a && (lua_Unsigned)base <= size) {
+        size_t in = size - (size_t)(base - 1);
+        i = dec_ints_in_place(d, a + (base - 1), *k < in ? *k : in);
+    }
+    for (; i < *k; i++) {
         uint64_t z;
         if (!uvar_get_short(d, &z) && dec_uvar(d, &z, "integer") != 0)
             return -1;
-        lua_pushinteger(L, unzigzag(z));
-        lua_rawseti(L, t, base + (lua_Integer)i);
+        lua_Integer key = base + (lua_Integer)i;
+        if (a && (lua_Unsigned)key <= size) {
+            array_slot_set_int(&a[key - 1], unzigzag(z));
+        } else {
+            lua_pushinteger(L, unzigzag(z));
+            lua_rawseti(L, t, key);
+            a = array_of(L, t, &size, NULL);
+        }
     }
     return 0;
 }
@@ -1013,20 +1157,30 @@ static int dec_array(wire_dec *d, int t, lua_Integer base, size_t na)
 {
     lua_State *L = d->L;
     const unsigned char *p = (const unsigned char *)d->data;
-    size_t i = 0;
+    size_t i = 0, size;
+    array_slot *a = array_of(L, t, &size, NULL); /* small integers in place */
     while (i < na) {
         if (d->pos < d->len && p[d->pos] == T_IRUN) {
             size_t k, at = d->pos++;
             if (dec_run(d, at, t, base + (lua_Integer)i, na - i, &k) != 0)
                 return -1;
             i += k;
+            a = array_of(L, t, &size, NULL);
             continue;
         }
-        if (d->pos < d->len && p[d->pos] >= T_FIXINT)
-            lua_pushinteger(L, (lua_Integer)p[d->pos++] - 0x80);
-        else if (dec_any(d) != 0)
+        lua_Integer key = base + (lua_Integer)i++;
+        if (d->pos < d->len && p[d->pos] >= T_FIXINT) {
+            lua_Integer v = (lua_Integer)p[d->pos++] - 0x80;
+            if (a && (lua_Unsigned)key <= size) {
+                array_slot_set_int(&a[key - 1], v);
+                continue;
+            }
+            lua_pushinteger(L, v);
+        } else if (dec_any(d) != 0) {
             return -1;
-        lua_rawseti(L, t, base + (lua_Integer)i++);
+        }
+        lua_rawseti(L, t, key);
+        a = array_of(L, t, &size, NULL);
     }
     return 0;
 }
