@@ -28,6 +28,7 @@
 #include "orch.h"
 
 #define RUNNER "orch.chunk_run" /* registry: chunk_run, its scratch buffer bound */
+#define CHUNK_BATCH 32         /* results kept on the stack before it is reset */
 
 typedef struct chunk_state {
     wbuf *b;            /* the results' encoding (chunk_run's scratch) */
@@ -122,8 +123,65 @@ static int chunk_msgh(lua_State *L)
     return 1;
 }
 
+/* Calls fn on the next m items; their results are left on the stack. */
+static int call_batch(lua_State *L, chunk_state *st, wire_dec *d, size_t k, int m)
+{
+    array_slot in[CHUNK_BATCH];
+    for (int q = 0; q < m;) {
+        size_t got = wire_dec_list_ints(d, in, (size_t)(m - q));
+        for (size_t g = 0; g < got; g++, q++) {
+            lua_pushvalue(L, 2);
+            lua_pushinteger(L, in[g].v.i);
+            st->item = (lua_Integer)(k + (size_t)q) + 1;
+            st->own = 0;
+            lua_call(L, 1, 1);
+            st->own = 1;
+        }
+        if (got == 0 && q < m) {
+            lua_pushvalue(L, 2);
+            if (wire_dec_list_next(d) != 0)
+                return luaL_error(L, "bad task frame: %s", d->err);
+            st->item = (lua_Integer)(k + (size_t)q) + 1;
+            st->own = 0;
+            lua_call(L, 1, 1);
+            st->own = 1;
+            q++;
+        }
+    }
+    return 0;
+}
+
+/* Encodes the m results at first.. (items k + 1..); tables are kept in the
+ * table at `kept` (made when the first one comes). */
+static void encode_batch(lua_State *L, wire_enc *e, int first, int m, size_t k, int kept)
+{
+    array_slot out[CHUNK_BATCH];
+    size_t ints = 0;
+    for (int q = 0; q < m; q++) {
+        int idx = first + q;
+        if (lua_isinteger(L, idx)) {
+            array_slot_set_int(&out[ints++], lua_tointeger(L, idx));
+            continue;
+        }
+        wire_enc_list_ints(e, out, ints);
+        ints = 0;
+        int type = lua_type(L, idx);
+        wire_enc_list_add(e, idx, type);
+        if (type == LUA_TTABLE) {
+            if (lua_isnil(L, kept)) {
+                lua_newtable(L);
+                lua_replace(L, kept);
+            }
+            lua_pushvalue(L, idx);
+            lua_rawseti(L, kept, (lua_Integer)(k + (size_t)q) + 1);
+        }
+    }
+    wire_enc_list_ints(e, out, ints);
+}
+
 /* chunk_loop(state, fn, items, ctx, nrefs, fn_ref): fn over each item,
- * results into state->b. */
+ * results into state->b, a batch at a time: items called, then their
+ * results encoded (as run_chunk calls all, then encodes). */
 static int chunk_loop(lua_State *L)
 {
     chunk_state *st = lua_touserdata(L, 1);
@@ -139,25 +197,15 @@ static int chunk_loop(lua_State *L)
         return luaL_error(L, "bad task frame: %s", d.err);
     lua_pushnil(L); /* the results the encoder numbered, once there is one */
     int kept = lua_gettop(L);
+    if (!lua_checkstack(L, CHUNK_BATCH + 4))
+        return luaL_error(L, "not enough stack space");
     wire_enc_list_begin(&e, n, "result");
-    for (size_t k = 0; k < n; k++) {
-        lua_pushvalue(L, 2);
-        if (wire_dec_list_next(&d) != 0)
-            return luaL_error(L, "bad task frame: %s", d.err);
-        st->item = (lua_Integer)k + 1;
-        st->own = 0;
-        lua_call(L, 1, 1);
-        st->own = 1;
-        wire_enc_list_add(&e, kept + 1);
-        if (lua_type(L, kept + 1) == LUA_TTABLE) {
-            if (lua_isnil(L, kept)) {
-                lua_newtable(L);
-                lua_replace(L, kept);
-            }
-            lua_rawseti(L, kept, (lua_Integer)k + 1);
-        } else {
-            lua_settop(L, kept);
-        }
+    for (size_t k = 0; k < n;) {
+        int m = n - k < CHUNK_BATCH ? (int)(n - k) : CHUNK_BATCH;
+        call_batch(L, st, &d, k, m);
+        encode_batch(L, &e, kept + 1, m, k, kept);
+        lua_settop(L, kept);
+        k += (size_t)m;
     }
     if (wire_dec_list_end(&d) != 0)
         return luaL_error(L, "bad task frame: %s", d.err);

@@ -149,10 +149,13 @@ ORCH_HIDDEN void wire_enc_integer(wire_enc *e, lua_Integer n);
 ORCH_HIDDEN void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j,
                                 const char *root);
 /* A list written value by value, as wire_enc_slice writes one: begin with
- * its length n, then exactly n values (the value at idx each), then end.
+ * its length n, then exactly n values (the value at idx, of this type,
+ * each), then end.
  * A value that cannot cross is named root[k]. One list open at a time. */
 ORCH_HIDDEN void wire_enc_list_begin(wire_enc *e, size_t n, const char *root);
-ORCH_HIDDEN void wire_enc_list_add(wire_enc *e, int idx);
+ORCH_HIDDEN void wire_enc_list_add(wire_enc *e, int idx, int type);
+/* The next n values: the integers of slots a[0..n) (all integers). */
+ORCH_HIDDEN void wire_enc_list_ints(wire_enc *e, const array_slot *a, size_t n);
 ORCH_HIDDEN void wire_enc_list_end(wire_enc *e);
 /* Appends the upvalues of the Lua function at fidx: _ENV as a marker,
  * the others by value, named "upvalue 'name'" in errors. */
@@ -200,6 +203,9 @@ ORCH_HIDDEN void wire_dec_resume(wire_dec *d, lua_State *L, const char *data, si
  * was the last thing in the bytes. 0, or -1 with d->err (nothing pushed). */
 ORCH_HIDDEN int wire_dec_list_begin(wire_dec *d, size_t *n);
 ORCH_HIDDEN int wire_dec_list_next(wire_dec *d);
+/* The next values while they are integers of a run, up to max, into the
+ * slots a[0..): how many (0: take the next value with wire_dec_list_next). */
+ORCH_HIDDEN size_t wire_dec_list_ints(wire_dec *d, array_slot *a, size_t max);
 ORCH_HIDDEN int wire_dec_list_end(wire_dec *d);
 ORCH_HIDDEN void wire_dec_end(wire_dec *d);
 

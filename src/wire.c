@@ -912,9 +912,14 @@ static inline void list_add(wire_enc *e, int idx, int type)
     enc_any(e, idx, type);
 }
 
-void wire_enc_list_add(wire_enc *e, int idx)
+void wire_enc_list_add(wire_enc *e, int idx, int type)
 {
-    list_add(e, idx, lua_type(e->L, idx));
+    list_add(e, idx, type);
+}
+
+void wire_enc_list_ints(wire_enc *e, const array_slot *a, size_t n)
+{
+    e->list_k += enc_ints_in_place(e, &e->run, a, n, e->list_n - e->list_k);
 }
 
 void wire_enc_list_end(wire_enc *e)
@@ -1600,6 +1605,22 @@ int wire_dec_list_next(wire_dec *d)
     lua_State *L = d->L;
     const unsigned char *p = (const unsigned char *)d->data;
     uint64_t z;
+    if (d->run_left > 0 && d->len - d->pos >= 3 && p[d->pos + 2] < 0x80) { /* most items */
+        const unsigned char *q = p + d->pos;
+        if (q[0] < 0x80) {
+            z = q[0];
+            d->pos += 1;
+        } else if (q[1] < 0x80) {
+            z = (q[0] & 0x7f) | (uint64_t)q[1] << 7;
+            d->pos += 2;
+        } else {
+            z = (q[0] & 0x7f) | (uint64_t)(q[1] & 0x7f) << 7 | (uint64_t)q[2] << 14;
+            d->pos += 3;
+        }
+        d->run_left--;
+        lua_pushinteger(L, unzigzag(z));
+        return 0;
+    }
     if (d->run_left == 0) {
         if (d->list_left == 0)
             return dec_fail(d, d->pos, "no value left in the list");
@@ -1632,6 +1653,13 @@ int wire_dec_list_next(wire_dec *d)
     d->run_left--;
     lua_pushinteger(L, unzigzag(z));
     return 0;
+}
+
+size_t wire_dec_list_ints(wire_dec *d, array_slot *a, size_t max)
+{
+    size_t got = dec_ints_in_place(d, a, d->run_left < max ? d->run_left : max);
+    d->run_left -= got;
+    return got;
 }
 
 int wire_dec_list_end(wire_dec *d)
