@@ -61,11 +61,47 @@ static int try_encode(lua_State *L)
 
 static int chunk_loop(lua_State *L);
 
+/* Lua's traceback shows the first TB_TOP levels and the last TB_BOTTOM
+ * when there are more than both (lauxlib.c's LEVELS1, LEVELS2). */
+#define TB_TOP 10
+#define TB_BOTTOM 11
+
+/* Where the lines of `level` and below begin in tb (luaL_traceback's text
+ * from level 1, its header at `at`), given the deepest level `last`; a
+ * level the text skips begins at the skip line. Each level is a line, a
+ * tail call one more. */
+static size_t lines_from(lua_State *L, const char *tb, size_t len, size_t at, int level,
+                         int last)
+{
+    int elided = last - 1 > TB_TOP + TB_BOTTOM;
+    lua_Debug ar;
+    for (int lv = 1; lv <= last; lv++) {
+        if (elided && lv == TB_TOP + 1) {
+            if (level <= last - TB_BOTTOM)
+                return at; /* the skip line */
+            lv = last - TB_BOTTOM; /* the skip line, then the last levels */
+        } else if (lv >= level) {
+            return at;
+        }
+        int lines = 1;
+        if (!elided || lv != last - TB_BOTTOM) { /* (that one stands for the skip line) */
+            lua_getstack(L, lv, &ar);
+            lua_getinfo(L, "t", &ar);
+            lines += ar.istailcall != 0; /* a flag, not always 1 */
+        }
+        while (lines-- > 0 && at < len) {
+            const char *next = strstr(tb + at + 2, "\n\t");
+            at = next ? (size_t)(next - tb) : len;
+        }
+    }
+    return len;
+}
+
 /* The traceback from the failing item's function up, without the frames
- * of the chunk's own machinery (chunk_loop and below): the lines of the
- * levels from chunk_loop down are cut from the end. luaL_traceback shows
- * the last 11 levels whole; with more below chunk_loop it stays whole. */
-static void push_traceback(lua_State *L, const char *msg)
+ * of the chunk's own machinery (chunk_loop and below, the worker's loop
+ * and the parent's stack it was forked from): Lua's traceback, cut where
+ * chunk_loop's level begins. */
+static void push_traceback(lua_State *L, int msg)
 {
     lua_Debug ar;
     int level = 1, loop_level = 0;
@@ -76,22 +112,15 @@ static void push_traceback(lua_State *L, const char *msg)
         lua_pop(L, 1);
         level++;
     }
-    int cut = loop_level ? level - loop_level : 0; /* lines from chunk_loop down */
-    luaL_traceback(L, L, msg, 1);
-    if (cut == 0 || cut > 11)
+    luaL_traceback(L, L, lua_tostring(L, msg), 1);
+    if (loop_level == 0)
         return;
-    size_t len;
+    size_t len, at = lua_rawlen(L, msg) + sizeof "\nstack traceback:" - 1;
     const char *tb = lua_tolstring(L, -1, &len);
-    size_t end = len;
-    while (cut > 0 && end > 0) {
-        end--;
-        if (tb[end] == '\n' && tb[end + 1] == '\t')
-            cut--;
-    }
-    if (cut == 0) {
-        lua_pushlstring(L, tb, end);
-        lua_remove(L, -2);
-    }
+    if (at > len)
+        return;
+    lua_pushlstring(L, tb, lines_from(L, tb, len, at, loop_level, level - 1));
+    lua_remove(L, -2);
 }
 
 /* The message handler of an item's call (upvalue 1: the chunk's state):
@@ -103,7 +132,7 @@ static int chunk_msgh(lua_State *L)
         return 1;
     lua_settop(L, 1);
     push_message(L, 1);                        /* 2 */
-    push_traceback(L, lua_tostring(L, 2));     /* 3 */
+    push_traceback(L, 2);                      /* 3 */
     lua_pushcfunction(L, try_encode);
     lua_pushvalue(L, 1);
     int crosses = lua_pcall(L, 1, 0, 0) == LUA_OK;
