@@ -64,6 +64,7 @@ describe("map's chunks in a worker", function()
       if x == 2 then error({ code = 7 }) end
       return x
     end, { 1, 2 }, { chunk = 2 })
+    assert.is_false(ok)
     assert.are.same({ 2, 7 }, { err.index, err.value.code })
     assert.matches("^item 2: %(error object is a table value%)", err.message)
   end)
@@ -71,8 +72,9 @@ describe("map's chunks in a worker", function()
   it("keeps a deep traceback's first levels, without the chunk's", function()
     local function deep(n) if n == 0 then error("bottom") end local r = deep(n - 1) return r end
     for _, depth in ipairs({ 5, 12, 40 }) do
-      local ok, err = pcall(pool.map, pool, function(x) local r = deep(x) return r end, { depth }, { chunk = 1 })
+      local ok = pcall(pool.map, pool, function(x) local r = deep(x) return r end, { depth }, { chunk = 1 })
       assert.is_false(ok)
+      local err
       ok, err = pcall(pool.map, pool, function(x) local r = deep(x) return r end, { depth, depth }, { chunk = 2 })
       assert.is_false(ok)
       assert.matches("in upvalue 'deep'", err.traceback)
