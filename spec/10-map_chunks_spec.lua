@@ -97,7 +97,7 @@ describe("map's chunks in a worker", function()
     assert.are.equal(list, good:sub(-#list))
     local head = good:sub(1, -#list - 1)
     local bad = {
-      [head .. "\6\9\0\x81\x82\x83\0"] = "list length 9 exceeds",
+      [head .. "\6\9\0\x81\x82\x83\0"] = "array size 9 exceeds",
       [head .. "\6\3\0\x81\x82\x83"] = "truncated list",
       [head .. "\6\3\0\x81\x82\x83\0\0"] = "bytes after the list",
       [head .. "\6\3\0\x81\x82\x83\1\0"] = "keys other than 1..n",

@@ -1572,22 +1572,35 @@ void wire_dec_resume(wire_dec *d, lua_State *L, const char *data, size_t len, in
     d->fn_idx = fn_idx;
 }
 
-int wire_dec_list_begin(wire_dec *d, size_t *n)
+/* A list's head: its tag (a table's, maybe shared) and length; the hash
+ * size hint is skipped. */
+static int dec_list_head(wire_dec *d, int *tag, size_t *na)
 {
     size_t at = d->pos;
-    *n = 0;
     if (at >= d->len)
         return dec_fail(d, at, "a list expected, got nothing");
-    /* a list refers to itself only through a table that stood for it
-     * (wire_enc_list_begin), so it is never a shared one */
-    if ((unsigned char)d->data[d->pos++] != T_TABLE)
+    *tag = (unsigned char)d->data[d->pos++];
+    if ((*tag & ~T_SHARED) != T_TABLE)
         return dec_fail(d, at, "a list expected");
-    size_t na;
-    if (dec_count(d, &na, 1, "list length") != 0)
+    if (dec_count(d, na, 1, "array size") != 0)
         return -1;
     if (d->pos >= d->len)
-        return dec_fail(d, d->pos, "truncated list");
+        return dec_fail(d, d->pos, "truncated table");
     d->pos++; /* the hash size hint */
+    return 0;
+}
+
+int wire_dec_list_begin(wire_dec *d, size_t *n)
+{
+    size_t at = d->pos, na;
+    int tag;
+    *n = 0;
+    if (dec_list_head(d, &tag, &na) != 0)
+        return -1;
+    /* a list refers to itself only through a table that stood for it
+     * (wire_enc_list_begin), so it is never a shared one */
+    if (tag != T_TABLE)
+        return dec_fail(d, at, "a list expected");
     if (!lua_checkstack(d->L, 8))
         return dec_fail(d, at, "not enough stack space");
     if (d->nrefs == INT_MAX)
@@ -1776,18 +1789,10 @@ static int l_encode_slice(lua_State *L)
  * makes it) into t[base..base + n - 1]. */
 static int dec_list_into(wire_dec *d, int t, lua_Integer base, size_t *n)
 {
-    size_t at = d->pos;
-    if (at >= d->len)
-        return dec_fail(d, at, "a list expected, got nothing");
-    int tag = (unsigned char)d->data[d->pos++];
-    if ((tag & ~T_SHARED) != T_TABLE)
-        return dec_fail(d, at, "a list expected");
-    size_t na;
-    if (dec_count(d, &na, 1, "array size") != 0)
+    size_t at = d->pos, na;
+    int tag;
+    if (dec_list_head(d, &tag, &na) != 0)
         return -1;
-    if (d->pos >= d->len)
-        return dec_fail(d, d->pos, "truncated table");
-    d->pos++; /* the hash size hint */
     if (base < 1 || (lua_Integer)na > LUA_MAXINTEGER - base)
         return dec_fail(d, at, "index out of range");
     if (dec_enter(d, at) != 0)
