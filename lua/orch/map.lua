@@ -156,12 +156,14 @@ function map.chunk_results(fut)
 end
 
 -- The size of the next chunks: doubled, up to grow_to, when the last
--- chunk that ended (among the newest) took its worker under GROW_BELOW.
+-- chunk that ended (among the newest) took its worker under GROW_BELOW
+-- (of CPU time when the worker says: src/chunk.c; a broker's node runs
+-- run_chunk, which says its seconds only).
 local function next_size(futs, size, grow_to)
   for k = #futs, math.max(1, #futs - 63), -1 do
     local f = futs[k]
     if f.status == "done" then
-      local seconds = f.values[3]
+      local seconds = f.values[4] or f.values[3]
       if math.type(seconds) == "float" and seconds < GROW_BELOW then
         return math.min(2 * size, grow_to)
       end
