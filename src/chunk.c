@@ -8,9 +8,9 @@
  * side of the call builds a table of items or of results. It answers as
  * map.lua's run_chunk does (the chunk a broker's node runs): the results'
  * encoding (a string the parent decodes into map's output), the worker's
- * pid and the seconds the chunk took (and the CPU seconds); an item that fails raises a table
- * { item, value, message, traceback } (value only when it can cross),
- * which the parent turns into its TaskError.
+ * pid and the seconds the chunk took, then its CPU seconds; an item that
+ * fails raises a table { item, value, message, traceback } (value only
+ * when it can cross), which the parent turns into its TaskError.
  *
  * Invariants:
  * - The items are decoded in the numbering of the frame they came in, so
@@ -152,8 +152,18 @@ static int chunk_msgh(lua_State *L)
     return 1;
 }
 
-/* Calls fn on the next m items; their results are left on the stack. */
-static int call_batch(lua_State *L, chunk_state *st, wire_dec *d, size_t k, int m)
+/* Calls fn (below its item on the stack) on item number `item`: an error
+ * now is the item's. */
+static void call_item(lua_State *L, chunk_state *st, lua_Integer item)
+{
+    st->item = item;
+    st->own = 0;
+    lua_call(L, 1, 1);
+    st->own = 1;
+}
+
+/* Calls fn on the next m items (k + 1..); their results stay on the stack. */
+static void call_batch(lua_State *L, chunk_state *st, wire_dec *d, size_t k, int m)
 {
     array_slot in[CHUNK_BATCH];
     for (int q = 0; q < m;) {
@@ -161,23 +171,16 @@ static int call_batch(lua_State *L, chunk_state *st, wire_dec *d, size_t k, int 
         for (size_t g = 0; g < got; g++, q++) {
             lua_pushvalue(L, 2);
             lua_pushinteger(L, in[g].v.i);
-            st->item = (lua_Integer)(k + (size_t)q) + 1;
-            st->own = 0;
-            lua_call(L, 1, 1);
-            st->own = 1;
+            call_item(L, st, (lua_Integer)(k + (size_t)q) + 1);
         }
-        if (got == 0 && q < m) {
+        if (got == 0) { /* not an integer of a run: one value */
             lua_pushvalue(L, 2);
             if (wire_dec_list_next(d) != 0)
-                return luaL_error(L, "bad task frame: %s", d->err);
-            st->item = (lua_Integer)(k + (size_t)q) + 1;
-            st->own = 0;
-            lua_call(L, 1, 1);
-            st->own = 1;
+                luaL_error(L, "bad task frame: %s", d->err);
+            call_item(L, st, (lua_Integer)(k + (size_t)q) + 1);
             q++;
         }
     }
-    return 0;
 }
 
 /* Encodes the m results at first.. (items k + 1..); tables are kept in the
