@@ -114,7 +114,7 @@ describe("map's chunks in a worker", function()
     assert.are.same({ 1, 2, 3 }, pool:map(f, { 1, 2, 3 }, { chunk = 3 }))
   end)
 
-  it("grows the chunks of quick items, not of slow ones", function()
+  it("grows the chunks of quick items, not of slow ones #novalgrind", function()
     local items = {}
     for i = 1, 200000 do items[i] = i end
     local before = pool:stats().done
