@@ -200,8 +200,12 @@ describe("bad arguments", function()
     local core = require "orch.core"
     assert.has_error(function() core.pack_task(5) end)
     assert.matches("bad argument #1 to 'orch.core.pack_task' %(function or module name expected", select(2, pcall(core.pack_task, 5)))
-    assert.matches("bad argument #1", select(2, pcall(core.pack_chunk, print, print, {}, 1, 2)))
-    assert.matches("bad argument #3", select(2, pcall(core.pack_chunk, function() end, print, 7, 1, 2)))
+    assert.matches("bad argument #1 to 'orch.core.pack_chunk' %(function or module name expected",
+      select(2, pcall(core.pack_chunk, 5, {}, 1, 2)))
+    assert.matches("bad argument #2 to 'orch.core.pack_chunk' %(table expected",
+      select(2, pcall(core.pack_chunk, print, 7, 1, 2)))
+    assert.matches("bad argument #3 to 'orch.core.pack_chunk' %(number expected",
+      select(2, pcall(core.pack_chunk, print, {}, nil, 2)))
     assert.matches("bad argument #1 to 'orch.core.array'", select(2, pcall(core.array, -1)))
     assert.matches("bad argument #2 to 'orch.core.spawn' %(fn, on_message, on_exit for each child",
       select(2, pcall(core.spawn, print)))

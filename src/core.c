@@ -41,6 +41,8 @@ __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
     loop_open(L);
     proc_open(L);
     sig_open(L);
+    array_open(L);
+    chunk_open(L);
     task_open(L);
     worker_open(L);
     wire_open(L);

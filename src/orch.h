@@ -68,6 +68,38 @@ ORCH_HIDDEN void exit_hook_add(exit_hook fn);
 /* Runs (and forgets) the hooks: exit() and core.die_by call it. */
 ORCH_HIDDEN void exit_hooks_run(void);
 
+/* ---- array.c: a table's array part, read and written in place ----------
+ * A slot of the array part is Lua 5.4's TValue; array_of gives a table's
+ * slots (keys 1..*n) only where array_open found this Lua's tables laid
+ * out as 5.4's, else NULL. *hash_empty (if asked): the table has no hash
+ * part, so its keys are all in 1..*n. A slot pointer is good until Lua
+ * code or an allocation may run; only integers are written. */
+typedef struct array_slot {
+    union {
+        lua_Integer i;
+        lua_Number n;
+        void *p;
+    } v;
+    unsigned char tt;
+} array_slot;
+#define ARRAY_INT 0x03 /* an integer's tag (LUA_VNUMINT) */
+
+static inline int array_slot_empty(const array_slot *s)
+{
+    return (s->tt & 0x0f) == 0; /* nil, empty or absent key */
+}
+
+static inline void array_slot_set_int(array_slot *s, lua_Integer v)
+{
+    s->v.i = v;
+    s->tt = ARRAY_INT;
+}
+
+/* Checks the layout; registers array_in_place() and
+ * set_array_in_place(on) in the table at the top. */
+ORCH_HIDDEN void array_open(lua_State *L);
+ORCH_HIDDEN array_slot *array_of(lua_State *L, int idx, size_t *n, int *hash_empty);
+
 /* ---- wire.c: the value serializer --------------------------------------
  * Encodes Lua values (nil, boolean, integer, float, string, table with
  * shared references and cycles, function) into bytes; decodes them with
@@ -87,6 +119,13 @@ typedef struct wire_step {
     const char *name;     /* upvalue name */
 } wire_step;
 
+/* An integer run being written (wire.c's T_IRUN): where its count goes,
+ * that count's width, the values so far and the last of them. */
+typedef struct wire_run {
+    size_t at, w, n;
+    lua_Integer last;
+} wire_run;
+
 typedef struct wire_enc {
     lua_State *L;
     wbuf *b;    /* owned by a userdata: a raise leaks nothing */
@@ -97,6 +136,8 @@ typedef struct wire_enc {
     const char *root;                       /* path prefix for errors */
     const void *seen[WIRE_INLINE_REFS];     /* refs 1..8, by identity */
     size_t seen_at[WIRE_INLINE_REFS];       /* ...and where their tag is */
+    wire_run run;           /* the open list's integer run */
+    size_t list_n, list_k;  /* the open list's length, values written */
     wire_step path[WIRE_MAXDEPTH];
 } wire_enc;
 
@@ -110,6 +151,15 @@ ORCH_HIDDEN void wire_enc_integer(wire_enc *e, lua_Integer n);
  * that slice had been built and encoded (map's chunks, with no copy). */
 ORCH_HIDDEN void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j,
                                 const char *root);
+/* A list written value by value, as wire_enc_slice writes one: begin with
+ * its length n, then exactly n values (the value at idx, of this type,
+ * each), then end.
+ * A value that cannot cross is named root[k]. One list open at a time. */
+ORCH_HIDDEN void wire_enc_list_begin(wire_enc *e, size_t n, const char *root);
+ORCH_HIDDEN void wire_enc_list_add(wire_enc *e, int idx, int type);
+/* The next n values: the integers of slots a[0..n) (all integers). */
+ORCH_HIDDEN void wire_enc_list_ints(wire_enc *e, const array_slot *a, size_t n);
+ORCH_HIDDEN void wire_enc_list_end(wire_enc *e);
 /* Appends the upvalues of the Lua function at fidx: _ENV as a marker,
  * the others by value, named "upvalue 'name'" in errors. */
 ORCH_HIDDEN void wire_enc_upvalues(wire_enc *e, int fidx);
@@ -125,6 +175,7 @@ typedef struct wire_dec {
     int nrefs;  /* tables/functions met so far */
     int depth;
     int fn_ref, fn_idx; /* wire_dec_upvalues' function: its ref, its index */
+    size_t list_left, run_left; /* the open list's values left, in its run */
     char err[160]; /* "byte 17: truncated string" */
 } wire_dec;
 
@@ -142,6 +193,23 @@ ORCH_HIDDEN int wire_dec_integer(wire_dec *d, lua_Integer *n);
  * fidx until the last value of the frame is decoded: references to it
  * are resolved from there. */
 ORCH_HIDDEN int wire_dec_upvalues(wire_dec *d, int fidx);
+/* The decoder's numbering so far, to go on with in another decoder
+ * (wire_dec_resume): its context table (or nil) is pushed. */
+ORCH_HIDDEN void wire_dec_state(wire_dec *d, int *nrefs, int *fn_ref);
+/* As wire_dec_begin, going on with the numbering of a decoder whose
+ * context table (or nil) is at ctx and whose function is at fn_idx (in
+ * this decoder's stack frame): values may refer to what it decoded. */
+ORCH_HIDDEN void wire_dec_resume(wire_dec *d, lua_State *L, const char *data, size_t len,
+                                 int flags, int ctx, int nrefs, int fn_ref, int fn_idx);
+/* A list (wire_enc_slice, wire_enc_list_*) read value by value: begin
+ * sets *n, each next pushes one value, end checks the list is over and
+ * was the last thing in the bytes. 0, or -1 with d->err (nothing pushed). */
+ORCH_HIDDEN int wire_dec_list_begin(wire_dec *d, size_t *n);
+ORCH_HIDDEN int wire_dec_list_next(wire_dec *d);
+/* The next values while they are integers of a run, up to max, into the
+ * slots a[0..): how many (0: take the next value with wire_dec_list_next). */
+ORCH_HIDDEN size_t wire_dec_list_ints(wire_dec *d, array_slot *a, size_t max);
+ORCH_HIDDEN int wire_dec_list_end(wire_dec *d);
 ORCH_HIDDEN void wire_dec_end(wire_dec *d);
 
 /* Pushes the Lua function at fidx dumped as bytecode (a string), with
@@ -324,6 +392,13 @@ ORCH_HIDDEN void chan_enc_end(lua_State *L, chan *c, wire_enc *e);
 /* One frame of this type holding the values at first..top (popped),
  * named "value[k]" in errors; a refusal drops the frame at once. */
 ORCH_HIDDEN void chan_enc_values(lua_State *L, chan *c, int type, int first, int flags);
+
+/* ---- chunk.c: map's chunks, run in a worker ------------------------------ */
+ORCH_HIDDEN void chunk_open(lua_State *L);
+/* Pushes chunk_run(fn, items, ctx, nrefs, fn_ref) -> results, pid, seconds:
+ * a chunk task's function (task_load), fn over each of the encoded items,
+ * decoded in the numbering of their frame (wire_dec_state). */
+ORCH_HIDDEN void chunk_push_runner(lua_State *L);
 
 /* ---- task.c: a task's wire form ---------------------------------------- */
 ORCH_HIDDEN void task_open(lua_State *L);

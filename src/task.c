@@ -12,6 +12,8 @@
  *
  * A TASK frame's payload is one wire context:
  *   id, fnid, [code | nil, upvalues] (fnid > 0) or fn (fnid 0), nargs, args...
+ * or, for a chunk of map (pack_chunk), TASK_CHUNK in nargs' place and the
+ * items as one list, which the worker runs through fn itself (chunk.c).
  * A packed task (a Lua string, never sent as it is) is fnid in native
  * order (TASK_FNID bytes) then what follows the function's code in that
  * frame: task_put puts id, fnid and the code in front of it.
@@ -37,6 +39,7 @@
 #define MAX_ARGS 1000000
 #define FN_CACHE_MAX 4096        /* function ids a parent hands out */
 #define FN_INLINE ((lua_Integer)-1) /* a task that carries its own code */
+#define TASK_CHUNK ((lua_Integer)-1) /* in the argument count's place: a chunk */
 
 static lua_Integer fn_counter;
 static int fn_by_closure = LUA_NOREF; /* weak-keyed: closure -> fnid */
@@ -215,22 +218,30 @@ static int pack_end(lua_State *L, wbuf *b, wire_enc *e, int holder)
     return 1;
 }
 
+/* Starts a packed task of the function at 1 (a Lua or C function, or a
+ * "module.name"): its id, then its upvalues (a Lua function) or itself. */
+static wbuf *pack_function(lua_State *L, wire_enc *e, int *holder)
+{
+    int t = lua_type(L, 1);
+    luaL_argexpected(L, t == LUA_TFUNCTION || t == LUA_TSTRING, 1, "function or module name");
+    lua_Integer fnid = t == LUA_TFUNCTION && !lua_iscfunction(L, 1) ? function_id(L, 1) : 0;
+    int code = lua_gettop(L);                  /* the code, if inline */
+    wbuf *b = pack_begin(L, fnid, e, holder);
+    if (fnid)
+        put_function(e, fnid, 1, code);
+    else
+        wire_enc_value(e, 1, "function");
+    return b;
+}
+
 /* pack_task(fn, ...) -> task: fn's upvalues (a Lua function) or fn itself
  * (a C function or a "module.name"), the argument count, the arguments. */
 static int l_pack_task(lua_State *L)
 {
-    int t = lua_type(L, 1);
-    luaL_argexpected(L, t == LUA_TFUNCTION || t == LUA_TSTRING, 1, "function or module name");
     int n = lua_gettop(L);
-    lua_Integer fnid = t == LUA_TFUNCTION && !lua_iscfunction(L, 1) ? function_id(L, 1) : 0;
-    int code = lua_gettop(L);                  /* the code, if inline */
     wire_enc e;
     int holder;
-    wbuf *b = pack_begin(L, fnid, &e, &holder);
-    if (fnid)
-        put_function(&e, fnid, 1, code);
-    else
-        wire_enc_value(&e, 1, "function");
+    wbuf *b = pack_function(L, &e, &holder);
     wire_enc_integer(&e, n - 1);
     static const char *const roots[] = {"args[1]", "args[2]", "args[3]", "args[4]"};
     char root[32];
@@ -245,27 +256,19 @@ static int l_pack_task(lua_State *L)
     return pack_end(L, b, &e, holder);
 }
 
-/* pack_chunk(run, fn, items, i, j) -> task: as
- * pack_task(run, fn, {items[i..j]}, j - i + 1), without building the
- * slice: map's chunks. */
+/* pack_chunk(fn, items, i, j) -> task: a chunk of map, fn over each of
+ * items[i..j] in a worker (chunk.c), the slice encoded straight from items
+ * after TASK_CHUNK in the argument count's place. */
 static int l_pack_chunk(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    luaL_checktype(L, 3, LUA_TTABLE);
-    lua_Integer i = luaL_checkinteger(L, 4), j = luaL_checkinteger(L, 5);
-    luaL_argcheck(L, !lua_iscfunction(L, 1), 1, "a Lua function expected");
-    lua_Integer fnid = function_id(L, 1);
-    int code = lua_gettop(L);                  /* the code, if inline */
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer i = luaL_checkinteger(L, 3), j = luaL_checkinteger(L, 4);
+    lua_settop(L, 4);
     wire_enc e;
     int holder;
-    wbuf *b = pack_begin(L, fnid, &e, &holder);
-    put_function(&e, fnid, 1, code);
-    wire_enc_integer(&e, 3);
-    wire_enc_value(&e, 2, "function");
-    wire_enc_slice(&e, 3, i, j, "items");
-    lua_pushinteger(L, j >= i ? j - i + 1 : 0);
-    wire_enc_value(&e, -1, "count");
-    lua_pop(L, 1);
+    wbuf *b = pack_function(L, &e, &holder);
+    wire_enc_integer(&e, TASK_CHUNK);
+    wire_enc_slice(&e, 2, i, j, "items");
     return pack_end(L, b, &e, holder);
 }
 
@@ -377,6 +380,23 @@ static void load_function(lua_State *L, wire_dec *d, lua_Integer fnid)
         luaL_error(L, "bad task frame: %s", d->err);
 }
 
+/* A chunk's function is on top (ctx: the frame's decoder context); the
+ * items are the rest of the payload. Leaves chunk_run, the function, the
+ * items (a copy: the frame's bytes may move while the chunk runs) and
+ * what chunk_run needs to decode them in the frame's numbering. */
+static int load_chunk(lua_State *L, wire_dec *d, int ctx)
+{
+    int nrefs, fn_ref;
+    chunk_push_runner(L);
+    lua_insert(L, -2);                         /* chunk_run, fn */
+    lua_pushlstring(L, d->data + d->pos, d->len - d->pos);
+    wire_dec_state(d, &nrefs, &fn_ref);
+    lua_pushinteger(L, nrefs);
+    lua_pushinteger(L, fn_ref);
+    lua_remove(L, ctx);
+    return 5;
+}
+
 int task_load(lua_State *L, const char *payload, size_t plen, lua_Integer *id)
 {
     wire_dec d;
@@ -389,8 +409,10 @@ int task_load(lua_State *L, const char *payload, size_t plen, lua_Integer *id)
     if (wire_dec_integer(&d, &fnid) < 0)
         return luaL_error(L, "bad task frame: %s", d.err);
     load_function(L, &d, fnid);
-    if (wire_dec_integer(&d, &nargs) < 0 || nargs < 0 || nargs > MAX_ARGS)
+    if (wire_dec_integer(&d, &nargs) < 0 || nargs < TASK_CHUNK || nargs > MAX_ARGS)
         return luaL_error(L, "bad task frame: argument count");
+    if (nargs == TASK_CHUNK)
+        return load_chunk(L, &d, ctx);
     luaL_checkstack(L, (int)nargs + 8, "too many arguments");
     for (lua_Integer i = 0; i < nargs; i++)
         if (wire_dec_value(&d) < 0)

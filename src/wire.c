@@ -92,7 +92,6 @@ enum {
 #define UVAR_MAX 10
 #define NO_TAG ((size_t)-1) /* a ref with no tag in the stream */
 #define WIRE_MAXLIST 0x7fffffff /* values in one list: a Lua table's limit */
-#define SLICE_BATCH 32 /* values wire_enc_slice fetches before encoding them */
 
 /* kinds of wire_step */
 enum { S_INT, S_VAL, S_KEY, S_UPVAL };
@@ -112,8 +111,23 @@ static size_t uvar_size(uint64_t v)
     return n;
 }
 
-static size_t uvar_put(unsigned char *p, uint64_t v)
+static inline size_t uvar_put(unsigned char *p, uint64_t v)
 {
+    if (v < 0x80) {
+        p[0] = (unsigned char)v;
+        return 1;
+    }
+    if (v < 0x4000) {
+        p[0] = (unsigned char)(v | 0x80);
+        p[1] = (unsigned char)(v >> 7);
+        return 2;
+    }
+    if (v < 0x200000) {
+        p[0] = (unsigned char)(v | 0x80);
+        p[1] = (unsigned char)((v >> 7) | 0x80);
+        p[2] = (unsigned char)(v >> 14);
+        return 3;
+    }
     size_t i = 0;
     while (v >= 0x80) {
         p[i++] = (unsigned char)(v | 0x80);
@@ -231,17 +245,13 @@ static void enc_float(wire_enc *e, lua_Number x)
     e->b->len += 9;
 }
 
-/* An integer run being written (wire_enc_slice, enc_table): n values so
- * far after the T_IRUN tag and a count of w bytes at mark `at`, patched
- * when the run ends (the padded form: nothing after it moves). */
-typedef struct enc_run {
-    size_t at, w, n;
-    lua_Integer last;
-} enc_run;
+/* An integer run being written (a list, enc_table; wire_run in orch.h): n
+ * values so far after the T_IRUN tag and a count of w bytes at mark `at`,
+ * patched when the run ends (the padded form: nothing after it moves). */
 
 /* Opens a run whose count is written in the width of `most`, the array
  * values left at most. */
-static void run_open(wire_enc *e, enc_run *r, size_t most)
+static void run_open(wire_enc *e, wire_run *r, size_t most)
 {
     r->w = uvar_size(most);
     unsigned char *p = enc_room(e, 1 + r->w);
@@ -253,7 +263,7 @@ static void run_open(wire_enc *e, enc_run *r, size_t most)
 /* Appends the array value v: to the open run; else a small integer as
  * its one-byte tag (as short, and decoded as fast), any other as the
  * first of a new run. */
-static inline void run_add(wire_enc *e, enc_run *r, lua_Integer v, size_t most)
+static inline void run_add(wire_enc *e, wire_run *r, lua_Integer v, size_t most)
 {
     if (r->n == 0) {
         if (v >= FIXINT_MIN && v <= FIXINT_MAX) {
@@ -272,7 +282,7 @@ static inline void run_add(wire_enc *e, enc_run *r, lua_Integer v, size_t most)
 
 /* Ends the open run, if any: a run of one becomes a plain integer (the
  * run holds only its varint, so it is rewritten where it began). */
-static void run_close(wire_enc *e, enc_run *r)
+static void run_close(wire_enc *e, wire_run *r)
 {
     if (r->n == 1) {
         e->b->len = e->b->off + r->at - 1;
@@ -281,6 +291,46 @@ static void run_close(wire_enc *e, enc_run *r)
         uvar_put_fixed(enc_at(e, r->at), r->n, r->w);
     }
     r->n = 0;
+}
+
+/* Appends to the run r the integers of the slots a[0..n) (read in place),
+ * up to the first slot that holds something else; `most` bounds the
+ * array values left from a[0] on (a run's count width). Returns how many
+ * it took. The output position and the run stay in locals: a store
+ * through the byte pointer could otherwise alias them. */
+static size_t enc_ints_in_place(wire_enc *e, wire_run *r, const array_slot *a, size_t n,
+                                size_t most)
+{
+    wbuf *b = e->b;
+    wire_run run = *r;
+    size_t k = 0;
+    while (k < n) {
+        size_t m = n - k < 256 ? n - k : 256, q = 0;
+        unsigned char *p = enc_room(e, (m + 2) * UVAR_MAX);
+        const unsigned char *start = (const unsigned char *)b->data + b->off;
+        for (; q < m && a[k + q].tt == ARRAY_INT; q++) {
+            lua_Integer v = a[k + q].v.i;
+            if (run.n == 0) {
+                if (v >= FIXINT_MIN && v <= FIXINT_MAX) {
+                    *p++ = (unsigned char)(v + 0x80);
+                    continue;
+                }
+                run.w = uvar_size(most - k - q); /* run_open */
+                *p = T_IRUN;
+                run.at = (size_t)(p + 1 - start);
+                p += 1 + run.w;
+            }
+            run.n++;
+            run.last = v;
+            p += uvar_put(p, zigzag(v));
+        }
+        b->len = (size_t)(p - (unsigned char *)b->data);
+        k += q;
+        if (q < m)
+            break;
+    }
+    *r = run;
+    return k;
 }
 
 /* Appends a key in path notation: .name, ["two words"], [3], [true],
@@ -493,6 +543,38 @@ static unsigned char hash_hint(uint64_t nh)
     return (unsigned char)(0x80 + bits);
 }
 
+/* A table without a hash part has all its keys in its array part: keys
+ * 1.. up to the first hole (or n, the border) are sent from there, the
+ * integers read in place and the other values through the API. Returns
+ * how many; 0 for a table with a hash part, which lua_next walks whole. */
+static size_t enc_array_in_place(wire_enc *e, int idx, size_t n, wire_step *st,
+                                 wire_run *run)
+{
+    lua_State *L = e->L;
+    size_t size, k = 0;
+    int no_hash;
+    array_slot *a = array_of(L, idx, &size, &no_hash);
+    if (!a || !no_hash)
+        return 0;
+    if (n > size)
+        n = size;
+    while (k < n) {
+        k += enc_ints_in_place(e, run, a + k, n - k, n - k);
+        if (k == n || array_slot_empty(&a[k]))
+            break;
+        run_close(e, run);
+        st->kind = S_INT;
+        st->n = (lua_Integer)++k;
+        int type = lua_rawgeti(L, idx, (lua_Integer)k);
+        enc_any(e, lua_gettop(L), type);
+        lua_pop(L, 1);
+        a = array_of(L, idx, &size, &no_hash); /* a finalizer may have resized it */
+        if (!a || n > size)
+            break;
+    }
+    return k;
+}
+
 static void enc_table(wire_enc *e, int idx)
 {
     lua_State *L = e->L;
@@ -518,7 +600,8 @@ static void enc_table(wire_enc *e, int idx)
      * is at most the border lua_rawlen gives (1..na are all non-nil), so
      * it is written in that border's width and patched afterwards, as is
      * the one-byte hash hint: nothing written ever moves. Integers in the
-     * array part go as runs (T_IRUN), with no path step kept for them. */
+     * array part go as runs (T_IRUN), with no path step kept for them.
+     * Without a hash part the array part is read in place first. */
     size_t n = (size_t)lua_rawlen(L, idx);
     size_t w = uvar_size(n);
     unsigned char *p = enc_room(e, 1 + w + 1);
@@ -527,10 +610,13 @@ static void enc_table(wire_enc *e, int idx)
     size_t nh_at = na_at + w;
     e->b->len += 1 + w + 1;
     int top = lua_gettop(L) + 1;
-    size_t na = 0;
     uint64_t nh = 0;
-    enc_run run = { 0, 0, 0, 0 };
-    lua_pushnil(L);
+    wire_run run = { 0, 0, 0, 0 };
+    size_t na = enc_array_in_place(e, idx, n, st, &run);
+    if (na > 0)
+        lua_pushinteger(L, (lua_Integer)na); /* lua_next goes on after it */
+    else
+        lua_pushnil(L);
     while (lua_next(L, idx)) { /* key at top, value at top + 1 */
         /* a float key is never integral (Lua normalizes those) */
         if (nh == 0 && na < n && lua_isinteger(L, top) &&
@@ -785,14 +871,14 @@ static size_t slice_length(wire_enc *e, lua_Integer i, lua_Integer j)
     return (size_t)span + 1;
 }
 
-void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const char *root)
+/* The open list's path step: its index is set only for a value that is
+ * not an integer (integers cannot fail). */
+void wire_enc_list_begin(wire_enc *e, size_t n, const char *root)
 {
     lua_State *L = e->L;
-    idx = lua_absindex(L, idx);
     e->root = root;
     e->depth = 0;
-    size_t n = slice_length(e, i, j);
-    wire_step *st = enc_enter(e);
+    enc_enter(e)->kind = S_INT;
     lua_newtable(L); /* stands for the new table in the numbering */
     enc_register(e, lua_gettop(L), enc_mark(e));
     lua_pop(L, 1);
@@ -801,29 +887,78 @@ void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const ch
     size_t w = uvar_put(p + 1, (uint64_t)n);
     p[1 + w] = hash_hint(0);
     e->b->len += 2 + w;
-    int top = lua_gettop(L) + 1, types[SLICE_BATCH];
-    enc_run run = { 0, 0, 0, 0 };
-    if (!lua_checkstack(L, SLICE_BATCH))
-        enc_fail(e, "not enough stack space");
-    for (size_t k = 0; k < n;) { /* i + k <= j: no overflow */
-        int m = n - k < SLICE_BATCH ? (int)(n - k) : SLICE_BATCH;
-        for (int q = 0; q < m; q++) /* a batch on the stack, popped at once */
-            types[q] = lua_rawgeti(L, idx, i + (lua_Integer)(k + (size_t)q));
-        for (int q = 0; q < m; q++, k++) {
-            if (types[q] == LUA_TNUMBER && lua_isinteger(L, top + q)) {
-                run_add(e, &run, lua_tointeger(L, top + q), n - k); /* most of map's items */
-            } else {
-                run_close(e, &run);
-                st->kind = S_INT;
-                st->n = (lua_Integer)k + 1;
-                enc_any(e, top + q, types[q]);
-            }
-        }
-        lua_settop(L, top - 1);
+    e->run.n = 0;
+    e->list_n = n;
+    e->list_k = 0;
+}
+
+/* The next list value: an integer, or the value of this type at idx. */
+static inline void list_int(wire_enc *e, lua_Integer v)
+{
+    size_t k = e->list_k++;
+    run_add(e, &e->run, v, e->list_n - k); /* most of map's items */
+}
+
+static inline void list_add(wire_enc *e, int idx, int type)
+{
+    lua_State *L = e->L;
+    if (type == LUA_TNUMBER && lua_isinteger(L, idx)) {
+        list_int(e, lua_tointeger(L, idx));
+        return;
     }
-    run_close(e, &run);
+    size_t k = e->list_k++;
+    run_close(e, &e->run);
+    e->path[0].n = (lua_Integer)k + 1;
+    enc_any(e, idx, type);
+}
+
+void wire_enc_list_add(wire_enc *e, int idx, int type)
+{
+    list_add(e, idx, type);
+}
+
+void wire_enc_list_ints(wire_enc *e, const array_slot *a, size_t n)
+{
+    e->list_k += enc_ints_in_place(e, &e->run, a, n, e->list_n - e->list_k);
+}
+
+void wire_enc_list_end(wire_enc *e)
+{
+    run_close(e, &e->run);
     enc_byte(e, T_NIL);
     e->depth--;
+}
+
+void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j, const char *root)
+{
+    lua_State *L = e->L;
+    idx = lua_absindex(L, idx);
+    e->root = root;
+    e->depth = 0;
+    size_t n = slice_length(e, i, j);
+    wire_enc_list_begin(e, n, root);
+    /* integers in the array part are read in place, the rest through the
+     * API (after which the array is fetched again: it may have moved) */
+    size_t size;
+    array_slot *a = array_of(L, idx, &size, NULL);
+    for (size_t k = 0; k < n;) { /* i + k <= j: no overflow */
+        lua_Integer key = i + (lua_Integer)k;
+        if (a && key >= 1 && (lua_Unsigned)key <= size) {
+            size_t in = size - (size_t)(key - 1), m = n - k < in ? n - k : in;
+            size_t got = enc_ints_in_place(e, &e->run, a + (key - 1), m, e->list_n - e->list_k);
+            e->list_k += got;
+            k += got;
+            if (got == m)
+                continue;
+            key = i + (lua_Integer)k;
+        }
+        k++;
+        int type = lua_rawgeti(L, idx, key);
+        list_add(e, lua_gettop(L), type);
+        lua_pop(L, 1);
+        a = array_of(L, idx, &size, NULL);
+    }
+    wire_enc_list_end(e);
 }
 
 /* A bare zigzag varint, no tag: for headers around the values. */
@@ -962,6 +1097,33 @@ static int dec_register(wire_dec *d, int idx, size_t at, int shared)
     return 0;
 }
 
+/* Decodes up to n bare varints into the slots a[0..n) while a whole
+ * varint is surely there (UVAR_MAX bytes left); returns how many. What is
+ * left, and any varint that overflows, goes through dec_uvar's checks. */
+static size_t dec_ints_in_place(wire_dec *d, array_slot *a, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)d->data + d->pos;
+    const unsigned char *end = (const unsigned char *)d->data + d->len;
+    size_t i = 0;
+    for (; i < n && end - p >= UVAR_MAX; i++) {
+        uint64_t z = p[0];
+        if (z < 0x80) {
+            p++;
+        } else if (p[1] < 0x80) {
+            z = (z & 0x7f) | (uint64_t)p[1] << 7;
+            p += 2;
+        } else if (p[2] < 0x80) {
+            z = (z & 0x7f) | (uint64_t)(p[1] & 0x7f) << 7 | (uint64_t)p[2] << 14;
+            p += 3;
+        } else {
+            break; /* long ones: dec_uvar */
+        }
+        array_slot_set_int(&a[i], unzigzag(z));
+    }
+    d->pos = (size_t)(p - (const unsigned char *)d->data);
+    return i;
+}
+
 /* An integer run (T_IRUN at `at`, d->pos after it) among an array
  * part's values: its k values into t[base..base + k - 1]; at most `left`
  * values may follow in the array part. */
@@ -973,12 +1135,24 @@ static int dec_run(wire_dec *d, size_t at, int t, lua_Integer base, size_t left,
         return -1;
     if (*k < 2 || *k > left)
         return dec_fail(d, at, "integer run of %zu values (2..%zu here)", *k, left);
-    for (size_t i = 0; i < *k; i++) {
+    size_t size, i = 0;
+    array_slot *a = array_of(L, t, &size, NULL); /* base >= 1 */
+    if (a && (lua_Unsigned)base <= size) {
+        size_t in = size - (size_t)(base - 1);
+        i = dec_ints_in_place(d, a + (base - 1), *k < in ? *k : in);
+    }
+    for (; i < *k; i++) {
         uint64_t z;
         if (!uvar_get_short(d, &z) && dec_uvar(d, &z, "integer") != 0)
             return -1;
-        lua_pushinteger(L, unzigzag(z));
-        lua_rawseti(L, t, base + (lua_Integer)i);
+        lua_Integer key = base + (lua_Integer)i;
+        if (a && (lua_Unsigned)key <= size) {
+            array_slot_set_int(&a[key - 1], unzigzag(z));
+        } else {
+            lua_pushinteger(L, unzigzag(z));
+            lua_rawseti(L, t, key);
+            a = array_of(L, t, &size, NULL);
+        }
     }
     return 0;
 }
@@ -988,20 +1162,30 @@ static int dec_array(wire_dec *d, int t, lua_Integer base, size_t na)
 {
     lua_State *L = d->L;
     const unsigned char *p = (const unsigned char *)d->data;
-    size_t i = 0;
+    size_t i = 0, size;
+    array_slot *a = array_of(L, t, &size, NULL); /* small integers in place */
     while (i < na) {
         if (d->pos < d->len && p[d->pos] == T_IRUN) {
             size_t k, at = d->pos++;
             if (dec_run(d, at, t, base + (lua_Integer)i, na - i, &k) != 0)
                 return -1;
             i += k;
+            a = array_of(L, t, &size, NULL);
             continue;
         }
-        if (d->pos < d->len && p[d->pos] >= T_FIXINT)
-            lua_pushinteger(L, (lua_Integer)p[d->pos++] - 0x80);
-        else if (dec_any(d) != 0)
+        lua_Integer key = base + (lua_Integer)i++;
+        if (d->pos < d->len && p[d->pos] >= T_FIXINT) {
+            lua_Integer v = (lua_Integer)p[d->pos++] - 0x80;
+            if (a && (lua_Unsigned)key <= size) {
+                array_slot_set_int(&a[key - 1], v);
+                continue;
+            }
+            lua_pushinteger(L, v);
+        } else if (dec_any(d) != 0) {
             return -1;
-        lua_rawseti(L, t, base + (lua_Integer)i++);
+        }
+        lua_rawseti(L, t, key);
+        a = array_of(L, t, &size, NULL);
     }
     return 0;
 }
@@ -1368,6 +1552,143 @@ int wire_dec_upvalues(wire_dec *d, int fidx)
     return 0;
 }
 
+void wire_dec_state(wire_dec *d, int *nrefs, int *fn_ref)
+{
+    lua_pushvalue(d->L, d->ctx);
+    *nrefs = d->nrefs;
+    *fn_ref = d->fn_ref;
+}
+
+void wire_dec_resume(wire_dec *d, lua_State *L, const char *data, size_t len, int flags,
+                     int ctx, int nrefs, int fn_ref, int fn_idx)
+{
+    ctx = lua_absindex(L, ctx);
+    fn_idx = lua_absindex(L, fn_idx);
+    wire_dec_begin(d, L, data, len, flags);
+    lua_pushvalue(L, ctx);
+    lua_replace(L, d->ctx);
+    d->nrefs = nrefs;
+    d->fn_ref = fn_ref;
+    d->fn_idx = fn_idx;
+}
+
+/* A list's head: its tag (a table's, maybe shared) and length; the hash
+ * size hint is skipped. */
+static int dec_list_head(wire_dec *d, int *tag, size_t *na)
+{
+    size_t at = d->pos;
+    if (at >= d->len)
+        return dec_fail(d, at, "a list expected, got nothing");
+    *tag = (unsigned char)d->data[d->pos++];
+    if ((*tag & ~T_SHARED) != T_TABLE)
+        return dec_fail(d, at, "a list expected");
+    if (dec_count(d, na, 1, "array size") != 0)
+        return -1;
+    if (d->pos >= d->len)
+        return dec_fail(d, d->pos, "truncated table");
+    d->pos++; /* the hash size hint */
+    return 0;
+}
+
+int wire_dec_list_begin(wire_dec *d, size_t *n)
+{
+    size_t at = d->pos, na;
+    int tag;
+    *n = 0;
+    if (dec_list_head(d, &tag, &na) != 0)
+        return -1;
+    /* a list refers to itself only through a table that stood for it
+     * (wire_enc_list_begin), so it is never a shared one */
+    if (tag != T_TABLE)
+        return dec_fail(d, at, "a list expected");
+    if (!lua_checkstack(d->L, 8))
+        return dec_fail(d, at, "not enough stack space");
+    if (d->nrefs == INT_MAX)
+        return dec_fail(d, at, "too many tables and functions");
+    d->nrefs++; /* the list's own number */
+    d->depth = 1;
+    d->list_left = na;
+    d->run_left = 0;
+    *n = na;
+    return 0;
+}
+
+int wire_dec_list_next(wire_dec *d)
+{
+    lua_State *L = d->L;
+    const unsigned char *p = (const unsigned char *)d->data;
+    uint64_t z;
+    if (d->run_left > 0 && d->len - d->pos >= 3 && p[d->pos + 2] < 0x80) { /* most items */
+        const unsigned char *q = p + d->pos;
+        if (q[0] < 0x80) {
+            z = q[0];
+            d->pos += 1;
+        } else if (q[1] < 0x80) {
+            z = (q[0] & 0x7f) | (uint64_t)q[1] << 7;
+            d->pos += 2;
+        } else {
+            z = (q[0] & 0x7f) | (uint64_t)(q[1] & 0x7f) << 7 | (uint64_t)q[2] << 14;
+            d->pos += 3;
+        }
+        d->run_left--;
+        lua_pushinteger(L, unzigzag(z));
+        return 0;
+    }
+    if (d->run_left == 0) {
+        if (d->list_left == 0)
+            return dec_fail(d, d->pos, "no value left in the list");
+        if (d->pos < d->len && p[d->pos] == T_IRUN) {
+            size_t k, at = d->pos++;
+            if (dec_count(d, &k, 1, "integer run length") != 0)
+                return -1;
+            if (k < 2 || k > d->list_left)
+                return dec_fail(d, at, "integer run of %zu values (2..%zu here)", k,
+                                d->list_left);
+            d->run_left = k;
+            d->list_left -= k;
+        } else {
+            d->list_left--;
+            if (d->pos < d->len && p[d->pos] >= T_FIXINT) {
+                lua_pushinteger(L, (lua_Integer)p[d->pos++] - 0x80);
+                return 0;
+            }
+            int top = lua_gettop(L);
+            d->depth = 1;
+            if (dec_any(d) != 0) {
+                lua_settop(L, top);
+                return -1;
+            }
+            return 0;
+        }
+    }
+    if (!uvar_get_short(d, &z) && dec_uvar(d, &z, "integer") != 0)
+        return -1;
+    d->run_left--;
+    lua_pushinteger(L, unzigzag(z));
+    return 0;
+}
+
+size_t wire_dec_list_ints(wire_dec *d, array_slot *a, size_t max)
+{
+    size_t got = dec_ints_in_place(d, a, d->run_left < max ? d->run_left : max);
+    d->run_left -= got;
+    return got;
+}
+
+int wire_dec_list_end(wire_dec *d)
+{
+    if (d->list_left != 0 || d->run_left != 0)
+        return dec_fail(d, d->pos, "%zu values of the list left", d->list_left + d->run_left);
+    if (d->pos >= d->len)
+        return dec_fail(d, d->pos, "truncated list");
+    if (d->data[d->pos] != T_NIL)
+        return dec_fail(d, d->pos, "a list has keys other than 1..n");
+    d->pos++;
+    if (d->pos != d->len)
+        return dec_fail(d, d->pos, "bytes after the list");
+    return 0;
+}
+
 void wire_dec_end(wire_dec *d)
 {
     lua_remove(d->L, d->ctx);
@@ -1468,18 +1789,10 @@ static int l_encode_slice(lua_State *L)
  * makes it) into t[base..base + n - 1]. */
 static int dec_list_into(wire_dec *d, int t, lua_Integer base, size_t *n)
 {
-    size_t at = d->pos;
-    if (at >= d->len)
-        return dec_fail(d, at, "a list expected, got nothing");
-    int tag = (unsigned char)d->data[d->pos++];
-    if ((tag & ~T_SHARED) != T_TABLE)
-        return dec_fail(d, at, "a list expected");
-    size_t na;
-    if (dec_count(d, &na, 1, "array size") != 0)
+    size_t at = d->pos, na;
+    int tag;
+    if (dec_list_head(d, &tag, &na) != 0)
         return -1;
-    if (d->pos >= d->len)
-        return dec_fail(d, d->pos, "truncated table");
-    d->pos++; /* the hash size hint */
     if (base < 1 || (lua_Integer)na > LUA_MAXINTEGER - base)
         return dec_fail(d, at, "index out of range");
     if (dec_enter(d, at) != 0)

@@ -1,8 +1,8 @@
 --- map and imap: a function over a list of items, on a pool's group, in
 -- chunks (opts.chunk items per task; "auto", the default, sizes them from
--- the item count and the workers). A chunk runs run_chunk in a worker and
--- its results come back as one encoded list, decoded straight into map's
--- output (core.decode_into).
+-- the item count and the workers). A chunk runs in a worker (src/chunk.c;
+-- run_chunk on a broker's node) and its results come back as one encoded
+-- list, decoded straight into map's output (core.decode_into).
 --
 -- Long runs (opts.progress, opts.joblog, opts.resume): items are counted
 -- and logged as their chunk ends (orch.progress, orch.joblog); a resumed
@@ -21,8 +21,15 @@ local map = {}
 -- chunk = "auto": about 4 chunks per worker, as Python's map, but never
 -- more than AUTO_MAX items: each worker gets many chunks on a long list,
 -- so progress moves and the last chunks are spread over the workers.
+-- Items so quick that a chunk takes a worker under GROW_BELOW seconds go
+-- in ever bigger chunks (doubled as such chunks end, up to a
+-- GROW_PER_WORKER-th of each worker's share): what a chunk costs the
+-- parent would otherwise outweigh its items, and such a chunk is still
+-- short (progress and the job log hear of its items within milliseconds).
 local AUTO_PER_WORKER = 4
 local AUTO_MAX = 1000
+local GROW_BELOW = 0.001
+local GROW_PER_WORKER = 16
 
 ---------------------------------------------------------------------------
 -- the worker's side
@@ -67,12 +74,13 @@ end
 ---------------------------------------------------------------------------
 -- the parent's side
 
--- Submits run_chunk(fn, {items[s..e]}, e - s + 1), the slice encoded
--- straight from items.
+-- Submits fn over items[s..e], the slice encoded straight from items: a
+-- local worker runs it in C as run_chunk would (src/chunk.c); a broker's
+-- node runs run_chunk(fn, {items[s..e]}, e - s + 1), kept on the future.
 local function submit_chunk(group, fn, items, s, e)
   local pool = group.pool
   if pool.closed then check.fail("orch.pool", "submit on a closed pool") end
-  local fut = pool:_enqueue(group, core.pack_chunk(run_chunk, fn, items, s, e))
+  local fut = pool:_enqueue(group, core.pack_chunk(fn, items, s, e))
   fut.chunk = true
   if group.keeps_args then
     fut.fn, fut.args = run_chunk, table.pack(fn, table.move(items, s, e, 1, {}), e - s + 1)
@@ -104,16 +112,19 @@ end
 
 -- The chunk size: opts.chunk, or "auto" from the item count and workers
 -- (a pool on a broker may have none of its own: then as if it had one,
--- and AUTO_MAX keeps the chunks spread over the nodes).
+-- and AUTO_MAX keeps the chunks spread over the nodes); then the size it
+-- may grow to (see GROW_BELOW; only "auto" grows).
 local function chunk_size(what, group, n, chunk)
   if chunk == nil or chunk == "auto" then
-    local per = -(-n // (AUTO_PER_WORKER * math.max(group.pool.size or 1, 1)))
-    return math.max(1, math.min(per, AUTO_MAX))
+    local workers = math.max(group.pool.size or 1, 1)
+    local per = -(-n // (AUTO_PER_WORKER * workers))
+    local size = math.max(1, math.min(per, AUTO_MAX))
+    return size, math.max(size, math.min(per, n // (GROW_PER_WORKER * workers)))
   end
   if math.type(chunk) ~= "integer" or chunk < 1 then
     check.fail(what, "option 'chunk' must be a positive integer or \"auto\" (got %s)", check.show(chunk))
   end
-  return chunk
+  return chunk, chunk
 end
 
 local function check_map_args(what, group, fn, items, opts)
@@ -129,7 +140,8 @@ local function check_map_args(what, group, fn, items, opts)
   end
   opts = opts or {}
   check_opts(what, opts)
-  return chunk_size(what, group, #items, opts.chunk), opts
+  local chunk, grow_to = chunk_size(what, group, #items, opts.chunk)
+  return chunk, grow_to, opts
 end
 
 -- Items packed between two turns of the loop while map submits, so that
@@ -143,24 +155,47 @@ function map.chunk_results(fut)
   return list, core.decode_into(fut.values[1], list, 1)
 end
 
--- Submits items in chunks into futs, within each of the ranges (pairs of
--- first and last index: the items to run); first[k]: the first index of
--- futs[k].
-local function submit_chunks(group, fn, items, chunk, futs, first, ranges)
-  local packed = 0
+-- The size of the next chunks: doubled, up to grow_to, when the last
+-- chunk that ended (among the newest) took its worker under GROW_BELOW
+-- (of CPU time when the worker says: src/chunk.c; a broker's node runs
+-- run_chunk, which says its seconds only).
+local function next_size(futs, size, grow_to)
+  for k = #futs, math.max(1, #futs - 63), -1 do
+    local f = futs[k]
+    if f.status == "done" then
+      local seconds = f.values[4] or f.values[3]
+      if math.type(seconds) == "float" and seconds < GROW_BELOW then
+        return math.min(2 * size, grow_to)
+      end
+      return size
+    end
+  end
+  return size
+end
+
+-- Submits the run's items in chunks into run.futs, within each of its
+-- ranges (pairs of first and last index: the items to run); first[k],
+-- last[k]: the items of futs[k].
+local function submit_chunks(run)
+  local group, fn, items, futs, first, last = run.group, run.fn, run.items, run.futs,
+    run.first, run.last
+  local size, packed, ranges = run.chunk, 0, run.ranges
   for r = 1, #ranges, 2 do
-    for s = ranges[r], ranges[r + 1], chunk do
-      local e = math.min(s + chunk - 1, ranges[r + 1])
-      if chunk == 1 then
+    local s, stop = ranges[r], ranges[r + 1]
+    while s <= stop do
+      local e = math.min(s + size - 1, stop)
+      if size == 1 then
         futs[#futs + 1] = group.pool:_submit(group, fn, items[s])
       else
         futs[#futs + 1] = submit_chunk(group, fn, items, s, e)
       end
-      first[#first + 1] = s
+      first[#first + 1], last[#last + 1] = s, e
       packed = packed + (e - s + 1)
+      s = e + 1
       if packed >= POLL_ITEMS then
         packed = 0
         loop.poll()
+        if size < run.grow_to then size = next_size(futs, size, run.grow_to) end
       end
     end
   end
@@ -202,11 +237,12 @@ Run.__index = Run
 -- Plans the run: what the log already holds (opts.resume), what is left
 -- to run (ranges), the reporter and the log.
 local function new_run(what, group, fn, items, opts)
-  local chunk
-  chunk, opts = check_map_args(what, group, fn, items, opts)
+  local chunk, grow_to
+  chunk, grow_to, opts = check_map_args(what, group, fn, items, opts)
   local n = #items
-  local run = setmetatable({ group = group, fn = fn, items = items, chunk = chunk, n = n,
-    futs = {}, first = {}, ranges = { 1, n }, prior = {}, done_before = 0 }, Run)
+  local run = setmetatable({ group = group, fn = fn, items = items, chunk = chunk,
+    grow_to = grow_to, n = n, futs = {}, first = {}, last = {}, ranges = { 1, n }, prior = {},
+    done_before = 0 }, Run)
   if n == 0 then run.ranges = {} end
   if opts.joblog then
     run.log, run.prior = joblog.open(opts.joblog, fn, items, opts.resume or opts.resume_failed)
@@ -259,10 +295,7 @@ end
 -- on the first failure the rest is cancelled and its error raised.
 function map.map(group, fn, items, opts, what)
   local run = new_run(what, group, fn, items, opts)
-  local out = core.array(run.n)
-  for i, entry in pairs(run.prior) do
-    if entry.state == "done" then out[i] = joblog.value(entry) end
-  end
+  local out  -- made once the chunks are out (see below)
   local futs, first, chunk = run.futs, run.first, run.chunk
   local remaining, failure = nil, run:_prior_failure()
   -- a chunk's results go into out as soon as it ends
@@ -270,7 +303,7 @@ function map.map(group, fn, items, opts, what)
     remaining = remaining - 1
     if failure ~= nil then return end
     local s = first[k]
-    local n = math.min(chunk, run.n - s + 1)
+    local n = run.last[k] - s + 1
     if f.status == "done" and chunk == 1 then
       out[s] = f.values[1]
     elseif f.status == "done" then
@@ -284,7 +317,13 @@ function map.map(group, fn, items, opts, what)
   local ok, err = true, nil
   if failure == nil then
     ok, err = pcall(function()
-      submit_chunks(group, fn, items, chunk, futs, first, run.ranges)
+      submit_chunks(run)
+      -- the workers start on the chunks while the output is made: a big
+      -- one costs a page fault per 256 items
+      out = core.array(run.n)
+      for i, entry in pairs(run.prior) do
+        if entry.state == "done" then out[i] = joblog.value(entry) end
+      end
       remaining = #futs
       for k, f in ipairs(futs) do f:on_done(function() collect(f, k) end) end
       loop.wait(function() return failure ~= nil or remaining == 0 end)
@@ -307,7 +346,7 @@ function map.imap(group, fn, items, opts, what)
   local run = new_run(what, group, fn, items, opts)
   local ordered = not (opts and opts.ordered == false)
   local futs, first, chunk, n = run.futs, run.first, run.chunk, run.n
-  local ok, err = pcall(submit_chunks, group, fn, items, chunk, futs, first, run.ranges)
+  local ok, err = pcall(submit_chunks, run)
   if not ok then cancel_rest(futs); run:_close(); error(err, 0) end
   local finished = {}  -- completion order
   local index = {}

@@ -91,6 +91,7 @@ static lua_State *fuzz_state(void)
     luaL_openlibs(L);
     lua_newtable(L);
     loop_open(L); /* loop_call's loop */
+    array_open(L); /* the decoder's arrays in place, as in orch.core */
     lua_pop(L, 1);
     return L;
 }

@@ -4,7 +4,9 @@
  *
  * Each input is decoded as core.decode decodes it (wire_dec_value until
  * the bytes run out, functions refused: the parent's side), then as
- * core.decode_into's list. A crash, a sanitizer report, or a decode that
+ * core.decode_into's list, then as a chunk's list of items read value by
+ * value (wire_dec_list_*, as chunk.c reads it, functions refused). Tables
+ * are filled in place where array.c allows, as in orch.core. A crash, a sanitizer report, or a decode that
  * grows the Lua heap by more than AMPLIFY_MAX times the input (plus a
  * fixed allowance) aborts, and libFuzzer saves the input; spec/fuzz/wire/
  * keeps such inputs, replayed by spec/04-fuzz_replay_spec.lua.
@@ -71,6 +73,28 @@ static int decode_values(lua_State *L)
     return 1;
 }
 
+/* Protected: reads the string at 1 as a list, value by value. */
+static int decode_list(lua_State *L)
+{
+    size_t len, n;
+    const char *s = lua_tolstring(L, 1, &len);
+    wire_dec d;
+    wire_dec_begin(&d, L, s, len, 0);
+    int bad = wire_dec_list_begin(&d, &n) != 0;
+    for (size_t k = 0; k < n && !bad; k++) {
+        int top = lua_gettop(L);
+        bad = wire_dec_list_next(&d) != 0;
+        if (!bad && lua_gettop(L) != top + 1)
+            abort(); /* one value a step */
+        lua_settop(L, top);
+    }
+    bad = bad || wire_dec_list_end(&d) != 0;
+    if (bad && d.err[0] == '\0')
+        abort();
+    wire_dec_end(&d);
+    return 0;
+}
+
 static lua_State *fuzz_state(void)
 {
     static lua_State *L;
@@ -81,6 +105,7 @@ static lua_State *fuzz_state(void)
         abort();
     luaL_openlibs(L);
     lua_newtable(L);
+    array_open(L);
     wire_open(L); /* decode_into, from the module table it fills */
     lua_getfield(L, -1, "decode_into");
     lua_setfield(L, LUA_REGISTRYINDEX, "fuzz.decode_into");
@@ -124,5 +149,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lua_newtable(L);
     lua_pushinteger(L, 1);
     run(L, 3, size);
+
+    lua_pushcfunction(L, decode_list);
+    lua_pushlstring(L, (const char *)data, size);
+    run(L, 1, size);
     return 0;
 }
