@@ -53,7 +53,7 @@ describe("restart delays", function()
     assert.are.same({}, (H.children()))
   end)
 
-  it("grow by restart_backoff from restart_delay; the restart limit still ends a crash loop", function()
+  it("grow by restart_backoff from restart_delay; the restart limit still ends a crash loop #novalgrind", function()
     local logs = H.capture_logs(finally)
     local _, ok, err = run{ max_restarts = 4, restart_window = 30, services = {
       { name = "loop", run = service(path, { default = fail }) } } }
@@ -67,7 +67,7 @@ describe("restart delays", function()
     assert.matches("restarting in 0.8s\n", said, 1, true)
   end)
 
-  it("stop growing at restart_delay_max; the options can be set per service", function()
+  it("stop growing at restart_delay_max; the options can be set per service #novalgrind", function()
     H.capture_logs(finally)
     run{ max_restarts = 4, restart_window = 30, services = {
       { name = "capped", run = service(path, { default = fail }),
@@ -75,7 +75,7 @@ describe("restart delays", function()
     assert_gaps({ 0.05, 0.15, 0.2, 0.2 }, gaps(path))
   end)
 
-  it("start over once a run lasted restart_window seconds", function()
+  it("start over once a run lasted restart_window seconds #novalgrind", function()
     H.capture_logs(finally)
     local stay = function() orch.sleep(0.6); fail() end
     local _, ok = run{ max_restarts = 10, restart_window = 0.5, services = {
@@ -100,7 +100,7 @@ describe("restart delays", function()
 end)
 
 describe("a permanent service that exits 0", function()
-  it("is logged as an exit, restarted after its delay, never called failed", function()
+  it("is logged as an exit, restarted after its delay, never called failed #novalgrind", function()
     local path = os.tmpname()
     finally(function() os.remove(path) end)
     local logs = H.capture_logs(finally)
