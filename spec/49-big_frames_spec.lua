@@ -1,7 +1,8 @@
--- Big frames: a payload of 2 MiB or more crosses in a sealed memfd whose
--- fd goes over the channel's socket (chan.c, memfd.c). Real forks, real
--- big strings, real SIGKILLs; fds of the parent and of the workers are
--- counted before and after.
+-- Big frames: a payload of 2 MiB or more crosses in a memfd whose fd goes
+-- over the channel's socket (chan.c, memfd.c): the parent's in its shared
+-- memfd, written over once the child is done, the child's in a sealed one
+-- each. Real forks, real big strings, real SIGKILLs; fds of the parent and
+-- of the workers are counted before and after.
 local orch = require "orch"
 local core = require "orch.core"
 local H = orch_spec
@@ -47,25 +48,48 @@ describe("big frames", function()
     end
   end)
 
-  it("go through memfd_create in both directions from 2 MiB on, not below", function()
-    local function memfds(n)
+  it("go through memfds in both directions from 2 MiB on, not below: the parent's one made once", function()
+    -- the memfds made by one worker's pool for `rounds` round trips of n bytes
+    local function memfds(n, rounds)
       local out = H.sh(("strace -f -qq -e trace=memfd_create -o /dev/stdout lua5.4 %s 2>/dev/null"):format(
         H.lua_script(([[
           local orch = require "orch"
           local pool <close> = orch.pool { workers = 1 }
-          local s = pool:submit(function(x) return x end, ("z"):rep(%d)):result()
-          assert(#s == %d)
-        ]]):format(n, n))))
-      local count = 0
-      for _ in out:gmatch("memfd_create%(\"orch%-frame\"") do count = count + 1 end
+          for i = 1, %d do
+            local s = pool:submit(function(x) return x end, ("z"):rep(%d) .. i):result()
+            assert(s == ("z"):rep(%d) .. i)
+          end
+        ]]):format(rounds, n, n))))
+      local count = { frame = 0, shared = 0 }
+      for name in out:gmatch("memfd_create%(\"orch%-(%a+)\"") do count[name] = count[name] + 1 end
       return count
     end
     if not H.sh("command -v strace"):find("strace") then
       pending("strace is not installed")
       return
     end
-    assert.are.equal(2, memfds(3 * MB))
-    assert.are.equal(0, memfds(MB))
+    assert.are.same({ frame = 3, shared = 1 }, memfds(3 * MB, 3))
+    assert.are.same({ frame = 0, shared = 0 }, memfds(MB, 3))
+  end)
+
+  it("one after another through one worker, growing and shrinking: each whole (the shared memfd written over)",
+    function()
+      local pool <close> = orch.pool { workers = 1 }
+      for i, n in ipairs { 3 * MB, 16 * MB, 3 * MB + 1, 2 * MB, 16 * MB - 5, 2 * MB, 40 * MB } do
+        local s = pool:submit(function(x) return x end, big(n, i)):result()
+        assert.are.equal(n, #s)
+        assert.is_true(s == big(n, i), "value " .. i .. " changed on the way")
+      end
+    end)
+
+  it("queued to a worker still holding the last: sealed memfds for those, each whole", function()
+    local pool <close> = orch.pool { workers = 1 }
+    local futs = {}
+    for i = 1, 6 do futs[i] = pool:submit(function(s) return #s, s:sub(1, 8), s:sub(-8) end, big(3 * MB + i, i)) end
+    for i = 1, 6 do
+      assert.are.same({ 3 * MB + i, ("%08d"):format(i), ("%08d"):format(3 * MB + i), n = 3 },
+        table.pack(futs[i]:result()))
+    end
   end)
 
   it("leave no fd open in the parent or the workers", function()
@@ -77,7 +101,8 @@ describe("big frames", function()
       for i = 1, 20 do
         assert.are.equal(2 * MB + i, #pool:submit(function(s) return s end, big(2 * MB + i, i)):result())
       end
-      assert.are.equal(pid, worker_pid(pool))
+      assert.are.equal(before + 3, H.fd_count()) -- the socket, the pipe, the shared memfd
+      assert.are.equal(pid, worker_pid(pool)) -- a small task: the shared memfd goes
       assert.are.equal(wbefore, fds_of(pid))
       assert.are.equal(before + 2, H.fd_count())
     end
@@ -193,6 +218,14 @@ describe("big frames", function()
 
     it("a size over the limit: length over the limit, the rest dropped, no fd left", function()
       local got = lie("huge", 1000000)
+      assert.are.same({ 0, "length over the limit", MSG.SEND, n = 3 }, got[1])
+      assert.are.equal(1, #got)
+    end)
+
+    -- Only the parent writes in a shared memfd: the child's end reads such
+    -- frames, the parent's refuses them as it does any length no frame has.
+    it("shared: the form only the parent sends is refused, the rest dropped, no fd left", function()
+      local got = lie("shared")
       assert.are.same({ 0, "length over the limit", MSG.SEND, n = 3 }, got[1])
       assert.are.equal(1, #got)
     end)

@@ -30,6 +30,14 @@
  * max_in as a plain frame's does. A memfd that cannot be made leaves the
  * frame as it is (the bytes through the channel).
  *
+ * The parent's big frames go in the channel's shared memfd (memfd.c)
+ * when the child is done with the last one: length BIG_SHARED, the
+ * payload at MEMFD_SHARED_AT in the memfd whose fd comes with the frame.
+ * The child maps it for that frame, as it does a sealed one, and lets the
+ * payload go when it unmaps it. A small frame from the parent drops the
+ * shared memfd: it is kept while big frames follow each other. Only the
+ * child's end reads these frames; the parent's refuses them.
+ *
  * Invariants:
  * - At most one frame is open (being encoded) in `out`, and it is last.
  *   An open frame never leaves. It is either being encoded or left by an
@@ -63,6 +71,8 @@
 
 #define FILL_CHUNK (64 * 1024)
 #define FRAME_BIG 0x80000000u /* in the length word: the payload is in a memfd */
+#define BIG_SEALED (FRAME_BIG | 8)      /* a sealed memfd, its fd with the frame */
+#define BIG_SHARED (FRAME_BIG | 9)      /* the writer's shared memfd, an fd of it with the frame */
 #define BIG_HEADER (FRAME_HEADER + 8)
 #define BIG_MIN (2u << 20) /* payloads this big or more go in a memfd */
 
@@ -88,6 +98,7 @@ void chan_init(chan *c, int rfd, int wfd)
     c->sock = is_socket(wfd) ? wfd : is_socket(rfd) ? rfd : -1;
     c->max_in = c->max_out = FRAME_MAX;
     c->big_min = BIG_MIN;
+    c->shared.fd = -1;
 }
 
 static void close_fds_queued(chan *c)
@@ -107,6 +118,7 @@ void chan_close_fds(chan *c)
         close(c->wfd);
     c->rfd = c->wfd = c->sock = -1;
     close_fds_queued(c);
+    memfd_shared_close(&c->shared);
 }
 
 void chan_close(chan *c)
@@ -119,7 +131,10 @@ void chan_close(chan *c)
 
 static void unmap_head(chan *c)
 {
+    if (c->head_shared)
+        memfd_let_go(c->map);
     memfd_unmap(c->map, c->map_len);
+    c->head_shared = 0;
     c->map = NULL;
     c->map_len = 0;
     c->head = HEAD_NONE;
@@ -223,16 +238,22 @@ static void put_u64(unsigned char *p, uint64_t v)
 }
 
 /* The frame at `at` (from out.off), the last in out, n bytes of payload,
- * becomes a big frame if a memfd can be made and its fd sent: the parent
- * queues the fd for chan_flush, the child sends it now, before the frame. */
+ * becomes a big frame if its payload can go in the shared memfd (the
+ * parent) or a sealed one made for it, and the fd, if any, be sent: the
+ * parent queues it for chan_flush, the child sends it now, before the
+ * frame. */
 static void make_big(chan *c, size_t at, size_t n)
 {
     int inband = c->sock == c->wfd;
     if (c->sock < 0 || (inband && c->n_out_fds == CHAN_FDS))
         return;
     unsigned char *h = (unsigned char *)c->out.data + c->out.off + at;
-    int fd = memfd_from((const char *)h + FRAME_HEADER, n);
-    if (fd < 0)
+    const char *payload = (const char *)h + FRAME_HEADER;
+    uint32_t form = BIG_SEALED;
+    int fd;
+    if (c->share_out && inband && memfd_shared_put(&c->shared, payload, n, &fd) == 0)
+        form = BIG_SHARED;
+    else if ((fd = memfd_from(payload, n)) < 0)
         return;
     if (inband) {
         c->out_fds[c->n_out_fds].ahead = at;
@@ -243,7 +264,7 @@ static void make_big(chan *c, size_t at, size_t n)
         if (rc < 0)
             return;
     }
-    put_length(&c->out, c->out.off + at, FRAME_BIG | 8);
+    put_length(&c->out, c->out.off + at, form);
     put_u64(h + FRAME_HEADER, n);
     c->out.len = c->out.off + at + BIG_HEADER;
 }
@@ -259,6 +280,8 @@ int chan_frame_end(chan *c)
     c->frame_open = 0;
     if (c->big_min > 0 && n >= c->big_min)
         make_big(c, c->frame_at, n);
+    else if (c->shared.fd >= 0)
+        memfd_shared_close(&c->shared); /* big frames stopped: its pages go */
     take_later(c);
     return 0;
 }
@@ -354,6 +377,24 @@ static int map_big(chan *c, const unsigned char *h)
     return HEAD_BIG;
 }
 
+/* As map_big for a frame in the writer's shared memfd (the child's end):
+ * the mapping takes its header too, which the child writes on letting go. */
+static int map_shared(chan *c, const unsigned char *h)
+{
+    uint64_t n = get_u64(h + FRAME_HEADER);
+    int fd = next_fd(c);
+    if (n > c->max_in) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (fd < 0 || memfd_map_shared(fd, (size_t)n, &c->map, &c->why) < 0)
+        return HEAD_REFUSED;
+    c->map_len = MEMFD_SHARED_AT + (size_t)n;
+    c->head_shared = 1;
+    return HEAD_BIG;
+}
+
 int chan_next(chan *c, int *type, const char **payload, size_t *plen)
 {
     if (c->head == HEAD_TAKEN)
@@ -371,11 +412,12 @@ int chan_next(chan *c, int *type, const char **payload, size_t *plen)
             return r;
         }
         *type = h[4];
-        if (n != (FRAME_BIG | 8))
+        int child = c->sock >= 0 && c->sock == c->rfd;
+        if (n != BIG_SEALED && !(child && n == BIG_SHARED))
             return -1; /* no frame has that length: the stream is out of sync */
         if (b->len - b->off < BIG_HEADER)
             return 0;
-        int r = map_big(c, h);
+        int r = n == BIG_SEALED ? map_big(c, h) : map_shared(c, h);
         if (r < 0)
             return -1;
         c->head = r;
@@ -384,8 +426,9 @@ int chan_next(chan *c, int *type, const char **payload, size_t *plen)
     *type = h[4];
     if (c->head == HEAD_REFUSED)
         return -2;
-    *payload = c->map ? (const char *)c->map : "";
-    *plen = c->map_len;
+    size_t skip = c->head_shared ? MEMFD_SHARED_AT : 0;
+    *payload = c->map ? (const char *)c->map + skip : "";
+    *plen = c->map_len - skip;
     return 1;
 }
 

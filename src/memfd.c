@@ -14,6 +14,20 @@
  *   memfd_map whatever the outcome: nothing received stays open.
  * - Every descriptor received gets close-on-exec (MSG_CMSG_CLOEXEC): a
  *   task that execs never inherits one.
+ *
+ * A shared memfd is the other way: one per channel, kept by the parent
+ * for its big frames to the child, each payload written over the last
+ * once the child has let it go. A memfd made, filled from fresh pages and
+ * torn down for every frame costs more than the copy itself; this one's
+ * pages stay. It is never sealed, so only the child, which trusts its
+ * parent anyway, reads one: the parent reads sealed memfds only. Its
+ * first MEMFD_SHARED_AT bytes are a header whose first word the child
+ * sets to 1 once it is done with the payload; the parent writes the next
+ * payload only after it reads that 1, else it falls back to a sealed
+ * memfd. Each frame takes a new fd of it, which the child maps for that
+ * frame only, as it does a sealed one. The memory a process keeps so is
+ * bounded (SHARED_BUDGET), and chan.c drops a channel's once a small
+ * frame follows.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,27 +41,38 @@
 
 #define SEALS_NEEDED (F_SEAL_WRITE | F_SEAL_SHRINK)
 #define MARK 'F' /* the byte an out-of-band descriptor rides on */
+#define SHARED_BUDGET (256u << 20) /* bytes of shared memfds a process keeps */
+#define SHARED_GRAIN (64u << 10)   /* their sizes are multiples of this */
+
+static size_t shared_total; /* bytes of shared memfds held here */
+
+static int write_at(int fd, size_t at, const void *p, size_t n)
+{
+    const char *q = p;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, q, n, (off_t)at);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        q += w;
+        at += (size_t)w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
 
 int memfd_from(const char *p, size_t n)
 {
     int fd = memfd_create("orch-frame", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return -1;
-    size_t at = 0;
-    while (at < n) {
-        ssize_t w = pwrite(fd, p + at, n - at, (off_t)at);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            goto fail;
-        at += (size_t)w;
+    if (write_at(fd, 0, p, n) < 0
+        || fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+        close(fd);
+        return -1;
     }
-    if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
-        goto fail;
     return fd;
-fail:
-    close(fd);
-    return -1;
 }
 
 int memfd_map(int fd, size_t n, void **map, const char **why)
@@ -163,4 +188,91 @@ int memfd_recv(int sock, const char **why)
            : nfds < 0 ? "big frame: its file descriptor was lost (no fd free here)"
                       : "big frame: no file descriptor came with it";
     return -1;
+}
+
+/* ---- shared memfds ------------------------------------------------------ */
+
+/* Whether the reader let the payload in fd go (the header's first word). */
+static int let_go(int fd)
+{
+    uint32_t word = 0;
+    return pread(fd, &word, sizeof word, 0) == (ssize_t)sizeof word && word == 1;
+}
+
+void memfd_shared_close(memfd_shared *s)
+{
+    if (s->fd >= 0) {
+        close(s->fd);
+        shared_total -= s->size;
+    }
+    s->fd = -1;
+    s->size = 0;
+    s->busy = 0;
+}
+
+/* s at the size for a payload of n bytes: made, grown, or shrunk when it
+ * is over twice that (a reader maps only what its frame needs, so
+ * shrinking never takes a page from under it). 0, or -1 (s unchanged). */
+static int fit(memfd_shared *s, size_t n)
+{
+    size_t need = MEMFD_SHARED_AT + n;
+    need = (need + SHARED_GRAIN - 1) / SHARED_GRAIN * SHARED_GRAIN;
+    if (s->fd >= 0 && s->size >= need && s->size / 2 <= need)
+        return 0;
+    if (shared_total - s->size + need > SHARED_BUDGET)
+        return -1;
+    int fd = s->fd >= 0 ? s->fd : memfd_create("orch-shared", MFD_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    if (ftruncate(fd, (off_t)need) < 0) {
+        if (s->fd < 0)
+            close(fd);
+        return -1;
+    }
+    shared_total += need - s->size;
+    s->fd = fd;
+    s->size = need;
+    return 0;
+}
+
+int memfd_shared_put(memfd_shared *s, const char *p, size_t n, int *send_fd)
+{
+    static const uint32_t held = 0;
+    *send_fd = -1;
+    if (s->fd >= 0 && s->busy && !let_go(s->fd))
+        return -1;
+    s->busy = 0;
+    if (fit(s, n) < 0)
+        return -1;
+    if (write_at(s->fd, 0, &held, sizeof held) < 0 || write_at(s->fd, MEMFD_SHARED_AT, p, n) < 0
+        || (*send_fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 3)) < 0) {
+        memfd_shared_close(s);
+        return -1;
+    }
+    s->busy = 1;
+    return 0;
+}
+
+int memfd_map_shared(int fd, size_t n, void **map, const char **why)
+{
+    struct stat st;
+    size_t len = MEMFD_SHARED_AT + n;
+    *map = MAP_FAILED;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        *why = "big frame: the file descriptor is not a memfd";
+    else if ((uint64_t)st.st_size < (uint64_t)len)
+        *why = "big frame: the size is beyond the end of the shared memfd";
+    else if ((*map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0))
+             == MAP_FAILED)
+        *why = errno == ENOMEM ? "not enough memory" : "big frame: mmap failed";
+    close(fd);
+    if (*map != MAP_FAILED)
+        return 0;
+    *map = NULL;
+    return -1;
+}
+
+void memfd_let_go(void *map)
+{
+    __atomic_store_n((uint32_t *)map, 1, __ATOMIC_RELEASE);
 }

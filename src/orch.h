@@ -292,6 +292,29 @@ ORCH_HIDDEN ssize_t memfd_recv_with(int sock, char *p, size_t n, int flags, int 
  * there (or not alone). */
 ORCH_HIDDEN int memfd_recv(int sock, const char **why);
 
+/* A channel's shared memfd, the writer's side: payloads are written over
+ * the last one once the reader has let it go (memfd.c). fd -1: none. */
+typedef struct memfd_shared {
+    int fd;
+    size_t size;  /* its length, the header's included */
+    int busy;     /* a payload was written that the reader has not let go */
+} memfd_shared;
+#define MEMFD_SHARED_AT 64 /* where the payload starts in a shared memfd */
+/* p[0..n) into s, made or resized as needed, and *send_fd a new fd of it
+ * for the reader: 0; or -1 when the reader still holds the last payload,
+ * the process's budget for shared memfds is spent or a call failed (the
+ * caller uses a sealed memfd instead). */
+ORCH_HIDDEN int memfd_shared_put(memfd_shared *s, const char *p, size_t n, int *send_fd);
+/* Closes s (a reader's mapping stays whole). */
+ORCH_HIDDEN void memfd_shared_close(memfd_shared *s);
+/* The reader: checks the shared memfd fd (a memfd of at least
+ * MEMFD_SHARED_AT + n bytes), maps that much read-write into *map and
+ * closes fd whatever happens. 0, or -1 with *why. */
+ORCH_HIDDEN int memfd_map_shared(int fd, size_t n, void **map, const char **why);
+/* Tells the writer the payload in the shared memfd mapped at map may be
+ * written over. */
+ORCH_HIDDEN void memfd_let_go(void *map);
+
 /* ---- chan.c: a framed endpoint (plumbing; chan_enc_* raise) -----------
  * Frames come in from rfd into `in`, go out from `out` to wfd. At most one
  * frame is open in `out` (being encoded, or left by an encode that
@@ -318,6 +341,9 @@ typedef struct chan {
     size_t head_len;   /* its bytes in `in` */
     void *map;         /* the head's mapped payload (big frames) */
     size_t map_len;
+    int head_shared;   /* that payload is in the writer's shared memfd */
+    int share_out;     /* big frames out go in `shared` (the parent's end) */
+    memfd_shared shared;
     const char *why;   /* why a big frame was refused (chan_next -2) */
 } chan;
 

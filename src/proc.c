@@ -421,6 +421,7 @@ static int make_channels(lua_State *L, int first, int n, const char **what)
             return k;
         }
         chan_init(&p->conn.ch, pv[0], sv[0]);
+        p->conn.ch.share_out = 1;
         p->peer = sv[1];
         p->peer_w = pv[1];
     }

@@ -9,6 +9,8 @@ A big frame: a 4-byte length of 0x80000008, the type byte, the payload's
 length (8 bytes); the payload is in a memfd whose fd comes first on the
 socket, on a byte 'F' of its own (chan.c). PAYLOAD_HEX is what the memfd
 holds for KIND "good"; AFTER_HEX the payload of the plain frame after it.
+KIND "shared" sends the form only the parent may send (0x80000009, the
+payload at byte 64 of an unsealed memfd).
 """
 import ctypes
 import os
@@ -77,6 +79,7 @@ def main():
     sock = socket.socket(fileno=grab(ppid, sfd))
     pipe = grab(ppid, pfd)
     sealed = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
+    form = 0x80000008
     size = len(payload)
     fds = []
     if kind == "good":
@@ -93,11 +96,13 @@ def main():
         fds = [memfd(payload, sealed), memfd(payload, sealed)]
     elif kind == "huge":
         size = 1 << 40
+    elif kind == "shared":
+        fds, form = [memfd(bytes(64) + payload, 0)], 0x80000009
     if fds:
         socket.send_fds(sock, [b"F"], fds)
         for fd in fds:
             os.close(fd)
-    os.write(pipe, struct.pack("<IBQ", 0x80000008, ftype, size))
+    os.write(pipe, struct.pack("<IBQ", form, ftype, size))
     os.write(pipe, struct.pack("<IB", len(after), ftype) + after)
 
 
