@@ -80,6 +80,7 @@ local lua_modules = {
   "log",
   "loop",
   "map",
+  "party",
   "pool",
   "progress",
   "queue",

@@ -79,6 +79,7 @@ local lua_modules = {
   "log",
   "loop",
   "map",
+  "party",
   "pool",
   "progress",
   "queue",

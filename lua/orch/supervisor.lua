@@ -22,11 +22,14 @@
 -- - nothing alive and no restart waiting out its delay (s.delay_timer)
 --   after reconcile() means nothing will ever happen again: run() is over.
 -- - every transition is logged with the service's name and pid.
+--
+-- Beside it: orch.services checks the spec, and orch.party holds the
+-- running supervisors' two-stage INT/TERM handling.
 local core = require "orch.core"
 local check = require "orch.check"
 local loop = require "orch.loop"
 local log = require "orch.log"
-local signal = require "orch.signal"
+local party = require "orch.party"
 local child = require "orch.child"
 local status = require "orch.status"
 local services_of = require("orch.services").check
@@ -46,65 +49,6 @@ Supervisor.__name = "orch.supervisor"
 
 -- In a service's child: the service's name (orch.ready needs it).
 M.current_service = nil
-
--- -------------------------------------------------------------------------
--- signals: the first INT/TERM starts the ordered shutdown of every running
--- supervisor, the second kills what is left; once all is down the waiting
--- script gets an Interrupted error (its <close> handlers run), which, left
--- uncaught, ends the process by that signal.
-
-local active = {}  -- running supervisors
-local n_active = 0
-local remove_default = nil
-local signalled = nil  -- the first signal's name
-
--- Once no supervisor runs after a signal: the waiting script is
--- interrupted by the first signal.
-local function interrupt_if_down()
-  if n_active == 0 and signalled then
-    loop.interrupt(signalled)
-    signalled = nil
-  end
-end
-
--- After each signal: the supervisors move on.
-local function after_signal()
-  for sup in pairs(active) do sup:_check() end
-  interrupt_if_down()
-end
-
-local party = {}
-
-function party.stop(name)
-  signalled = name
-  for sup in pairs(active) do sup:_shutdown(("signal %s"):format(name)) end
-  after_signal()
-end
-
-function party.kill(name)
-  for sup in pairs(active) do sup:_kill_all(("second signal %s"):format(name)) end
-  after_signal()
-end
-
-local function activate(sup)
-  if active[sup] then return end
-  active[sup] = true
-  n_active = n_active + 1
-  if not remove_default then remove_default = signal.two_stage(party) end
-end
-
-local function deactivate(sup)
-  if not active[sup] then return end
-  active[sup] = nil
-  n_active = n_active - 1
-  if n_active == 0 then
-    if remove_default then
-      remove_default()
-      remove_default = nil
-    end
-    interrupt_if_down()
-  end
-end
 
 -- -------------------------------------------------------------------------
 -- the reconciler
@@ -253,7 +197,7 @@ function Supervisor:_check()
   if not self:_any_alive() then
     self.finished = true
     if self.shutdown_timer then self.shutdown_timer:stop(); self.shutdown_timer = nil end
-    deactivate(self)
+    party.leave(self)
   end
 end
 
@@ -392,7 +336,7 @@ end
 -- returns true, or nil, err when the supervisor gave up or is stopping.
 function Supervisor:_wait_up(ready)
   self.started = true
-  activate(self)
+  party.join(self)
   self:_check()
   loop.wait(function()
     if self.stopping_all or self.finished then return true end
