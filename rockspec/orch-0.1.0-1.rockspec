@@ -72,6 +72,7 @@ local lua_modules = {
   "cli.usage",
   "cli.worker",
   "control",
+  "deps",
   "dispatch",
   "errors",
   "future",

@@ -71,6 +71,7 @@ local lua_modules = {
   "cli.usage",
   "cli.worker",
   "control",
+  "deps",
   "dispatch",
   "errors",
   "future",

@@ -23,13 +23,15 @@
 --   after reconcile() means nothing will ever happen again: run() is over.
 -- - every transition is logged with the service's name and pid.
 --
--- Beside it: orch.services checks the spec, and orch.party holds the
--- running supervisors' two-stage INT/TERM handling.
+-- Beside it: orch.services checks the spec, orch.deps holds the `after`
+-- graph (start order, needs, dependents), and orch.party the running
+-- supervisors' two-stage INT/TERM handling.
 local core = require "orch.core"
 local check = require "orch.check"
 local loop = require "orch.loop"
 local log = require "orch.log"
 local party = require "orch.party"
+local deps = require "orch.deps"
 local child = require "orch.child"
 local status = require "orch.status"
 local services_of = require("orch.services").check
@@ -113,13 +115,6 @@ local function ask_stop(s)
   end)
 end
 
-local function deps_ready(s, by_name)
-  for _, dep in ipairs(s.after) do
-    if by_name[dep].state ~= "running" then return false end
-  end
-  return true
-end
-
 local function any_alive(list)
   for _, s in ipairs(list) do
     if alive(s) then return true end
@@ -169,7 +164,7 @@ function Supervisor:_reconcile()
         if alive(s) and not s.asked and not any_alive(s.dependents) then
           ask_stop(s)
         end
-      elseif not alive(s) and not s.delay_timer and deps_ready(s, self.by_name) then
+      elseif not alive(s) and not s.delay_timer and deps.ready(s, self.by_name) then
         if s.restarting then
           s.restarting = nil
           s.restarts = s.restarts + 1
@@ -371,26 +366,6 @@ function Supervisor:start(name)
   end)
 end
 
--- The set of s and of every service that depends on it, directly or not.
-local function with_dependents(s, set)
-  set = set or {}
-  if not set[s] then
-    set[s] = true
-    for _, d in ipairs(s.dependents) do with_dependents(d, set) end
-  end
-  return set
-end
-
--- The set of s and of every service it needs: those it lists in `after`,
--- directly or not.
-local function with_needs(s, by_name, set)
-  if not set[s] then
-    set[s] = true
-    for _, dep in ipairs(s.after) do with_needs(by_name[dep], by_name, set) end
-  end
-  return set
-end
-
 -- Whether s is up or on its way up (a restart of several that takes it
 -- along brings it back).
 function Supervisor:_wanted_up(s)
@@ -427,8 +402,8 @@ end
 function Supervisor:_start_one(s)
   if self.stopping_all and not self.finished then return nil, "stopping" end
   if s.want == "up" and s.state == "running" then return true end
-  local set = with_needs(s, self.by_name, {})
-  for t in pairs(s.took_down or {}) do with_needs(t, self.by_name, set) end
+  local set = deps.with_needs(s, self.by_name)
+  for t in pairs(s.took_down or {}) do deps.with_needs(t, self.by_name, set) end
   if self.finished then self:_reopen() end
   for _, t in ipairs(self.order) do
     if set[t] then
@@ -462,7 +437,7 @@ function Supervisor:stop(name)
     return true
   end
   local s = check_name(self, name, "stop")
-  local set = with_dependents(s)
+  local set = deps.with_dependents(s)
   self:_note_stop(s, set)
   for t in pairs(set) do
     all_down({ t })
@@ -484,7 +459,7 @@ function Supervisor:restart(name)
   check_self(self, "restart")
   local s = check_name(self, name, "restart")
   if self.stopping_all then return nil, "stopping" end
-  local set = with_dependents(s)
+  local set = deps.with_dependents(s)
   self:_cycle(set)
   self:_check()
   loop.wait(function()
