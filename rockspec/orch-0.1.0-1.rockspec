@@ -85,6 +85,7 @@ local lua_modules = {
   "pool",
   "progress",
   "queue",
+  "restarts",
   "services",
   "signal",
   "status",

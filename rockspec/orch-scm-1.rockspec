@@ -84,6 +84,7 @@ local lua_modules = {
   "pool",
   "progress",
   "queue",
+  "restarts",
   "services",
   "signal",
   "status",

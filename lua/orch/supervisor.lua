@@ -11,9 +11,9 @@
 --         it in `after` has exited; SIGKILL follows after its `grace`.
 --
 -- Restarts, strategies, sup:stop(name), sup:start(name) and the whole
--- shutdown only change wishes. A restart of several services (one_for_all, rest_for_one,
--- sup:restart) is a `cycle`: its services go down in order, and once all
--- of them are down they all go up again, in order.
+-- shutdown only change wishes. A restart of several services (one_for_all,
+-- rest_for_one, sup:restart) is a `cycle`: its services go down in order,
+-- and once all of them are down they all go up again, in order.
 --
 -- Invariants:
 -- - a service has at most one child (s.proc) at a time; s.proc is cleared
@@ -24,14 +24,16 @@
 -- - every transition is logged with the service's name and pid.
 --
 -- Beside it: orch.services checks the spec, orch.deps holds the `after`
--- graph (start order, needs, dependents), and orch.party the running
--- supervisors' two-stage INT/TERM handling.
+-- graph (start order, needs, dependents), orch.restarts the restart policy
+-- (whether, after how long, with which others, when to give up), and
+-- orch.party the running supervisors' two-stage INT/TERM handling.
 local core = require "orch.core"
 local check = require "orch.check"
 local loop = require "orch.loop"
 local log = require "orch.log"
 local party = require "orch.party"
 local deps = require "orch.deps"
+local restarts = require "orch.restarts"
 local child = require "orch.child"
 local status = require "orch.status"
 local services_of = require("orch.services").check
@@ -127,14 +129,9 @@ local function cancel_delay(s)
   if s.delay_timer then s.delay_timer:stop(); s.delay_timer = nil end
 end
 
--- s is to be restarted: it waits restart_delay seconds first, times
--- restart_backoff for each restart in a row, at most restart_delay_max;
--- a run that lasted restart_window seconds starts the row over.
+-- s is to be restarted: it waits out the delay of its restart policy.
 function Supervisor:_delay_restart(s)
-  if s.started_at and core.now() - s.started_at >= self.restart_window then s.in_a_row = 0 end
-  local n = s.in_a_row or 0
-  s.in_a_row = n + 1
-  local delay = math.min(s.restart_delay * s.restart_backoff ^ n, s.restart_delay_max)
+  local delay = self.policy:delay(s, core.now())
   if delay <= 0 then return end
   say(s, "info", "restarting in %gs", delay)
   cancel_delay(s)
@@ -196,19 +193,6 @@ function Supervisor:_check()
   end
 end
 
--- The set of services a restart of s takes along, by strategy.
-function Supervisor:_restart_set(s, strategy)
-  local set = { [s] = true }
-  if strategy == "one_for_all" then
-    for _, t in ipairs(self.services) do set[t] = true end
-  elseif strategy == "rest_for_one" then
-    for _, t in ipairs(self.order) do
-      if t.pos > s.pos then set[t] = true end
-    end
-  end
-  return set
-end
-
 function Supervisor:_cycle(set)
   self.cycle = self.cycle or {}
   for t in pairs(set) do
@@ -247,37 +231,22 @@ function Supervisor:_exited(s, proc, how, code)
   local expected = s.want == "down" or s.asked
   s.state = failed and not expected and "failed" or "stopped"
   if not expected then
-    local again = s.restart == "permanent" or (s.restart == "transient" and failed)
-    if again then
-      if self:_intensity_exceeded() then
-        self.error = ("service '%s' %s and the restart limit was reached (%d restarts in %gs): giving up")
-          :format(s.name, failed and "failed" or "exited", self.max_restarts, self.restart_window)
-        say(s, "error", "%s", self.error)
-        self:_shutdown("restart limit reached")
-      else
-        self:_delay_restart(s)
-        if self.strategy == "one_for_one" then
-          s.restarting = true
-        else
-          self:_cycle(self:_restart_set(s, self.strategy))
-        end
-      end
-    else
+    if not restarts.again(s, failed) then
       s.want = "down"
+    elseif self.policy:exceeded(core.now()) then
+      self.error = self.policy:limit_error(s, failed)
+      say(s, "error", "%s", self.error)
+      self:_shutdown("restart limit reached")
+    else
+      self:_delay_restart(s)
+      if self.policy.strategy == "one_for_one" then
+        s.restarting = true
+      else
+        self:_cycle(self.policy:set(s, self.order))
+      end
     end
   end
   self:_check()
-end
-
-function Supervisor:_intensity_exceeded()
-  local now = core.now()
-  local recent = {}
-  for _, t in ipairs(self.restart_times) do
-    if now - t < self.restart_window then recent[#recent + 1] = t end
-  end
-  recent[#recent + 1] = now
-  self.restart_times = recent
-  return #recent > self.max_restarts
 end
 
 -- The whole ordered shutdown, bounded by shutdown_timeout.
@@ -324,7 +293,8 @@ end
 -- A finished supervisor runs again: its end and its restart history are
 -- forgotten.
 function Supervisor:_reopen()
-  self.finished, self.stopping_all, self.error, self.restart_times = false, false, nil, {}
+  self.finished, self.stopping_all, self.error = false, false, nil
+  self.policy:forget()
 end
 
 -- Waits until no service of those ready() looks at moves any more, then
@@ -512,10 +482,8 @@ function M.new(spec)
   local services, by_name, order = services_of(spec)
   local sup = setmetatable({
     services = services, by_name = by_name, order = order,
-    strategy = spec.strategy or "one_for_one",
-    max_restarts = spec.max_restarts or 3, restart_window = spec.restart_window or 5,
-    shutdown_timeout = spec.shutdown_timeout or 10,
-    restart_times = {}, started = false, finished = false,
+    policy = restarts.new(spec), shutdown_timeout = spec.shutdown_timeout or 10,
+    started = false, finished = false,
   }, Supervisor)
   status.register(sup, "supervisor")
   return sup
