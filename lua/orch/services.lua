@@ -1,8 +1,9 @@
 --- A supervisor's spec, checked: its services as the supervisor keeps
 -- them (defaults filled in, `after` resolved, each service's dependents)
--- and their start order. Misuse raises naming the option and the service.
+-- and their start order (both from orch.deps). Misuse raises naming the
+-- option and the service.
 local check = require "orch.check"
-local unpack = table.unpack
+local deps = require "orch.deps"
 
 local services = {}
 
@@ -26,30 +27,6 @@ services.keys = check.keys
 
 local function fail(fmt, ...)
   check.fail("orch.supervisor", fmt, ...)
-end
-
--- Returns the services in a start order (after before), or raises naming
--- the cycle.
-local function start_order(list, by_name)
-  local order, mark = {}, {}
-  local function visit(s, path)
-    if mark[s] == "done" then return end
-    if mark[s] == "visiting" then
-      local from = 1
-      while path[from] ~= s.name do from = from + 1 end
-      local cyc = { unpack(path, from) }
-      cyc[#cyc + 1] = s.name
-      fail("services: a cycle in 'after': %s", table.concat(cyc, " -> "))
-    end
-    mark[s] = "visiting"
-    path[#path + 1] = s.name
-    for _, dep in ipairs(s.after) do visit(by_name[dep], path) end
-    path[#path] = nil
-    mark[s] = "done"
-    order[#order + 1] = s
-  end
-  for _, s in ipairs(list) do visit(s, {}) end
-  return order
 end
 
 --- services.check(spec) -> services (in spec order), by_name, order (a
@@ -94,7 +71,7 @@ function services.check(spec)
       ready_timeout = t.ready_timeout or 10, index = i,
       restart_delay = delay.restart_delay or 0.1, restart_backoff = delay.restart_backoff or 2,
       restart_delay_max = delay.restart_delay_max or 30,
-      state = "pending", want = "up", restarts = 0, dependents = {},
+      state = "pending", want = "up", restarts = 0,
     }
     list[i] = s
     by_name[s.name] = s
@@ -111,14 +88,9 @@ function services.check(spec)
       if dep == s.name then fail("services[%d] (%s): a service cannot come after itself", s.index, s.name) end
     end
   end
-  local order = start_order(list, by_name)
-  for pos, s in ipairs(order) do
-    s.pos = pos
-    for _, dep in ipairs(s.after) do
-      local d = by_name[dep]
-      d.dependents[#d.dependents + 1] = s
-    end
-  end
+  local order, cycle = deps.order(list, by_name)
+  if not order then fail("services: a cycle in 'after': %s", table.concat(cycle, " -> ")) end
+  deps.link(order, by_name)
   return list, by_name, order
 end
 

@@ -11,9 +11,9 @@
 --         it in `after` has exited; SIGKILL follows after its `grace`.
 --
 -- Restarts, strategies, sup:stop(name), sup:start(name) and the whole
--- shutdown only change wishes. A restart of several services (one_for_all, rest_for_one,
--- sup:restart) is a `cycle`: its services go down in order, and once all
--- of them are down they all go up again, in order.
+-- shutdown only change wishes. A restart of several services (one_for_all,
+-- rest_for_one, sup:restart) is a `cycle`: its services go down in order,
+-- and once all of them are down they all go up again, in order.
 --
 -- Invariants:
 -- - a service has at most one child (s.proc) at a time; s.proc is cleared
@@ -22,11 +22,18 @@
 -- - nothing alive and no restart waiting out its delay (s.delay_timer)
 --   after reconcile() means nothing will ever happen again: run() is over.
 -- - every transition is logged with the service's name and pid.
+--
+-- Beside it: orch.services checks the spec, orch.deps holds the `after`
+-- graph (start order, needs, dependents), orch.restarts the restart policy
+-- (whether, after how long, with which others, when to give up), and
+-- orch.party the running supervisors' two-stage INT/TERM handling.
 local core = require "orch.core"
 local check = require "orch.check"
 local loop = require "orch.loop"
 local log = require "orch.log"
-local signal = require "orch.signal"
+local party = require "orch.party"
+local deps = require "orch.deps"
+local restarts = require "orch.restarts"
 local child = require "orch.child"
 local status = require "orch.status"
 local services_of = require("orch.services").check
@@ -46,65 +53,6 @@ Supervisor.__name = "orch.supervisor"
 
 -- In a service's child: the service's name (orch.ready needs it).
 M.current_service = nil
-
--- -------------------------------------------------------------------------
--- signals: the first INT/TERM starts the ordered shutdown of every running
--- supervisor, the second kills what is left; once all is down the waiting
--- script gets an Interrupted error (its <close> handlers run), which, left
--- uncaught, ends the process by that signal.
-
-local active = {}  -- running supervisors
-local n_active = 0
-local remove_default = nil
-local signalled = nil  -- the first signal's name
-
--- Once no supervisor runs after a signal: the waiting script is
--- interrupted by the first signal.
-local function interrupt_if_down()
-  if n_active == 0 and signalled then
-    loop.interrupt(signalled)
-    signalled = nil
-  end
-end
-
--- After each signal: the supervisors move on.
-local function after_signal()
-  for sup in pairs(active) do sup:_check() end
-  interrupt_if_down()
-end
-
-local party = {}
-
-function party.stop(name)
-  signalled = name
-  for sup in pairs(active) do sup:_shutdown(("signal %s"):format(name)) end
-  after_signal()
-end
-
-function party.kill(name)
-  for sup in pairs(active) do sup:_kill_all(("second signal %s"):format(name)) end
-  after_signal()
-end
-
-local function activate(sup)
-  if active[sup] then return end
-  active[sup] = true
-  n_active = n_active + 1
-  if not remove_default then remove_default = signal.two_stage(party) end
-end
-
-local function deactivate(sup)
-  if not active[sup] then return end
-  active[sup] = nil
-  n_active = n_active - 1
-  if n_active == 0 then
-    if remove_default then
-      remove_default()
-      remove_default = nil
-    end
-    interrupt_if_down()
-  end
-end
 
 -- -------------------------------------------------------------------------
 -- the reconciler
@@ -169,13 +117,6 @@ local function ask_stop(s)
   end)
 end
 
-local function deps_ready(s, by_name)
-  for _, dep in ipairs(s.after) do
-    if by_name[dep].state ~= "running" then return false end
-  end
-  return true
-end
-
 local function any_alive(list)
   for _, s in ipairs(list) do
     if alive(s) then return true end
@@ -188,14 +129,9 @@ local function cancel_delay(s)
   if s.delay_timer then s.delay_timer:stop(); s.delay_timer = nil end
 end
 
--- s is to be restarted: it waits restart_delay seconds first, times
--- restart_backoff for each restart in a row, at most restart_delay_max;
--- a run that lasted restart_window seconds starts the row over.
+-- s is to be restarted: it waits out the delay of its restart policy.
 function Supervisor:_delay_restart(s)
-  if s.started_at and core.now() - s.started_at >= self.restart_window then s.in_a_row = 0 end
-  local n = s.in_a_row or 0
-  s.in_a_row = n + 1
-  local delay = math.min(s.restart_delay * s.restart_backoff ^ n, s.restart_delay_max)
+  local delay = self.policy:delay(s, core.now())
   if delay <= 0 then return end
   say(s, "info", "restarting in %gs", delay)
   cancel_delay(s)
@@ -225,7 +161,7 @@ function Supervisor:_reconcile()
         if alive(s) and not s.asked and not any_alive(s.dependents) then
           ask_stop(s)
         end
-      elseif not alive(s) and not s.delay_timer and deps_ready(s, self.by_name) then
+      elseif not alive(s) and not s.delay_timer and deps.ready(s, self.by_name) then
         if s.restarting then
           s.restarting = nil
           s.restarts = s.restarts + 1
@@ -253,21 +189,8 @@ function Supervisor:_check()
   if not self:_any_alive() then
     self.finished = true
     if self.shutdown_timer then self.shutdown_timer:stop(); self.shutdown_timer = nil end
-    deactivate(self)
+    party.leave(self)
   end
-end
-
--- The set of services a restart of s takes along, by strategy.
-function Supervisor:_restart_set(s, strategy)
-  local set = { [s] = true }
-  if strategy == "one_for_all" then
-    for _, t in ipairs(self.services) do set[t] = true end
-  elseif strategy == "rest_for_one" then
-    for _, t in ipairs(self.order) do
-      if t.pos > s.pos then set[t] = true end
-    end
-  end
-  return set
 end
 
 function Supervisor:_cycle(set)
@@ -308,37 +231,22 @@ function Supervisor:_exited(s, proc, how, code)
   local expected = s.want == "down" or s.asked
   s.state = failed and not expected and "failed" or "stopped"
   if not expected then
-    local again = s.restart == "permanent" or (s.restart == "transient" and failed)
-    if again then
-      if self:_intensity_exceeded() then
-        self.error = ("service '%s' %s and the restart limit was reached (%d restarts in %gs): giving up")
-          :format(s.name, failed and "failed" or "exited", self.max_restarts, self.restart_window)
-        say(s, "error", "%s", self.error)
-        self:_shutdown("restart limit reached")
-      else
-        self:_delay_restart(s)
-        if self.strategy == "one_for_one" then
-          s.restarting = true
-        else
-          self:_cycle(self:_restart_set(s, self.strategy))
-        end
-      end
-    else
+    if not restarts.again(s, failed) then
       s.want = "down"
+    elseif self.policy:exceeded(core.now()) then
+      self.error = self.policy:limit_error(s, failed)
+      say(s, "error", "%s", self.error)
+      self:_shutdown("restart limit reached")
+    else
+      self:_delay_restart(s)
+      if self.policy.strategy == "one_for_one" then
+        s.restarting = true
+      else
+        self:_cycle(self.policy:set(s, self.order))
+      end
     end
   end
   self:_check()
-end
-
-function Supervisor:_intensity_exceeded()
-  local now = core.now()
-  local recent = {}
-  for _, t in ipairs(self.restart_times) do
-    if now - t < self.restart_window then recent[#recent + 1] = t end
-  end
-  recent[#recent + 1] = now
-  self.restart_times = recent
-  return #recent > self.max_restarts
 end
 
 -- The whole ordered shutdown, bounded by shutdown_timeout.
@@ -385,14 +293,15 @@ end
 -- A finished supervisor runs again: its end and its restart history are
 -- forgotten.
 function Supervisor:_reopen()
-  self.finished, self.stopping_all, self.error, self.restart_times = false, false, nil, {}
+  self.finished, self.stopping_all, self.error = false, false, nil
+  self.policy:forget()
 end
 
 -- Waits until no service of those ready() looks at moves any more, then
 -- returns true, or nil, err when the supervisor gave up or is stopping.
 function Supervisor:_wait_up(ready)
   self.started = true
-  activate(self)
+  party.join(self)
   self:_check()
   loop.wait(function()
     if self.stopping_all or self.finished then return true end
@@ -425,26 +334,6 @@ function Supervisor:start(name)
     end
     return true
   end)
-end
-
--- The set of s and of every service that depends on it, directly or not.
-local function with_dependents(s, set)
-  set = set or {}
-  if not set[s] then
-    set[s] = true
-    for _, d in ipairs(s.dependents) do with_dependents(d, set) end
-  end
-  return set
-end
-
--- The set of s and of every service it needs: those it lists in `after`,
--- directly or not.
-local function with_needs(s, by_name, set)
-  if not set[s] then
-    set[s] = true
-    for _, dep in ipairs(s.after) do with_needs(by_name[dep], by_name, set) end
-  end
-  return set
 end
 
 -- Whether s is up or on its way up (a restart of several that takes it
@@ -483,8 +372,8 @@ end
 function Supervisor:_start_one(s)
   if self.stopping_all and not self.finished then return nil, "stopping" end
   if s.want == "up" and s.state == "running" then return true end
-  local set = with_needs(s, self.by_name, {})
-  for t in pairs(s.took_down or {}) do with_needs(t, self.by_name, set) end
+  local set = deps.with_needs(s, self.by_name)
+  for t in pairs(s.took_down or {}) do deps.with_needs(t, self.by_name, set) end
   if self.finished then self:_reopen() end
   for _, t in ipairs(self.order) do
     if set[t] then
@@ -518,7 +407,7 @@ function Supervisor:stop(name)
     return true
   end
   local s = check_name(self, name, "stop")
-  local set = with_dependents(s)
+  local set = deps.with_dependents(s)
   self:_note_stop(s, set)
   for t in pairs(set) do
     all_down({ t })
@@ -540,7 +429,7 @@ function Supervisor:restart(name)
   check_self(self, "restart")
   local s = check_name(self, name, "restart")
   if self.stopping_all then return nil, "stopping" end
-  local set = with_dependents(s)
+  local set = deps.with_dependents(s)
   self:_cycle(set)
   self:_check()
   loop.wait(function()
@@ -593,10 +482,8 @@ function M.new(spec)
   local services, by_name, order = services_of(spec)
   local sup = setmetatable({
     services = services, by_name = by_name, order = order,
-    strategy = spec.strategy or "one_for_one",
-    max_restarts = spec.max_restarts or 3, restart_window = spec.restart_window or 5,
-    shutdown_timeout = spec.shutdown_timeout or 10,
-    restart_times = {}, started = false, finished = false,
+    policy = restarts.new(spec), shutdown_timeout = spec.shutdown_timeout or 10,
+    started = false, finished = false,
   }, Supervisor)
   status.register(sup, "supervisor")
   return sup
