@@ -72,6 +72,27 @@ describe("big frames", function()
     assert.are.same({ frame = 0, shared = 0 }, memfds(MB, 3))
   end)
 
+  it("past 256 MiB of shared memfds in a process, the next big task goes in a sealed one", function()
+    if not H.sh("command -v strace"):find("strace") then
+      pending("strace is not installed")
+      return
+    end
+    -- three workers, three tasks of 96 MiB at once: two fit in the budget
+    local out = H.sh(("strace -f -qq -e trace=memfd_create -o /dev/stdout lua5.4 %s 2>/dev/null"):format(
+      H.lua_script([[
+        local orch = require "orch"
+        local pool <close> = orch.pool { workers = 3 }
+        local s, futs = ("q"):rep(96 << 20), {}
+        for i = 1, 3 do futs[i] = pool:submit(function(x) return #x end, s) end
+        for i = 1, 3 do assert(futs[i]:result() == #s) end
+        print("done")
+      ]])))
+    local count = { frame = 0, shared = 0 }
+    for name in out:gmatch("memfd_create%(\"orch%-(%a+)\"") do count[name] = count[name] + 1 end
+    assert.matches("done", out, 1, true)
+    assert.are.same({ frame = 1, shared = 2 }, count)
+  end)
+
   it("one after another through one worker, growing and shrinking: each whole (the shared memfd written over)",
     function()
       local pool <close> = orch.pool { workers = 1 }
