@@ -358,9 +358,11 @@ static int next_fd(chan *c)
 }
 
 /* The big frame whose header is at h (its 8 bytes there): its fd taken
- * and mapped. HEAD_BIG, HEAD_REFUSED (c->why), or -1 for a length over
+ * and mapped, a sealed memfd's payload, or the writer's shared memfd's
+ * header and payload (shared: the child's end, which writes the header on
+ * letting go). HEAD_BIG, HEAD_REFUSED (c->why), or -1 for a length over
  * max_in (the fd closed: the channel is out of sync). */
-static int map_big(chan *c, const unsigned char *h)
+static int map_big(chan *c, const unsigned char *h, int shared)
 {
     uint64_t n = get_u64(h + FRAME_HEADER);
     int fd = next_fd(c);
@@ -371,27 +373,12 @@ static int map_big(chan *c, const unsigned char *h)
     }
     if (fd < 0)
         return HEAD_REFUSED;
-    if (memfd_map(fd, (size_t)n, &c->map, &c->why) < 0)
+    int r = shared ? memfd_map_shared(fd, (size_t)n, &c->map, &c->why)
+                   : memfd_map(fd, (size_t)n, &c->map, &c->why);
+    if (r < 0)
         return HEAD_REFUSED;
-    c->map_len = (size_t)n;
-    return HEAD_BIG;
-}
-
-/* As map_big for a frame in the writer's shared memfd (the child's end):
- * the mapping takes its header too, which the child writes on letting go. */
-static int map_shared(chan *c, const unsigned char *h)
-{
-    uint64_t n = get_u64(h + FRAME_HEADER);
-    int fd = next_fd(c);
-    if (n > c->max_in) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    if (fd < 0 || memfd_map_shared(fd, (size_t)n, &c->map, &c->why) < 0)
-        return HEAD_REFUSED;
-    c->map_len = MEMFD_SHARED_AT + (size_t)n;
-    c->head_shared = 1;
+    c->map_len = (shared ? MEMFD_SHARED_AT : 0) + (size_t)n;
+    c->head_shared = shared;
     return HEAD_BIG;
 }
 
@@ -417,7 +404,7 @@ int chan_next(chan *c, int *type, const char **payload, size_t *plen)
             return -1; /* no frame has that length: the stream is out of sync */
         if (b->len - b->off < BIG_HEADER)
             return 0;
-        int r = n == BIG_SEALED ? map_big(c, h) : map_shared(c, h);
+        int r = map_big(c, h, n == BIG_SHARED);
         if (r < 0)
             return -1;
         c->head = r;
