@@ -3,6 +3,7 @@
 -- futures do not keep. core.task_source on strings that hold no task.
 local orch = require "orch"
 local core = require "orch.core"
+local H = orch_spec
 
 local function where(fn)
   local info = debug.getinfo(fn, "S")
@@ -73,6 +74,47 @@ describe("orch.status() task sources", function()
     assert(io.open(path, "w")):close()
     assert.equal("seen", futs[1]:result())
   end)
+
+  -- In a fresh interpreter, whose cache of function ids this trial fills:
+  -- the tasks after that carry their code and share no id.
+  it("past the bound of function ids, names each task that carries its code by that code", function()
+    local out = H.run_lua([[
+      local orch = require "orch"
+      local core = require "orch.core"
+      local function made(name, body)
+        return assert(load("return function(...) " .. body .. " end", "=" .. name))()
+      end
+      local known, max = core.functions_known()
+      for k = known + 1, max do core.pack_task(made("filler" .. k, "return " .. k)) end
+      print(("known %d of %d"):format(core.functions_known(), max))
+      print(("new code's id %d"):format(("j"):unpack(core.pack_task(made("probe", "return 0")))))
+      local path = os.tmpname()
+      os.remove(path)
+      local pool = orch.pool{ workers = 1 }
+      local futs = {
+        pool:submit(made("waiter", "while not io.open(...) do os.execute('sleep 0.02') end"), path),
+        pool:submit(made("first", "return 1")),
+        pool:submit(made("second", "return 2")),
+      }
+      local by_id, deadline = {}, core.now() + 30
+      repeat
+        orch.sleep(0.02)
+        for _, p in ipairs(orch.status().pools) do
+          for _, t in ipairs(p.tasks) do by_id[t.id] = t end
+        end
+      until (by_id[futs[1].id] and by_id[futs[1].id].state == "running") or core.now() > deadline
+      for i, f in ipairs(futs) do print(("source %d %s"):format(i, by_id[f.id].source)) end
+      assert(io.open(path, "w")):close()
+      print(("results %s %s %s"):format(futs[1]:result(), futs[2]:result(), futs[3]:result()))
+      os.remove(path)
+      pool:terminate()
+    ]])
+    local known, max = out:match("known (%d+) of (%d+)\n")
+    assert.equal(max, known, out)
+    assert.matches("new code's id -1\n", out, 1, true)
+    assert.matches("source 1 waiter:1\nsource 2 first:1\nsource 3 second:1\n", out, 1, true)
+    assert.matches("results nil 1 2\n", out, 1, true)
+  end)
 end)
 
 describe("core.task_source", function()
@@ -105,15 +147,25 @@ describe("core.task_source", function()
       return table.concat(b)
     end
     local task = core.pack_task(wait_for_file, "x")
-    local prefix = task:sub(1, ("j"):packsize())
+    -- the shortest head of the task that names its function: its id, and
+    -- its code as well when the task carries it (this process has handed
+    -- out all its function ids: more specs ran in it before this one)
+    local prefix
+    for n = 1, #task do
+      if core.task_source(task:sub(1, n)) then prefix = task:sub(1, n) break end
+    end
+    local fnid = ("j"):unpack(task)
+    assert.truthy(prefix, "no head of the task names its function")
+    assert.is_true(fnid > 0 or fnid == -1, "fnid " .. fnid)
+    if fnid > 0 then assert.equal(("j"):packsize() + 1, #prefix) end
     for _ = 1, 3000 do
       local s = noise(math.random(0, 64))
       assert.is_nil(core.task_source(s), ("%q"):format(s))
       -- fnid 0 and any value after it: a name, [C] or nil
       local r = core.task_source(("j"):pack(0) .. noise(math.random(0, 64)))
       assert.is_true(r == nil or type(r) == "string")
-      -- a known function id: its source, whatever follows
-      assert.equal(where(wait_for_file), core.task_source(prefix .. noise(math.random(1, 32))))
+      -- a known function id (or the code itself): its source, whatever follows
+      assert.equal(where(wait_for_file), core.task_source(prefix .. noise(math.random(0, 32))))
     end
     for n = 0, #task do
       local r = core.task_source(task:sub(1, n))

@@ -5,6 +5,7 @@
  * signals, the serializer, and the child's side. The policy (pools,
  * futures, supervisors, queues) is the Lua layer in lua/orch/.
  */
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include "orch.h"
@@ -35,8 +36,22 @@ static int l_getpid(lua_State *L)
     return 1;
 }
 
+/* orch.core keeps state for the life of the process, not of the Lua
+ * state that loaded it: the loop, and signal handlers (libev's, a child's
+ * stop handler) that the kernel calls by address. lua_close unloads C
+ * modules, and a signal after that would jump into unmapped code; so the
+ * module pins itself, and libev with it (RTLD_NODELETE). The loop then
+ * stays reachable to the end, as the one loop of the process it is. */
+static void pin_module(void)
+{
+    Dl_info info;
+    if (dladdr((void *)(uintptr_t)luaopen_orch_core, &info) && info.dli_fname)
+        (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
 {
+    pin_module();
     lua_newtable(L);
     loop_open(L);
     proc_open(L);

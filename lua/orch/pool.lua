@@ -244,8 +244,8 @@ function Pool:_submit(group, fn, ...)
   if not ok then check.fail("orch.pool", "submit: %s", tostring(task)) end
   local max = self.dispatcher.max_message
   if max and #task > max then
-    check.fail("orch.pool", "submit: the task's arguments take %d bytes, over the limit of %d (max_message)",
-      #task, max)
+    check.fail("orch.pool", "submit: the task takes %d bytes packed (its function and arguments), "
+      .. "over the limit of %d (max_message)", #task, max)
   end
   local fut = self:_enqueue(group, task)
   if group.keeps_args then

@@ -105,6 +105,9 @@ local function source_of_fn(fn)
 end
 
 -- fnid -> "short_src:line": a function id never names two pieces of code.
+-- Only ids above 0 are kept: 0 is a task whose function travels by name,
+-- -1 one whose code travels in the task itself (the parent's cache of
+-- function ids is full), and either stands for many functions.
 local source_by_fnid = {}
 local FNID = ("j"):packsize()  -- a packed task starts with its function id
 
@@ -117,7 +120,7 @@ local function source_of(t)
   local source = source_by_fnid[fnid]
   if not source then
     source = core.task_source(task)
-    if source and fnid ~= 0 then source_by_fnid[fnid] = source end  -- 0: a name, in the task
+    if source and fnid > 0 then source_by_fnid[fnid] = source end
   end
   return source or "?"
 end
