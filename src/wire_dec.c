@@ -393,6 +393,63 @@ static int dec_cfunction(wire_dec *d, size_t at, int shared)
     return dec_register(d, lua_gettop(L), at, shared);
 }
 
+/* A string of l <= SHORTSTR_MAX bytes, its length in its tag (at `at`). */
+static int dec_shortstr(wire_dec *d, size_t at, size_t l)
+{
+    if (l > d->len - d->pos)
+        return dec_fail(d, at, "truncated string (%zu bytes, %zu left)", l,
+                        d->len - d->pos);
+    lua_pushlstring(d->L, d->data + d->pos, l);
+    d->pos += l;
+    return 0;
+}
+
+/* A float's 8 bytes, little-endian (T_FLOAT at `at`). */
+static int dec_float(wire_dec *d, size_t at)
+{
+    const unsigned char *p = (const unsigned char *)d->data;
+    if (d->len - d->pos < 8)
+        return dec_fail(d, at, "truncated float");
+    uint64_t u = 0;
+    for (int i = 0; i < 8; i++)
+        u |= (uint64_t)p[d->pos + i] << (8 * i);
+    d->pos += 8;
+    double x;
+    memcpy(&x, &u, 8);
+    lua_pushnumber(d->L, (lua_Number)x);
+    return 0;
+}
+
+/* A back-reference (T_REF at `at`): wire_dec_upvalues' function, found
+ * where it is on the stack, or a shared value of the context table. */
+static int dec_ref(wire_dec *d, size_t at)
+{
+    lua_State *L = d->L;
+    uint64_t r;
+    if (dec_uvar(d, &r, "reference") != 0)
+        return -1;
+    if (r >= 1 && r == (uint64_t)d->fn_ref) {
+        lua_pushvalue(L, d->fn_idx);
+        return 0;
+    }
+    if (r < 1 || r > (uint64_t)d->nrefs || lua_type(L, d->ctx) != LUA_TTABLE ||
+        lua_rawgeti(L, d->ctx, (lua_Integer)r) == LUA_TNIL)
+        return dec_fail(d, at, "reference to unknown value %llu",
+                        (unsigned long long)r);
+    return 0;
+}
+
+/* A C or Lua function (its tag at `at`), only under WIRE_FUNCTIONS. */
+static int dec_function(wire_dec *d, size_t at, unsigned tag)
+{
+    if (!(d->flags & WIRE_FUNCTIONS))
+        return dec_fail(d, at, "function refused (functions only travel "
+                               "from the parent to its workers)");
+    if ((tag & ~T_SHARED) == T_CFUNC)
+        return dec_cfunction(d, at, tag & T_SHARED);
+    return dec_lfunction(d, at, tag & T_SHARED);
+}
+
 /* Decodes one value and pushes it; on failure the caller restores the
  * stack. */
 static int dec_any(wire_dec *d)
@@ -407,15 +464,8 @@ static int dec_any(wire_dec *d)
         lua_pushinteger(L, (lua_Integer)tag - 0x80);
         return 0;
     }
-    if (tag >= T_SHORTSTR && tag <= T_SHORTSTR + SHORTSTR_MAX) {
-        size_t l = tag - T_SHORTSTR;
-        if (l > d->len - d->pos)
-            return dec_fail(d, at, "truncated string (%zu bytes, %zu left)", l,
-                            d->len - d->pos);
-        lua_pushlstring(L, d->data + d->pos, l);
-        d->pos += l;
-        return 0;
-    }
+    if (tag >= T_SHORTSTR && tag <= T_SHORTSTR + SHORTSTR_MAX)
+        return dec_shortstr(d, at, tag - T_SHORTSTR);
     switch (tag) {
     case T_NIL:
         lua_pushnil(L);
@@ -431,18 +481,8 @@ static int dec_any(wire_dec *d)
         lua_pushinteger(L, unzigzag(z));
         return 0;
     }
-    case T_FLOAT: {
-        if (d->len - d->pos < 8)
-            return dec_fail(d, at, "truncated float");
-        uint64_t u = 0;
-        for (int i = 0; i < 8; i++)
-            u |= (uint64_t)p[d->pos + i] << (8 * i);
-        d->pos += 8;
-        double x;
-        memcpy(&x, &u, 8);
-        lua_pushnumber(L, (lua_Number)x);
-        return 0;
-    }
+    case T_FLOAT:
+        return dec_float(d, at);
     case T_STR: {
         size_t l;
         if (dec_count(d, &l, 1, "string length") != 0)
@@ -454,30 +494,13 @@ static int dec_any(wire_dec *d)
     case T_TABLE:
     case T_TABLE | T_SHARED:
         return dec_table(d, at, tag & T_SHARED);
-    case T_REF: {
-        uint64_t r;
-        if (dec_uvar(d, &r, "reference") != 0)
-            return -1;
-        if (r >= 1 && r == (uint64_t)d->fn_ref) {
-            lua_pushvalue(L, d->fn_idx);
-            return 0;
-        }
-        if (r < 1 || r > (uint64_t)d->nrefs || lua_type(L, d->ctx) != LUA_TTABLE ||
-            lua_rawgeti(L, d->ctx, (lua_Integer)r) == LUA_TNIL)
-            return dec_fail(d, at, "reference to unknown value %llu",
-                            (unsigned long long)r);
-        return 0;
-    }
+    case T_REF:
+        return dec_ref(d, at);
     case T_CFUNC:
     case T_CFUNC | T_SHARED:
     case T_LFUNC:
     case T_LFUNC | T_SHARED:
-        if (!(d->flags & WIRE_FUNCTIONS))
-            return dec_fail(d, at, "function refused (functions only travel "
-                                   "from the parent to its workers)");
-        if ((tag & ~T_SHARED) == T_CFUNC)
-            return dec_cfunction(d, at, tag & T_SHARED);
-        return dec_lfunction(d, at, tag & T_SHARED);
+        return dec_function(d, at, tag);
     case T_ENV:
         return dec_fail(d, at, "globals marker outside a function's upvalues");
     case T_MODULE:

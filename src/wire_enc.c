@@ -439,33 +439,38 @@ static size_t enc_array_in_place(wire_enc *e, int idx, size_t n, wire_step *st,
     return k;
 }
 
+/* A metatable that says __wire = true (an orch.queue handle) lets its
+ * table travel as a plain table; any other is refused. */
+static void enc_check_metatable(wire_enc *e, int idx)
+{
+    lua_State *L = e->L;
+    if (!lua_getmetatable(L, idx))
+        return;
+    lua_pushliteral(L, "__wire");
+    int plain = lua_rawget(L, -2) == LUA_TBOOLEAN && lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    if (!plain)
+        enc_fail(e, "cannot send a table with a metatable");
+}
+
+/* One pass with lua_next. Lua visits the array part first, in key order,
+ * so the run of keys 1, 2, 3... it starts with is sent as the array part;
+ * from the first other key on, everything is sent as a pair (an integer
+ * key met later too). A hole thus ends the array part and a sparse table
+ * never turns into a run of nils. The array count is at most the border
+ * lua_rawlen gives (1..na are all non-nil), so it is written in that
+ * border's width and patched afterwards, as is the one-byte hash hint:
+ * nothing written ever moves. Integers in the array part go as runs
+ * (T_IRUN), with no path step kept for them. Without a hash part the
+ * array part is read in place first. */
 static void enc_table(wire_enc *e, int idx)
 {
     lua_State *L = e->L;
     if (enc_backref(e, idx))
         return;
-    if (lua_getmetatable(L, idx)) {
-        /* A metatable that says __wire = true (an orch.queue handle) lets
-         * its table travel as a plain table; any other is refused. */
-        lua_pushliteral(L, "__wire");
-        int plain = lua_rawget(L, -2) == LUA_TBOOLEAN && lua_toboolean(L, -1);
-        lua_pop(L, 2);
-        if (!plain)
-            enc_fail(e, "cannot send a table with a metatable");
-    }
+    enc_check_metatable(e, idx);
     wire_step *st = enc_enter(e);
     enc_register(e, idx, enc_mark(e));
-
-    /* One pass with lua_next. Lua visits the array part first, in key
-     * order, so the run of keys 1, 2, 3... it starts with is sent as the
-     * array part; from the first other key on, everything is sent as a
-     * pair (an integer key met later too). A hole thus ends the array part
-     * and a sparse table never turns into a run of nils. The array count
-     * is at most the border lua_rawlen gives (1..na are all non-nil), so
-     * it is written in that border's width and patched afterwards, as is
-     * the one-byte hash hint: nothing written ever moves. Integers in the
-     * array part go as runs (T_IRUN), with no path step kept for them.
-     * Without a hash part the array part is read in place first. */
     size_t n = (size_t)lua_rawlen(L, idx);
     size_t w = uvar_size(n);
     unsigned char *p = enc_room(e, 1 + w + 1);
