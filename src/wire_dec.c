@@ -18,7 +18,7 @@
 
 #include "wire.h"
 
-/* ---- decoder -------------------------------------------------------- */
+/* ---- bytes ---------------------------------------------------------- */
 
 static int dec_any(wire_dec *d);
 static int dec_upvalues(wire_dec *d, int fidx);
@@ -127,6 +127,8 @@ static int dec_register(wire_dec *d, int idx, size_t at, int shared)
     lua_rawseti(L, d->ctx, d->nrefs);
     return 0;
 }
+
+/* ---- tables --------------------------------------------------------- */
 
 /* Decodes up to n bare varints into the slots a[0..n) while a whole
  * varint is surely there (UVAR_MAX bytes left); returns how many. What is
@@ -280,6 +282,8 @@ static int dec_table(wire_dec *d, size_t at, int shared)
     return 0;
 }
 
+/* ---- functions and modules ------------------------------------------ */
+
 struct mem_reader {
     const char *p;
     size_t n;
@@ -392,6 +396,8 @@ static int dec_cfunction(wire_dec *d, size_t at, int shared)
                         key, luaL_typename(L, -1));
     return dec_register(d, lua_gettop(L), at, shared);
 }
+
+/* ---- any value ------------------------------------------------------ */
 
 /* A string of l <= SHORTSTR_MAX bytes, its length in its tag (at `at`). */
 static int dec_shortstr(wire_dec *d, size_t at, size_t l)
@@ -544,6 +550,8 @@ static int dec_upvalues(wire_dec *d, int fidx)
     return 0;
 }
 
+/* ---- a context ------------------------------------------------------ */
+
 void wire_dec_begin(wire_dec *d, lua_State *L, const char *data, size_t len,
                     int flags)
 {
@@ -625,6 +633,8 @@ void wire_dec_resume(wire_dec *d, lua_State *L, const char *data, size_t len, in
     d->fn_ref = fn_ref;
     d->fn_idx = fn_idx;
 }
+
+/* ---- lists ---------------------------------------------------------- */
 
 /* A list's head: its tag (a table's, maybe shared) and length; the hash
  * size hint is skipped. */

@@ -25,7 +25,7 @@ enum { S_INT, S_VAL, S_KEY, S_UPVAL };
 #define NOFUNC_MSG "cannot send a function: functions only travel from " \
                    "the parent to its workers"
 
-/* ---- encoder -------------------------------------------------------- */
+/* ---- bytes ---------------------------------------------------------- */
 
 static void enc_any(wire_enc *e, int idx, int type);
 static void enc_upvalues(wire_enc *e, int fidx);
@@ -108,6 +108,8 @@ static void enc_float(wire_enc *e, lua_Number x)
         p[1 + i] = (unsigned char)(u >> (8 * i));
     e->b->len += 9;
 }
+
+/* ---- integer runs --------------------------------------------------- */
 
 /* An integer run being written (a list, enc_table; wire_run in orch.h): n
  * values so far after the T_IRUN tag and a count of w bytes at mark `at`,
@@ -196,6 +198,8 @@ static size_t enc_ints_in_place(wire_enc *e, wire_run *r, const array_slot *a, s
     *r = run;
     return k;
 }
+
+/* ---- the path to a refused value ------------------------------------ */
 
 /* Appends a key in path notation: .name, ["two words"], [3], [true],
  * [<table>]. */
@@ -327,6 +331,8 @@ static wire_step *enc_enter(wire_enc *e)
     return &e->path[e->depth++];
 }
 
+/* ---- references ----------------------------------------------------- */
+
 /* The ref number of the table or function at idx, or 0 if not seen yet.
  * Refs 1..WIRE_INLINE_REFS are found by identity in e->seen, which
  * spares small frames a Lua table: the values are reachable from the
@@ -393,6 +399,8 @@ static int enc_backref(wire_enc *e, int idx)
     e->b->len += 1 + uvar_put(p + 1, (uint64_t)r);
     return 1;
 }
+
+/* ---- tables --------------------------------------------------------- */
 
 /* The hash part's size hint: exact below 128, else 128 + bit length. */
 static unsigned char hash_hint(uint64_t nh)
@@ -521,6 +529,8 @@ static void enc_table(wire_enc *e, int idx)
     enc_byte(e, T_NIL); /* end of the pairs */
     e->depth--;
 }
+
+/* ---- functions ------------------------------------------------------ */
 
 static int dump_to_wbuf(lua_State *L, const void *p, size_t sz, void *ud)
 {
@@ -659,6 +669,8 @@ static void enc_upvalues(wire_enc *e, int fidx)
     e->depth--;
 }
 
+/* ---- any value ------------------------------------------------------ */
+
 static void enc_any(wire_enc *e, int idx, int type)
 {
     lua_State *L = e->L;
@@ -702,6 +714,8 @@ static void enc_any(wire_enc *e, int idx, int type)
     }
 }
 
+/* ---- a context ------------------------------------------------------ */
+
 void wire_enc_begin(wire_enc *e, lua_State *L, wbuf *b, int flags)
 {
     e->L = L;
@@ -721,6 +735,8 @@ void wire_enc_value(wire_enc *e, int idx, const char *root)
     e->depth = 0;
     enc_any(e, idx, lua_type(e->L, idx));
 }
+
+/* ---- lists and slices ----------------------------------------------- */
 
 /* The number of values in t[i..j], 0 when j < i, counted without
  * overflow however far apart i and j are; a slice longer than a list
