@@ -105,9 +105,10 @@ ORCH_HIDDEN array_slot *array_of(lua_State *L, int idx, size_t *n, int *hash_emp
  * shared references and cycles, function) into bytes (wire_enc.c);
  * decodes them with every read bounds-checked, since the bytes come from
  * another process (wire_dec.c). The two share the format's tags and
- * varints in wire.h; wire.c is the Lua binding. One encoder/decoder
- * context spans one frame, so a table that appears in two arguments of
- * the same frame stays one table on the other side. */
+ * varints in wire.h and keep their Lua functions (core.encode...,
+ * core.decode...), which wire.c registers. One encoder/decoder context
+ * spans one frame, so a table that appears in two arguments of the same
+ * frame stays one table on the other side. */
 #define WIRE_FUNCTIONS 1 /* allow functions (parent -> child only) */
 #define WIRE_MAXDEPTH 200 /* tables and functions nested deeper are refused */
 #define WIRE_INLINE_REFS 8 /* refs remembered without a Lua table */
@@ -212,10 +213,6 @@ ORCH_HIDDEN int wire_dec_list_next(wire_dec *d);
  * slots a[0..): how many (0: take the next value with wire_dec_list_next). */
 ORCH_HIDDEN size_t wire_dec_list_ints(wire_dec *d, array_slot *a, size_t max);
 ORCH_HIDDEN int wire_dec_list_end(wire_dec *d);
-/* The one list in the bytes (as wire_enc_slice writes it: nothing after
- * it) into t[base..base + n - 1] of the table at t instead of a new table;
- * *n is its length. 0, or -1 with d->err. */
-ORCH_HIDDEN int wire_dec_list_into(wire_dec *d, int t, lua_Integer base, size_t *n);
 ORCH_HIDDEN void wire_dec_end(wire_dec *d);
 
 /* Pushes the Lua function at fidx dumped as bytecode (a string), with

@@ -1,8 +1,7 @@
 /*
  * wire.h - the serializer's format, shared by its encoder (wire_enc.c)
  * and decoder (wire_dec.c): the tags, the limits and the varints. What the
- * rest of orch.core calls is declared in orch.h; wire.c, the Lua binding,
- * needs only that.
+ * rest of orch.core calls is declared in orch.h.
  *
  * Format. A value is one tag byte and what the tag says follows:
  *
@@ -142,5 +141,12 @@ static inline lua_Integer unzigzag(uint64_t z)
         return (lua_Integer)u;
     return -(lua_Integer)(~u) - 1;
 }
+
+/* ---- the Lua functions, registered by wire_open (wire.c) ------------ */
+
+/* Register encode, encode_strict and encode_slice (wire_enc.c), decode and
+ * decode_into (wire_dec.c) in the table at the top of the stack. */
+ORCH_HIDDEN void wire_enc_open(lua_State *L);
+ORCH_HIDDEN void wire_dec_open(lua_State *L);
 
 #endif

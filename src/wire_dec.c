@@ -399,13 +399,13 @@ static int dec_cfunction(wire_dec *d, size_t at, int shared)
 
 /* ---- any value ------------------------------------------------------ */
 
-/* A string of l <= SHORTSTR_MAX bytes, its length in its tag (at `at`). */
-static int dec_shortstr(wire_dec *d, size_t at, size_t l)
+/* A string of any length, after its T_STR tag. */
+static int dec_string(wire_dec *d, lua_State *L)
 {
-    if (l > d->len - d->pos)
-        return dec_fail(d, at, "truncated string (%zu bytes, %zu left)", l,
-                        d->len - d->pos);
-    lua_pushlstring(d->L, d->data + d->pos, l);
+    size_t l;
+    if (dec_count(d, &l, 1, "string length") != 0)
+        return -1;
+    lua_pushlstring(L, d->data + d->pos, l);
     d->pos += l;
     return 0;
 }
@@ -470,8 +470,15 @@ static int dec_any(wire_dec *d)
         lua_pushinteger(L, (lua_Integer)tag - 0x80);
         return 0;
     }
-    if (tag >= T_SHORTSTR && tag <= T_SHORTSTR + SHORTSTR_MAX)
-        return dec_shortstr(d, at, tag - T_SHORTSTR);
+    if (tag >= T_SHORTSTR && tag <= T_SHORTSTR + SHORTSTR_MAX) {
+        size_t l = tag - T_SHORTSTR;
+        if (l > d->len - d->pos)
+            return dec_fail(d, at, "truncated string (%zu bytes, %zu left)", l,
+                            d->len - d->pos);
+        lua_pushlstring(L, d->data + d->pos, l);
+        d->pos += l;
+        return 0;
+    }
     switch (tag) {
     case T_NIL:
         lua_pushnil(L);
@@ -489,14 +496,8 @@ static int dec_any(wire_dec *d)
     }
     case T_FLOAT:
         return dec_float(d, at);
-    case T_STR: {
-        size_t l;
-        if (dec_count(d, &l, 1, "string length") != 0)
-            return -1;
-        lua_pushlstring(L, d->data + d->pos, l);
-        d->pos += l;
-        return 0;
-    }
+    case T_STR:
+        return dec_string(d, L);
     case T_TABLE:
     case T_TABLE | T_SHARED:
         return dec_table(d, at, tag & T_SHARED);
@@ -755,7 +756,7 @@ int wire_dec_list_end(wire_dec *d)
 
 /* The one list in d (a table with an array part only, as encode_slice
  * makes it) into t[base..base + n - 1]. */
-int wire_dec_list_into(wire_dec *d, int t, lua_Integer base, size_t *n)
+static int dec_list_into(wire_dec *d, int t, lua_Integer base, size_t *n)
 {
     size_t at = d->pos, na;
     int tag;
@@ -779,8 +780,61 @@ int wire_dec_list_into(wire_dec *d, int t, lua_Integer base, size_t *n)
     return 0;
 }
 
-
 void wire_dec_end(wire_dec *d)
 {
     lua_remove(d->L, d->ctx);
+}
+
+/* ---- Lua binding ---------------------------------------------------- */
+
+/* decode_into(s, t, i) -> n: s holds one list (encode_slice); its n values
+ * go to t[i..i + n - 1] instead of a new table. Functions are refused. */
+static int l_decode_into(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer base = luaL_checkinteger(L, 3);
+    lua_settop(L, 3);
+    wire_dec d;
+    size_t n = 0;
+    wire_dec_begin(&d, L, s, len, 0);
+    if (dec_list_into(&d, 2, base, &n) != 0) {
+        lua_pushfstring(L, "orch.core.decode_into: %s", d.err);
+        return lua_error(L);
+    }
+    wire_dec_end(&d);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+}
+
+/* decode(s [, allow_functions]) -> the values encoded in s. */
+static int l_decode(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    int flags = lua_toboolean(L, 2) ? WIRE_FUNCTIONS : 0;
+    lua_settop(L, 2);
+    wire_dec d;
+    wire_dec_begin(&d, L, s, len, flags);
+    int n = 0;
+    while (d.pos < d.len) {
+        luaL_checkstack(L, 1, "orch.core.decode: too many values");
+        if (wire_dec_value(&d) != 0) {
+            lua_pushfstring(L, "orch.core.decode: %s", d.err);
+            return lua_error(L);
+        }
+        n++;
+    }
+    wire_dec_end(&d);
+    return n;
+}
+
+/* Registers decode and decode_into in the table at the top of the stack. */
+void wire_dec_open(lua_State *L)
+{
+    lua_pushcfunction(L, l_decode);
+    lua_setfield(L, -2, "decode");
+    lua_pushcfunction(L, l_decode_into);
+    lua_setfield(L, -2, "decode_into");
 }

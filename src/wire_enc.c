@@ -447,18 +447,16 @@ static size_t enc_array_in_place(wire_enc *e, int idx, size_t n, wire_step *st,
     return k;
 }
 
-/* A metatable that says __wire = true (an orch.queue handle) lets its
- * table travel as a plain table; any other is refused. */
-static void enc_check_metatable(wire_enc *e, int idx)
+/* 1 if the table at idx may travel: it has no metatable, or one that says
+ * __wire = true (an orch.queue handle), which lets it go as a plain table. */
+static int plain_table(lua_State *L, int idx)
 {
-    lua_State *L = e->L;
     if (!lua_getmetatable(L, idx))
-        return;
+        return 1;
     lua_pushliteral(L, "__wire");
     int plain = lua_rawget(L, -2) == LUA_TBOOLEAN && lua_toboolean(L, -1);
     lua_pop(L, 2);
-    if (!plain)
-        enc_fail(e, "cannot send a table with a metatable");
+    return plain;
 }
 
 /* One pass with lua_next. Lua visits the array part first, in key order,
@@ -476,7 +474,8 @@ static void enc_table(wire_enc *e, int idx)
     lua_State *L = e->L;
     if (enc_backref(e, idx))
         return;
-    enc_check_metatable(e, idx);
+    if (!plain_table(L, idx))
+        enc_fail(e, "cannot send a table with a metatable");
     wire_step *st = enc_enter(e);
     enc_register(e, idx, enc_mark(e));
     size_t n = (size_t)lua_rawlen(L, idx);
@@ -870,4 +869,72 @@ void wire_enc_upvalues(wire_enc *e, int fidx)
 void wire_enc_end(wire_enc *e)
 {
     lua_remove(e->L, e->ctx);
+}
+
+/* ---- Lua binding ---------------------------------------------------- */
+
+static int encode_with(lua_State *L, int flags)
+{
+    int n = lua_gettop(L);
+    wbuf *b = wbuf_scratch_take(L);
+    int holder = lua_gettop(L);
+    static const char *const roots[] = {
+        "args[1]", "args[2]", "args[3]", "args[4]",
+        "args[5]", "args[6]", "args[7]", "args[8]",
+    };
+    wire_enc e;
+    char root[32];
+    wire_enc_begin(&e, L, b, flags);
+    for (int i = 1; i <= n; i++) {
+        if (i <= 8) {
+            wire_enc_value(&e, i, roots[i - 1]);
+        } else {
+            snprintf(root, sizeof root, "args[%d]", i);
+            wire_enc_value(&e, i, root);
+        }
+    }
+    wire_enc_end(&e);
+    lua_pushlstring(L, b->data + b->off, b->len - b->off);
+    wbuf_scratch_give(L, b, holder);
+    return 1;
+}
+
+/* encode(...) -> string: all the values, functions allowed. */
+static int l_encode(lua_State *L)
+{
+    return encode_with(L, WIRE_FUNCTIONS);
+}
+
+/* encode_strict(...) -> string: as a worker sends, functions refused. */
+static int l_encode_strict(lua_State *L)
+{
+    return encode_with(L, 0);
+}
+
+/* encode_slice(t, i, j) -> string: the list t[i..j] as one table, as
+ * encode_strict({table.unpack(t, i, j)}) makes it, without building it; a
+ * value that cannot cross is named result[k]. map's chunks of results. */
+static int l_encode_slice(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer i = luaL_checkinteger(L, 2), j = luaL_checkinteger(L, 3);
+    lua_settop(L, 3);
+    wbuf *b = wbuf_scratch_take(L);
+    int holder = lua_gettop(L);
+    wire_enc e;
+    wire_enc_begin(&e, L, b, 0);
+    wire_enc_slice(&e, 1, i, j, "result");
+    wire_enc_end(&e);
+    lua_pushlstring(L, b->data + b->off, b->len - b->off);
+    wbuf_scratch_give(L, b, holder);
+    return 1;
+}
+
+/* Registers encode, encode_strict and encode_slice in the table at the
+ * top of the stack, each with a scratch buffer of its own. */
+void wire_enc_open(lua_State *L)
+{
+    wbuf_scratch_fn(L, l_encode, "encode");
+    wbuf_scratch_fn(L, l_encode_strict, "encode_strict");
+    wbuf_scratch_fn(L, l_encode_slice, "encode_slice");
 }
