@@ -18,6 +18,7 @@ LIBS       = -L$(LIBEV_LIBDIR) -lev -lhiredis
 
 BUILD      = build
 SRCS       = $(wildcard src/*.c)
+HDRS       = $(wildcard src/*.h)
 OBJS       = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE     = $(BUILD)/orch/core.so
 
@@ -48,7 +49,7 @@ deps:
 build: deps
 	@$(MAKE) --no-print-directory $(MODULE)
 
-$(BUILD)/obj/%.o: src/%.c src/orch.h
+$(BUILD)/obj/%.o: src/%.c $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
@@ -140,10 +141,11 @@ FUZZ_OPT     = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
                -fno-sanitize-recover=undefined
 FUZZ_LIBS    = -llua5.4 -lev
 FUZZ_TARGETS = wire frame
-FUZZ_OBJS_wire = $(FUZZ_BUILD)/obj/wire.o $(FUZZ_BUILD)/obj/wbuf.o $(FUZZ_BUILD)/obj/array.o
+FUZZ_WIRE    = $(FUZZ_BUILD)/obj/wire.o $(FUZZ_BUILD)/obj/wire_enc.o $(FUZZ_BUILD)/obj/wire_dec.o
+FUZZ_OBJS_wire = $(FUZZ_WIRE) $(FUZZ_BUILD)/obj/wbuf.o $(FUZZ_BUILD)/obj/array.o
 FUZZ_OBJS_frame = $(FUZZ_BUILD)/obj/chan.o $(FUZZ_BUILD)/obj/dispatch.o $(FUZZ_BUILD)/obj/loop.o \
                   $(FUZZ_BUILD)/obj/memfd.o $(FUZZ_BUILD)/obj/spin.o $(FUZZ_BUILD)/obj/array.o \
-                  $(FUZZ_BUILD)/obj/wire.o $(FUZZ_BUILD)/obj/wbuf.o
+                  $(FUZZ_WIRE) $(FUZZ_BUILD)/obj/wbuf.o
 
 fuzz: build
 	@$(MAKE) --no-print-directory deps DEB_PKGS="clang libclang-rt-dev"
@@ -158,7 +160,7 @@ fuzz: build
 	    || { echo "make fuzz: $$t failed; the input is saved in spec/fuzz/$$t/"; exit 1; }; \
 	done
 
-$(FUZZ_BUILD)/obj/%.o: src/%.c src/orch.h
+$(FUZZ_BUILD)/obj/%.o: src/%.c $(HDRS)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(ALL_CFLAGS) $(FUZZ_OPT) -fsanitize=fuzzer-no-link -c $< -o $@
 

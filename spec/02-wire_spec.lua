@@ -1,4 +1,4 @@
--- The value serializer (src/wire.c) through orch.core.encode / decode.
+-- The value serializer (src/wire_enc.c, src/wire_dec.c) through orch.core.encode / decode.
 -- luacheck: globals WIRE_SPEC_GLOBAL
 local core = require "orch.core"
 local encode, encode_strict, decode = core.encode, core.encode_strict, core.decode

@@ -100,12 +100,15 @@ static inline void array_slot_set_int(array_slot *s, lua_Integer v)
 ORCH_HIDDEN void array_open(lua_State *L);
 ORCH_HIDDEN array_slot *array_of(lua_State *L, int idx, size_t *n, int *hash_empty);
 
-/* ---- wire.c: the value serializer --------------------------------------
+/* ---- wire_enc.c, wire_dec.c, wire.c: the value serializer --------------
  * Encodes Lua values (nil, boolean, integer, float, string, table with
- * shared references and cycles, function) into bytes; decodes them with
- * every read bounds-checked, since the bytes come from another process.
- * One encoder/decoder context spans one frame, so a table that appears in
- * two arguments of the same frame stays one table on the other side. */
+ * shared references and cycles, function) into bytes (wire_enc.c);
+ * decodes them with every read bounds-checked, since the bytes come from
+ * another process (wire_dec.c). The two share the format's tags and
+ * varints in wire.h and keep their Lua functions (core.encode...,
+ * core.decode...), which wire.c registers. One encoder/decoder context
+ * spans one frame, so a table that appears in two arguments of the same
+ * frame stays one table on the other side. */
 #define WIRE_FUNCTIONS 1 /* allow functions (parent -> child only) */
 #define WIRE_MAXDEPTH 200 /* tables and functions nested deeper are refused */
 #define WIRE_INLINE_REFS 8 /* refs remembered without a Lua table */
@@ -113,13 +116,13 @@ ORCH_HIDDEN array_slot *array_of(lua_State *L, int idx, size_t *n, int *hash_emp
 /* One step of the path to the value being encoded, kept only so that an
  * error can name where it happened (built as a string only on error). */
 typedef struct wire_step {
-    int kind;             /* S_INT, S_VAL, S_KEY, S_UPVAL in wire.c */
+    int kind;             /* S_INT, S_VAL, S_KEY, S_UPVAL in wire_enc.c */
     int idx;              /* stack index of the key, for table keys */
     lua_Integer n;        /* array index */
     const char *name;     /* upvalue name */
 } wire_step;
 
-/* An integer run being written (wire.c's T_IRUN): where its count goes,
+/* An integer run being written (wire.h's T_IRUN): where its count goes,
  * that count's width, the values so far and the last of them. */
 typedef struct wire_run {
     size_t at, w, n;

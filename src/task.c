@@ -435,7 +435,7 @@ static void weak_table(lua_State *L, int *ref, const char *mode)
 
 /* ---- a task's source (parent, read-only) ------------------------------ */
 
-/* A C function's tag in wire.c's format (0x18 when referred to again). */
+/* A C function's tag in wire.h's format (0x18 when referred to again). */
 #define CFUNC_TAG 0x08
 #define SHARED_BIT 0x10
 

@@ -1,5 +1,5 @@
 /*
- * fuzz_wire.c - libFuzzer target over the value decoder (wire.c), which
+ * fuzz_wire.c - libFuzzer target over the value decoder (wire_dec.c), which
  * reads what a worker sends: bytes no one vouches for.
  *
  * Each input is decoded as core.decode decodes it (wire_dec_value until
@@ -11,7 +11,7 @@
  * fixed allowance) aborts, and libFuzzer saves the input; spec/fuzz/wire/
  * keeps such inputs, replayed by spec/04-fuzz_replay_spec.lua.
  *
- * Built by `make fuzz` with the objects of wire.c and wbuf.c and the
+ * Built by `make fuzz` with the objects of wire*.c and wbuf.c and the
  * system liblua5.4; not part of orch.core. One file per target: the
  * frame reader (chan.c) gets its own fuzz_<name>.c beside this one, built
  * and run by the same Makefile rule (see FUZZ_TARGETS) with its own seeds
