@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "orch.h"
+#include "wire.h"
 
 #define TASK_FNID sizeof(lua_Integer)
 #define FUNCTIONS "orch.functions" /* registry: the worker's fnid -> function */
@@ -435,10 +436,6 @@ static void weak_table(lua_State *L, int *ref, const char *mode)
 
 /* ---- a task's source (parent, read-only) ------------------------------ */
 
-/* A C function's tag in wire.h's format (0x18 when referred to again). */
-#define CFUNC_TAG 0x08
-#define SHARED_BIT 0x10
-
 /* task_source(task) -> "short_src:linedefined" | "module.name" | "[C]" |
  * nil: where the function of a task packed here comes from. Nothing runs:
  * the code of fnid (dumped here, debug information kept) is loaded, not
@@ -454,7 +451,7 @@ static int l_task_source(lua_State *L)
     memcpy(&fnid, task, TASK_FNID);
     if (fnid == 0) {
         unsigned char tag = (unsigned char)task[TASK_FNID];
-        if ((tag & ~SHARED_BIT) == CFUNC_TAG)
+        if ((tag & ~T_SHARED) == T_CFUNC) /* a C function, perhaps referred to again */
             return lua_pushliteral(L, "[C]"), 1;
         wire_dec d;
         wire_dec_begin(&d, L, task + TASK_FNID, tlen - TASK_FNID, 0);

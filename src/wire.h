@@ -2,7 +2,7 @@
  * wire.h - the serializer's format, shared by its encoder (wire_enc.c)
  * and decoder (wire_dec.c): the tags, the limits and the varints, and the
  * two halves' registration for wire.c. What the rest of orch.core calls
- * is declared in orch.h.
+ * is declared in orch.h; task.c reads a task's first tag from here.
  *
  * Format. A value is one tag byte and what the tag says follows:
  *
