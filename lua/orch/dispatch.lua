@@ -110,6 +110,14 @@ local function inflight_list(w)
   return list
 end
 
+-- Empties the ring of w, which is gone; returns the tasks it held, the
+-- running one first.
+local function empty_ring(w)
+  local list = inflight_list(w)
+  w.inflight, w.ih, w.it = {}, 1, 0
+  return list
+end
+
 local function head_of(w)
   return w.inflight[w.ih % RING + 1]
 end
@@ -449,11 +457,13 @@ local function give_back(self, w, inflight)
   end
 end
 
+-- w has exited (on_exit, see orch.workers) and every frame it wrote was
+-- handled: what it held is failed or given back, and its slot gets a new
+-- worker while there is work.
 function D:_exited(w, how, code)
   local broken = self.workers:exited(w, how, code)
   self.n_live = self.workers.n_live
-  local inflight = inflight_list(w)
-  w.inflight, w.ih, w.it = {}, 1, 0
+  local inflight = empty_ring(w)
   local replace = not w.retiring or w.killed or inflight[1] ~= nil
   if w.retired then
     unstart(self, inflight[1])  -- it left before reading it
@@ -540,9 +550,7 @@ function D:terminate()
   self.n_live = self.workers.n_live
   local futs, pids = {}, {}
   for _, w in ipairs(killed) do
-    local inflight = inflight_list(w)
-    w.inflight, w.ih, w.it = {}, 1, 0
-    for _, fut in ipairs(inflight) do
+    for _, fut in ipairs(empty_ring(w)) do
       clear_timers(fut)
       if not fut:done() then
         leave(self, fut)
@@ -582,8 +590,10 @@ end
 local dispatch = {}
 
 --- dispatch.new(side, opts) -> d: the local dispatcher of a pool (opts:
--- the pool's workers, init, max_tasks_per_worker, max_message). d.max_message:
--- the limit, which a packed task must respect too.
+-- the pool's workers, init, max_tasks_per_worker, max_message, limits,
+-- for orch.workers). d.max_message: the limit, which a packed task must
+-- respect too. d.slots and d.n_live are its workers' (d.n_live is copied
+-- after each spawn and exit: the pool reads the field).
 function dispatch.new(side, opts)
   local self = setmetatable({
     backlog = side.backlog, done = side.done, failed = side.failed,
