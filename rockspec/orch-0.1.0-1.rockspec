@@ -90,6 +90,7 @@ local lua_modules = {
   "signal",
   "status",
   "supervisor",
+  "workers",
 }
 
 local modules = {

@@ -89,6 +89,7 @@ local lua_modules = {
   "signal",
   "status",
   "supervisor",
+  "workers",
 }
 
 local modules = {

@@ -53,11 +53,14 @@
 -- tasks). A worker that dies is noticed once its exit is reaped and
 -- everything it wrote has been read; its running task fails ("crashed",
 -- or the kind of the stop that killed it), the tasks waiting behind it go
--- back to the backlog, and a new worker takes its slot.
+-- back to the backlog, and a new worker takes its slot. The workers'
+-- processes, from fork to exit, are orch.workers' (its header says what
+-- this file reads of a worker and asks of it).
 local core = require "orch.core"
 local log = require "orch.log"
 local child = require "orch.child"
 local backlog = require "orch.backlog"
+local workers = require "orch.workers"
 local Future = require "orch.future"
 local TaskError = require("orch.errors").TaskError
 
@@ -65,6 +68,7 @@ local MSG = core.msg
 local RESULT, ERROR, RETIRE = MSG.RESULT, MSG.ERROR, MSG.RETIRE
 local pop, push_front = backlog.pop, backlog.push_front
 local clear_timers = Future.clear_timers
+local retire = workers.retire
 
 -- Tasks sent ahead to a busy worker when the backlog is long: as many as
 -- fit in PIPELINE_SECONDS of the mean task time, at most PIPELINE_MAX.
@@ -76,21 +80,9 @@ local PIPELINE_MAX = 32
 local RING = 64
 local PIPELINE_SECONDS = 0.002
 local CORES = core.cpu_count()  -- cores online
--- Workers that fail their init this many times in a row break the pool.
-local MAX_INIT_FAILURES = 3
-local SPAWN_BATCH = 64  -- core.spawn's limit
--- The largest frame a worker may send (max_message): a result that big
--- costs the parent about twice that while it is read and decoded, and a
--- frame's announced length is what the parent reserves for it at once, so
--- the bound is what one worker can make the parent hold. 256 MiB is far
--- more than a result worth moving through a pipe (a quarter second at
--- 1 GB/s); a pool that needs more says so.
-local MAX_MESSAGE = 256 * 1024 * 1024
 
 local D = {}
 D.__index = D
-
-local weak_values = { __mode = "v" }
 
 local function task_error(kind, fields)
   fields.kind = kind
@@ -100,66 +92,29 @@ end
 ---------------------------------------------------------------------------
 -- workers
 
--- A worker's limits (limits.c): the pool's `limits` and its
--- max_memory_per_worker, as core.serve takes them; nil when none.
-local function worker_limits(opts)
-  local l, max = opts.limits, opts.max_memory_per_worker
-  if not (l or max) then return nil end
-  l = l or {}
-  return { cpu = l.cpu, memory = l.memory, files = l.files, processes = l.processes,
-           max_resident = max }
-end
-
-local function worker_main(name, max_message, limits)
-  return function()
-    log.name = name
-    core.set_max_message(max_message)
-    core.serve(limits)
-  end
-end
-
--- Forks a worker for each of the given slots, in one core.spawn: the
--- children are forked back to back, so none of them inherits as its own
--- the pages the parent writes while it sets up the next one.
-local function spawn_workers(self, first, last)
-  local ref = setmetatable({ self }, weak_values)
-  local workers, args = {}, {}
+-- Forks workers into slots first..last, each with an empty ring.
+local function spawn(self, first, last)
+  local list = {}
   for slot = first, last do
-    local w = { slot = slot, name = "worker " .. slot, inflight = {}, ih = 1, it = 0, dispatched = 0 }
-    workers[#workers + 1] = w
-    args[#args + 1] = worker_main(w.name, self.max_message, self.limits)
-    args[#args + 1] = function(_, ...)
-      local d = ref[1]
-      if d then d:_message(w, ...) end
-    end
-    args[#args + 1] = function(_, how, code)
-      local d = ref[1]
-      if d then d:_exited(w, how, code) end
-    end
+    list[#list + 1] = { slot = slot, inflight = {}, ih = 1, it = 0 }
   end
-  local init = self.init
-  for i = 1, #workers, SPAWN_BATCH do
-    local j = math.min(i + SPAWN_BATCH - 1, #workers)
-    local procs = { core.spawn(table.unpack(args, 3 * i - 2, 3 * j)) }
-    for k = i, j do
-      local w = workers[k]
-      w.proc = procs[k - i + 1]
-      w.proc:set_max_message(self.max_message)
-      w.pid = w.proc:pid()
-      self.slots[w.slot] = w
-      self.n_live = self.n_live + 1
-      if init ~= nil then
-        w.proc:send_task(0, core.pack_task(init))
-        w.in_init = true
-      end
-    end
-  end
+  local ws = self.workers
+  ws:spawn(list)
+  self.n_live = ws.n_live
 end
 
 -- The tasks sent to w, the running one first.
 local function inflight_list(w)
   local list, ring = {}, w.inflight
   for i = w.ih, w.it do list[#list + 1] = ring[i % RING + 1] end
+  return list
+end
+
+-- Empties the ring of w, which is gone; returns the tasks it held, the
+-- running one first.
+local function empty_ring(w)
+  local list = inflight_list(w)
+  w.inflight, w.ih, w.it = {}, 1, 0
   return list
 end
 
@@ -193,7 +148,7 @@ local function escalate(fut, w)
   end, function()
     log.deliver("warn", ("task %d still running %gs after a stop request: killing %s")
       :format(fut.id, grace, w.name), w.name, w.pid)
-    w.retiring, w.killed = true, true  -- no new work for it
+    workers.killing(w)
   end)
 end
 
@@ -224,7 +179,7 @@ end
 local function send_task(self, w, fut)
   if not w.proc:send_task(fut.id, fut.task) then
     -- its channel is closed: the worker is exiting, its exit will tell why
-    w.retiring = true
+    retire(w)
     return push_front(self.backlog, fut)
   end
   fut.worker = w
@@ -232,13 +187,10 @@ local function send_task(self, w, fut)
   local t = w.it + 1
   w.it = t
   w.inflight[t % RING + 1] = fut
-  w.dispatched = w.dispatched + 1
+  local left = w.tasks_left - 1
+  w.tasks_left = left
   if t == w.ih then start_head(self, w) end
-  local max = self.max_tasks
-  if max and w.dispatched >= max then
-    w.retiring = true
-    w.proc:send(MSG.QUIT)
-  end
+  if left == 0 then retire(w) end
 end
 
 -- Fills w's pipeline from the backlog: one task, and more only while the
@@ -280,10 +232,7 @@ local function retire_if_done(self)
   if not self.closing or self.backlog.n > 0 or self.n_running > 0 or self.waiting() then return end
   for i = 1, self.size do
     local w = self.slots[i]
-    if w and not w.retiring and not w.dead and w.it < w.ih then
-      w.retiring = true
-      w.proc:send(MSG.QUIT)
-    end
+    if w and not w.retiring and not w.dead and w.it < w.ih then retire(w) end
   end
 end
 
@@ -295,18 +244,6 @@ end
 
 ---------------------------------------------------------------------------
 -- taking results back
-
--- The init task (id 0) has answered; message: its error, if it failed.
-local function init_done(self, w, failed, message)
-  w.in_init = false
-  if failed then
-    self.init_error = message
-    w.retiring = true  -- it exits with code 3; its slot gets a new worker
-    log.deliver("error", "init failed: " .. tostring(message), w.name, w.pid)
-  else
-    self.init_failures = 0
-  end
-end
 
 -- Takes the task that answered (id) off the head of w's pipeline: nil
 -- after a protocol error (the worker is then killed).
@@ -321,8 +258,7 @@ local function take_head(w, id)
     fut.worker = nil
   end
   if not fut or fut.id ~= id then
-    child.protocol_error(w.proc, w.name, ("result for task %s out of order"):format(id))
-    w.proc:kill()
+    workers.protocol_error(w, ("result for task %s out of order"):format(id))
     return nil
   end
   return fut
@@ -387,7 +323,7 @@ local function results(self, w, batch, n)
   for k = 1, n, 2 do
     local id, values = batch[k], batch[k + 1]
     if id == 0 and w.in_init then
-      init_done(self, w, false)
+      self.workers:init_done(w, false)
     else
       local fut = take_head(w, id)
       if not fut then return end
@@ -406,7 +342,7 @@ end
 
 local function task_failed(self, w, id, kind, message, traceback, value)
   if id == 0 and w.in_init then
-    init_done(self, w, true, message)
+    self.workers:init_done(w, true, message)
     return answered(self, w, core.now(), 0)
   end
   local fut = take_head(w, id)
@@ -432,13 +368,10 @@ end
 -- "crashed" with message "bad frame from worker: why". Frames read after
 -- the bad one are still handled.
 local function bad_frame(self, w, why, ftype)
-  child.frame(w.proc, w.name, 0, why)  -- logged
-  local message = "bad frame from worker: " .. tostring(why)
-  w.bad_frame, w.retiring, w.killed = message, true, true
-  w.proc:kill()
+  local message = workers.bad_frame(w, why)  -- logged, w killed
   if ftype ~= RESULT and ftype ~= ERROR then return end
   if w.in_init then
-    init_done(self, w, true, message)
+    self.workers:init_done(w, true, message)
     return
   end
   local fut = head_of(w)
@@ -462,7 +395,7 @@ function D:_message(w, type, id, ...)
   elseif type == 0 then
     bad_frame(self, w, id, ...)
   elseif type == RETIRE then
-    w.retired = id  -- the reason; it exits before reading another task
+    workers.retired(w, id)
   else
     child.frame(w.proc, w.name, type, id, ...)
   end
@@ -484,18 +417,8 @@ local function head_ended(self, w, head, how, code)
     leave(self, head)
     self.failed(head, task_error("killed", { message = "killed", pid = w.pid }))
   elseif not killed then
-    local fields = { pid = w.pid, message = w.bad_frame and "crashed: " .. w.bad_frame }
-    if how == "signal" then
-      fields.signal, fields.signal_name = code, core.signame(code)
-      local cpu = self.limits and self.limits.cpu
-      if cpu and fields.signal_name == "XCPU" then
-        fields.message = ("cpu limit: the task used more than %d s of CPU (limits.cpu)"):format(cpu)
-      end
-    else
-      fields.exit_code = code
-    end
     leave(self, head)
-    self.failed(head, task_error("crashed", fields))
+    self.failed(head, task_error("crashed", self.workers:cause(w, how, code)))
   end
 end
 
@@ -534,13 +457,13 @@ local function give_back(self, w, inflight)
   end
 end
 
+-- w has exited (on_exit, see orch.workers) and every frame it wrote was
+-- handled: what it held is failed or given back, and its slot gets a new
+-- worker while there is work.
 function D:_exited(w, how, code)
-  w.dead = true
-  child.exited(w.proc)
-  self.n_live = self.n_live - 1
-  if self.slots[w.slot] == w then self.slots[w.slot] = nil end
-  local inflight = inflight_list(w)
-  w.inflight, w.ih, w.it = {}, 1, 0
+  local broken = self.workers:exited(w, how, code)
+  self.n_live = self.workers.n_live
+  local inflight = empty_ring(w)
   local replace = not w.retiring or w.killed or inflight[1] ~= nil
   if w.retired then
     unstart(self, inflight[1])  -- it left before reading it
@@ -548,20 +471,11 @@ function D:_exited(w, how, code)
     head_ended(self, w, inflight[1], how, code)
   end
   give_back(self, w, inflight)
-  if how == "exit" and code == 3 and self.init_error then
-    self.init_failures = (self.init_failures or 0) + 1
-  end
-  if w.retired then
-    log.deliver("info", ("%s replaced: resident memory above max_memory_per_worker (%d bytes)")
-      :format(w.name, self.limits.max_resident), w.name, w.pid)
-  end
   if self.terminated then return end
-  if (self.init_failures or 0) >= MAX_INIT_FAILURES then
-    return self.broken(("worker init failed %d times: %s"):format(self.init_failures, self.init_error))
-  end
+  if broken then return self.broken(broken) end
   if not self.closing or self.backlog.n > 0 or self.n_running > 0 or self.waiting() then
     if replace then self.restarts = self.restarts + 1 end
-    spawn_workers(self, w.slot, w.slot)
+    spawn(self, w.slot, w.slot)
     self:pump()
   end
   retire_if_done(self)
@@ -596,8 +510,8 @@ function D.kill_task(_, fut)
   if fut.status == "running" then
     fut.stop_kind = nil
     clear_timers(fut)
-    w.killed_task, w.killed, w.retiring = fut, true, true
-    w.proc:kill()
+    w.killed_task = fut
+    workers.kill(w)
     return false
   end
   fut.stop_kind = "cancelled"  -- the worker must not run it (start_head)
@@ -632,24 +546,11 @@ end
 -- held and, for each, its worker's pid.
 function D:terminate()
   self.terminated = true
-  local killed = {}
-  for i = 1, self.size do
-    local w = self.slots[i]
-    if w then
-      w.dead = true
-      w.proc:kill()
-      killed[#killed + 1] = w
-    end
-    self.slots[i] = nil
-  end
+  local killed = self.workers:terminate()
+  self.n_live = self.workers.n_live
   local futs, pids = {}, {}
   for _, w in ipairs(killed) do
-    w.proc:close()  -- reaps it now: no zombie outlives terminate()
-    child.exited(w.proc)
-    self.n_live = self.n_live - 1
-    local inflight = inflight_list(w)
-    w.inflight, w.ih, w.it = {}, 1, 0
-    for _, fut in ipairs(inflight) do
+    for _, fut in ipairs(empty_ring(w)) do
       clear_timers(fut)
       if not fut:done() then
         leave(self, fut)
@@ -662,10 +563,7 @@ end
 
 --- The pool was collected with live workers: kill and reap them, quietly.
 function D:discard()
-  for i = 1, self.size do
-    local w = self.slots[i]
-    if w then w.proc:close() end
-  end
+  self.workers:discard()
 end
 
 --- live workers, idle workers, running tasks, tasks sent ahead (not
@@ -686,25 +584,27 @@ function D:stats()
 end
 
 function D:start()
-  spawn_workers(self, 1, self.size)
+  spawn(self, 1, self.size)
 end
 
 local dispatch = {}
 
 --- dispatch.new(side, opts) -> d: the local dispatcher of a pool (opts:
--- the pool's workers, init, max_tasks_per_worker, max_message). d.max_message:
--- the limit, which a packed task must respect too.
+-- the pool's workers, init, max_tasks_per_worker, max_message, limits,
+-- for orch.workers). d.max_message: the limit, which a packed task must
+-- respect too. d.slots and d.n_live are its workers' (d.n_live is copied
+-- after each spawn and exit: the pool reads the field).
 function dispatch.new(side, opts)
-  local size = opts.workers or core.cpu_count()
-  return setmetatable({
+  local self = setmetatable({
     backlog = side.backlog, done = side.done, failed = side.failed,
     waiting = side.waiting, broken = side.broken,
-    size = size, eager = size + 1, init = opts.init, max_tasks = opts.max_tasks_per_worker,
-    max_message = opts.max_message or MAX_MESSAGE,
-    limits = worker_limits(opts),
-    slots = {}, n_live = 0, n_running = 0, restarts = 0, pipeline = 1, mean_task = nil,
+    n_live = 0, n_running = 0, restarts = 0, pipeline = 1, mean_task = nil,
     closing = false, terminated = false,
   }, D)
+  local ws = workers.new(opts, self, D._message, D._exited)
+  self.workers, self.slots, self.size, self.eager = ws, ws.slots, ws.size, ws.size + 1
+  self.max_message = ws.max_message
+  return self
 end
 
 return dispatch
