@@ -125,6 +125,24 @@ describe("a frame the parent cannot decode", function()
     assert.are.equal(9, pool:submit(function() return 9 end):result())
     pool:terminate()
   end)
+
+  it("a result for a task the worker is not running: that task crashes, the worker replaced", function()
+    local pool = orch.pool { workers = 1 }
+    local fut = pool:submit(function()
+      local core_ = require("orch.core")
+      core_.send_parent(core_.msg.RESULT, 999999, "not mine")
+      core_.child_sleep(10)
+      return "too late"
+    end)
+    assert.is_true(fut:wait(30))
+    local err = fut:error()
+    assert.are.equal("crashed", err.kind)
+    assert.are.equal(9, err.signal)
+    assert.are.equal("crashed: protocol error: result for task 999999 out of order", err.message)
+    assert.are.equal(10, pool:submit(function() return 10 end):result())
+    assert.are.equal(1, pool:stats().restarts)
+    pool:terminate()
+  end)
 end)
 
 -- These run in a fresh interpreter (H.run_lua: the same build, sanitizer

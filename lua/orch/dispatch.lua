@@ -246,21 +246,20 @@ end
 -- taking results back
 
 -- Takes the task that answered (id) off the head of w's pipeline: nil
--- after a protocol error (the worker is then killed).
+-- after a protocol error (the worker is then killed, and the head, left
+-- where it is, ends with it).
 local function take_head(w, id)
   local h = w.ih
   local k = h % RING + 1
   local fut = w.inflight[k]
-  if fut then
-    w.inflight[k] = nil
-    w.ih = h + 1
-    w.started = nil
-    fut.worker = nil
-  end
   if not fut or fut.id ~= id then
     workers.protocol_error(w, ("result for task %s out of order"):format(id))
     return nil
   end
+  w.inflight[k] = nil
+  w.ih = h + 1
+  w.started = nil
+  fut.worker = nil
   return fut
 end
 

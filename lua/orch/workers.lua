@@ -13,7 +13,7 @@
 --   w.retiring      it takes no new task: it goes, or is killed
 --   w.killed        it is SIGKILLed (workers.kill) or is about to be
 --   w.retired       it said it goes (RETIRE: above max_memory_per_worker)
---   w.bad_frame     it was killed for a frame that did not decode (why)
+--   w.bad_frame     it was killed for a frame that did not decode or broke the protocol (why)
 --   w.dead          its exit was seen (ws:exited)
 --
 -- ws = workers.new(opts, owner, on_message, on_exit): opts are the pool's
@@ -145,10 +145,11 @@ function workers.kill(w)
 end
 
 --- w's channel broke its protocol (why: a result out of order): logged,
--- and w is SIGKILLed.
+-- and w is SIGKILLed; its running task fails "crashed: protocol error: why".
 function workers.protocol_error(w, why)
   child.protocol_error(w.proc, w.name, why)
-  w.proc:kill()
+  w.bad_frame = "protocol error: " .. tostring(why)
+  workers.kill(w)
 end
 
 --- A frame of w did not decode (why): w's channel cannot be trusted, so
