@@ -209,8 +209,9 @@ static void take_pdeath(void)
     sigaction(pdeath_signal(), &sa, NULL);
 }
 
-/* The parent's handlers are not the child's: stops their watchers (the
- * dispositions are set below). Their functions stay referenced. */
+/* Stops the watchers of the Lua handlers, which libev leaves at their
+ * default dispositions (a child sets its own below). Their functions stay
+ * referenced: by the parent's state in a child, or by a closing state. */
 static void forget_watchers(void)
 {
     struct ev_loop *loop = loop_get();
@@ -300,6 +301,31 @@ static void int_default(void)
         signal(SIGINT, SIG_DFL);
 }
 
+/* The state whose functions the handlers call is closing (lua_close runs
+ * the finalizer of a sentinel the registry holds): the handlers go, and
+ * the signals they took get their default dispositions back, so a host
+ * that goes on without Lua is not left with signals that do nothing. */
+static int state_closing(lua_State *L)
+{
+    (void)L;
+    forget_watchers();
+    return 0;
+}
+
+static void watch_state(lua_State *L)
+{
+    static const char key[] = "orch.sig.state";
+    if (lua_getfield(L, LUA_REGISTRYINDEX, key) == LUA_TNIL) {
+        lua_newuserdatauv(L, 0, 0);
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, state_closing);
+        lua_setfield(L, -2, "__gc");
+        lua_setmetatable(L, -2);
+        lua_setfield(L, LUA_REGISTRYINDEX, key);
+    }
+    lua_pop(L, 1);
+}
+
 void sig_open(lua_State *L)
 {
     static int ready;
@@ -310,6 +336,7 @@ void sig_open(lua_State *L)
         int_default();
         ready = 1;
     }
+    watch_state(L);
     static const luaL_Reg fns[] = {
         {"on_signal", l_on_signal}, {"signum", l_signum}, {"signame", l_signame},
         {"die_by", l_die_by}, {NULL, NULL}};
