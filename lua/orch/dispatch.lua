@@ -45,7 +45,7 @@
 --                         what it held, for the pool to fail
 --   d:discard()           the pool was collected: kill quietly
 --   d:stats() -> live, idle, running, sent_ahead
---   d.n_live              processes still up (join waits for 0)
+--   d:live()              processes still up (join waits for 0)
 --
 -- Each worker has a FIFO of tasks sent to it (`inflight`, a ring read from
 -- count `ih` to count `it`): the first is running, the others wait in its
@@ -100,7 +100,6 @@ local function spawn(self, first, last)
   end
   local ws = self.workers
   ws:spawn(list)
-  self.n_live = ws.n_live
 end
 
 -- The tasks sent to w, the running one first.
@@ -461,7 +460,6 @@ end
 -- worker while there is work.
 function D:_exited(w, how, code)
   local broken = self.workers:exited(w, how, code)
-  self.n_live = self.workers.n_live
   local inflight = empty_ring(w)
   local replace = not w.retiring or w.killed or inflight[1] ~= nil
   if w.retired then
@@ -546,7 +544,6 @@ end
 function D:terminate()
   self.terminated = true
   local killed = self.workers:terminate()
-  self.n_live = self.workers.n_live
   local futs, pids = {}, {}
   for _, w in ipairs(killed) do
     for _, fut in ipairs(empty_ring(w)) do
@@ -588,16 +585,18 @@ end
 
 local dispatch = {}
 
+--- The worker processes still up.
+function D:live() return self.workers.n_live end
+
 --- dispatch.new(side, opts) -> d: the local dispatcher of a pool (opts:
 -- the pool's workers, init, max_tasks_per_worker, max_message, limits,
 -- for orch.workers). d.max_message: the limit, which a packed task must
--- respect too. d.slots and d.n_live are its workers' (d.n_live is copied
--- after each spawn and exit: the pool reads the field).
+-- respect too. d.slots are its workers' slots.
 function dispatch.new(side, opts)
   local self = setmetatable({
     backlog = side.backlog, done = side.done, failed = side.failed,
     waiting = side.waiting, broken = side.broken,
-    n_live = 0, n_running = 0, restarts = 0, pipeline = 1, mean_task = nil,
+    n_running = 0, restarts = 0, pipeline = 1, mean_task = nil,
     closing = false, terminated = false,
   }, D)
   local ws = workers.new(opts, self, D._message, D._exited)

@@ -322,7 +322,7 @@ function Pool:join(timeout)
   check.timeout("orch.pool", "join", timeout)
   if not self.closed then check.fail("orch.pool", "join before close (call pool:close() first)") end
   local d = self.dispatcher
-  if loop.wait(function() return d.n_live == 0 end, timeout) then
+  if loop.wait(function() return d:live() == 0 end, timeout) then
     self:_release()
     return true
   end
@@ -407,7 +407,7 @@ function Pool:status_tasks()
 end
 
 function Pool:__close()
-  if self.terminated or self.dispatcher.n_live == 0 then return self:_release() end
+  if self.terminated or self.dispatcher:live() == 0 then return self:_release() end
   -- a pool of a task being stopped passes the stop steps on to its tasks
   local ok, err = pcall(self.shutdown, self, core.stopping() and { cancel_pending = true } or nil)
   if not ok then
@@ -436,7 +436,7 @@ local party = {}
 -- Every pool's workers have exited.
 local function all_stopped()
   for p in pairs(pools) do
-    if p.dispatcher.n_live > 0 then return false end
+    if p.dispatcher:live() > 0 then return false end
   end
   return true
 end

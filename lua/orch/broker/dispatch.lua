@@ -425,6 +425,9 @@ end
 ---------------------------------------------------------------------------
 -- lifecycle
 
+--- 1 while its connections (and its own node) are up, 0 once they went.
+function B:live() return self.n_live end
+
 -- Closing and nothing left: connections and the node go.
 function B:_check_idle()
   if not self.closing or self.released or self.n_held > 0 or self.backlog.n > 0
