@@ -99,6 +99,16 @@ static int dec_count(wire_dec *d, size_t *n, size_t unit, const char *what)
     return 0;
 }
 
+/* A length and the bytes it counts: *p points at them, the reader past. */
+static int dec_bytes(wire_dec *d, const char **p, size_t *n, const char *what)
+{
+    if (dec_count(d, n, 1, what) != 0)
+        return -1;
+    *p = d->data + d->pos;
+    d->pos += *n;
+    return 0;
+}
+
 static int dec_enter(wire_dec *d, size_t at)
 {
     if (d->depth >= WIRE_MAXDEPTH)
@@ -331,10 +341,9 @@ static int dec_module(wire_dec *d, size_t at)
 {
     lua_State *L = d->L;
     size_t l;
-    if (dec_count(d, &l, 1, "module name length") != 0)
+    const char *name;
+    if (dec_bytes(d, &name, &l, "module name length") != 0)
         return -1;
-    const char *name = d->data + d->pos;
-    d->pos += l;
     if (!lua_checkstack(L, 4))
         return dec_fail(d, at, "not enough stack space");
     lua_pushcfunction(L, resolve_module);
@@ -371,14 +380,10 @@ static int dec_cfunction(wire_dec *d, size_t at, int shared)
 {
     lua_State *L = d->L;
     size_t ml, kl;
-    if (dec_count(d, &ml, 1, "module name length") != 0)
+    const char *mod, *key;
+    if (dec_bytes(d, &mod, &ml, "module name length") != 0
+        || dec_bytes(d, &key, &kl, "function name length") != 0)
         return -1;
-    const char *mod = d->data + d->pos;
-    d->pos += ml;
-    if (dec_count(d, &kl, 1, "function name length") != 0)
-        return -1;
-    const char *key = d->data + d->pos;
-    d->pos += kl;
     if (!lua_checkstack(L, 4))
         return dec_fail(d, at, "not enough stack space");
     lua_pushcfunction(L, resolve_cfunction);
