@@ -155,20 +155,17 @@ function map.chunk_results(fut)
   return list, core.decode_into(fut.values[1], list, 1)
 end
 
--- The size of the next chunks: doubled, up to grow_to, when the last
--- chunk that ended (among the newest) took its worker under GROW_BELOW
--- (of CPU time when the worker says: src/chunk.c; a broker's node runs
--- run_chunk, which says its seconds only).
-local function next_size(futs, size, grow_to)
-  for k = #futs, math.max(1, #futs - 63), -1 do
-    local f = futs[k]
-    if f.status == "done" then
-      local seconds = f.values[4] or f.values[3]
-      if math.type(seconds) == "float" and seconds < GROW_BELOW then
-        return math.min(2 * size, grow_to)
-      end
-      return size
-    end
+-- The size of the next chunks: doubled, up to run.grow_to, when the
+-- latest chunk to end since the last look (run.heard) took its worker
+-- under GROW_BELOW (of CPU time when the worker says: src/chunk.c; a
+-- broker's node runs run_chunk, which says its seconds only). Whichever
+-- chunk ended last counts: the packing may run any number of chunks ahead
+-- of the workers, and they end out of order.
+local function next_size(run, size)
+  local seconds = run.heard
+  run.heard = nil
+  if math.type(seconds) == "float" and seconds < GROW_BELOW then
+    return math.min(2 * size, run.grow_to)
   end
   return size
 end
@@ -180,22 +177,27 @@ local function submit_chunks(run)
   local group, fn, items, futs, first, last = run.group, run.fn, run.items, run.futs,
     run.first, run.last
   local size, packed, ranges = run.chunk, 0, run.ranges
+  local function hear(f)
+    if f.status == "done" then run.heard = f.values[4] or f.values[3] end
+  end
   for r = 1, #ranges, 2 do
     local s, stop = ranges[r], ranges[r + 1]
     while s <= stop do
       local e = math.min(s + size - 1, stop)
+      local fut
       if size == 1 then
-        futs[#futs + 1] = group.pool:_submit(group, fn, items[s])
+        fut = group.pool:_submit(group, fn, items[s])
       else
-        futs[#futs + 1] = submit_chunk(group, fn, items, s, e)
+        fut = submit_chunk(group, fn, items, s, e)
       end
-      first[#first + 1], last[#last + 1] = s, e
+      if size < run.grow_to then fut:on_done(hear) end
+      futs[#futs + 1], first[#first + 1], last[#last + 1] = fut, s, e
       packed = packed + (e - s + 1)
       s = e + 1
       if packed >= POLL_ITEMS then
         packed = 0
         loop.poll()
-        if size < run.grow_to then size = next_size(futs, size, run.grow_to) end
+        if size < run.grow_to then size = next_size(run, size) end
       end
     end
   end
