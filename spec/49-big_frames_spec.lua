@@ -48,6 +48,30 @@ describe("big frames", function()
     end
   end)
 
+  it("several big strings in one frame, more than are left out of the encoding, each whole in its place",
+    function()
+    -- strings of 2 MiB or more are written into the memfd from where they
+    -- are (4 of them a frame); the rest, and the small values between
+    -- them, are copied as any value is
+    local pool <close> = orch.pool { workers = 1 }
+    local args = { 1, big(2 * MB, 1), "a", big(3 * MB + 5, 2), big(MB, 3), { big(2 * MB + 1, 4) },
+      big(2 * MB + 2, 5), 7, big(4 * MB, 6), big(2 * MB + 3, 7), "end" }
+    local back = table.pack(pool:submit(function(...)
+      local t = table.pack(...)
+      t[#t + 1] = ("r"):rep(2 * MB) .. "!" -- and a new one among what came
+      return table.unpack(t, 1, #t)
+    end, table.unpack(args)):result())
+    assert.are.equal(#args + 1, back.n)
+    for i, v in ipairs(args) do
+      if type(v) == "table" then
+        assert.is_true(back[i][1] == v[1], "value " .. i .. " changed on the way")
+      else
+        assert.is_true(back[i] == v, "value " .. i .. " changed on the way")
+      end
+    end
+    assert.is_true(back[#args + 1] == ("r"):rep(2 * MB) .. "!")
+  end)
+
   it("go through memfds in both directions from 2 MiB on, not below: the parent's one made once", function()
     -- the memfds made by one worker's pool for `rounds` round trips of n bytes
     local function memfds(n, rounds)
@@ -257,13 +281,15 @@ describe("big frames", function()
       local before = H.fd_count()
       do
         local pool <close> = orch.pool { workers = 2 }
+        local killed
         for round = 1, 6 do
           local futs = {}
           for i = 1, 4 do
             futs[i] = pool:submit(function(s) return s .. s end, big(4 * MB, i))
           end
           orch.sleep(0.005 * round)
-          os.execute("kill -9 " .. table.concat(H.children(core.getpid()), " ") .. " 2>/dev/null")
+          killed = H.children(core.getpid())
+          os.execute("kill -9 " .. table.concat(killed, " ") .. " 2>/dev/null")
           for i = 1, 4 do
             futs[i]:wait(30)
             if not futs[i]:error() then
@@ -273,6 +299,15 @@ describe("big frames", function()
             end
           end
         end
+        -- the last round's workers may have been idle when killed: once
+        -- the pool has reaped them, the next task goes to their replacements
+        assert.is_true(H.eventually(function()
+          orch.sleep(0.01)
+          for _, pid in ipairs(killed) do
+            if H.stat(pid) then return false end
+          end
+          return true
+        end))
         assert.are.equal(3, pool:submit(function() return 3 end):result())
       end
       assert.are.equal(before, H.fd_count())
@@ -307,14 +342,15 @@ describe("big frames", function()
         if not f then break end
         files[#files + 1] = f
       end
-      print("sent", pool:submit(function(s) return #s end, ("a"):rep(3 << 20)):result())
+      print("sent", pool:submit(function(s, n) return #s, s == ("a"):rep(n) .. "z" end,
+        ("a"):rep(3 << 20) .. "z", 3 << 20):result())
       local fut = pool:submit(function() return ("b"):rep(3 << 20) end)
       fut:wait()
       print("back", fut:error() and fut:error().message)
       for _, f in ipairs(files) do f:close() end
       print("then", #pool:submit(function() return ("c"):rep(3 << 20) end):result())
     ]], "ulimit -n 64;")
-    assert.matches("sent\t3145728\n", out)
+    assert.matches("sent\t3145729\ttrue\n", out)
     assert.matches("back\tcrashed: bad frame from worker: big frame: its file descriptor was lost "
       .. "%(no fd free here%)\n", out)
     assert.matches("then\t3145728\n", out)
@@ -322,7 +358,7 @@ describe("big frames", function()
 
   it("without memfds (a worker out of fds): the bytes go through the pipe #novalgrind", function()
     local pool <close> = orch.pool { workers = 1, limits = { files = 32 } }
-    local n, s = pool:submit(function(len)
+    local n, s, five, r, last = pool:submit(function(len)
       local files = {}
       while true do
         local f = io.open("/dev/null")
@@ -330,9 +366,11 @@ describe("big frames", function()
         files[#files + 1] = f
       end
       KEEP_OPEN = files -- luacheck: ignore (until the result has left: memfd_create fails)
-      return #files, ("q"):rep(len)
+      return #files, ("q"):rep(len), 5, ("r"):rep(len + 1) .. "!", "end"
     end, 3 * MB):result()
     assert.is_true(n > 0)
-    assert.are.equal(3 * MB, #s)
+    assert.is_true(s == ("q"):rep(3 * MB))
+    assert.is_true(r == ("r"):rep(3 * MB + 1) .. "!")
+    assert.are.same({ 5, "end" }, { five, last })
   end)
 end)

@@ -237,24 +237,44 @@ static void put_u64(unsigned char *p, uint64_t v)
         p[k] = (unsigned char)(v >> (8 * k));
 }
 
-/* The frame at `at` (from out.off), the last in out, n bytes of payload,
- * becomes a big frame if its payload can go in the shared memfd (the
- * parent) or a sealed one made for it, and the fd, if any, be sent: the
- * parent queues it for chan_flush, the child sends it now, before the
- * frame. */
-static void make_big(chan *c, size_t at, size_t n)
+/* The payload of the frame at `at` (from out.off), the last in out: its
+ * bytes in out with the strings left out of it (ext[], n_ext) in their
+ * places, as pieces in v (room for 2 * WIRE_EXTS + 1). Their count. */
+static int payload_pieces(chan *c, size_t at, const wire_ext *ext, int n_ext,
+                          struct iovec *v)
+{
+    char *base = c->out.data + c->out.off;
+    size_t from = at + FRAME_HEADER, end = c->out.len - c->out.off;
+    int nv = 0;
+    for (int k = 0; k <= n_ext; k++) {
+        size_t to = k < n_ext ? ext[k].at : end;
+        if (to > from)
+            v[nv++] = (struct iovec){base + from, to - from};
+        if (k < n_ext)
+            v[nv++] = (struct iovec){(void *)ext[k].p, ext[k].n};
+        from = to;
+    }
+    return nv;
+}
+
+/* The frame at `at` (from out.off), the last in out, n bytes of payload
+ * (with ext[]), becomes a big frame if its payload can go in the shared
+ * memfd (the parent) or a sealed one made for it, and the fd, if any, be
+ * sent: the parent queues it for chan_flush, the child sends it now,
+ * before the frame. 1, or 0 (the frame as it was). */
+static int make_big(chan *c, size_t at, size_t n, const wire_ext *ext, int n_ext)
 {
     int inband = c->sock == c->wfd;
     if (c->sock < 0 || (inband && c->n_out_fds == CHAN_FDS))
-        return;
-    unsigned char *h = (unsigned char *)c->out.data + c->out.off + at;
-    const char *payload = (const char *)h + FRAME_HEADER;
+        return 0;
+    struct iovec v[2 * WIRE_EXTS + 1] = {{0}};
+    int nv = payload_pieces(c, at, ext, n_ext, v);
     uint32_t form = BIG_SEALED;
     int fd;
-    if (c->share_out && inband && memfd_shared_put(&c->shared, payload, n, &fd) == 0)
+    if (c->share_out && inband && memfd_shared_put(&c->shared, v, nv, n, &fd) == 0)
         form = BIG_SHARED;
-    else if ((fd = memfd_from(payload, n)) < 0)
-        return;
+    else if ((fd = memfd_from(v, nv)) < 0)
+        return 0;
     if (inband) {
         c->out_fds[c->n_out_fds].ahead = at;
         c->out_fds[c->n_out_fds++].fd = fd;
@@ -262,28 +282,62 @@ static void make_big(chan *c, size_t at, size_t n)
         int rc = memfd_send(c->sock, fd);
         close(fd);
         if (rc < 0)
-            return;
+            return 0;
     }
+    unsigned char *h = (unsigned char *)c->out.data + c->out.off + at;
     put_length(&c->out, c->out.off + at, form);
     put_u64(h + FRAME_HEADER, n);
     c->out.len = c->out.off + at + BIG_HEADER;
+    return 1;
 }
 
-int chan_frame_end(chan *c)
+/* The strings left out of the frame that ends out (ext[], n_ext, extra
+ * bytes in all) copied into their places. 0, or -1 (ENOMEM: out as it
+ * was). */
+static int take_in_ext(chan *c, const wire_ext *ext, int n_ext, size_t extra)
 {
-    size_t n = c->out.len - c->out.off - c->frame_at - FRAME_HEADER;
+    if (wbuf_reserve(&c->out, extra) < 0)
+        return -1;
+    char *base = c->out.data + c->out.off;
+    size_t end = c->out.len - c->out.off, shift = extra;
+    for (int k = n_ext - 1; k >= 0; k--) {
+        memmove(base + ext[k].at + shift, base + ext[k].at, end - ext[k].at);
+        shift -= ext[k].n;
+        memcpy(base + ext[k].at + shift, ext[k].p, ext[k].n);
+        end = ext[k].at;
+    }
+    c->out.len += extra;
+    return 0;
+}
+
+int chan_frame_end_ext(chan *c, const wire_ext *ext, int n_ext)
+{
+    size_t extra = 0;
+    for (int k = 0; k < n_ext; k++)
+        extra += ext[k].n;
+    size_t n = c->out.len - c->out.off - c->frame_at - FRAME_HEADER + extra;
     if (n > c->max_out) {
         chan_rollback(c);
         return -1;
     }
-    put_length(&c->out, c->out.off + c->frame_at, n);
-    c->frame_open = 0;
-    if (c->big_min > 0 && n >= c->big_min)
-        make_big(c, c->frame_at, n);
-    else if (c->shared.fd >= 0)
+    int wants_big = c->big_min > 0 && n >= c->big_min;
+    if (!wants_big && c->shared.fd >= 0)
         memfd_shared_close(&c->shared); /* big frames stopped: its pages go */
+    if (!wants_big || !make_big(c, c->frame_at, n, ext, n_ext)) {
+        if (n_ext > 0 && take_in_ext(c, ext, n_ext, extra) < 0) {
+            chan_rollback(c);
+            return -2;
+        }
+        put_length(&c->out, c->out.off + c->frame_at, n);
+    }
+    c->frame_open = 0;
     take_later(c);
     return 0;
+}
+
+int chan_frame_end(chan *c)
+{
+    return chan_frame_end_ext(c, NULL, 0);
 }
 
 size_t chan_pending(chan *c)
@@ -615,6 +669,8 @@ void chan_enc_begin(lua_State *L, chan *c, int type, wire_enc *e, int flags)
         luaL_error(L, "orch: not enough memory for a frame");
     }
     wire_enc_begin(e, L, b, flags);
+    if (b == &c->out && c->big_min > 0 && c->sock >= 0)
+        e->ext_min = c->big_min; /* the values stay on the stack till chan_enc_end */
 }
 
 void chan_enc_end(lua_State *L, chan *c, wire_enc *e)
@@ -628,7 +684,12 @@ void chan_enc_end(lua_State *L, chan *c, wire_enc *e)
             return;
         }
         size_t n = b->len - b->off - c->frame_at - FRAME_HEADER;
-        if (chan_frame_end(c) < 0)
+        for (int k = 0; k < e->n_ext; k++)
+            n += e->ext[k].n;
+        int rc = chan_frame_end_ext(c, e->ext, e->n_ext);
+        if (rc == -2)
+            luaL_error(L, "orch: not enough memory for a frame");
+        if (rc < 0)
             refuse_size(L, c, n);
         return;
     }

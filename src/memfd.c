@@ -62,12 +62,23 @@ static int write_at(int fd, size_t at, const void *p, size_t n)
     return 0;
 }
 
-int memfd_from(const char *p, size_t n)
+/* The nv pieces v[] into fd from byte at on. 0, or -1. */
+static int write_pieces(int fd, size_t at, const struct iovec *v, int nv)
+{
+    for (int k = 0; k < nv; k++) {
+        if (write_at(fd, at, v[k].iov_base, v[k].iov_len) < 0)
+            return -1;
+        at += v[k].iov_len;
+    }
+    return 0;
+}
+
+int memfd_from(const struct iovec *v, int nv)
 {
     int fd = memfd_create("orch-frame", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return -1;
-    if (write_at(fd, 0, p, n) < 0
+    if (write_pieces(fd, 0, v, nv) < 0
         || fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
         close(fd);
         return -1;
@@ -235,7 +246,7 @@ static int fit(memfd_shared *s, size_t n)
     return 0;
 }
 
-int memfd_shared_put(memfd_shared *s, const char *p, size_t n, int *send_fd)
+int memfd_shared_put(memfd_shared *s, const struct iovec *v, int nv, size_t n, int *send_fd)
 {
     static const uint32_t held = 0;
     *send_fd = -1;
@@ -244,7 +255,7 @@ int memfd_shared_put(memfd_shared *s, const char *p, size_t n, int *send_fd)
     s->busy = 0;
     if (fit(s, n) < 0)
         return -1;
-    if (write_at(s->fd, 0, &held, sizeof held) < 0 || write_at(s->fd, MEMFD_SHARED_AT, p, n) < 0
+    if (write_at(s->fd, 0, &held, sizeof held) < 0 || write_pieces(s->fd, MEMFD_SHARED_AT, v, nv) < 0
         || (*send_fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 3)) < 0) {
         memfd_shared_close(s);
         return -1;

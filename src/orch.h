@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <signal.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -129,9 +130,25 @@ typedef struct wire_run {
     lua_Integer last;
 } wire_run;
 
+/* A long string an encoding leaves where it is instead of copying it
+ * into its buffer: its n bytes at p belong at `at` (from b->off), before
+ * the bytes written there. */
+#define WIRE_EXTS 4 /* such strings in one encoding, at most */
+typedef struct wire_ext {
+    size_t at;
+    const char *p;
+    size_t n;
+} wire_ext;
+
 typedef struct wire_enc {
     lua_State *L;
     wbuf *b;    /* owned by a userdata: a raise leaks nothing */
+    /* strings of ext_min bytes or more (0: none) are left where they are
+     * (ext[], n_ext of them): whoever sets ext_min writes the frame out
+     * while they are still alive (chan_enc_begin) */
+    size_t ext_min;
+    int n_ext;
+    wire_ext ext[WIRE_EXTS];
     int flags;
     int ctx;    /* absolute stack index of the context (seen tables...) */
     int nrefs;  /* tables/functions numbered so far */
@@ -150,6 +167,9 @@ ORCH_HIDDEN void wire_enc_begin(wire_enc *e, lua_State *L, wbuf *b, int flags);
  * naming its place from root: "args[2].conn: cannot send userdata". */
 ORCH_HIDDEN void wire_enc_value(wire_enc *e, int idx, const char *root);
 ORCH_HIDDEN void wire_enc_integer(wire_enc *e, lua_Integer n);
+/* Appends p[0..n) as they are (no tag, no length): left where they are
+ * when n reaches e->ext_min. */
+ORCH_HIDDEN void wire_enc_raw(wire_enc *e, const char *p, size_t n);
 /* Appends a new array table holding t[i..j] of the table at idx, as if
  * that slice had been built and encoded (map's chunks, with no copy). */
 ORCH_HIDDEN void wire_enc_slice(wire_enc *e, int idx, lua_Integer i, lua_Integer j,
@@ -273,9 +293,10 @@ static inline void stop_unpack(int value, int *key, int *level)
 }
 
 /* ---- memfd.c: big payloads in sealed memfds, passed over a socket ------ */
-/* A memfd holding p[0..n), sealed (write, shrink, grow, seals); -1 with
- * errno when one cannot be made (the caller sends the bytes instead). */
-ORCH_HIDDEN int memfd_from(const char *p, size_t n);
+/* A memfd holding the nv pieces v[] one after the other, sealed (write,
+ * shrink, grow, seals); -1 with errno when one cannot be made (the caller
+ * sends the bytes instead). */
+ORCH_HIDDEN int memfd_from(const struct iovec *v, int nv);
 /* Checks the received fd (a memfd sealed against writing and shrinking,
  * at least n bytes long), maps its first n bytes read-only into *map
  * (NULL for n = 0), and closes fd whatever happens. 0, or -1 with *why. */
@@ -303,11 +324,13 @@ typedef struct memfd_shared {
     int busy;     /* a payload was written that the reader has not let go */
 } memfd_shared;
 #define MEMFD_SHARED_AT 64 /* where the payload starts in a shared memfd */
-/* p[0..n) into s, made or resized as needed, and *send_fd a new fd of it
- * for the reader: 0; or -1 when the reader still holds the last payload,
- * the process's budget for shared memfds is spent or a call failed (the
- * caller uses a sealed memfd instead). */
-ORCH_HIDDEN int memfd_shared_put(memfd_shared *s, const char *p, size_t n, int *send_fd);
+/* The nv pieces v[] (n bytes in all) into s, one after the other, s made
+ * or resized as needed, and *send_fd a new fd of it for the reader: 0; or
+ * -1 when the reader still holds the last payload, the process's budget
+ * for shared memfds is spent or a call failed (the caller uses a sealed
+ * memfd instead). */
+ORCH_HIDDEN int memfd_shared_put(memfd_shared *s, const struct iovec *v, int nv, size_t n,
+                                 int *send_fd);
 /* Closes s (a reader's mapping stays whole). */
 ORCH_HIDDEN void memfd_shared_close(memfd_shared *s);
 /* The reader: checks the shared memfd fd (a memfd of at least
@@ -364,6 +387,10 @@ ORCH_HIDDEN int chan_frame_begin(chan *c, int type);
 /* Closes the open frame (fills in its length); frames made aside follow
  * it. 0, or -1 when it is over max_out (then dropped). */
 ORCH_HIDDEN int chan_frame_end(chan *c);
+/* The same for a frame whose encoding left strings out of it (ext[],
+ * n_ext: wire_enc's); they are in it once it is closed. -2: no memory
+ * for them (the frame dropped). */
+ORCH_HIDDEN int chan_frame_end_ext(chan *c, const wire_ext *ext, int n_ext);
 /* Drops the open frame, if any. */
 ORCH_HIDDEN void chan_rollback(chan *c);
 /* Bytes of whole frames not yet written (the open frame is not counted

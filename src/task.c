@@ -298,11 +298,7 @@ void task_put(lua_State *L, wire_enc *e, lua_Integer id, const char *task, size_
         wire_enc_value(e, lua_gettop(L), "function");
         lua_pop(L, 2);
     }
-    size_t blen = tlen - TASK_FNID;
-    if (wbuf_reserve(e->b, blen) < 0)
-        luaL_error(L, "orch: not enough memory for a frame");
-    memcpy(e->b->data + e->b->len, task + TASK_FNID, blen);
-    e->b->len += blen;
+    wire_enc_raw(e, task + TASK_FNID, tlen - TASK_FNID);
 }
 
 /* ---- loading (child) -------------------------------------------------- */

@@ -73,8 +73,29 @@ static void enc_lstr(wire_enc *e, const char *s, size_t l)
     e->b->len += k + l;
 }
 
+/* Whether n bytes may be left where they are (wire_enc's ext_min). */
+static int ext_fits(const wire_enc *e, size_t n)
+{
+    return e->ext_min > 0 && n >= e->ext_min && e->n_ext < WIRE_EXTS;
+}
+
+/* n bytes at p left where they are, here in the encoding (ext_fits). */
+static void enc_ext(wire_enc *e, const char *p, size_t n)
+{
+    wire_ext *x = &e->ext[e->n_ext++];
+    x->at = enc_mark(e);
+    x->p = p;
+    x->n = n;
+}
+
 static void enc_string(wire_enc *e, const char *s, size_t l)
 {
+    if (ext_fits(e, l)) {
+        enc_byte(e, T_STR);
+        enc_uvar(e, l);
+        enc_ext(e, s, l);
+        return;
+    }
     if (l <= SHORTSTR_MAX) {
         unsigned char *p = enc_room(e, 1 + SHORTSTR_MAX);
         p[0] = (unsigned char)(T_SHORTSTR + l);
@@ -723,8 +744,20 @@ void wire_enc_begin(wire_enc *e, lua_State *L, wbuf *b, int flags)
     e->nrefs = 0;
     e->depth = 0;
     e->root = NULL;
+    e->ext_min = 0;
+    e->n_ext = 0;
     lua_pushnil(L); /* the context table, made when a 9th ref needs it */
     e->ctx = lua_gettop(L);
+}
+
+void wire_enc_raw(wire_enc *e, const char *p, size_t n)
+{
+    if (ext_fits(e, n)) {
+        enc_ext(e, p, n);
+        return;
+    }
+    memcpy(enc_room(e, n), p, n);
+    e->b->len += n;
 }
 
 void wire_enc_value(wire_enc *e, int idx, const char *root)
