@@ -65,6 +65,21 @@ describe("a frame the parent cannot decode", function()
       assert.are.equal(10, pool:submit(len, string.rep("x", 10)):result())
     end)
 
+    it("arguments too big are refused at submit, a task packed in pieces too", function()
+      pool = orch.pool { workers = 1, max_message = 3 << 20 }
+      local function len(s) return #s end
+      local big = string.rep("x", 4 << 20)  -- a piece of the packed task, not a copy
+      local task = core.pack_task(len, big)
+      assert.are.equal("table", type(task))
+      local size = 0
+      for _, piece in ipairs(task) do size = size + #piece end
+      assert.is_true(size > 4 << 20)
+      local ok, err = pcall(pool.submit, pool, len, big)
+      assert.is_false(ok)
+      assert.matches("the task takes " .. size .. " bytes packed", err, 1, true)
+      assert.are.equal(2 << 20, pool:submit(len, string.rep("x", 2 << 20)):result())
+    end)
+
     it("is checked as an option", function()
       for _, bad in ipairs({ 0, 1.5, 2 ^ 31 }) do
         local ok, err = pcall(orch.pool, { max_message = bad })

@@ -72,6 +72,35 @@ describe("big frames", function()
     assert.is_true(back[#args + 1] == ("r"):rep(2 * MB) .. "!")
   end)
 
+  it("a task's strings of 2 MiB or more are pieces of its packed form, sent whole again on a retry",
+    function()
+    local s1, s2 = big(2 * MB, 1), big(3 * MB, 2)
+    local function f(a, n, b) return a, n, b end
+    local task = core.pack_task(f, s1, 5, s2)
+    -- the head (function id, argument count, s1's tag and length), s1, the
+    -- bytes between, s2: the strings themselves, not copies
+    assert.are.equal("table", type(task))
+    assert.are.equal(4, #task)
+    assert.is_true(task[2] == s1 and task[4] == s2)
+    assert.are.equal("string", type(core.pack_task(f, big(2 * MB - 1, 3))))
+
+    local pool <close> = orch.pool { workers = 1 }
+    local seen = os.tmpname()
+    os.remove(seen)
+    local fut = pool:group({ retries = 1 }):submit(function(a, n, b, path)
+      local first = io.open(path) == nil
+      if first then
+        io.open(path, "w"):close()
+        os.exit(3) -- the first run dies: the task goes again, to the replacement
+      end
+      return a, n, b
+    end, s1, 5, s2, seen)
+    local a, n, b = fut:result()
+    os.remove(seen)
+    assert.are.equal(2, fut.attempts)
+    assert.is_true(a == s1 and n == 5 and b == s2, "the retried task changed on the way")
+  end)
+
   it("go through memfds in both directions from 2 MiB on, not below: the parent's one made once", function()
     -- the memfds made by one worker's pool for `rounds` round trips of n bytes
     local function memfds(n, rounds)

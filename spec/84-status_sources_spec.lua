@@ -127,6 +127,15 @@ describe("core.task_source", function()
     assert.is_false(ran)
   end)
 
+  it("reads a task packed in pieces (it holds long strings) from its first piece", function()
+    local function f(s) return #s end
+    local task = core.pack_task(f, ("x"):rep(2 << 20))
+    assert.are.equal("table", type(task))
+    assert.equal(where(f), core.task_source(task))
+    assert.is_nil(core.task_source({}))
+    assert.is_nil(core.task_source({ "short" }))
+  end)
+
   it("returns nil for strings that hold no task, raises for a non-string", function()
     local fnid0 = ("j"):pack(0)
     for _, s in ipairs({ "", "short", ("\0"):rep(8), fnid0 .. "\0", fnid0 .. "\6\0\0\0",
@@ -135,8 +144,8 @@ describe("core.task_source", function()
     end
     assert.matches("bad argument #1 to 'orch.core.task_source' %(string expected, got no value%)",
       select(2, pcall(core.task_source)))
-    assert.matches("bad argument #1 to 'orch.core.task_source' %(string expected, got table%)",
-      select(2, pcall(core.task_source, {})))
+    assert.matches("bad argument #1 to 'orch.core.task_source' %(string expected, got boolean%)",
+      select(2, pcall(core.task_source, true)))
   end)
 
   it("never crashes on random strings, random tails or cut tasks", function()

@@ -149,6 +149,8 @@ typedef struct wire_enc {
     size_t ext_min;
     int n_ext;
     wire_ext ext[WIRE_EXTS];
+    int ext_keep; /* stack index of a slot (nil at first) for a table of
+                     those strings, 1..n_ext, made at the first; 0: none */
     int flags;
     int ctx;    /* absolute stack index of the context (seen tables...) */
     int nrefs;  /* tables/functions numbered so far */
@@ -168,7 +170,7 @@ ORCH_HIDDEN void wire_enc_begin(wire_enc *e, lua_State *L, wbuf *b, int flags);
 ORCH_HIDDEN void wire_enc_value(wire_enc *e, int idx, const char *root);
 ORCH_HIDDEN void wire_enc_integer(wire_enc *e, lua_Integer n);
 /* Appends p[0..n) as they are (no tag, no length): left where they are
- * when n reaches e->ext_min. */
+ * when n reaches e->ext_min (with ext_keep 0: the caller keeps them). */
 ORCH_HIDDEN void wire_enc_raw(wire_enc *e, const char *p, size_t n);
 /* Appends a new array table holding t[i..j] of the table at idx, as if
  * that slice had been built and encoded (map's chunks, with no copy). */
@@ -458,14 +460,12 @@ ORCH_HIDDEN void chunk_push_runner(lua_State *L);
 
 /* ---- task.c: a task's wire form ---------------------------------------- */
 ORCH_HIDDEN void task_open(lua_State *L);
-/* The fnid of the packed task at arg (raises if it is not one); *task and
- * *tlen are its bytes. */
-ORCH_HIDDEN lua_Integer task_fnid(lua_State *L, int arg, const char **task, size_t *tlen);
-/* Encodes a TASK frame's fields into e: id, the packed task's fnid, its
- * code (with_code: the first task of that function for this worker) or
- * nil, then the rest of the packed task. */
-ORCH_HIDDEN void task_put(lua_State *L, wire_enc *e, lua_Integer id, const char *task,
-                          size_t tlen, int with_code);
+/* The fnid of the packed task at arg (raises if it is not one). */
+ORCH_HIDDEN lua_Integer task_fnid(lua_State *L, int arg);
+/* Encodes a TASK frame's fields into e: id, the packed task's (at arg)
+ * fnid, its code (with_code: the first task of that function for this
+ * worker) or nil, then the rest of the packed task. */
+ORCH_HIDDEN void task_put(lua_State *L, wire_enc *e, lua_Integer id, int arg, int with_code);
 /* Child: decodes a TASK frame's payload and pushes its function and
  * arguments; returns the argument count. Raises on a bad frame; *id is
  * set as soon as the id is read. */

@@ -230,9 +230,7 @@ static int proc_send_task(lua_State *L)
 {
     proc *p = check_proc(L, 1);
     lua_Integer id = luaL_checkinteger(L, 2);
-    size_t tlen;
-    const char *task;
-    lua_Integer fnid = task_fnid(L, 3, &task, &tlen);
+    lua_Integer fnid = task_fnid(L, 3);
     if (p->conn.ch.wfd < 0) {
         lua_pushboolean(L, 0);
         return 1;
@@ -245,7 +243,7 @@ static int proc_send_task(lua_State *L)
     }
     wire_enc e;
     chan_enc_begin(L, &p->conn.ch, MSG_TASK, &e, WIRE_FUNCTIONS);
-    task_put(L, &e, id, task, tlen, first);
+    task_put(L, &e, id, 3, first);
     chan_enc_end(L, &p->conn.ch, &e);
     conn_queued(&p->conn);
     if (first) {

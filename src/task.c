@@ -14,9 +14,13 @@
  *   id, fnid, [code | nil, upvalues] (fnid > 0) or fn (fnid 0), nargs, args...
  * or, for a chunk of map (pack_chunk), TASK_CHUNK in nargs' place and the
  * items as one list, which the worker runs through fn itself (chunk.c).
- * A packed task (a Lua string, never sent as it is) is fnid in native
- * order (TASK_FNID bytes) then what follows the function's code in that
- * frame: task_put puts id, fnid and the code in front of it.
+ * A packed task (never sent as it is) is fnid in native order (TASK_FNID
+ * bytes) then what follows the function's code in that frame: task_put
+ * puts id, fnid and the code in front of it. It is a Lua string; or, when
+ * it holds strings of PACK_EXT_MIN bytes or more, a list of pieces whose
+ * concatenation it is, those strings themselves among them: a big
+ * argument is then copied once on its way, from where it is into the
+ * frame's memfd (chan.c), not into a packed copy first.
  *
  * Invariants:
  * - Function ids and the code they stand for live in the parent's registry
@@ -41,6 +45,7 @@
 #define FN_CACHE_MAX 4096        /* function ids a parent hands out */
 #define FN_INLINE ((lua_Integer)-1) /* a task that carries its own code */
 #define TASK_CHUNK ((lua_Integer)-1) /* in the argument count's place: a chunk */
+#define PACK_EXT_MIN (2u << 20) /* strings this long are pieces of a packed task */
 
 static lua_Integer fn_counter;
 static int fn_by_closure = LUA_NOREF; /* weak-keyed: closure -> fnid */
@@ -207,14 +212,41 @@ static wbuf *pack_begin(lua_State *L, lua_Integer fnid, wire_enc *e, int *holder
         luaL_error(L, "orch: not enough memory for a task");
     memcpy(b->data, &fnid, TASK_FNID);
     b->len = TASK_FNID;
+    lua_pushnil(L); /* the long strings left out, once there is one */
     wire_enc_begin(e, L, b, WIRE_FUNCTIONS);
+    e->ext_min = PACK_EXT_MIN;
+    e->ext_keep = *holder + 1;
     return b;
+}
+
+/* The packed task as pieces (see the header): the encoding's bytes with
+ * the long strings it left out (in the table at keep) in their places. */
+static void push_pieces(lua_State *L, const wbuf *b, const wire_enc *e, int keep)
+{
+    lua_createtable(L, 2 * e->n_ext + 1, 0);
+    size_t from = 0;
+    int n = 0;
+    for (int k = 0; k <= e->n_ext; k++) {
+        size_t to = k < e->n_ext ? e->ext[k].at : b->len - b->off;
+        if (to > from || k == 0) {
+            lua_pushlstring(L, b->data + b->off + from, to - from);
+            lua_rawseti(L, -2, ++n);
+        }
+        if (k < e->n_ext) {
+            lua_rawgeti(L, keep, k + 1);
+            lua_rawseti(L, -2, ++n);
+        }
+        from = to;
+    }
 }
 
 static int pack_end(lua_State *L, wbuf *b, wire_enc *e, int holder)
 {
     wire_enc_end(e);
-    lua_pushlstring(L, b->data, b->len);
+    if (e->n_ext == 0)
+        lua_pushlstring(L, b->data, b->len);
+    else
+        push_pieces(L, b, e, holder + 1);
     wbuf_scratch_give(L, b, holder);
     return 1;
 }
@@ -273,20 +305,39 @@ static int l_pack_chunk(lua_State *L)
     return pack_end(L, b, &e, holder);
 }
 
-lua_Integer task_fnid(lua_State *L, int arg, const char **task, size_t *tlen)
+/* The bytes of the packed task at arg, or of its first piece (which
+ * starts with the fnid); NULL if it is neither. */
+static const char *head_of(lua_State *L, int arg, size_t *len)
 {
-    *task = luaL_checklstring(L, arg, tlen);
-    luaL_argcheck(L, *tlen >= TASK_FNID, arg, "not a packed task");
+    const char *head = NULL;
+    if (lua_type(L, arg) == LUA_TTABLE) {
+        lua_rawgeti(L, arg, 1);
+        head = lua_tolstring(L, -1, len); /* the table keeps it */
+        lua_pop(L, 1);
+    } else if (lua_type(L, arg) == LUA_TSTRING) {
+        head = lua_tolstring(L, arg, len);
+    }
+    return head != NULL && *len >= TASK_FNID ? head : NULL;
+}
+
+static const char *task_head(lua_State *L, int arg, size_t *len)
+{
+    const char *head = head_of(L, arg, len);
+    luaL_argcheck(L, head != NULL, arg, "not a packed task");
+    return head;
+}
+
+lua_Integer task_fnid(lua_State *L, int arg)
+{
+    size_t len;
     lua_Integer fnid;
-    memcpy(&fnid, *task, TASK_FNID);
+    memcpy(&fnid, task_head(L, arg, &len), TASK_FNID);
     return fnid;
 }
 
-void task_put(lua_State *L, wire_enc *e, lua_Integer id, const char *task, size_t tlen,
-              int with_code)
+void task_put(lua_State *L, wire_enc *e, lua_Integer id, int arg, int with_code)
 {
-    lua_Integer fnid;
-    memcpy(&fnid, task, TASK_FNID);
+    lua_Integer fnid = task_fnid(L, arg);
     wire_enc_integer(e, id);
     wire_enc_integer(e, fnid);
     if (fnid > 0) {                            /* an inline task has its code */
@@ -298,7 +349,22 @@ void task_put(lua_State *L, wire_enc *e, lua_Integer id, const char *task, size_
         wire_enc_value(e, lua_gettop(L), "function");
         lua_pop(L, 2);
     }
-    wire_enc_raw(e, task + TASK_FNID, tlen - TASK_FNID);
+    size_t len;
+    if (lua_type(L, arg) == LUA_TSTRING) {
+        const char *task = lua_tolstring(L, arg, &len);
+        wire_enc_raw(e, task + TASK_FNID, len - TASK_FNID);
+        return;
+    }
+    lua_Integer n = (lua_Integer)lua_rawlen(L, arg);
+    for (lua_Integer k = 1; k <= n; k++) {
+        lua_rawgeti(L, arg, k);                /* the table keeps it */
+        const char *piece = lua_tolstring(L, -1, &len);
+        lua_pop(L, 1);
+        if (piece == NULL)
+            luaL_argerror(L, arg, "not a packed task");
+        size_t skip = k == 1 ? TASK_FNID : 0;
+        wire_enc_raw(e, piece + skip, len - skip);
+    }
 }
 
 /* ---- loading (child) -------------------------------------------------- */
@@ -436,13 +502,14 @@ static void weak_table(lua_State *L, int *ref, const char *mode)
  * nil: where the function of a task packed here comes from. Nothing runs:
  * the code of fnid (dumped here, debug information kept) is loaded, not
  * called, for its lua_getinfo; fnid 0 holds a "module.name" string or a C
- * function. nil for a string that holds no task packed by this process. */
+ * function. nil for a string (or pieces) that holds no task packed by this
+ * process. */
 static int l_task_source(lua_State *L)
 {
-    size_t tlen;
-    const char *task = luaL_checklstring(L, 1, &tlen);
+    size_t tlen = 0;
+    const char *task = lua_istable(L, 1) ? head_of(L, 1, &tlen) : luaL_checklstring(L, 1, &tlen);
     lua_Integer fnid;
-    if (tlen <= TASK_FNID)
+    if (task == NULL || tlen <= TASK_FNID)
         return luaL_pushfail(L), 1;
     memcpy(&fnid, task, TASK_FNID);
     if (fnid == 0) {

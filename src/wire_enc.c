@@ -79,21 +79,33 @@ static int ext_fits(const wire_enc *e, size_t n)
     return e->ext_min > 0 && n >= e->ext_min && e->n_ext < WIRE_EXTS;
 }
 
-/* n bytes at p left where they are, here in the encoding (ext_fits). */
-static void enc_ext(wire_enc *e, const char *p, size_t n)
+/* n bytes at p left where they are, here in the encoding (ext_fits);
+ * idx: the string they are, kept in ext_keep's table if there is one. */
+static void enc_ext(wire_enc *e, int idx, const char *p, size_t n)
 {
     wire_ext *x = &e->ext[e->n_ext++];
     x->at = enc_mark(e);
     x->p = p;
     x->n = n;
+    if (e->ext_keep) {
+        lua_State *L = e->L;
+        luaL_checkstack(L, 2, "orch: encoding too deep");
+        if (lua_type(L, e->ext_keep) != LUA_TTABLE) {
+            lua_createtable(L, WIRE_EXTS, 0);
+            lua_replace(L, e->ext_keep);
+        }
+        lua_pushvalue(L, idx);
+        lua_rawseti(L, e->ext_keep, e->n_ext);
+    }
 }
 
-static void enc_string(wire_enc *e, const char *s, size_t l)
+/* The string s (l bytes) at idx. */
+static void enc_string(wire_enc *e, int idx, const char *s, size_t l)
 {
     if (ext_fits(e, l)) {
         enc_byte(e, T_STR);
         enc_uvar(e, l);
-        enc_ext(e, s, l);
+        enc_ext(e, idx, s, l);
         return;
     }
     if (l <= SHORTSTR_MAX) {
@@ -710,7 +722,7 @@ static void enc_any(wire_enc *e, int idx, int type)
     case LUA_TSTRING: {
         size_t l;
         const char *s = lua_tolstring(L, idx, &l);
-        enc_string(e, s, l);
+        enc_string(e, idx, s, l);
         break;
     }
     case LUA_TTABLE:
@@ -746,14 +758,15 @@ void wire_enc_begin(wire_enc *e, lua_State *L, wbuf *b, int flags)
     e->root = NULL;
     e->ext_min = 0;
     e->n_ext = 0;
+    e->ext_keep = 0;
     lua_pushnil(L); /* the context table, made when a 9th ref needs it */
     e->ctx = lua_gettop(L);
 }
 
 void wire_enc_raw(wire_enc *e, const char *p, size_t n)
 {
-    if (ext_fits(e, n)) {
-        enc_ext(e, p, n);
+    if (ext_fits(e, n) && e->ext_keep == 0) {
+        enc_ext(e, 0, p, n);
         return;
     }
     memcpy(enc_room(e, n), p, n);

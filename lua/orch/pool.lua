@@ -231,6 +231,15 @@ function Pool:_enqueue(group, task)
   return fut
 end
 
+-- The bytes of a packed task: a string, or a list of pieces (a task that
+-- holds long strings, see src/task.c).
+local function packed_size(task)
+  if type(task) == "string" then return #task end
+  local n = 0
+  for i = 1, #task do n = n + #task[i] end
+  return n
+end
+
 -- pool:submit and group:submit.
 function Pool:_submit(group, fn, ...)
   local t = type(fn)
@@ -243,9 +252,9 @@ function Pool:_submit(group, fn, ...)
   local ok, task = pcall(pack_task, fn, ...)
   if not ok then check.fail("orch.pool", "submit: %s", tostring(task)) end
   local max = self.dispatcher.max_message
-  if max and #task > max then
+  if max and packed_size(task) > max then
     check.fail("orch.pool", "submit: the task takes %d bytes packed (its function and arguments), "
-      .. "over the limit of %d (max_message)", #task, max)
+      .. "over the limit of %d (max_message)", packed_size(task), max)
   end
   local fut = self:_enqueue(group, task)
   if group.keeps_args then

@@ -114,6 +114,7 @@ local FNID = ("j"):packsize()  -- a packed task starts with its function id
 -- A task's "source:line", "module.name" or "[C]"; "?" when unknown.
 local function source_of(t)
   local task = t.task
+  if type(task) == "table" then task = task[1] end  -- a task in pieces: fnid first
   if type(task) ~= "string" then return source_of_fn(t.fn) end
   if #task < FNID then return "?" end
   local fnid = ("j"):unpack(task)
