@@ -1,4 +1,4 @@
--- Big frames: a payload of 2 MiB or more crosses in a memfd whose fd goes
+-- Big frames: a payload of 512 KiB or more crosses in a memfd whose fd goes
 -- over the channel's socket (chan.c, memfd.c): the parent's in its shared
 -- memfd, written over once the child is done, the child's in a sealed one
 -- each. Real forks, real big strings, real SIGKILLs; fds of the parent and
@@ -9,6 +9,7 @@ local H = orch_spec
 local MSG = core.msg
 
 local MB = 1 << 20
+local MIN = 512 << 10 -- the least payload that goes in a memfd (chan.c's BIG_MIN)
 
 -- A string of n bytes that is not one byte repeated: a mix-up of pieces shows.
 local function big(n, seed)
@@ -33,9 +34,9 @@ describe("big frames", function()
     pool:submit(function() end):result()
   end)
 
-  it("strings from 2 MiB to 16 MiB go there and back whole, in order with small frames", function()
+  it("strings from 512 KiB to 16 MiB go there and back whole, in order with small frames", function()
     local pool <close> = orch.pool { workers = 2 }
-    local sizes = { 2 * MB - 64, 2 * MB, 3 * MB + 7, MB, 16 * MB, 50, 2 * MB + 1 }
+    local sizes = { MIN - 64, MIN, 3 * MB + 7, MB, 16 * MB, 50, MIN + 1, 2 * MB }
     local futs = {}
     for i, n in ipairs(sizes) do
       futs[i] = pool:submit(function(s, k) return s, #s, k end, big(n, i), i)
@@ -50,11 +51,11 @@ describe("big frames", function()
 
   it("several big strings in one frame, more than are left out of the encoding, each whole in its place",
     function()
-    -- strings of 2 MiB or more are written into the memfd from where they
-    -- are (4 of them a frame); the rest, and the small values between
+    -- strings of 512 KiB or more are written into the memfd from where
+    -- they are (4 of them a frame); the rest, and the small values between
     -- them, are copied as any value is
     local pool <close> = orch.pool { workers = 1 }
-    local args = { 1, big(2 * MB, 1), "a", big(3 * MB + 5, 2), big(MB, 3), { big(2 * MB + 1, 4) },
+    local args = { 1, big(2 * MB, 1), "a", big(3 * MB + 5, 2), big(MIN - 1, 3), { big(MIN, 4) },
       big(2 * MB + 2, 5), 7, big(4 * MB, 6), big(2 * MB + 3, 7), "end" }
     local back = table.pack(pool:submit(function(...)
       local t = table.pack(...)
@@ -72,7 +73,7 @@ describe("big frames", function()
     assert.is_true(back[#args + 1] == ("r"):rep(2 * MB) .. "!")
   end)
 
-  it("a task's strings of 2 MiB or more are pieces of its packed form, sent whole again on a retry",
+  it("a task's strings of 512 KiB or more are pieces of its packed form, sent whole again on a retry",
     function()
     local s1, s2 = big(2 * MB, 1), big(3 * MB, 2)
     local function f(a, n, b) return a, n, b end
@@ -82,7 +83,7 @@ describe("big frames", function()
     assert.are.equal("table", type(task))
     assert.are.equal(4, #task)
     assert.is_true(task[2] == s1 and task[4] == s2)
-    assert.are.equal("string", type(core.pack_task(f, big(2 * MB - 1, 3))))
+    assert.are.equal("string", type(core.pack_task(f, big(MIN - 1, 3))))
 
     local pool <close> = orch.pool { workers = 1 }
     local seen = os.tmpname()
@@ -101,7 +102,7 @@ describe("big frames", function()
     assert.is_true(a == s1 and n == 5 and b == s2, "the retried task changed on the way")
   end)
 
-  it("go through memfds in both directions from 2 MiB on, not below: the parent's one made once", function()
+  it("go through memfds in both directions from 512 KiB on, not below: the parent's one made once", function()
     -- the memfds made by one worker's pool for `rounds` round trips of n bytes
     local function memfds(n, rounds)
       local out = H.sh(("strace -f -qq -e trace=memfd_create -o /dev/stdout lua5.4 %s 2>/dev/null"):format(
@@ -122,7 +123,8 @@ describe("big frames", function()
       return
     end
     assert.are.same({ frame = 3, shared = 1 }, memfds(3 * MB, 3))
-    assert.are.same({ frame = 0, shared = 0 }, memfds(MB, 3))
+    assert.are.same({ frame = 3, shared = 1 }, memfds(MIN, 3))
+    assert.are.same({ frame = 0, shared = 0 }, memfds(MIN - 4096, 3))
   end)
 
   it("past 256 MiB of shared memfds in a process, the next big task goes in a sealed one", function()

@@ -17,7 +17,7 @@
  * both are FRAME_MAX unless set (a pool's max_message).
  *
  * Big frames: a frame whose payload is big_min bytes or more (BIG_MIN,
- * 2 MiB: below it the copies through the channel cost less), on a channel
+ * 512 KiB: below it the copies through the channel cost less), on a channel
  * with a Unix socket, leaves as a big frame: a 4-byte length of
  * FRAME_BIG | 8, the type byte, and the payload's real length (8 bytes,
  * little-endian); the payload itself is in a sealed memfd (memfd.c) whose
@@ -74,7 +74,7 @@
 #define BIG_SEALED (FRAME_BIG | 8)      /* a sealed memfd, its fd with the frame */
 #define BIG_SHARED (FRAME_BIG | 9)      /* the writer's shared memfd, an fd of it with the frame */
 #define BIG_HEADER (FRAME_HEADER + 8)
-#define BIG_MIN (2u << 20) /* payloads this big or more go in a memfd */
+#define BIG_MIN (512u << 10) /* payloads this big or more go in a memfd */
 
 /* What chan_next knows of the head of `in`. */
 enum {

@@ -45,7 +45,7 @@
 #define FN_CACHE_MAX 4096        /* function ids a parent hands out */
 #define FN_INLINE ((lua_Integer)-1) /* a task that carries its own code */
 #define TASK_CHUNK ((lua_Integer)-1) /* in the argument count's place: a chunk */
-#define PACK_EXT_MIN (2u << 20) /* strings this long are pieces of a packed task */
+#define PACK_EXT_MIN (512u << 10) /* strings this long are pieces of a packed task (BIG_MIN) */
 
 static lua_Integer fn_counter;
 static int fn_by_closure = LUA_NOREF; /* weak-keyed: closure -> fnid */
