@@ -609,11 +609,13 @@ ssize_t chan_fill(chan *c, size_t max)
         return -1;
     }
     for (;;) {
-        ssize_t n = read_in(c, b->data + b->len, b->cap - b->len < want ? b->cap - b->len : want, 0);
+        size_t ask = b->cap - b->len < want ? b->cap - b->len : want;
+        ssize_t n = read_in(c, b->data + b->len, ask, 0);
         if (n < 0 && errno == EINTR)
             continue;
         if (n > 0)
             b->len += (size_t)n;
+        c->in_short = n > 0 && (size_t)n < ask;
         return n;
     }
 }

@@ -100,6 +100,11 @@ int conn_read(lua_State *L, conn *c, int hidx, int drain)
                 conn_close(c); /* out of sync: nothing after it can be read */
                 rc = -1;
             }
+            /* A short read found the socket empty (or stopped at an fd,
+             * whose bytes the next turn reads: the watcher is level
+             * triggered); reading again now would only say EAGAIN. */
+            if (!drain && c->ch.in_short)
+                break;
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))

@@ -361,6 +361,7 @@ typedef struct chan {
     size_t max_out;    /* payload limit of a frame made (FRAME_MAX) */
     /* big frames (payload in a memfd, see chan.c) */
     size_t big_min;    /* payloads from this size on go in a memfd; 0: never */
+    int in_short;      /* the last chan_fill read less than it asked for */
     int in_fds[CHAN_FDS];  /* received ahead of their frames (sock == rfd) */
     int n_in_fds;
     struct { size_t ahead; int fd; } out_fds[CHAN_FDS]; /* to attach (sock == wfd) */

@@ -517,10 +517,13 @@ static int l_serve(lua_State *L)
             lua_pushliteral(L, "");
             reply_error(L, frame_id, "error", msg, msg + 1, msg);
         }
-        sig_child_restore(&mask); /* a task may have blocked the stop signal */
         /* Each result leaves before the next task starts: a worker that
-         * dies in that task must not take finished results with it. */
-        if (chan_flush_blocking(&ch) < 0)
+         * dies in that task must not take finished results with it. Then
+         * the signal mask and handlers the task may have changed (the stop
+         * signal blocked) are put back, before the next task. */
+        int flushed = chan_flush_blocking(&ch);
+        sig_child_restore(&mask);
+        if (flushed < 0)
             break;
         if (frame_id == 0 && last_failed)
             child_exit(EXIT_INIT_FAILED); /* this worker is of no use */
