@@ -46,8 +46,13 @@ describe("a worker that dies", function()
     for i = 1, 6 do futs[i] = pool:submit(function() os.execute("sleep 0.3") return i end) end
     local victim
     assert.is_true(wait_for(function()
+      -- running there: its `sleep` started (a task whose frame has not
+      -- left yet never ran, and would run elsewhere)
       for _, f in ipairs(futs) do
-        if f:state() == "running" then victim = f.worker.pid return true end
+        if f:state() == "running" and #H.children(f.worker.pid) > 0 then
+          victim = f.worker.pid
+          return true
+        end
       end
     end))
     assert.is_number(victim)
@@ -79,6 +84,23 @@ describe("a worker that dies", function()
     end))
     local r = pool:map(function(x) return x + 1 end, { 1, 2, 3, 4 })
     assert.are.same({ 2, 3, 4, 5 }, r)
+  end)
+
+  it("while idle, unheard of: the task sent to it never ran, and runs on its replacement", function()
+    local one <close> = orch.pool{ workers = 1 }
+    local dead = one:submit(getpid):result()
+    os.execute("kill -KILL " .. dead)
+    -- dead and not reaped: the pool's loop has not run since, so the
+    -- task goes to this worker, and its frame cannot be written there
+    assert.is_true(H.eventually(function()
+      local st = H.stat(dead)
+      return st ~= nil and st.state == "Z"
+    end))
+    local fut = one:submit(getpid)
+    local pid = fut:result()
+    assert.are_not.equal(dead, pid)
+    assert.are.equal(1, fut.attempts)
+    assert.are.equal(1, one:stats().restarts)
   end)
 
   it("never wedges the pool, whatever instant it dies", function()

@@ -331,6 +331,7 @@ int chan_frame_end_ext(chan *c, const wire_ext *ext, int n_ext)
         put_length(&c->out, c->out.off + c->frame_at, n);
     }
     c->frame_open = 0;
+    c->out_end = c->out_sent + (c->out.len - c->out.off);
     take_later(c);
     return 0;
 }
@@ -495,6 +496,7 @@ static void sent(chan *c, size_t n, int with_fd)
     for (int k = 0; k < c->n_out_fds; k++)
         c->out_fds[k].ahead -= n;
     c->out.off += n;
+    c->out_sent += n;
 }
 
 int chan_flush(chan *c)
@@ -701,6 +703,7 @@ void chan_enc_end(lua_State *L, chan *c, wire_enc *e)
     put_length(b, 0, n);
     if (append(&c->later, b) < 0)
         luaL_error(L, "orch: not enough memory for a frame");
+    c->out_end = 0; /* where it will be is not known yet */
     take_later(c);
     wbuf_free(b);
     lua_remove(L, aside);

@@ -362,6 +362,9 @@ typedef struct chan {
     /* big frames (payload in a memfd, see chan.c) */
     size_t big_min;    /* payloads from this size on go in a memfd; 0: never */
     int in_short;      /* the last chan_fill read less than it asked for */
+    uint64_t out_sent; /* bytes of out written so far (chan_flush) */
+    uint64_t out_end;  /* where the frame last closed in out ends, as out_sent
+                          counts (0: it was made aside) */
     int in_fds[CHAN_FDS];  /* received ahead of their frames (sock == rfd) */
     int n_in_fds;
     struct { size_t ahead; int fd; } out_fds[CHAN_FDS]; /* to attach (sock == wfd) */

@@ -223,9 +223,12 @@ static int proc_send(lua_State *L)
     return 1;
 }
 
-/* proc:send_task(id, task) -> true | false: a TASK frame for this worker;
- * the function's code goes with the first task that uses it. false when
- * the channel is closed (the child is exiting). */
+/* proc:send_task(id, task) -> end | false: a TASK frame for this worker;
+ * the function's code goes with the first task that uses it. end: where
+ * the frame ends in what the parent writes to the child, as
+ * proc:bytes_sent() counts (0 when not known: see chan.c's out_end); once
+ * the child is gone, a frame whose end was never sent never reached it.
+ * false when the channel is closed (the child is exiting). */
 static int proc_send_task(lua_State *L)
 {
     proc *p = check_proc(L, 1);
@@ -253,7 +256,14 @@ static int proc_send_task(lua_State *L)
         lua_pop(L, 1);
     }
     p->fn_last = fnid;
-    lua_pushboolean(L, 1);
+    lua_pushinteger(L, (lua_Integer)p->conn.ch.out_end);
+    return 1;
+}
+
+/* proc:bytes_sent() -> n: the bytes written to the child so far. */
+static int proc_bytes_sent(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)check_proc(L, 1)->conn.ch.out_sent);
     return 1;
 }
 
@@ -516,7 +526,7 @@ static int l_spawn(lua_State *L)
 void proc_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"send", proc_send}, {"send_task", proc_send_task}, {"stop", proc_stop},
+        {"send", proc_send}, {"send_task", proc_send_task}, {"bytes_sent", proc_bytes_sent}, {"stop", proc_stop},
         {"kill", proc_kill}, {"pid", proc_pid}, {"alive", proc_alive},
         {"pending", proc_pending}, {"close", proc_close_m},
         {"set_max_message", proc_set_max_message}, {"buffer_sizes", proc_buffer_sizes},

@@ -53,7 +53,10 @@
 -- tasks). A worker that dies is noticed once its exit is reaped and
 -- everything it wrote has been read; its running task fails ("crashed",
 -- or the kind of the stop that killed it), the tasks waiting behind it go
--- back to the backlog, and a new worker takes its slot. The workers'
+-- back to the backlog, and a new worker takes its slot. A running task
+-- whose frame never left the parent (`ends`, the ring's frame ends, past
+-- what was written: the worker died idle, before it could be told) never
+-- ran, and goes back too. The workers'
 -- processes, from fork to exit, are orch.workers' (its header says what
 -- this file reads of a worker and asks of it).
 local core = require "orch.core"
@@ -96,7 +99,7 @@ end
 local function spawn(self, first, last)
   local list = {}
   for slot = first, last do
-    list[#list + 1] = { slot = slot, inflight = {}, ih = 1, it = 0 }
+    list[#list + 1] = { slot = slot, inflight = {}, ends = {}, ih = 1, it = 0 }
   end
   local ws = self.workers
   ws:spawn(list)
@@ -113,8 +116,15 @@ end
 -- running one first.
 local function empty_ring(w)
   local list = inflight_list(w)
-  w.inflight, w.ih, w.it = {}, 1, 0
+  w.inflight, w.ends, w.ih, w.it = {}, {}, 1, 0
   return list
+end
+
+-- Whether the task at the head of w's ring never reached w: its frame
+-- ends past what was written to w (which is gone, so no more will be).
+local function head_unsent(w)
+  local e = w.ends[w.ih % RING + 1]
+  return e ~= nil and e > w.proc:bytes_sent()
 end
 
 local function head_of(w)
@@ -176,7 +186,8 @@ local function start_head(self, w, now)
 end
 
 local function send_task(self, w, fut)
-  if not w.proc:send_task(fut.id, fut.task) then
+  local at = w.proc:send_task(fut.id, fut.task)
+  if not at then
     -- its channel is closed: the worker is exiting, its exit will tell why
     retire(w)
     return push_front(self.backlog, fut)
@@ -185,7 +196,7 @@ local function send_task(self, w, fut)
   fut.attempts = fut.attempts + 1
   local t = w.it + 1
   w.it = t
-  w.inflight[t % RING + 1] = fut
+  w.inflight[t % RING + 1], w.ends[t % RING + 1] = fut, at
   local left = w.tasks_left - 1
   w.tasks_left = left
   if t == w.ih then start_head(self, w) end
@@ -402,24 +413,6 @@ end
 ---------------------------------------------------------------------------
 -- exits
 
--- w's running task (head) has ended with w: its stop, the kill meant for
--- it, or a crash. A kill meant for another task (whose result was on its
--- way) is not this one's outcome: see give_back.
-local function head_ended(self, w, head, how, code)
-  if head:done() then return clear_timers(head) end  -- settled while pipelined
-  local killed = w.killed_task
-  if head.stop_kind then
-    leave(self, head)
-    stopped(self, head, w, nil)
-  elseif killed == head then
-    leave(self, head)
-    self.failed(head, task_error("killed", { message = "killed", pid = w.pid }))
-  elseif not killed then
-    leave(self, head)
-    self.failed(head, task_error("crashed", self.workers:cause(w, how, code)))
-  end
-end
-
 -- A task its worker's parent saw start, but that never ran there, goes
 -- back to the front of the backlog.
 local function unstart(self, fut)
@@ -429,6 +422,28 @@ local function unstart(self, fut)
   fut.status = "queued"
   fut.attempts = fut.attempts - 1
   push_front(self.backlog, fut)
+end
+
+-- w's running task (head) has ended with w: its stop, the kill meant for
+-- it, or a crash. true: none of these, and it never reached w (unsent):
+-- it goes back (unstart, once those behind it are back). A kill meant for
+-- another task (whose result was on its way) is not this one's outcome:
+-- see give_back.
+local function head_ended(self, w, head, how, code, unsent)
+  if head:done() then return clear_timers(head) end  -- settled while pipelined
+  local killed = w.killed_task
+  if head.stop_kind then
+    leave(self, head)
+    stopped(self, head, w, nil)
+  elseif killed == head then
+    leave(self, head)
+    self.failed(head, task_error("killed", { message = "killed", pid = w.pid }))
+  elseif not killed and unsent then
+    return true
+  elseif not killed then
+    leave(self, head)
+    self.failed(head, task_error("crashed", self.workers:cause(w, how, code)))
+  end
 end
 
 -- The tasks of a dead worker that never started go back to the front of
@@ -460,14 +475,14 @@ end
 -- worker while there is work.
 function D:_exited(w, how, code)
   local broken = self.workers:exited(w, how, code)
+  local unsent = head_unsent(w)
   local inflight = empty_ring(w)
-  local replace = not w.retiring or w.killed or inflight[1] ~= nil
-  if w.retired then
-    unstart(self, inflight[1])  -- it left before reading it
-  elseif inflight[1] then
-    head_ended(self, w, inflight[1], how, code)
-  end
+  local head = inflight[1]
+  local replace = not w.retiring or w.killed or head ~= nil
+  local back = w.retired  -- it left before reading its head
+  if head and not back then back = head_ended(self, w, head, how, code, unsent) end
   give_back(self, w, inflight)
+  if back then unstart(self, head) end  -- in front of those behind it
   if self.terminated then return end
   if broken then return self.broken(broken) end
   if not self.closing or self.backlog.n > 0 or self.n_running > 0 or self.waiting() then
