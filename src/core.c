@@ -49,9 +49,39 @@ static void pin_module(void)
         (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
+/* The state that opened orch.core is closing: lua_close runs the finalizer
+ * of a sentinel its registry holds, after those of every object made since
+ * (pools, procs, timers: finalizers run newest first), before any memory
+ * goes. What orch keeps for the process but belongs to that state is let
+ * go here, so that the host goes on safely, and may open orch.core again
+ * in a new state (the module stays loaded: pin_module). */
+static int state_closing(lua_State *L)
+{
+    loop_forget_state(L);
+    sig_forget_state();
+    task_forget_state();
+    redis_forget_state();
+    return 0;
+}
+
+static void watch_state(lua_State *L)
+{
+    static const char key[] = "orch.core.state";
+    if (lua_getfield(L, LUA_REGISTRYINDEX, key) == LUA_TNIL) {
+        lua_newuserdatauv(L, 0, 0);
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, state_closing);
+        lua_setfield(L, -2, "__gc");
+        lua_setmetatable(L, -2);
+        lua_setfield(L, LUA_REGISTRYINDEX, key);
+    }
+    lua_pop(L, 1);
+}
+
 __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
 {
     pin_module();
+    watch_state(L);
     lua_newtable(L);
     loop_open(L);
     proc_open(L);

@@ -254,7 +254,7 @@ static struct ev_loop *loop_create(void)
  * nobody stopped (the control socket's) would wake in the child. Its
  * conns and signal watchers were stopped by their files before this, so
  * no signal stays attached to it. */
-void loop_child_reset(lua_State *L)
+void loop_forget_state(lua_State *L)
 {
     while (armed)
         timer_disarm(L, armed);
@@ -263,6 +263,11 @@ void loop_child_reset(lua_State *L)
         pending_error = LUA_NOREF;
     }
     running_L = NULL;
+}
+
+void loop_child_reset(lua_State *L)
+{
+    loop_forget_state(L);
     struct ev_loop *fresh = loop_create();
     if (fresh == NULL) {
         ev_loop_fork(loop); /* no memory: the parent's loop, renewed */

@@ -464,6 +464,9 @@ ORCH_HIDDEN void chunk_push_runner(lua_State *L);
 
 /* ---- task.c: a task's wire form ---------------------------------------- */
 ORCH_HIDDEN void task_open(lua_State *L);
+/* The state is closing: its tables of function ids are forgotten (a
+ * state opened next makes its own). */
+ORCH_HIDDEN void task_forget_state(void);
 /* The fnid of the packed task at arg (raises if it is not one). */
 ORCH_HIDDEN lua_Integer task_fnid(lua_State *L, int arg);
 /* Encodes a TASK frame's fields into e: id, the packed task's (at arg)
@@ -497,9 +500,15 @@ ORCH_HIDDEN void loop_open(lua_State *L);
  * disarms the parent's timers and gives the child a loop of its own, so
  * a task or service can run a pool or supervisor. */
 ORCH_HIDDEN void loop_child_reset(lua_State *L);
+/* The state L is closing: its armed timers are disarmed (their libev
+ * watchers would outlive their memory) and a kept callback error goes. */
+ORCH_HIDDEN void loop_forget_state(lua_State *L);
 
 /* ---- sig.c: signals ------------------------------------------------------ */
 ORCH_HIDDEN void sig_open(lua_State *L);
+/* The state is closing: orch's handlers go, the signals get their
+ * default dispositions back. */
+ORCH_HIDDEN void sig_forget_state(void);
 ORCH_HIDDEN int sig_stop_signal(void);           /* the realtime stop signal */
 /* Around fork: the stop signal stays blocked (pending, never lost) until
  * the child has its handler; the parent restores its mask with *old. */
@@ -619,6 +628,8 @@ ORCH_HIDDEN void joblog_open(lua_State *L);
 /* ---- redis.c: an asynchronous Redis client on the loop (hiredis) ------- */
 /* Registers redis_connect{...} -> conn in the table at the top of the stack. */
 ORCH_HIDDEN void redis_open(lua_State *L);
+/* The state is closing: its table of live connections is forgotten. */
+ORCH_HIDDEN void redis_forget_state(void);
 /* ---- control_client.c: the control socket's client -----------------------
  * core.ctl_connect (the blocking client of orch ctl, orch top and the
  * stale-socket probe) and core.ctl_sockets (the sockets in a directory). */

@@ -62,6 +62,11 @@ static rconn *live;
 static lua_State *closing_L; /* the thread inside close(), for callbacks */
 static int live_table = LUA_NOREF; /* weak: rconn pointer -> conn */
 
+void redis_forget_state(void)
+{
+    live_table = LUA_NOREF;
+}
+
 /* In a forked child: the parent's connections are not ours. */
 static void at_fork_child(void)
 {

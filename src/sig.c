@@ -301,29 +301,13 @@ static void int_default(void)
         signal(SIGINT, SIG_DFL);
 }
 
-/* The state whose functions the handlers call is closing (lua_close runs
- * the finalizer of a sentinel the registry holds): the handlers go, and
- * the signals they took get their default dispositions back, so a host
- * that goes on without Lua is not left with signals that do nothing. */
-static int state_closing(lua_State *L)
+/* The state whose functions the handlers call is closing: the handlers
+ * go, and the signals they took get their default dispositions back, so
+ * a host that goes on without Lua is not left with signals that do
+ * nothing. */
+void sig_forget_state(void)
 {
-    (void)L;
     forget_watchers();
-    return 0;
-}
-
-static void watch_state(lua_State *L)
-{
-    static const char key[] = "orch.sig.state";
-    if (lua_getfield(L, LUA_REGISTRYINDEX, key) == LUA_TNIL) {
-        lua_newuserdatauv(L, 0, 0);
-        lua_createtable(L, 0, 1);
-        lua_pushcfunction(L, state_closing);
-        lua_setfield(L, -2, "__gc");
-        lua_setmetatable(L, -2);
-        lua_setfield(L, LUA_REGISTRYINDEX, key);
-    }
-    lua_pop(L, 1);
 }
 
 void sig_open(lua_State *L)
@@ -336,7 +320,6 @@ void sig_open(lua_State *L)
         int_default();
         ready = 1;
     }
-    watch_state(L);
     static const luaL_Reg fns[] = {
         {"on_signal", l_on_signal}, {"signum", l_signum}, {"signame", l_signame},
         {"die_by", l_die_by}, {NULL, NULL}};

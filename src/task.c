@@ -556,6 +556,12 @@ static int l_functions_known(lua_State *L)
     return 2;
 }
 
+void task_forget_state(void)
+{
+    fn_counter = 0;
+    fn_by_closure = fn_by_code = code_by_fn = fn_by_proto = LUA_NOREF;
+}
+
 void task_open(lua_State *L)
 {
     if (fn_by_closure == LUA_NOREF) {
