@@ -45,16 +45,18 @@ describe("a worker that dies", function()
     local futs = {}
     for i = 1, 6 do futs[i] = pool:submit(function() os.execute("sleep 0.3") return i end) end
     local victim
-    assert.is_true(wait_for(function()
-      -- running there: its `sleep` started (a task whose frame has not
-      -- left yet never ran, and would run elsewhere)
+    -- running there: its `sleep` started (a task whose frame has not left
+    -- yet never ran, and would run elsewhere). No event of ours tells
+    -- that: polled, with the loop running in between.
+    assert.is_true(H.eventually(function()
+      orch.sleep(0.01)
       for _, f in ipairs(futs) do
         if f:state() == "running" and #H.children(f.worker.pid) > 0 then
           victim = f.worker.pid
           return true
         end
       end
-    end))
+    end, 10))
     assert.is_number(victim)
     os.execute("kill -KILL " .. victim)
     local crashed, done = 0, 0
