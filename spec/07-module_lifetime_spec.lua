@@ -64,15 +64,13 @@ describe("a host that closes its Lua state and goes on", function()
       local orch = require "orch"
       local pool <close> = orch.pool{ workers = 1 }
       print("task", pool:submit(function(x) return x * 2 end, 21):result())
-      local fired = false
+      local wait = require("orch.loop").wait
+      local fired, got = false, false
       require("orch.core").timer(0.01, function() fired = true end)
-      orch.sleep(0.1)
-      print("timer", fired)
-      local got
+      print("timer", wait(function() return fired end, 5))
       orch.on_signal("USR2", function() got = true end)
       os.execute("kill -USR2 " .. require("orch.core").getpid())
-      orch.sleep(0.1)
-      print("signal", got)
+      print("signal", wait(function() return got end, 5))
     ]]
     local expected = "^state closed\ntask\t42\ntimer\ttrue\nsignal\ttrue\nstate closed\n"
       .. "the host goes on\nexit=0\n$"
