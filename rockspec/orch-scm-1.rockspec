@@ -103,7 +103,7 @@ local modules = {
       "src/exit.c", "src/joblog.c", "src/limits.c", "src/loop.c", "src/memfd.c",
       "src/proc.c", "src/redis.c", "src/sha256.c", "src/sig.c", "src/spin.c",
       "src/task.c", "src/tty.c", "src/wbuf.c", "src/wire.c", "src/wire_dec.c",
-      "src/wire_enc.c", "src/worker.c",
+      "src/wire_enc.c", "src/wire_path.c", "src/worker.c",
     },
     defines = { "_GNU_SOURCE" },
     incdirs = { "src", "$(LIBEV_INCDIR)", "$(HIREDIS_INCDIR)" },

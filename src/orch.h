@@ -117,7 +117,7 @@ ORCH_HIDDEN array_slot *array_of(lua_State *L, int idx, size_t *n, int *hash_emp
 /* One step of the path to the value being encoded, kept only so that an
  * error can name where it happened (built as a string only on error). */
 typedef struct wire_step {
-    int kind;             /* S_INT, S_VAL, S_KEY, S_UPVAL in wire_enc.c */
+    int kind;             /* S_INT, S_VAL, S_KEY, S_UPVAL in wire.h */
     int idx;              /* stack index of the key, for table keys */
     lua_Integer n;        /* array index */
     const char *name;     /* upvalue name */

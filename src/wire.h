@@ -1,7 +1,7 @@
 /*
- * wire.h - the serializer's format, shared by its encoder (wire_enc.c)
- * and decoder (wire_dec.c): the tags, the limits and the varints, and the
- * two halves' registration for wire.c. What the rest of orch.core calls
+ * wire.h - the serializer's format, shared by its encoder (wire_enc.c,
+ * its refusals in wire_path.c) and decoder (wire_dec.c): the tags, the
+ * limits and the varints, and the two halves' registration for wire.c. What the rest of orch.core calls
  * is declared in orch.h; task.c reads a task's first tag from here.
  *
  * Format. A value is one tag byte and what the tag says follows:
@@ -142,6 +142,15 @@ static inline lua_Integer unzigzag(uint64_t z)
         return (lua_Integer)u;
     return -(lua_Integer)(~u) - 1;
 }
+
+/* ---- refusals (wire_path.c) ----------------------------------------- */
+
+/* kinds of wire_step */
+enum { S_INT, S_VAL, S_KEY, S_UPVAL };
+
+/* Raises "<path>: <what>": the root, then one step per open table or
+ * function (e->path[0 .. depth)); a very deep path keeps its two ends. */
+ORCH_HIDDEN void wire_enc_fail(wire_enc *e, const char *what) __attribute__((noreturn));
 
 /* ---- the Lua functions, registered by wire_open (wire.c) ------------ */
 

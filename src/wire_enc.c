@@ -5,7 +5,7 @@
  * Invariants. The encoder writes only into a wbuf owned by a userdata and
  * holds no other memory, so a refusal (a Lua error naming the path of the
  * offending value) leaks nothing. The path is kept as a cheap array of
- * steps and turned into text only on error. A slice's bounds are checked
+ * steps and turned into text only on error (wire_path.c). A slice's bounds are checked
  * before anything is written, whatever integers they are. Bytes once
  * written never move: counts not known in advance are written padded and
  * patched, and a back-reference marks its first occurrence's tag where it
@@ -18,9 +18,6 @@
 #include "wire.h"
 
 #define NO_TAG ((size_t)-1) /* a ref with no tag in the stream */
-
-/* kinds of wire_step */
-enum { S_INT, S_VAL, S_KEY, S_UPVAL };
 
 #define NOFUNC_MSG "cannot send a function: functions only travel from " \
                    "the parent to its workers"
@@ -232,135 +229,13 @@ static size_t enc_ints_in_place(wire_enc *e, wire_run *r, const array_slot *a, s
     return k;
 }
 
-/* ---- the path to a refused value ------------------------------------ */
-
-/* Appends a key in path notation: .name, ["two words"], [3], [true],
- * [<table>]. */
-static void path_key(luaL_Buffer *B, lua_State *L, int kidx)
-{
-    char num[64];
-    switch (lua_type(L, kidx)) {
-    case LUA_TSTRING: {
-        size_t l;
-        const char *s = lua_tolstring(L, kidx, &l);
-        size_t show = l > 40 ? 40 : l;
-        int ident = l > 0 && l <= 40 && !(s[0] >= '0' && s[0] <= '9');
-        for (size_t i = 0; ident && i < l; i++) {
-            unsigned char c = (unsigned char)s[i];
-            ident = c == '_' || (c >= 'a' && c <= 'z') ||
-                    (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-        }
-        if (ident) {
-            luaL_addchar(B, '.');
-            luaL_addlstring(B, s, l);
-            break;
-        }
-        luaL_addstring(B, "[\"");
-        for (size_t i = 0; i < show; i++) {
-            unsigned char c = (unsigned char)s[i];
-            if (c == '"' || c == '\\') {
-                luaL_addchar(B, '\\');
-                luaL_addchar(B, (char)c);
-            } else if (c < 32 || c == 127) {
-                snprintf(num, sizeof num, "\\%d", c);
-                luaL_addstring(B, num);
-            } else {
-                luaL_addchar(B, (char)c);
-            }
-        }
-        if (show < l)
-            luaL_addstring(B, "...");
-        luaL_addstring(B, "\"]");
-        break;
-    }
-    case LUA_TNUMBER:
-        if (lua_isinteger(L, kidx))
-            snprintf(num, sizeof num, "[" LUA_INTEGER_FMT "]",
-                     (LUAI_UACINT)lua_tointeger(L, kidx));
-        else
-            snprintf(num, sizeof num, "[" LUA_NUMBER_FMT "]",
-                     (LUAI_UACNUMBER)lua_tonumber(L, kidx));
-        luaL_addstring(B, num);
-        break;
-    case LUA_TBOOLEAN:
-        luaL_addstring(B, lua_toboolean(L, kidx) ? "[true]" : "[false]");
-        break;
-    default:
-        luaL_addstring(B, "[<");
-        luaL_addstring(B, luaL_typename(L, kidx));
-        luaL_addstring(B, ">]");
-        break;
-    }
-}
-
-static void path_step(luaL_Buffer *B, lua_State *L, const wire_step *s)
-{
-    char num[64];
-    switch (s->kind) {
-    case S_INT:
-        snprintf(num, sizeof num, "[" LUA_INTEGER_FMT "]", (LUAI_UACINT)s->n);
-        luaL_addstring(B, num);
-        break;
-    case S_VAL:
-        path_key(B, L, s->idx);
-        break;
-    case S_KEY:
-        luaL_addstring(B, ": key");
-        break;
-    case S_UPVAL:
-        luaL_addstring(B, ": upvalue '");
-        luaL_addstring(B, s->name ? s->name : "?");
-        luaL_addchar(B, '\'');
-        break;
-    }
-}
-
-/* Raises "<path>: <what>". The path is the root, then one step per open
- * table or function; a very deep path keeps its two ends. */
-static void enc_fail(wire_enc *e, const char *what)
-    __attribute__((noreturn));
-
-static void enc_fail(wire_enc *e, const char *what)
-{
-    lua_State *L = e->L;
-    luaL_Buffer B;
-    luaL_checkstack(L, 4, what);
-    luaL_buffinit(L, &B);
-    if (e->root)
-        luaL_addstring(&B, e->root);
-    int n = e->depth;
-    for (int i = 0; i < n; i++) {
-        if (n > 16 && i == 6) {
-            luaL_addstring(&B, "...");
-            i = n - 9;
-            continue;
-        }
-        path_step(&B, L, &e->path[i]);
-    }
-    luaL_pushresult(&B);
-    size_t l;
-    const char *p = lua_tolstring(L, -1, &l);
-    if (l >= 2 && p[0] == ':' && p[1] == ' ') { /* no root before an upvalue */
-        lua_pushstring(L, p + 2);
-        lua_remove(L, -2);
-    }
-    if (lua_rawlen(L, -1) > 0)
-        lua_pushliteral(L, ": ");
-    else
-        lua_pushliteral(L, "");
-    lua_pushstring(L, what);
-    lua_concat(L, 3);
-    lua_error(L);
-    abort(); /* not reached: lua_error longjmps */
-}
-
 /* Opens one level of nesting and returns its path step. */
 static wire_step *enc_enter(wire_enc *e)
 {
     if (e->depth >= WIRE_MAXDEPTH)
-        enc_fail(e, "nesting deeper than 200");
+        wire_enc_fail(e, "nesting deeper than 200");
     if (!lua_checkstack(e->L, 8))
-        enc_fail(e, "not enough stack space");
+        wire_enc_fail(e, "not enough stack space");
     return &e->path[e->depth++];
 }
 
@@ -508,7 +383,7 @@ static void enc_table(wire_enc *e, int idx)
     if (enc_backref(e, idx))
         return;
     if (!plain_table(L, idx))
-        enc_fail(e, "cannot send a table with a metatable");
+        wire_enc_fail(e, "cannot send a table with a metatable");
     wire_step *st = enc_enter(e);
     enc_register(e, idx, enc_mark(e));
     size_t n = (size_t)lua_rawlen(L, idx);
@@ -609,10 +484,10 @@ static void enc_function(wire_enc *e, int idx)
     if (enc_backref(e, idx))
         return;
     if (!(e->flags & WIRE_FUNCTIONS))
-        enc_fail(e, NOFUNC_MSG);
+        wire_enc_fail(e, NOFUNC_MSG);
     if (lua_iscfunction(L, idx)) {
         if (!find_cfunction(L, idx))
-            enc_fail(e, "cannot send a C function that no loaded module "
+            wire_enc_fail(e, "cannot send a C function that no loaded module "
                         "exports (package.loaded[mod][key])");
         size_t ml, kl;
         const char *mod = lua_tolstring(L, -2, &ml);
@@ -732,16 +607,16 @@ static void enc_any(wire_enc *e, int idx, int type)
         enc_function(e, idx);
         break;
     case LUA_TLIGHTUSERDATA:
-        enc_fail(e, "cannot send light userdata");
+        wire_enc_fail(e, "cannot send light userdata");
         break;
     case LUA_TUSERDATA:
-        enc_fail(e, "cannot send userdata");
+        wire_enc_fail(e, "cannot send userdata");
         break;
     case LUA_TTHREAD:
-        enc_fail(e, "cannot send a thread (coroutine)");
+        wire_enc_fail(e, "cannot send a thread (coroutine)");
         break;
     default:
-        enc_fail(e, "cannot send this type");
+        wire_enc_fail(e, "cannot send this type");
         break;
     }
 }
@@ -796,7 +671,7 @@ static size_t slice_length(wire_enc *e, lua_Integer i, lua_Integer j)
         snprintf(what, sizeof what, "slice " LUA_INTEGER_FMT ".." LUA_INTEGER_FMT
                  " too long (at most %d values)", (LUAI_UACINT)i, (LUAI_UACINT)j,
                  WIRE_MAXLIST);
-        enc_fail(e, what);
+        wire_enc_fail(e, what);
     }
     return (size_t)span + 1;
 }
