@@ -53,13 +53,12 @@
  * - A consumed frame's bytes stay where they are until the buffer is next
  *   filled, so a payload being decoded stays valid while callbacks run.
  *
- * The plumbing returns 0 / -1 and never touches Lua; the last section
- * (chan_enc_*) is the binding that encodes Lua values into a frame and
+ * This file is plumbing: it returns 0 / -1 and never touches Lua.
+ * chan_enc.c is the binding that encodes Lua values into a frame and
  * raises.
  */
 #include <errno.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -339,6 +338,24 @@ int chan_frame_end_ext(chan *c, const wire_ext *ext, int n_ext)
 int chan_frame_end(chan *c)
 {
     return chan_frame_end_ext(c, NULL, 0);
+}
+
+int chan_aside_begin(wbuf *b, int type)
+{
+    return put_header(b, type);
+}
+
+int chan_aside_end(chan *c, wbuf *b)
+{
+    size_t n = b->len - FRAME_HEADER;
+    if (n > c->max_out)
+        return -1;
+    put_length(b, 0, n);
+    if (append(&c->later, b) < 0)
+        return -2;
+    c->out_end = 0; /* where it will be is not known yet */
+    take_later(c);
+    return 0;
 }
 
 size_t chan_pending(chan *c)
@@ -648,101 +665,5 @@ ssize_t chan_fill_spin(chan *c, long ns)
             errno = EAGAIN;
             return -1;
         }
-    }
-}
-
-/* ---- encoding a frame (binding: raises) ------------------------------- */
-
-static void refuse_size(lua_State *L, chan *c, size_t n)
-{
-    if (c->max_out < FRAME_MAX)
-        luaL_error(L, "orch: a message of %I bytes is over the limit of %I bytes (max_message)",
-                   (lua_Integer)n, (lua_Integer)c->max_out);
-    luaL_error(L, "orch: a message of %I bytes is over the limit of 2 GiB", (lua_Integer)n);
-}
-
-void chan_enc_begin(lua_State *L, chan *c, int type, wire_enc *e, int flags)
-{
-    wbuf *b = &c->out;
-    if (c->frame_open) {
-        /* made aside (see the invariants), in a buffer the stack owns */
-        b = wbuf_scratch_new(L);
-        if (put_header(b, type) < 0)
-            luaL_error(L, "orch: not enough memory for a frame");
-    } else if (chan_frame_begin(c, type) < 0) {
-        luaL_error(L, "orch: not enough memory for a frame");
-    }
-    wire_enc_begin(e, L, b, flags);
-    if (b == &c->out && c->big_min > 0 && c->sock >= 0)
-        e->ext_min = c->big_min; /* the values stay on the stack till chan_enc_end */
-}
-
-void chan_enc_end(lua_State *L, chan *c, wire_enc *e)
-{
-    wbuf *b = e->b;
-    int aside = e->ctx - 1; /* the buffer made aside, if any */
-    wire_enc_end(e);
-    if (b == &c->out) {
-        if (!c->frame_open) { /* the channel was closed under the encoder */
-            c->out.len = c->out.off = 0;
-            return;
-        }
-        size_t n = b->len - b->off - c->frame_at - FRAME_HEADER;
-        for (int k = 0; k < e->n_ext; k++)
-            n += e->ext[k].n;
-        int rc = chan_frame_end_ext(c, e->ext, e->n_ext);
-        if (rc == -2)
-            luaL_error(L, "orch: not enough memory for a frame");
-        if (rc < 0)
-            refuse_size(L, c, n);
-        return;
-    }
-    size_t n = b->len - FRAME_HEADER;
-    if (n > c->max_out)
-        refuse_size(L, c, n);
-    put_length(b, 0, n);
-    if (append(&c->later, b) < 0)
-        luaL_error(L, "orch: not enough memory for a frame");
-    c->out_end = 0; /* where it will be is not known yet */
-    take_later(c);
-    wbuf_free(b);
-    lua_remove(L, aside);
-}
-
-/* enc_values(args, values...): chan_enc_values' encoding, run protected. */
-typedef struct enc_args {
-    chan *c;
-    int type, flags;
-} enc_args;
-
-static int enc_values(lua_State *L)
-{
-    enc_args *a = lua_touserdata(L, 1);
-    int n = lua_gettop(L);
-    wire_enc e;
-    chan_enc_begin(L, a->c, a->type, &e, a->flags);
-    char root[32];
-    for (int i = 2; i <= n; i++) {
-        snprintf(root, sizeof root, "value[%d]", i - 1);
-        wire_enc_value(&e, i, root);
-    }
-    chan_enc_end(L, a->c, &e);
-    return 0;
-}
-
-/* Values refused are an ordinary error here (a message the caller built),
- * so a refusal drops its own frame at once rather than leave it open. */
-void chan_enc_values(lua_State *L, chan *c, int type, int first, int flags)
-{
-    enc_args a = {c, type, flags};
-    int own = !c->frame_open;
-    int n = lua_gettop(L) - first + 1;
-    lua_pushcfunction(L, enc_values);
-    lua_pushlightuserdata(L, &a);
-    lua_rotate(L, first, 2);
-    if (lua_pcall(L, n + 1, 0, 0) != LUA_OK) {
-        if (own)
-            chan_rollback(c);
-        lua_error(L);
     }
 }

@@ -397,6 +397,12 @@ ORCH_HIDDEN int chan_frame_end(chan *c);
  * n_ext: wire_enc's); they are in it once it is closed. -2: no memory
  * for them (the frame dropped). */
 ORCH_HIDDEN int chan_frame_end_ext(chan *c, const wire_ext *ext, int n_ext);
+/* A frame made aside while another is open in out (see chan.c's
+ * invariants): begun in b (its header), then, whole, kept to follow the
+ * open one. chan_aside_end: 0, -1 over max_out, -2 no memory (c as it
+ * was either way; b is the caller's). */
+ORCH_HIDDEN int chan_aside_begin(wbuf *b, int type);
+ORCH_HIDDEN int chan_aside_end(chan *c, wbuf *b);
 /* Drops the open frame, if any. */
 ORCH_HIDDEN void chan_rollback(chan *c);
 /* Bytes of whole frames not yet written (the open frame is not counted
@@ -443,7 +449,8 @@ ORCH_HIDDEN ssize_t chan_fill(chan *c, size_t max);
 /* As chan_fill, but polls a socket for up to ns nanoseconds, never
  * blocking: -1 with EAGAIN when nothing came. */
 ORCH_HIDDEN ssize_t chan_fill_spin(chan *c, long ns);
-/* Binding: opens a frame and a wire context on it (raises on ENOMEM);
+/* chan_enc.c, the binding: opens a frame and a wire context on it (raises
+ * on ENOMEM);
  * chan_enc_end closes both (raises when the frame is over max_out). An
  * encode that raises in between leaves an open frame that never leaves.
  * With a frame already open, the frame is made aside (a buffer pushed on
