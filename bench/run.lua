@@ -25,6 +25,7 @@ local N_ROUNDTRIP = 10000
 local N_BUSY = 4000      -- round trips at most while one worker is busy
 local HOG_SECONDS = 1.0  -- CPU seconds of the task that keeps that worker busy
 local N_TABLE = 100000   -- integers in the table that makes a round trip
+local PENDING_TASKS = 1000000  -- tasks of a `pending N` measurement, in batches of N
 local SHUTDOWN_WORKERS = 16
 local SETTLE = 0.3  -- seconds an idle pool is left alone before it is measured
 -- `payload SIZE`: bytes of the string, and how many round trips are timed
@@ -129,18 +130,25 @@ local function orch_workload(name, param)
     teardown(pool)
   end
 
-  -- `pending N`: N tasks submitted before any result is taken: the time
-  -- per task, and the parent's resident bytes per pending task.
+  -- `pending N`: batches of N tasks, each submitted whole before any of
+  -- its results is taken, PENDING_TASKS tasks in all whatever N is: the
+  -- time per task, and the parent's resident bytes per pending task (in
+  -- the first batch). Every N times the same number of tasks, so that a
+  -- short measurement is not compared, best round against best round,
+  -- with one that lasts a hundred times longer on a noisy machine.
   function W.pending(n)
     n = math.tointeger(tonumber(n)) or error("pending: a count expected")
     local pool = new_pool(WORKERS)
     collectgarbage()
     local rss0, t0 = rss_bytes(), now()
-    local futs = {}
-    for i = 1, n do futs[i] = pool:submit(inc, i) end
-    local rss1 = rss_bytes()
-    for i = 1, n do assert(futs[i]:result() == i + 1) end
-    print("task_us", (now() - t0) / n * 1e6)
+    local rss1, batches = nil, math.max(1, PENDING_TASKS // n)
+    for _ = 1, batches do
+      local futs = {}
+      for i = 1, n do futs[i] = pool:submit(inc, i) end
+      rss1 = rss1 or rss_bytes()
+      for i = 1, n do assert(futs[i]:result() == i + 1) end
+    end
+    print("task_us", (now() - t0) / (batches * n) * 1e6)
     print("pending_bytes", (rss1 - rss0) / n)
     teardown(pool)
   end
