@@ -1,7 +1,19 @@
 -- Times in seconds: NaN and negative ones are errors that say so, in the
--- parent and in a task alike, never a wait that does not end.
+-- parent and in a task alike, never a wait that does not end. core.now()
+-- is a monotonic clock, and a wait or grace period counts from when it is
+-- asked for, however long Lua code ran since the loop last turned.
 local orch = require "orch"
 local core = require "orch.core"
+local procs = require "helper.procs"
+-- the grace spec's kill is logged: collected, not written into busted's output
+setup(orch_spec.quiet_logs)
+teardown(orch_spec.restore_logs)
+
+-- Runs Lua code for `seconds` of CPU time: the loop does not turn meanwhile.
+local function compute(seconds)
+  local t0 = os.clock()
+  while os.clock() - t0 < seconds do end
+end
 
 describe("times in seconds", function()
   it("core.step, core.timer and core.child_sleep refuse NaN and negative times", function()
@@ -28,5 +40,61 @@ describe("times in seconds", function()
       assert.are.equal("error", fut:error().kind)
       assert.matches("orch.sleep: seconds must be a non%-negative number", fut:error().message)
     end
+  end)
+
+  it("core.now() is the monotonic clock, not the time of day", function()
+    -- CLOCK_MONOTONIC counts from boot: decades away from os.time()
+    assert.is_true(math.abs(core.now() - os.time()) > 1e6, "now " .. core.now())
+    local a = core.now()
+    compute(0.05)
+    local b = core.now()
+    assert.is_true(b - a >= 0.04 and b - a < 5, "step " .. (b - a))
+  end)
+
+  it("a timer and orch.sleep count from when they are made, not from the loop's last turn", function()
+    -- t0 is read before the work: reading the clock between the work and
+    -- the wait must not be what makes the wait right
+    orch.sleep(0.01)
+    local t0, fired = core.now(), nil
+    compute(0.3)  -- no turn of the loop meanwhile
+    local t <close> = core.timer(0.2, function() fired = core.now() end)
+    while not fired do core.step() end
+    assert.is_true(fired - t0 >= 0.49, "timer fired after " .. (fired - t0))
+    t0 = core.now()
+    compute(0.3)
+    orch.sleep(0.2)
+    assert.is_true(core.now() - t0 >= 0.49, "slept " .. (core.now() - t0))
+    t0 = core.now()
+    compute(0.3)
+    core.step(0.2)  -- nothing comes: the whole timeout
+    assert.is_true(core.now() - t0 >= 0.49, "stepped " .. (core.now() - t0))
+  end)
+
+  it("orch.sleep in a task that computed first sleeps the whole time", function()
+    local pool <close> = orch.pool{ workers = 1 }
+    local took = pool:submit(function()
+      local t0, c = require("orch.core").now(), os.clock()
+      while os.clock() - c < 0.3 do end
+      orch.sleep(0.2)
+      return require("orch.core").now() - t0
+    end):result()
+    assert.is_true(took >= 0.49, "computed and slept " .. took)
+  end)
+
+  it("a cancelled task stuck in C gets its whole grace, however long the parent computed first", function()
+    local pool <close> = orch.pool{ workers = 1, grace = 0.6 }
+    local pidfile = procs.tmpname()
+    local fut = pool:submit(function(path)
+      os.execute(("sh -c 'echo $$ > %s; exec sleep 30'"):format(path))
+    end, pidfile)
+    assert.truthy(procs.wait_until(function() return tonumber(procs.slurp(pidfile) or "") end, 5))
+    local t0 = core.now()
+    compute(0.5)
+    fut:cancel()
+    assert.is_true(fut:wait(5))
+    local took = core.now() - t0
+    assert.is_true(took >= 1.05, "killed " .. took .. " s after the work began (0.5 s, then grace 0.6)")
+    assert.equal("cancelled", fut:state())
+    os.remove(pidfile)
   end)
 end)

@@ -13,6 +13,7 @@
  * Lua.
  */
 #include <ev.h>
+#include <time.h>
 
 #include "orch.h"
 
@@ -121,10 +122,10 @@ static int l_step(lua_State *L)
     running_L = L;
     unsigned long before = calls;
     if (timeout != 0 && !idle && spin_pays()) {
-        ev_tstamp until = ev_time() + (timeout > 0 && timeout < SPIN_SECONDS ? timeout : SPIN_SECONDS);
+        double until = loop_clock() + (timeout > 0 && timeout < SPIN_SECONDS ? timeout : SPIN_SECONDS);
         do
             ev_run(loop, EVRUN_NOWAIT);
-        while (calls == before && pending_error == LUA_NOREF && ev_time() < until);
+        while (calls == before && pending_error == LUA_NOREF && loop_clock() < until);
     }
     if (calls != before || pending_error != LUA_NOREF) {
         /* something happened while polling: that was the turn */
@@ -132,7 +133,7 @@ static int l_step(lua_State *L)
         ev_run(loop, EVRUN_NOWAIT);
     } else if (timeout > 0) {
         ev_timer_set(&step_timer, timeout, 0.);
-        ev_timer_start(loop, &step_timer);
+        loop_timer_start(&step_timer);
         ev_run(loop, EVRUN_ONCE);
         ev_timer_stop(loop, &step_timer);
     } else {
@@ -148,11 +149,23 @@ static int l_step(lua_State *L)
     return 0;
 }
 
-/* now() -> seconds on the loop's clock (monotonic where available). */
-static int l_now(lua_State *L)
+double loop_clock(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+void loop_timer_start(ev_timer *w)
 {
     ev_now_update(loop);
-    lua_pushnumber(L, ev_now(loop));
+    ev_timer_start(loop, w);
+}
+
+/* now() -> seconds on the monotonic clock (loop_clock). */
+static int l_now(lua_State *L)
+{
+    lua_pushnumber(L, loop_clock());
     return 1;
 }
 
@@ -214,7 +227,7 @@ static int l_timer(lua_State *L)
     if (armed)
         armed->prev_armed = t;
     armed = t;
-    ev_timer_start(loop, &t->w);
+    loop_timer_start(&t->w);
     return 1;
 }
 

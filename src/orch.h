@@ -502,6 +502,13 @@ typedef void (*loop_hook)(void);
 ORCH_HIDDEN void loop_on_before_block(loop_hook fn);
 /* The number of seconds at arg: raises for NaN and negative ones. */
 ORCH_HIDDEN lua_Number loop_check_seconds(lua_State *L, int arg);
+/* Seconds on the monotonic clock (core.now): for durations and deadlines,
+ * never moved by a change of the time of day. */
+ORCH_HIDDEN double loop_clock(void);
+/* Starts w (set to fire `after` seconds on) counting from now: libev
+ * counts from the latest turn of the loop, which the Lua code run since
+ * may have left seconds behind. */
+ORCH_HIDDEN void loop_timer_start(ev_timer *w);
 ORCH_HIDDEN void loop_open(lua_State *L);
 /* In a fresh child, once the parent's signal watchers are stopped:
  * disarms the parent's timers and gives the child a loop of its own, so

@@ -400,7 +400,7 @@ static int l_connect(lua_State *L)
     link_live(c);
     redisAsyncSetConnectCallback(ac, connect_cb);
     ev_timer_set(&c->connect_timer, c->timeout, 0.);
-    ev_timer_start(loop_get(), &c->connect_timer);
+    loop_timer_start(&c->connect_timer);
     lua_rawgeti(L, LUA_REGISTRYINDEX, live_table);
     lua_pushvalue(L, 2);
     lua_rawsetp(L, -2, c);

@@ -601,17 +601,13 @@ static int l_stopping(lua_State *L)
 /* child_sleep(seconds): sleeps; returns early (true) when asked to stop. */
 static int l_child_sleep(lua_State *L)
 {
-    lua_Number secs = loop_check_seconds(L, 1);
-    struct timespec end, now;
-    clock_gettime(CLOCK_MONOTONIC, &end);
-    lua_Number t = (lua_Number)end.tv_sec + end.tv_nsec / 1e9 + secs;
+    double end = loop_clock() + loop_check_seconds(L, 1);
     for (;;) {
         if (ch.rfd >= 0 && stop_level >= STOP_ASK) {
             lua_pushboolean(L, 1);
             return 1;
         }
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        lua_Number left = t - ((lua_Number)now.tv_sec + now.tv_nsec / 1e9);
+        double left = end - loop_clock();
         if (left <= 0)
             break;
         poll(NULL, 0, left > 1e6 ? 1000000000 : (int)(left * 1000) + 1);
