@@ -327,7 +327,8 @@ local SIDE_CMD = {
   python = function(w) return PYTHON .. " " .. sh_quote(root .. "bench/pool.py") .. " " .. w end,
   pipe = function(w) return PYTHON .. " " .. sh_quote(root .. "bench/pool.py") .. " " .. w:gsub("^payload", "rawpipe") end,
 }
-local results = { orch = {}, python = {}, pipe = {} }  -- side -> workload -> list of result tables
+-- side -> workload -> round -> result table (a round that failed has none)
+local results = { orch = {}, python = {}, pipe = {} }
 local errors = {}
 local hung = {}  -- "side workload" -> true
 
@@ -336,7 +337,7 @@ local function run_job(round, side, w, limit)
   if hung[side .. " " .. w] then return end
   local r, err = measure(SIDE_CMD[side](w), limit)
   if r then
-    table.insert(results[side][w], r)
+    results[side][w][round] = r
     if r.teardown_hung then
       errors[#errors + 1] = ("%s %s (round %d): measured, but the pool did not stop "
         .. "within 5 s after close() (join timed out; terminate() used)"):format(side, w, round)
@@ -361,7 +362,7 @@ print()
 
 local function best(side, w, key)
   local v
-  for _, r in ipairs(results[side][w] or {}) do
+  for _, r in pairs(results[side][w] or {}) do
     if r[key] and (not v or r[key] < v) then v = r[key] end
   end
   return v
@@ -369,7 +370,7 @@ end
 
 local function median(side, w, key)
   local vs = {}
-  for _, r in ipairs(results[side][w] or {}) do vs[#vs + 1] = r[key] end
+  for _, r in pairs(results[side][w] or {}) do vs[#vs + 1] = r[key] end
   if #vs == 0 then return nil end
   table.sort(vs)
   return vs[(#vs + 1) // 2]
@@ -434,9 +435,27 @@ local SELF_ROWS = {
     function(b) return ("%.0f B"):format(b) end, 1, "<= 1x" },
 }
 
+-- The ratio of each round, round i of one side against round i of the
+-- other (o, ref: {side, workload, key} or a fixed number), as text: how
+-- far the row moves from round to round, to set beside its distance from
+-- the target.
+local function of_round(spec, round)
+  if type(spec) == "number" then return spec end
+  local r = (results[spec[1]][spec[2]] or {})[round]
+  return r and r[spec[3]]
+end
+local function round_ratios(o, ref)
+  local out = {}
+  for round = 1, ROUNDS do
+    local a, b = of_round(o, round), of_round(ref, round)
+    out[#out + 1] = a and b and a > 0 and ("%.2fx"):format(b / a) or "-"
+  end
+  return table.concat(out, " ")
+end
+
 local fmt = "%-40s %12s %12s %9s %13s  %s"
-local met_count, rows = 0, 0
-local function print_row(label, o, ref, show, target, target_text)
+local met_count, rows, missed = 0, 0, {}
+local function print_row(label, o, ref, show, target, target_text, rounds)
   local ratio = o and ref and o > 0 and ref / o
   local shown = { label, o and show(o) or "-", ref and show(ref) or "-",
     ratio and ("%.2fx"):format(ratio) or "-" }
@@ -446,7 +465,7 @@ local function print_row(label, o, ref, show, target, target_text)
   end
   local met = ratio and ratio >= target * 0.9999
   rows = rows + 1
-  if met then met_count = met_count + 1 end
+  if met then met_count = met_count + 1 else missed[#missed + 1] = label .. ": " .. rounds end
   print(fmt:format(shown[1], shown[2], shown[3], shown[4],
     target_text or (">= %gx"):format(target), ratio == nil and "?" or met and "yes" or "NO"))
 end
@@ -460,17 +479,22 @@ print(("-"):rep(94))
 for _, row in ipairs(PYTHON_ROWS) do
   local label, w, key, show, target, target_text, pick = table.unpack(row)
   pick = pick or best
-  print_row(label, pick("orch", w, key), pick("python", w, key), show, target, target_text)
+  print_row(label, pick("orch", w, key), pick("python", w, key), show, target, target_text,
+    round_ratios({ "orch", w, key }, { "python", w, key }))
 end
 print()
 print(fmt:format("against itself, a raw pipe, a number", "orch", "reference", "ratio", "target", "met"))
 print(("-"):rep(94))
 for _, row in ipairs(SELF_ROWS) do
   local label, o, ref, show, target, target_text = table.unpack(row)
-  print_row(label, value(o), value(ref), show, target, target_text)
+  print_row(label, value(o), value(ref), show, target, target_text, round_ratios(o, ref))
 end
 print(("-"):rep(94))
 print(("%d of %d targets met (ratio: how many times orch is faster, or smaller)"):format(met_count, rows))
+if #missed > 0 and ROUNDS > 1 then
+  print("the rows not met, round by round (orch's round i against the reference's):")
+  for _, m in ipairs(missed) do print("  " .. m) end
+end
 for _, e in ipairs(errors) do print("error: " .. e) end
 
 local stop = root .. "bench/stop.lua"
