@@ -65,11 +65,13 @@ local function push(st, v)
   st.items[st.tail] = v
 end
 
+-- Emptied, the items start again at index 1, so they stay in the table's
+-- array part (see orch.backlog).
 local function pop(st)
   local h = st.head
   local v = st.items[h]
   st.items[h] = nil
-  st.head = h + 1
+  if h == st.tail then st.head, st.tail = 1, 0 else st.head = h + 1 end
   return v
 end
 

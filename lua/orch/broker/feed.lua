@@ -166,6 +166,7 @@ function Node:start_waiting()
   while not self.stopping and self.n_running < self.workers + self:ahead() and q.head <= q.tail do
     local e = q[q.head]
     q[q.head], q.head = nil, q.head + 1
+    if q.head > q.tail then q.head, q.tail = 1, 0 end  -- emptied: back to index 1 (orch.backlog)
     self.queued[e[1]] = nil
     self:start(e[1], e[2], e[3], e[4], e[5], e[6])
   end
