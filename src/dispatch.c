@@ -47,8 +47,9 @@ typedef struct drun {
 } drun;
 
 /* Decodes a RESULT frame's id and values into the batch at bidx (made on
- * first use): batch[nb + 1] = id, batch[nb + 2] = {n = count, values...}.
- * 0, or -1 with d->err. */
+ * first use): batch[nb + 1] = id, batch[nb + 2] = the values, {v} for one
+ * value that is not nil (most results: no hash part to allocate), else
+ * {n = count, values...}. 0, or -1 with d->err. */
 static int gather_result(lua_State *L, wire_dec *d, int bidx, int *nb)
 {
     int top = lua_gettop(L);
@@ -58,7 +59,7 @@ static int gather_result(lua_State *L, wire_dec *d, int bidx, int *nb)
     }
     if (wire_dec_value(d) < 0)
         return -1;
-    lua_createtable(L, 1, 1);
+    lua_createtable(L, 1, 0);
     int n = 0;
     while (d->pos < d->len) {
         if (wire_dec_value(d) < 0) {
@@ -67,8 +68,13 @@ static int gather_result(lua_State *L, wire_dec *d, int bidx, int *nb)
         }
         lua_rawseti(L, top + 2, ++n);
     }
-    lua_pushinteger(L, n);
-    lua_setfield(L, top + 2, "n");
+    if (n != 1 || lua_rawgeti(L, top + 2, 1) == LUA_TNIL) {
+        lua_settop(L, top + 2);
+        lua_pushinteger(L, n);
+        lua_setfield(L, top + 2, "n");
+    } else {
+        lua_pop(L, 1);
+    }
     lua_rawseti(L, bidx, *nb + 2);
     lua_rawseti(L, bidx, *nb + 1);
     *nb += 2;

@@ -9,7 +9,8 @@
 -- What the pool gives a dispatcher, in dispatch.new(side, opts):
 --   side.backlog          the futures to run, oldest first (orch.backlog:
 --                         pop the next, push_front one given back)
---   side.done(fut, values)  fut's task returned values ({n = count, ...})
+--   side.done(fut, values)  fut's task returned values ({n = count, ...},
+--                         or {v} for one value that is not nil)
 --   side.failed(fut, err)   fut's task failed (err: a TaskError); the pool
 --                         retries it (into the backlog) or settles it
 --   side.waiting() -> bool  the pool holds tasks outside the backlog (in a
@@ -324,9 +325,10 @@ local function answered(self, w, now, count)
   if self.closing then retire_if_done(self) end
 end
 
--- RESULT frames, gathered: batch holds id, values ({n = count, ...}) for
--- each, n entries in all. A task that waited in the pipeline may have
--- ended within the batch: it never showed as running.
+-- RESULT frames, gathered: batch holds id, values ({n = count, ...}, or
+-- {v}: one value that is not nil) for each, n entries in all. A task that
+-- waited in the pipeline may have ended within the batch: it never showed
+-- as running.
 local function results(self, w, batch, n)
   local now, count, done = core.now(), 0, self.done
   for k = 1, n, 2 do

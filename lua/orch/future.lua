@@ -72,7 +72,7 @@ function Future:result()
   end
   if self.status == "done" then
     local v = self.values
-    return table.unpack(v, 1, v.n)
+    return table.unpack(v, 1, v.n or 1)  -- {v}: one value (see dispatch.lua)
   end
   error(self.err, 0)
 end
