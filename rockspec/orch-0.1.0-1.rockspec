@@ -73,6 +73,7 @@ local lua_modules = {
   "cli.worker",
   "control",
   "deps",
+  "deque",
   "dispatch",
   "errors",
   "future",

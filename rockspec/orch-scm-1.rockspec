@@ -72,6 +72,7 @@ local lua_modules = {
   "cli.worker",
   "control",
   "deps",
+  "deque",
   "dispatch",
   "errors",
   "future",

@@ -35,6 +35,7 @@ local core = require "orch.core"
 local check = require "orch.check"
 local loop = require "orch.loop"
 local child = require "orch.child"
+local deque = require "orch.deque"
 
 local M = {}
 
@@ -58,27 +59,7 @@ function Handle.__tostring(self) return ("orch.queue (%d)"):format(self.__orch_q
 -- -------------------------------------------------------------------------
 -- the parent's side: state and the broker
 
-local function count(st) return st.tail - st.head + 1 end
-
-local function push(st, v)
-  st.tail = st.tail + 1
-  st.items[st.tail] = v
-end
-
--- Emptied, the items start again at index 1, so they stay in the table's
--- array part (see orch.backlog).
-local function pop(st)
-  local h = st.head
-  local v = st.items[h]
-  st.items[h] = nil
-  if h == st.tail then st.head, st.tail = 1, 0 else st.head = h + 1 end
-  return v
-end
-
-local function push_front(st, v)
-  st.head = st.head - 1
-  st.items[st.head] = v
-end
+local function count(st) return deque.len(st.items) end
 
 -- A waiter is { reply = fn(ok, x) -> delivered, proc = proc|nil, value,
 -- timer }. Lists are FIFO arrays with a head index; answered waiters are
@@ -120,14 +101,14 @@ local function pump(st)
     while count(st) > 0 do
       local w = first_waiter(st.getters)
       if not w then break end
-      local v = pop(st)
-      if not finish(w, true, v) then push_front(st, v) end  -- gone: keep it
+      local v = deque.pop(st.items)
+      if not finish(w, true, v) then deque.push_front(st.items, v) end  -- gone: keep it
       moved = true
     end
     while count(st) < st.capacity do
       local w = first_waiter(st.putters)
       if not w then break end
-      if finish(w, true) then push(st, w.value) end  -- a gone putter's item is not in
+      if finish(w, true) then deque.push(st.items, w.value) end  -- a gone putter's item is not in
       moved = true
     end
   end
@@ -154,7 +135,7 @@ end
 local function do_put(st, v, timeout, reply, proc)
   if st.closed then return reply(nil, "closed") end
   if count(st) < st.capacity and not first_waiter(st.putters) then
-    push(st, v)
+    deque.push(st.items, v)
     reply(true)
     return pump(st)
   end
@@ -164,8 +145,8 @@ end
 
 local function do_get(st, timeout, reply, proc)
   if count(st) > 0 then
-    local v = pop(st)
-    if not reply(true, v) then push_front(st, v) end
+    local v = deque.pop(st.items)
+    if not reply(true, v) then deque.push_front(st.items, v) end
     return pump(st)
   end
   if st.closed then return reply(nil, "closed") end
@@ -215,7 +196,7 @@ local function wait_local(st, op, ...)
           end
         end
       end
-      if answered and op == "get" and ok then push_front(st, x); pump(st) end
+      if answered and op == "get" and ok then deque.push_front(st.items, x); pump(st) end
       error(err, 0)
     end
   end
@@ -363,7 +344,7 @@ function M.new(opts)
   end
   next_id = next_id + 1
   queues[next_id] = {
-    capacity = cap or math.huge, items = {}, head = 1, tail = 0, closed = false,
+    capacity = cap or math.huge, items = deque.new(), closed = false,
     getters = { head = 1 }, putters = { head = 1 },
   }
   return setmetatable({

@@ -13,6 +13,7 @@
 -- reported started to their clients, in one batch.
 local core = require "orch.core"
 local log = require "orch.log"
+local deque = require "orch.deque"
 local stream = require "orch.broker.stream"
 
 local Node = {}
@@ -140,7 +141,7 @@ function Node:group_for(timeout, grace)
 end
 
 function Node:n_waiting()
-  return self.waiting.tail - self.waiting.head + 1
+  return deque.len(self.waiting)
 end
 
 --- Runs a delivered entry when a worker is free (or, for short tasks,
@@ -155,18 +156,14 @@ function Node:take(entry_id, list, deliveries, stop)
   if self.n_running < self.workers + self:ahead() then
     return self:start(entry_id, f, list, deliveries, stop, lease_ms)
   end
-  local q = self.waiting
-  q.tail = q.tail + 1
-  q[q.tail] = { entry_id, f, list, deliveries, stop, lease_ms }
+  deque.push(self.waiting, { entry_id, f, list, deliveries, stop, lease_ms })
   self.queued[entry_id] = true
 end
 
 function Node:start_waiting()
   local q = self.waiting
-  while not self.stopping and self.n_running < self.workers + self:ahead() and q.head <= q.tail do
-    local e = q[q.head]
-    q[q.head], q.head = nil, q.head + 1
-    if q.head > q.tail then q.head, q.tail = 1, 0 end  -- emptied: back to index 1 (orch.backlog)
+  while not self.stopping and self.n_running < self.workers + self:ahead() and deque.len(q) > 0 do
+    local e = deque.pop(q)
     self.queued[e[1]] = nil
     self:start(e[1], e[2], e[3], e[4], e[5], e[6])
   end

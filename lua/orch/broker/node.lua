@@ -22,6 +22,7 @@
 local core = require "orch.core"
 local loop = require "orch.loop"
 local log = require "orch.log"
+local deque = require "orch.deque"
 local redis = require "orch.broker.redis"
 local stream = require "orch.broker.stream"
 local feed = require "orch.broker.feed"
@@ -229,7 +230,7 @@ function node.start(opts)
     secret = opts.secret or os.getenv("ORCH_SECRET"), result_ttl = opts.result_ttl,
     name = hostname() .. ":" .. core.getpid(), running = {}, n_running = 0, writing = {},
     n_writing = 0, groups = {}, early_stops = {}, early_at = {}, to_write = {},
-    waiting = { head = 1, tail = 0 }, queued = {}, renewers = {}, shortest_lease = math.huge, claim_after = "-",
+    waiting = deque.new(), queued = {}, renewers = {}, shortest_lease = math.huge, claim_after = "-",
   }, Node)
   self.keys = stream.keys(self.queue)
   connect_all(self, opts.broker)
