@@ -143,26 +143,52 @@ local function orch_workload(name, param)
     teardown(pool)
   end
 
-  -- `pending N`: batches of N tasks, each submitted whole before any of
-  -- its results is taken, PENDING_TASKS tasks in all whatever N is: the
-  -- time per task, and the parent's resident bytes per pending task (in
-  -- the first batch). Every N times the same number of tasks, so that a
-  -- short measurement is not compared, best round against best round,
-  -- with one that lasts a hundred times longer on a noisy machine.
+  -- One batch of n tasks on pool, submitted whole before any of its
+  -- results is taken; after_submit() runs between the two. Its seconds.
+  local function pending_batch(pool, n, after_submit)
+    local t0, futs = now(), {}
+    for i = 1, n do futs[i] = pool:submit(inc, i) end
+    if after_submit then after_submit() end
+    for i = 1, n do assert(futs[i]:result() == i + 1) end
+    return now() - t0
+  end
+
+  local function batch_count(n, what)
+    n = math.tointeger(tonumber(n)) or error(what .. ": a count expected")
+    return n, math.max(1, PENDING_TASKS // n)
+  end
+
+  -- `pending N`: batches of N tasks, PENDING_TASKS tasks in all whatever N
+  -- is: the time per task, and the parent's resident bytes per pending
+  -- task (in the first batch). Every N times the same number of tasks, so
+  -- that a short measurement is not compared, best round against best
+  -- round, with one that lasts a hundred times longer on a noisy machine.
   function W.pending(n)
-    n = math.tointeger(tonumber(n)) or error("pending: a count expected")
+    local batches
+    n, batches = batch_count(n, "pending")
     local pool = new_pool(WORKERS)
     collectgarbage()
-    local rss0, t0 = rss_bytes(), now()
-    local rss1, batches = nil, math.max(1, PENDING_TASKS // n)
+    local rss0, rss1, seconds = rss_bytes(), nil, 0
     for _ = 1, batches do
-      local futs = {}
-      for i = 1, n do futs[i] = pool:submit(inc, i) end
-      rss1 = rss1 or rss_bytes()
-      for i = 1, n do assert(futs[i]:result() == i + 1) end
+      seconds = seconds + pending_batch(pool, n, function() rss1 = rss1 or rss_bytes() end)
     end
-    print("task_us", (now() - t0) / (batches * n) * 1e6)
+    print("task_us", seconds / (batches * n) * 1e6)
     print("pending_bytes", (rss1 - rss0) / n)
+    teardown(pool)
+  end
+
+  -- `noise N` (default 10000; not part of the comparison): the batches of
+  -- `pending N`, each one's microseconds per task, 20 to a line. How much
+  -- this machine's speed moves within one process: worth a look before
+  -- reading a ratio near its target.
+  function W.noise(n)
+    local batches
+    n, batches = batch_count(n or 10000, "noise")
+    local pool, line = new_pool(WORKERS), {}
+    for b = 1, batches do
+      line[#line + 1] = ("%.1f"):format(pending_batch(pool, n) / n * 1e6)
+      if #line == 20 or b == batches then print(table.concat(line, " ")); line = {} end
+    end
     teardown(pool)
   end
 
@@ -264,7 +290,7 @@ local function orch_workload(name, param)
   end
 
   if not W[name] then
-    io.stderr:write("usage: lua5.4 bench/run.lua [submit N|inline|pending N|map default|1000|progress|joblog|"
+    io.stderr:write("usage: lua5.4 bench/run.lua [submit N|inline|pending N|noise [N]|map default|1000|progress|joblog|"
       .. "roundtrip|busy|payload SIZE|table|memory|shutdown]\n")
     os.exit(2)
   end

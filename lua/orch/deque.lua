@@ -2,8 +2,8 @@
 -- front, added at either end. Emptied, it starts again at index 1, so
 -- its items stay in the table's array part: a deque whose indices only
 -- grow leaves the array part at its first rehash and runs in the hash
--- part from then on. (A pool's backlog, which also skips the futures
--- settled while they wait, is orch.backlog, on the same plan.)
+-- part from then on. (orch.backlog is one of these that also counts and
+-- skips the futures settled while they wait.)
 local deque = {}
 
 function deque.new()
