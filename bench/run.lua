@@ -11,8 +11,11 @@
 -- neither side inherits the other's heap or children, and a workload that
 -- hangs is cut off by timeout(1) instead of hanging the run. Only the
 -- workload is timed: start-up, pool start-up and warm-up are not.
--- BENCH_ROUNDS (default 3) sets the number of rounds; times are the best
--- round of each side, memory the median. PYTHON overrides python3.
+-- BENCH_ROUNDS (default 5) sets the number of rounds. A row's ratio is
+-- the median of its rounds' ratios, each round's orch measurement against
+-- the same round's reference (taken seconds apart, so both see the same
+-- state of the machine); the best round of each side against the other's
+-- best is printed beside it. PYTHON overrides python3.
 
 local root = (arg and arg[0] or ""):match("^(.-)[^/]*$"):gsub("bench/$", ""):gsub("^$", "./")
 package.path = root .. "lua/?.lua;" .. root .. "lua/?/init.lua;" .. package.path
@@ -304,7 +307,7 @@ if arg[1] then return orch_workload(arg[1], arg[2]) end
 
 local LUA = arg[-1] or "lua5.4"
 local PYTHON = os.getenv("PYTHON") or "python3"
-local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS")) or 3
+local ROUNDS = tonumber(os.getenv("BENCH_ROUNDS")) or 5
 local STOP_LIMIT = 120
 
 local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
@@ -345,7 +348,7 @@ print(("orch bench: commit %s; %s cores; %s; %s; %s"):format(
   commit ~= "" and commit or "?", capture("nproc"), capture("uname -sr"),
   _VERSION, has_python and capture(PYTHON .. " --version") or "no python3"))
 print(("%d rounds, each workload through orch then Python in fresh processes; "
-  .. "times: best round, memory: median"):format(ROUNDS))
+  .. "values: the median round; ratio: the median of the rounds' ratios"):format(ROUNDS))
 print()
 
 -- Every measurement of a round: "workload param" and who runs it ("pipe"
@@ -399,20 +402,46 @@ for round = 1, ROUNDS do
 end
 print()
 
-local function best(side, w, key)
+-- The median of a list of numbers (the mean of the middle two for an
+-- even count), or nil for none.
+local function median_of(vs)
+  if #vs == 0 then return nil end
+  table.sort(vs)
+  local h = #vs // 2
+  return #vs % 2 == 1 and vs[h + 1] or (vs[h] + vs[h + 1]) / 2
+end
+
+-- What a row compares, in round `round`: spec is {side, workload, key}
+-- or a fixed number.
+local function of_round(spec, round)
+  if type(spec) == "number" then return spec end
+  local r = (results[spec[1]][spec[2]] or {})[round]
+  return r and r[spec[3]]
+end
+
+-- spec's values over the rounds that measured it.
+local function values(spec)
+  local vs = {}
+  for round = 1, ROUNDS do vs[#vs + 1] = of_round(spec, round) end
+  return vs
+end
+
+local function best(spec)
   local v
-  for _, r in pairs(results[side][w] or {}) do
-    if r[key] and (not v or r[key] < v) then v = r[key] end
-  end
+  for _, x in ipairs(values(spec)) do if not v or x < v then v = x end end
   return v
 end
 
-local function median(side, w, key)
-  local vs = {}
-  for _, r in pairs(results[side][w] or {}) do vs[#vs + 1] = r[key] end
-  if #vs == 0 then return nil end
-  table.sort(vs)
-  return vs[(#vs + 1) // 2]
+-- The ratio of each round (ref / o: how many times better orch is; all
+-- values are costs), round i of one side against round i of the other;
+-- "-" for a round that lacks either.
+local function round_ratios(o, ref)
+  local out = {}
+  for round = 1, ROUNDS do
+    local a, b = of_round(o, round), of_round(ref, round)
+    out[round] = a and b and a > 0 and b / a or "-"
+  end
+  return out
 end
 
 local function rate(n) return function(s) return ("%.0f/s"):format(n / s) end end
@@ -442,7 +471,7 @@ local PYTHON_ROWS = {
   { "64 MB string round trip", "payload 64m", "seconds", ms, 2 },
   { "100k-integer table round trip", "table", "seconds", ms, 2 },
   { "idle worker private memory", "memory", "private_kib",
-    function(k) return ("%.0f KiB"):format(k) end, 10, "<= 1/10", median },
+    function(k) return ("%.0f KiB"):format(k) end, 10, "<= 1/10" },
   { "shutdown of 16 idle workers", "shutdown", "seconds", ms, 3 },
 }
 
@@ -470,66 +499,54 @@ local SELF_ROWS = {
   { "map default options / with a job log", { "orch", "map joblog", "seconds" },
     { "orch", "map default", "seconds" }, secs },
   { ("bytes per pending task (was %d)"):format(PENDING_BYTES_BEFORE),
-    { "orch", "pending 1000000", "pending_bytes", median }, PENDING_BYTES_BEFORE,
+    { "orch", "pending 1000000", "pending_bytes" }, PENDING_BYTES_BEFORE,
     function(b) return ("%.0f B"):format(b) end, 1, "<= 1x" },
 }
 
--- The ratio of each round, round i of one side against round i of the
--- other (o, ref: {side, workload, key} or a fixed number), as text: how
--- far the row moves from round to round, to set beside its distance from
--- the target.
-local function of_round(spec, round)
-  if type(spec) == "number" then return spec end
-  local r = (results[spec[1]][spec[2]] or {})[round]
-  return r and r[spec[3]]
-end
-local function round_ratios(o, ref)
-  local out = {}
-  for round = 1, ROUNDS do
-    local a, b = of_round(o, round), of_round(ref, round)
-    out[#out + 1] = a and b and a > 0 and ("%.2fx"):format(b / a) or "-"
-  end
-  return table.concat(out, " ")
-end
-
-local fmt = "%-40s %12s %12s %9s %13s  %s"
+local fmt = "%-40s %12s %12s %9s %9s %13s  %s"
 local met_count, rows, missed = 0, 0, {}
-local function print_row(label, o, ref, show, target, target_text, rounds)
-  local ratio = o and ref and o > 0 and ref / o
-  local shown = { label, o and show(o) or "-", ref and show(ref) or "-",
-    ratio and ("%.2fx"):format(ratio) or "-" }
-  if not target then  -- a row that only informs
-    print(fmt:format(shown[1], shown[2], shown[3], shown[4], "", ""))
+
+-- One row: o and ref as in of_round; show formats a value; a row without
+-- a target only informs.
+local function print_row(label, o, ref, show, target, target_text)
+  local per_round = round_ratios(o, ref)
+  local paired = {}
+  for _, r in ipairs(per_round) do if r ~= "-" then paired[#paired + 1] = r end end
+  local ratio = median_of(paired)
+  local ov, rv = median_of(values(o)), median_of(values(ref))
+  local bo, br = best(o), best(ref)
+  local best_ratio = bo and br and bo > 0 and br / bo
+  local function x(r) return r and ("%.2fx"):format(r) or "-" end
+  local shown = { label, ov and show(ov) or "-", rv and show(rv) or "-", x(ratio), x(best_ratio) }
+  if not target then
+    print(fmt:format(shown[1], shown[2], shown[3], shown[4], shown[5], "", ""))
     return
   end
   local met = ratio and ratio >= target * 0.9999
   rows = rows + 1
-  if met then met_count = met_count + 1 else missed[#missed + 1] = label .. ": " .. rounds end
-  print(fmt:format(shown[1], shown[2], shown[3], shown[4],
+  if met then met_count = met_count + 1 else
+    local text = {}
+    for i, r in ipairs(per_round) do text[i] = r == "-" and r or x(r) end
+    missed[#missed + 1] = label .. ": " .. table.concat(text, " ")
+  end
+  print(fmt:format(shown[1], shown[2], shown[3], shown[4], shown[5],
     target_text or (">= %gx"):format(target), ratio == nil and "?" or met and "yes" or "NO"))
 end
-local function value(spec)
-  if type(spec) == "number" then return spec end
-  return (spec[4] or best)(spec[1], spec[2], spec[3])
-end
 
-print(fmt:format("against Python", "orch", "python", "ratio", "target", "met"))
-print(("-"):rep(94))
+print(fmt:format("against Python", "orch", "python", "ratio", "best/best", "target", "met"))
+print(("-"):rep(104))
 for _, row in ipairs(PYTHON_ROWS) do
-  local label, w, key, show, target, target_text, pick = table.unpack(row)
-  pick = pick or best
-  print_row(label, pick("orch", w, key), pick("python", w, key), show, target, target_text,
-    round_ratios({ "orch", w, key }, { "python", w, key }))
+  local label, w, key, show, target, target_text = table.unpack(row)
+  print_row(label, { "orch", w, key }, { "python", w, key }, show, target, target_text)
 end
 print()
-print(fmt:format("against itself, a raw pipe, a number", "orch", "reference", "ratio", "target", "met"))
-print(("-"):rep(94))
-for _, row in ipairs(SELF_ROWS) do
-  local label, o, ref, show, target, target_text = table.unpack(row)
-  print_row(label, value(o), value(ref), show, target, target_text, round_ratios(o, ref))
-end
-print(("-"):rep(94))
-print(("%d of %d targets met (ratio: how many times orch is faster, or smaller)"):format(met_count, rows))
+print(fmt:format("against itself, a raw pipe, a number", "orch", "reference", "ratio", "best/best",
+  "target", "met"))
+print(("-"):rep(104))
+for _, row in ipairs(SELF_ROWS) do print_row(table.unpack(row)) end
+print(("-"):rep(104))
+print(("%d of %d targets met (ratio: how many times orch is faster, or smaller; "
+  .. "the median of the rounds' ratios)"):format(met_count, rows))
 if #missed > 0 and ROUNDS > 1 then
   print("the rows not met, round by round (orch's round i against the reference's):")
   for _, m in ipairs(missed) do print("  " .. m) end
