@@ -26,6 +26,31 @@ describe("orch.pool", function()
     assert.is_nil(fut:error())
   end)
 
+  it("returns each shape of values as the task returned them", function()
+    -- one value that is neither nil nor a table is kept as it is
+    -- (src/dispatch.c); the rest in a list: one table, nil, none, several
+    local function returns(...)
+      local fut = pool:submit(function(...) return ... end, ...)
+      return table.pack(fut:result())
+    end
+    assert.are.same({ n = 1, 7 }, returns(7))
+    assert.are.same({ n = 1, 2.5 }, returns(2.5))
+    assert.are.same({ n = 1, "word" }, returns("word"))
+    assert.are.same({ n = 1, { 1, x = 2 } }, returns({ 1, x = 2 }))
+    assert.are.same({ n = 1, false }, returns(false))
+    assert.are.same({ n = 1 }, returns(nil))
+    assert.are.same({ n = 0 }, returns())
+    assert.are.same({ n = 3, nil, 2, nil }, returns(nil, 2, nil))
+    assert.are.same({ n = 2, "a", "b" }, returns("a", "b"))
+    -- a group's results and map with chunks of one take the first value
+    local g = pool:group()
+    g:submit(function() return "one", "two" end)
+    g:submit(function() return 5 end)
+    g:submit(function() return { 5 } end)
+    assert.are.same({ n = 3, "one", 5, { 5 } }, g:wait(10))
+    assert.are.same({ "a!", "b!" }, pool:map(function(s) return s .. "!" end, { "a", "b" }, { chunk = 1 }))
+  end)
+
   it("copies upvalues by value and sees the worker's globals", function()
     local base, t = 10, { 1, 2, 3 }
     local fut = pool:submit(function(x)

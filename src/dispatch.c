@@ -46,26 +46,19 @@ typedef struct drun {
     int type;   /* the type of the frame taken */
 } drun;
 
-/* Decodes a RESULT frame's id and values into the batch at bidx (made on
- * first use): batch[nb + 1] = id, batch[nb + 2] = the values, {v} for one
- * value that is not nil (most results: no hash part to allocate), else
- * {n = count, values...}. 0, or -1 with d->err. */
-static int gather_result(lua_State *L, wire_dec *d, int bidx, int *nb)
+/* The values of a RESULT frame as a table at top + 2, the first of them
+ * already decoded there when n is 1: {v} for one value that is not nil,
+ * else {n = count, values...}. 0, or -1 with d->err. */
+static int values_table(lua_State *L, wire_dec *d, int top, int n)
 {
-    int top = lua_gettop(L);
-    if (lua_isnil(L, bidx)) {
-        lua_createtable(L, 16, 0);
-        lua_replace(L, bidx);
+    lua_createtable(L, n, 0);
+    if (n == 1) {
+        lua_insert(L, top + 2);
+        lua_rawseti(L, top + 2, 1);
     }
-    if (wire_dec_value(d) < 0)
-        return -1;
-    lua_createtable(L, 1, 0);
-    int n = 0;
     while (d->pos < d->len) {
-        if (wire_dec_value(d) < 0) {
-            lua_settop(L, top);
+        if (wire_dec_value(d) < 0)
             return -1;
-        }
         lua_rawseti(L, top + 2, ++n);
     }
     if (n != 1 || lua_rawgeti(L, top + 2, 1) == LUA_TNIL) {
@@ -74,6 +67,37 @@ static int gather_result(lua_State *L, wire_dec *d, int bidx, int *nb)
         lua_setfield(L, top + 2, "n");
     } else {
         lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* Decodes a RESULT frame's id and values into the batch at bidx (made on
+ * first use): batch[nb + 1] = id, batch[nb + 2] = the values: one value
+ * that is neither nil nor a table as it is (most results: nothing to
+ * allocate), else as values_table makes them (future.lua reads the three forms). 0, or -1
+ * with d->err. */
+static int gather_result(lua_State *L, wire_dec *d, int bidx, int *nb)
+{
+    int top = lua_gettop(L);
+    if (lua_isnil(L, bidx)) {
+        lua_createtable(L, 16, 0);
+        lua_replace(L, bidx);
+    }
+    if (wire_dec_value(d) < 0) /* the id, at top + 1 */
+        return -1;
+    int n = 0;
+    if (d->pos < d->len) {
+        if (wire_dec_value(d) < 0) {
+            lua_settop(L, top);
+            return -1;
+        }
+        n = 1;
+    }
+    int t = lua_type(L, top + 2);
+    int plain = n == 1 && d->pos == d->len && t != LUA_TNIL && t != LUA_TTABLE;
+    if (!plain && values_table(L, d, top, n) < 0) {
+        lua_settop(L, top);
+        return -1;
     }
     lua_rawseti(L, bidx, *nb + 2);
     lua_rawseti(L, bidx, *nb + 1);

@@ -9,8 +9,8 @@
 -- What the pool gives a dispatcher, in dispatch.new(side, opts):
 --   side.backlog          the futures to run, oldest first (orch.backlog:
 --                         pop the next, push_front one given back)
---   side.done(fut, values)  fut's task returned values ({n = count, ...},
---                         or {v} for one value that is not nil)
+--   side.done(fut, values)  fut's task returned values (in one of the
+--                         forms future.lua lists before Future.first)
 --   side.failed(fut, err)   fut's task failed (err: a TaskError); the pool
 --                         retries it (into the backlog) or settles it
 --   side.waiting() -> bool  the pool holds tasks outside the backlog (in a
@@ -325,8 +325,8 @@ local function answered(self, w, now, count)
   if self.closing then retire_if_done(self) end
 end
 
--- RESULT frames, gathered: batch holds id, values ({n = count, ...}, or
--- {v}: one value that is not nil) for each, n entries in all. A task that
+-- RESULT frames, gathered: batch holds id, values (see Future.first) for
+-- each, n entries in all. A task that
 -- waited in the pipeline may have ended within the batch: it never showed
 -- as running.
 local function results(self, w, batch, n)

@@ -72,9 +72,28 @@ function Future:result()
   end
   if self.status == "done" then
     local v = self.values
-    return table.unpack(v, 1, v.n or 1)  -- {v}: one value (see dispatch.lua)
+    if type(v) ~= "table" then return v end
+    return table.unpack(v, 1, v.n or 1)
   end
   error(self.err, 0)
+end
+
+-- A done task's values (fut.values) come in one of three forms, as
+-- src/dispatch.c's gather_result makes them: one value that is neither nil
+-- nor a table as it is (most results: nothing to allocate), {v} for one
+-- table, else {n = count, ...}. For the pool's internals: the first
+-- value, and the values as {n = count, ...}.
+function Future.first(fut)
+  local v = fut.values
+  if type(v) == "table" then return v[1] end
+  return v
+end
+
+function Future.list(fut)
+  local v = fut.values
+  if type(v) ~= "table" then return { n = 1, v } end
+  if v.n == nil then return { n = 1, v[1] } end
+  return v
 end
 
 --- fn(fut) runs in the parent's loop once the task has ended (at once if

@@ -11,6 +11,7 @@ local check = require "orch.check"
 local loop = require "orch.loop"
 local log = require "orch.log"
 local map = require "orch.map"
+local first_value = require("orch.future").first
 
 --- A batch of tasks with its own options, made by pool:group(opts).
 -- @type Group
@@ -192,7 +193,7 @@ function Group:wait(timeout)
     elseif fut.chunk then
       out[i] = map.chunk_results(fut)
     else
-      out[i] = fut.values[1]
+      out[i] = first_value(fut)
     end
   end
   return out

@@ -15,6 +15,7 @@ local check = require "orch.check"
 local loop = require "orch.loop"
 local progress = require "orch.progress"
 local joblog = require "orch.joblog"
+local first_value = require("orch.future").first
 
 local map = {}
 
@@ -262,10 +263,10 @@ function Run:_ended(f, s, n, list, from)
   if f.status == "done" then
     self.progress:add(n)
     if log then
-      local v = f.values
       if self.chunk == 1 then
-        log:done_list(s, v, 1, 1, f.attempts)
+        log:done_list(s, { first_value(f) }, 1, 1, f.attempts)
       else
+        local v = f.values
         log:done_list(s, list, from, n, f.attempts, v[3], v[2])
       end
       log:flush()
@@ -307,7 +308,7 @@ function map.map(group, fn, items, opts, what)
     local s = first[k]
     local n = run.last[k] - s + 1
     if f.status == "done" and chunk == 1 then
-      out[s] = f.values[1]
+      out[s] = first_value(f)
     elseif f.status == "done" then
       local ok, err = pcall(core.decode_into, f.values[1], out, s)
       if not ok then failure = err; return end
@@ -361,7 +362,7 @@ function map.imap(group, fn, items, opts, what)
     local s = first[index[f]]
     local count = 1
     if f.status == "done" and chunk == 1 then
-      f.results, f.n_results = { f.values[1] }, 1
+      f.results, f.n_results = { first_value(f) }, 1
     elseif f.status == "done" then
       f.results, f.n_results = map.chunk_results(f)
       count = f.n_results

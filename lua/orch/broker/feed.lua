@@ -15,6 +15,7 @@ local core = require "orch.core"
 local log = require "orch.log"
 local deque = require "orch.deque"
 local stream = require "orch.broker.stream"
+local Future = require "orch.future"
 
 local Node = {}
 
@@ -235,7 +236,7 @@ function Node:done(entry_id)
   self.mean_task = self.mean_task and 0.9 * self.mean_task + 0.1 * took or took
   local fut, result = r.fut
   if fut.status == "done" then
-    result = stream.result_fields(r.task.id, fut.values)
+    result = stream.result_fields(r.task.id, Future.list(fut))
   else
     result = stream.result_fields(r.task.id, nil, fut:error())
   end

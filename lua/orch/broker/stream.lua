@@ -151,12 +151,10 @@ local ERROR_FIELDS = { "kind", "message", "traceback", "value", "exit_code", "si
 
 --- result_fields(id, values) or result_fields(id, nil, err) -> the fields
 -- of one result (results_entry puts several in one entry). values: {n =
--- count, ...}, or {v} for one value (a local pool's results); the entry
--- always carries the count. err: a TaskError or a table of its fields; a
+-- count, ...} (Future.list). err: a TaskError or a table of its fields; a
 -- `value` that cannot cross is left out.
 function stream.result_fields(id, values, err)
   local status, p = "done"
-  if values and values.n == nil then values = { n = 1, values[1] } end
   if err then
     status = "failed"
     local e = {}
