@@ -270,3 +270,29 @@ describe("a job log", function()
     assert.are.equal(50, n)
   end)
 end)
+
+describe("a job log that cannot be written", function()
+  -- the file may hold 4 KB (RLIMIT_FSIZE; SIGXFSZ ignored, so the write
+  -- fails with EFBIG): the run fails, it does not go on losing lines
+  for _, how in ipairs { "map", "imap", "group" } do
+    it("fails the run with the file's error (" .. how .. ")", function()
+      local log = tmp()
+      finally(function() os.remove(log) end)
+      local out, code = H.run_lua(([[
+        local orch = require "orch"
+        local pool <close> = orch.pool{ workers = 2 }
+        local items = {}
+        for i = 1, 5000 do items[i] = i end
+        local opts = { joblog = %q, chunk = 100 }
+        local ok, err = pcall(function()
+          if %q == "map" then return pool:map(function(x) return x end, items, opts) end
+          if %q == "group" then return pool:group():map(function(x) return x end, items, opts) end
+          for _ in pool:imap(function(x) return x end, items, opts) do end
+        end)
+        print("ok=" .. tostring(ok), err)
+      ]]):format(log, how, how), "trap '' XFSZ; prlimit --fsize=4096")
+      assert.are.equal(0, code, out)
+      assert.matches("ok=false\tjoblog '" .. log:gsub("%p", "%%%0") .. "': cannot write: File too large", out)
+    end)
+  end
+end)

@@ -306,20 +306,25 @@ function Log:failed(index, err, seconds)
     index, err.kind, err.attempts or 1, seconds or 0, err.pid or "", escape(tostring(err.message or "")))
 end
 
---- Writes what was added since the last flush, in one write.
+--- Writes what was added since the last flush, in one write; raises
+-- when the file takes it not (a full disk, a file size limit): a log that
+-- silently lost lines would make a resume run those items again.
 function Log:flush()
   local lines = self.lines
   if #lines == 0 then return end
   self.lines = {}
-  self.file:write(table.concat(lines))
-  self.file:flush()
+  local f = self.file
+  local ok, err = f:write(table.concat(lines))
+  if ok then ok, err = f:flush() end
+  if not ok then error(("joblog '%s': cannot write: %s"):format(self.path, err), 0) end
 end
 
 function Log:close()
   if not self.file then return end
-  self:flush()
+  local ok, err = pcall(self.flush, self)
   self.file:close()
   self.file = nil
+  if not ok then error(err, 0) end
 end
 Log.__close = Log.close
 

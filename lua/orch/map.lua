@@ -301,21 +301,24 @@ function map.map(group, fn, items, opts, what)
   local out  -- made once the chunks are out (see below)
   local futs, first, chunk = run.futs, run.first, run.chunk
   local remaining, failure = nil, run:_prior_failure()
-  -- a chunk's results go into out as soon as it ends
-  local function collect(f, k)
-    remaining = remaining - 1
-    if failure ~= nil then return end
+  -- a chunk's results go into out as soon as it ends (an error on the way,
+  -- as a job log that cannot be written, is the map's failure)
+  local function collect_chunk(f, k)
     local s = first[k]
     local n = run.last[k] - s + 1
     if f.status == "done" and chunk == 1 then
       out[s] = first_value(f)
     elseif f.status == "done" then
-      local ok, err = pcall(core.decode_into, f.values[1], out, s)
-      if not ok then failure = err; return end
-      n = err
+      n = core.decode_into(f.values[1], out, s)
     end
     run:_ended(f, s, n, out, s)
     if f.status ~= "done" then failure = f.err end
+  end
+  local function collect(f, k)
+    remaining = remaining - 1
+    if failure ~= nil then return end
+    local ok, err = pcall(collect_chunk, f, k)
+    if not ok then failure = err end
   end
   local ok, err = true, nil
   if failure == nil then
@@ -355,10 +358,10 @@ function map.imap(group, fn, items, opts, what)
   local index = {}
   for k, f in ipairs(futs) do index[f] = k end
   local remaining = #futs
-  -- as each chunk ends: counted, logged, its results decoded once
-  local function ended(f)
-    finished[#finished + 1] = f
-    remaining = remaining - 1
+  -- as each chunk ends: counted, logged, its results decoded once (an
+  -- error on the way, as a job log that cannot be written, is raised
+  -- where the chunk's turn comes)
+  local function chunk_ended(f)
     local s = first[index[f]]
     local count = 1
     if f.status == "done" and chunk == 1 then
@@ -372,13 +375,19 @@ function map.imap(group, fn, items, opts, what)
       if remaining == 0 or f.status ~= "done" then run.closed = true; run:_close() end
     end
   end
+  local function ended(f)
+    finished[#finished + 1] = f
+    remaining = remaining - 1
+    local done, fault = pcall(chunk_ended, f)
+    if not done then f.fault = fault end
+  end
   for _, f in ipairs(futs) do f:on_done(ended) end
   if remaining == 0 then run.closed = true; run:_close() end
   local prior_failure = run:_prior_failure()
   local k, i, fin_head = 1, 1, 1   -- next future, next index, next finished
   local buf, base, bi, bn = nil, 0, 0, 0
   local function take(f)
-    if f.status ~= "done" then cancel_rest(futs); error(f.err, 0) end
+    if f.fault or f.status ~= "done" then cancel_rest(futs); error(f.fault or f.err, 0) end
     buf, base, bi, bn = f.results, first[index[f]], 0, f.n_results
   end
   local function from_log()  -- the next item a resumed run took from the log
