@@ -129,6 +129,14 @@ describe("joblog", function()
       ("joblog '%s': line 4 does not read: \"garbage\""):format(path))
   end)
 
+  it("names the file and the system's reason when it cannot open or write it", function()
+    assert.has_error(function() joblog.open("/nonexistent/run.joblog", inc, { 1 }) end,
+      "joblog '/nonexistent/run.joblog': cannot open: No such file or directory")
+    -- /dev/full takes the open and refuses every write
+    assert.has_error(function() joblog.open("/dev/full", inc, { 1 }) end,
+      "joblog '/dev/full': cannot write: No space left on device")
+  end)
+
   it("starts afresh without resume", function()
     local log = joblog.open(path, inc, { 1 })
     log:done(1, 2)

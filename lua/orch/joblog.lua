@@ -242,12 +242,26 @@ end
 local Log = {}
 Log.__index = Log
 
+-- ok, or an error that names the log and what failed: a log that lost
+-- lines without a word would make a resume run those items again.
+local function must(path, what, ok, err)
+  if ok then return ok end
+  err = tostring(err)
+  if err:sub(1, #path) == path then  -- io.open's "path: why"
+    err = err:match("^[^:]*: (.*)$", #path + 1) or err
+  end
+  error(("joblog '%s': %s: %s"):format(path, what, err), 0)
+end
+
+-- Replaces the file's text at once (a new file renamed over it).
 local function write_all(path, text)
   local tmp = path .. ".repair"
-  local f = assert(io.open(tmp, "wb"))
-  assert(f:write(text))
-  assert(f:close())
-  assert(os.rename(tmp, path))
+  local f = must(path, "cannot repair", io.open(tmp, "wb"))
+  local ok, err = f:write(text)
+  if ok then ok, err = f:close() else f:close() end
+  if ok then ok, err = os.rename(tmp, path) end
+  if not ok then os.remove(tmp) end
+  must(path, "cannot repair", ok, err)
 end
 
 --- joblog.open(path, fn, items, resume) -> log, prior: the log to append
@@ -271,16 +285,14 @@ function joblog.open(path, fn, items, resume)
     elseif good < #text then
       write_all(path, text:sub(1, good))  -- the torn last line goes
     end
-    f = assert(io.open(path, "ab"))
-    f:write(("# resumed %s\n"):format(os.date("!%Y-%m-%dT%H:%M:%SZ")))
+    f = must(path, "cannot open", io.open(path, "ab"))
+    must(path, "cannot write", f:write(("# resumed %s\n"):format(os.date("!%Y-%m-%dT%H:%M:%SZ"))))
   else
-    local err
-    f, err = io.open(path, "wb")
-    if not f then error(("joblog: cannot open '%s': %s"):format(path, err), 0) end
-    f:write(header(fn_sum, #items, items_sum))
+    f = must(path, "cannot open", io.open(path, "wb"))
+    must(path, "cannot write", f:write(header(fn_sum, #items, items_sum)))
   end
   f:setvbuf("full")
-  f:flush()
+  must(path, "cannot write", f:flush())
   return setmetatable({ path = path, file = f, lines = {} }, Log), prior
 end
 
@@ -307,8 +319,7 @@ function Log:failed(index, err, seconds)
 end
 
 --- Writes what was added since the last flush, in one write; raises
--- when the file takes it not (a full disk, a file size limit): a log that
--- silently lost lines would make a resume run those items again.
+-- when the file does not take it (a full disk, a file size limit).
 function Log:flush()
   local lines = self.lines
   if #lines == 0 then return end
@@ -316,7 +327,7 @@ function Log:flush()
   local f = self.file
   local ok, err = f:write(table.concat(lines))
   if ok then ok, err = f:flush() end
-  if not ok then error(("joblog '%s': cannot write: %s"):format(self.path, err), 0) end
+  must(self.path, "cannot write", ok, err)
 end
 
 function Log:close()
