@@ -453,12 +453,12 @@ end
 
 -- The ratio of each round (ref / o: how many times better orch is; all
 -- values are costs), round i of one side against round i of the other;
--- "-" for a round that lacks either.
+-- false for a round that lacks either.
 local function round_ratios(o, ref)
   local out = {}
   for round = 1, ROUNDS do
     local a, b = of_round(o, round), of_round(ref, round)
-    out[round] = a and b and a > 0 and b / a or "-"
+    out[round] = a and b and a > 0 and b / a or false
   end
   return out
 end
@@ -530,7 +530,7 @@ local met_count, rows, missed = 0, 0, {}
 local function print_row(label, o, ref, show, target, target_text)
   local per_round = round_ratios(o, ref)
   local paired = {}
-  for _, r in ipairs(per_round) do if r ~= "-" then paired[#paired + 1] = r end end
+  for _, r in ipairs(per_round) do if r then paired[#paired + 1] = r end end
   local ratio = median_of(paired)
   local ov, rv = median_of(values(o)), median_of(values(ref))
   local bo, br = best(o), best(ref)
@@ -545,7 +545,7 @@ local function print_row(label, o, ref, show, target, target_text)
   rows = rows + 1
   if met then met_count = met_count + 1 else
     local text = {}
-    for i, r in ipairs(per_round) do text[i] = r == "-" and r or x(r) end
+    for i, r in ipairs(per_round) do text[i] = x(r) end
     missed[#missed + 1] = label .. ": " .. table.concat(text, " ")
   end
   print(fmt:format(shown[1], shown[2], shown[3], shown[4], shown[5],

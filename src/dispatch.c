@@ -47,8 +47,9 @@ typedef struct drun {
 } drun;
 
 /* The values of a RESULT frame as a table at top + 2, the first of them
- * already decoded there when n is 1: {v} for one value that is not nil,
- * else {n = count, values...}. 0, or -1 with d->err. */
+ * already decoded there when n is 1: {v} for one value that is not nil
+ * (a table: gather_result keeps any other as it is), else {n = count,
+ * values...}. 0, or -1 with d->err. */
 static int values_table(lua_State *L, wire_dec *d, int top, int n)
 {
     lua_createtable(L, n, 0);
@@ -74,8 +75,8 @@ static int values_table(lua_State *L, wire_dec *d, int top, int n)
 /* Decodes a RESULT frame's id and values into the batch at bidx (made on
  * first use): batch[nb + 1] = id, batch[nb + 2] = the values: one value
  * that is neither nil nor a table as it is (most results: nothing to
- * allocate), else as values_table makes them (future.lua reads the three forms). 0, or -1
- * with d->err. */
+ * allocate), else as values_table makes them (future.lua reads the three
+ * forms). 0, or -1 with d->err. */
 static int gather_result(lua_State *L, wire_dec *d, int bidx, int *nb)
 {
     int top = lua_gettop(L);

@@ -326,9 +326,8 @@ local function answered(self, w, now, count)
 end
 
 -- RESULT frames, gathered: batch holds id, values (see Future.first) for
--- each, n entries in all. A task that
--- waited in the pipeline may have ended within the batch: it never showed
--- as running.
+-- each, n entries in all. A task that waited in the pipeline may have
+-- ended within the batch: it never showed as running.
 local function results(self, w, batch, n)
   local now, count, done = core.now(), 0, self.done
   for k = 1, n, 2 do

@@ -62,18 +62,13 @@ function Handle.__tostring(self) return ("orch.queue (%d)"):format(self.__orch_q
 local function count(st) return deque.len(st.items) end
 
 -- A waiter is { reply = fn(ok, x) -> delivered, proc = proc|nil, value,
--- timer }. Lists are FIFO arrays with a head index; answered waiters are
--- marked done and skipped.
+-- timer }. Waiters wait in an orch.deque each (getters, putters);
+-- answered ones are marked done, and dropped once they reach the front.
 local function first_waiter(list)
-  while list.head <= #list do
+  while deque.len(list) > 0 do
     local w = list[list.head]
     if not w.done then return w end
-    list[list.head] = false
-    list.head = list.head + 1
-  end
-  if list.head > 1 then  -- all consumed: start over
-    for i = #list, 1, -1 do list[i] = nil end
-    list.head = 1
+    deque.pop(list)
   end
   return nil
 end
@@ -123,7 +118,7 @@ local function pump(st)
 end
 
 local function park(list, w, timeout, why)
-  list[#list + 1] = w
+  deque.push(list, w)
   if timeout then
     w.timer = core.timer(timeout, function()
       if not w.done then finish(w, nil, why) end
@@ -188,9 +183,9 @@ local function wait_local(st, op, ...)
     if not good then
       -- interrupted: withdraw the request, and give back an item it got
       for _, list in ipairs({ st.putters, st.getters }) do
-        for i = list.head, #list do
+        for i = list.head, list.tail do
           local w = list[i]
-          if w and w.reply == reply and not w.done then
+          if w.reply == reply and not w.done then
             w.done = true
             if w.timer then w.timer:stop() end
           end
@@ -296,9 +291,9 @@ end
 local function each_wait(proc, gets_only, fn)
   for _, st in pairs(queues) do
     for _, list in ipairs(gets_only and { st.getters } or { st.getters, st.putters }) do
-      for i = list.head, #list do
+      for i = list.head, list.tail do
         local w = list[i]
-        if w and not w.done and w.proc == proc then fn(w) end
+        if not w.done and w.proc == proc then fn(w) end
       end
     end
   end
@@ -345,7 +340,7 @@ function M.new(opts)
   next_id = next_id + 1
   queues[next_id] = {
     capacity = cap or math.huge, items = deque.new(), closed = false,
-    getters = { head = 1 }, putters = { head = 1 },
+    getters = deque.new(), putters = deque.new(),
   }
   return setmetatable({
     __orch_queue = next_id, put = h_put, get = h_get, close = h_close, len = h_len,
