@@ -106,6 +106,30 @@ describe("integers in place", function()
     end
   end)
 
+  it("makes map's output table, a big one in huge pages", function()
+    local n = 600000 -- an array part of 9.6 MB
+    local t = core.array(n)
+    assert.are.equal(0, #t)
+    for i = 1, n do t[i] = i end
+    assert.are.equal(n, #t)
+    assert.are.equal(n, core.decode_into(core.encode_slice(t, 1, n), t, 1))
+    assert.are.equal(n, t[n])
+    assert.matches("out of range", select(2, pcall(core.array, 0x80000000)))
+  end)
+
+  -- (under make asan a failed allocation aborts the process by design;
+  -- make valgrind checks that nothing dangles)
+  it("gives the state its own allocator back when the table cannot be made #noasan", function()
+    local ok, err = pcall(core.array, 0x7fffffff) -- 32 GB
+    assert.is_false(ok)
+    assert.matches("not enough memory", err)
+    collectgarbage()
+    local s = {}
+    for i = 1, 1000 do s[i] = ("x"):rep(i) .. i end
+    collectgarbage()
+    assert.are.equal(1000, #s)
+  end)
+
   it("refuses what it refused before, saying the same", function()
     for _, s in ipairs({
       "\6\2\0\12\3\xd0\x0f\xa0\x1f\x80\0", -- a run longer than the array part

@@ -21,15 +21,6 @@ static int l_cpu_count(lua_State *L)
     return 1;
 }
 
-/* array(n) -> a table with room for n array items (map's results). */
-static int l_array(lua_State *L)
-{
-    lua_Integer n = luaL_checkinteger(L, 1);
-    luaL_argcheck(L, n >= 0 && n <= 0x7fffffff, 1, "size out of range");
-    lua_createtable(L, (int)n, 0);
-    return 1;
-}
-
 static int l_getpid(lua_State *L)
 {
     lua_pushinteger(L, getpid());
@@ -98,7 +89,7 @@ __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
     control_client_open(L); /* orch ctl's end of it */
     tty_open(L);     /* orch top's terminal */
     static const luaL_Reg fns[] = {
-        {"cpu_count", l_cpu_count}, {"getpid", l_getpid}, {"array", l_array}, {NULL, NULL}};
+        {"cpu_count", l_cpu_count}, {"getpid", l_getpid}, {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);
     static const struct { const char *name; int value; } msgs[] = {
         {"TASK", MSG_TASK}, {"QUIT", MSG_QUIT}, {"REPLY", MSG_REPLY},
