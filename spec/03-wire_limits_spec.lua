@@ -174,7 +174,7 @@ end
       local out, finished = slice_in_child([[
         local ok, e = pcall(core.pack_chunk, print, t, math.mininteger, math.maxinteger)
         assert(not ok and e:find("^items: slice %S+ too long"), e)
-        return core.pack_chunk(print, t, math.maxinteger - 1, math.maxinteger)]])
+        return core.task_bytes(core.pack_chunk(print, t, math.maxinteger - 1, math.maxinteger))]])
       assert.is_true(finished, "pack_chunk did not return")
       assert.matches("^ok %d+$", out)
     end)

@@ -92,7 +92,7 @@ describe("map's chunks in a worker", function()
 
   it("answers a chunk task whose list is bad with an error, and goes on", function()
     local f = function(x) return x end
-    local good = core.pack_chunk(f, { 1, 2, 3 }, 1, 3)
+    local good = core.task_bytes(core.pack_chunk(f, { 1, 2, 3 }, 1, 3))
     local list = "\6\3\0\x81\x82\x83\0"
     assert.are.equal(list, good:sub(-#list))
     local head = good:sub(1, -#list - 1)

@@ -83,7 +83,7 @@ describe("big frames", function()
     assert.are.equal("table", type(task))
     assert.are.equal(4, #task)
     assert.is_true(task[2] == s1 and task[4] == s2)
-    assert.are.equal("string", type(core.pack_task(f, big(MIN - 1, 3))))
+    assert.are.equal("userdata", type(core.pack_task(f, big(MIN - 1, 3))))
 
     local pool <close> = orch.pool { workers = 1 }
     local seen = os.tmpname()

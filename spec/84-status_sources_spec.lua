@@ -87,7 +87,7 @@ describe("orch.status() task sources", function()
       local known, max = core.functions_known()
       for k = known + 1, max do core.pack_task(made("filler" .. k, "return " .. k)) end
       print(("known %d of %d"):format(core.functions_known(), max))
-      print(("new code's id %d"):format(("j"):unpack(core.pack_task(made("probe", "return 0")))))
+      print(("new code's id %d"):format(select(2, core.task_info(core.pack_task(made("probe", "return 0"))))))
       local path = os.tmpname()
       os.remove(path)
       local pool = orch.pool{ workers = 1 }
@@ -127,6 +127,34 @@ describe("core.task_source", function()
     assert.is_false(ran)
   end)
 
+  it("packs a task as a userdata and a big one in pieces, both read by task_info and task_bytes", function()
+    local before = collectgarbage("count")
+    local tasks = {}
+    for i = 1, 20000 do tasks[i] = core.pack_task(where, i) end
+    -- not strings: a million pending tasks do not fill the string table
+    assert.are.equal("userdata", type(tasks[1]))
+    assert.is_nil(getmetatable(tasks[1]))
+    local bytes = core.task_bytes(tasks[7])
+    local size, fnid = core.task_info(tasks[7])
+    assert.are.equal(#bytes, size)
+    assert.are.equal(("j"):unpack(bytes), fnid)
+    assert.is_true(fnid > 0 or fnid == -1)
+    assert.are.equal(bytes, core.task_bytes(core.pack_task(where, 7)))
+    assert.is_true(collectgarbage("count") - before < 20000 * 100 / 1024, "a task in under 100 bytes")
+    local big = core.pack_task(where, ("x"):rep(2 << 20), 3)
+    assert.are.equal("table", type(big))
+    local whole = core.task_bytes(big)
+    assert.are.equal(#whole, (core.task_info(big)))
+    assert.are.equal(0, select(2, core.task_info(core.pack_task("os.time"))))
+    -- whatever is not a packed task is refused, naming the argument
+    for _, v in ipairs({ "a string", {}, { "short" }, { ("j"):pack(1), 2 }, io.stdout, 42 }) do
+      assert.matches("bad argument #1 to 'orch.core.task_info' %(packed task expected",
+        select(2, pcall(core.task_info, v)))
+      assert.matches("bad argument #1 to 'orch.core.task_bytes' %(packed task expected",
+        select(2, pcall(core.task_bytes, v)))
+    end
+  end)
+
   it("reads a task packed in pieces (it holds long strings) from its first piece", function()
     local function f(s) return #s end
     local task = core.pack_task(f, ("x"):rep(2 << 20))
@@ -142,9 +170,9 @@ describe("core.task_source", function()
                          ("j"):pack(-1) .. "x", ("j"):pack(math.maxinteger) .. "x", 12345 }) do
       assert.is_nil(core.task_source(s), ("%q"):format(s))
     end
-    assert.matches("bad argument #1 to 'orch.core.task_source' %(string expected, got no value%)",
+    assert.matches("bad argument #1 to 'orch.core.task_source' %(string or packed task expected, got no value%)",
       select(2, pcall(core.task_source)))
-    assert.matches("bad argument #1 to 'orch.core.task_source' %(string expected, got boolean%)",
+    assert.matches("bad argument #1 to 'orch.core.task_source' %(string or packed task expected, got boolean%)",
       select(2, pcall(core.task_source, true)))
   end)
 
@@ -155,7 +183,7 @@ describe("core.task_source", function()
       for i = 1, n do b[i] = string.char(math.random(0, 255)) end
       return table.concat(b)
     end
-    local task = core.pack_task(wait_for_file, "x")
+    local task = core.task_bytes(core.pack_task(wait_for_file, "x"))
     -- the shortest head of the task that names its function: its id, and
     -- its code as well when the task carries it (this process has handed
     -- out all its function ids: more specs ran in it before this one)

@@ -16,11 +16,16 @@
  * items as one list, which the worker runs through fn itself (chunk.c).
  * A packed task (never sent as it is) is fnid in native order (TASK_FNID
  * bytes) then what follows the function's code in that frame: task_put
- * puts id, fnid and the code in front of it. It is a Lua string; or, when
- * it holds strings of PACK_EXT_MIN bytes or more, a list of pieces whose
- * concatenation it is, those strings themselves among them: a big
- * argument is then copied once on its way, from where it is into the
- * frame's memfd (chan.c), not into a packed copy first.
+ * puts id, fnid and the code in front of it. It is a full userdata (no
+ * metatable) holding those bytes: most tasks are a few dozen bytes, and
+ * as Lua strings they would be short strings, each hashed and interned
+ * in the state's string table and taken out of it again, a table a
+ * million pending tasks would fill. Or, when it holds strings of
+ * PACK_EXT_MIN bytes or more, it is a list of pieces whose concatenation
+ * it is, those strings themselves among them: a big argument is then
+ * copied once on its way, from where it is into the frame's memfd
+ * (chan.c), not into a packed copy first. task_info and task_bytes read
+ * either form.
  *
  * Invariants:
  * - Function ids and the code they stand for live in the parent's registry
@@ -244,7 +249,7 @@ static int pack_end(lua_State *L, wbuf *b, wire_enc *e, int holder)
 {
     wire_enc_end(e);
     if (e->n_ext == 0)
-        lua_pushlstring(L, b->data, b->len);
+        memcpy(lua_newuserdatauv(L, b->len, 0), b->data, b->len);
     else
         push_pieces(L, b, e, holder + 1);
     wbuf_scratch_give(L, b, holder);
@@ -305,17 +310,34 @@ static int l_pack_chunk(lua_State *L)
     return pack_end(L, b, &e, holder);
 }
 
+/* The bytes of the value at arg (a string, or a userdata with no
+ * metatable), or NULL. */
+static const char *bytes_of(lua_State *L, int arg, size_t *len)
+{
+    int t = lua_type(L, arg);
+    if (t == LUA_TSTRING)
+        return lua_tolstring(L, arg, len);
+    if (t != LUA_TUSERDATA || lua_getmetatable(L, arg)) {
+        if (t == LUA_TUSERDATA)
+            lua_pop(L, 1);
+        return NULL;
+    }
+    *len = lua_rawlen(L, arg);
+    return lua_touserdata(L, arg);
+}
+
 /* The bytes of the packed task at arg, or of its first piece (which
- * starts with the fnid); NULL if it is neither. */
+ * starts with the fnid); NULL if it is neither. Task bytes in a string
+ * are read too (task_source; a task made by hand). */
 static const char *head_of(lua_State *L, int arg, size_t *len)
 {
-    const char *head = NULL;
+    const char *head;
     if (lua_type(L, arg) == LUA_TTABLE) {
         lua_rawgeti(L, arg, 1);
         head = lua_tolstring(L, -1, len); /* the table keeps it */
         lua_pop(L, 1);
-    } else if (lua_type(L, arg) == LUA_TSTRING) {
-        head = lua_tolstring(L, arg, len);
+    } else {
+        head = bytes_of(L, arg, len);
     }
     return head != NULL && *len >= TASK_FNID ? head : NULL;
 }
@@ -350,8 +372,8 @@ void task_put(lua_State *L, wire_enc *e, lua_Integer id, int arg, int with_code)
         lua_pop(L, 2);
     }
     size_t len;
-    if (lua_type(L, arg) == LUA_TSTRING) {
-        const char *task = lua_tolstring(L, arg, &len);
+    const char *task = bytes_of(L, arg, &len);
+    if (task != NULL) {
         wire_enc_raw(e, task + TASK_FNID, len - TASK_FNID);
         return;
     }
@@ -507,7 +529,9 @@ static void weak_table(lua_State *L, int *ref, const char *mode)
 static int l_task_source(lua_State *L)
 {
     size_t tlen = 0;
-    const char *task = lua_istable(L, 1) ? head_of(L, 1, &tlen) : luaL_checklstring(L, 1, &tlen);
+    luaL_argexpected(L, lua_isstring(L, 1) || lua_istable(L, 1) || lua_isuserdata(L, 1),
+                     1, "string or packed task");
+    const char *task = head_of(L, 1, &tlen);
     lua_Integer fnid;
     if (task == NULL || tlen <= TASK_FNID)
         return luaL_pushfail(L), 1;
@@ -549,6 +573,54 @@ static int l_task_source(lua_State *L)
 
 /* functions_known() -> n, max: function ids handed out so far, and the
  * most there will be (a diagnostic: the cache's bound). */
+/* The packed task at arg (the userdata or the list of pieces pack_task
+ * and pack_chunk make): its size in bytes, its bytes pushed piece by
+ * piece if push (at most 2 * WIRE_EXTS + 1 pieces); raises if it is not
+ * one. */
+static size_t task_walk(lua_State *L, int arg, int push)
+{
+    size_t len;
+    if (lua_type(L, arg) == LUA_TUSERDATA) {
+        const char *p = bytes_of(L, arg, &len);
+        luaL_argexpected(L, p != NULL && len >= TASK_FNID, arg, "packed task");
+        if (push)
+            lua_pushlstring(L, p, len);
+        return len;
+    }
+    luaL_argexpected(L, lua_istable(L, arg) && head_of(L, arg, &len) != NULL, arg, "packed task");
+    size_t size = 0;
+    lua_Integer n = (lua_Integer)lua_rawlen(L, arg);
+    for (lua_Integer k = 1; k <= n; k++) {
+        lua_rawgeti(L, arg, k);
+        luaL_argexpected(L, lua_type(L, -1) == LUA_TSTRING, arg, "packed task");
+        size += lua_rawlen(L, -1);
+        if (!push)
+            lua_pop(L, 1);
+    }
+    return size;
+}
+
+/* task_info(task) -> bytes, fnid: a packed task's size and function id
+ * (0: by name, -1: its code inside). */
+static int l_task_info(lua_State *L)
+{
+    size_t len;
+    lua_Integer fnid;
+    lua_pushinteger(L, (lua_Integer)task_walk(L, 1, 0));
+    memcpy(&fnid, head_of(L, 1, &len), TASK_FNID);
+    lua_pushinteger(L, fnid);
+    return 2;
+}
+
+/* task_bytes(task) -> string: a packed task's bytes, in one string. */
+static int l_task_bytes(lua_State *L)
+{
+    lua_settop(L, 1);
+    task_walk(L, 1, 1);
+    lua_concat(L, lua_gettop(L) - 1);
+    return 1;
+}
+
 static int l_functions_known(lua_State *L)
 {
     lua_pushinteger(L, fn_counter);
@@ -584,4 +656,8 @@ void task_open(lua_State *L)
     lua_setfield(L, -2, "task_source");
     lua_pushcfunction(L, l_functions_known);
     lua_setfield(L, -2, "functions_known");
+    lua_pushcfunction(L, l_task_info);
+    lua_setfield(L, -2, "task_info");
+    lua_pushcfunction(L, l_task_bytes);
+    lua_setfield(L, -2, "task_bytes");
 }

@@ -31,7 +31,7 @@ local clear_timers = Future.clear_timers
 local push, pop = backlog.push, backlog.pop
 
 local pack = table.pack
-local pack_task = core.pack_task
+local pack_task, task_info = core.pack_task, core.task_info
 
 --- A pool of worker processes, made by orch.pool(opts); a to-be-closed
 -- value (leaving its scope shuts it down).
@@ -231,15 +231,6 @@ function Pool:_enqueue(group, task)
   return fut
 end
 
--- The bytes of a packed task: a string, or a list of pieces (a task that
--- holds long strings, see src/task.c).
-local function packed_size(task)
-  if type(task) == "string" then return #task end
-  local n = 0
-  for i = 1, #task do n = n + #task[i] end
-  return n
-end
-
 -- pool:submit and group:submit.
 function Pool:_submit(group, fn, ...)
   local t = type(fn)
@@ -252,9 +243,9 @@ function Pool:_submit(group, fn, ...)
   local ok, task = pcall(pack_task, fn, ...)
   if not ok then check.fail("orch.pool", "submit: %s", tostring(task)) end
   local max = self.dispatcher.max_message
-  if max and packed_size(task) > max then
+  if max and task_info(task) > max then
     check.fail("orch.pool", "submit: the task takes %d bytes packed (its function and arguments), "
-      .. "over the limit of %d (max_message)", packed_size(task), max)
+      .. "over the limit of %d (max_message)", (task_info(task)), max)
   end
   local fut = self:_enqueue(group, task)
   if group.keeps_args then

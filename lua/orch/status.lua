@@ -109,15 +109,12 @@ end
 -- -1 one whose code travels in the task itself (the parent's cache of
 -- function ids is full), and either stands for many functions.
 local source_by_fnid = {}
-local FNID = ("j"):packsize()  -- a packed task starts with its function id
 
 -- A task's "source:line", "module.name" or "[C]"; "?" when unknown.
 local function source_of(t)
   local task = t.task
-  if type(task) == "table" then task = task[1] end  -- a task in pieces: fnid first
-  if type(task) ~= "string" then return source_of_fn(t.fn) end
-  if #task < FNID then return "?" end
-  local fnid = ("j"):unpack(task)
+  local ok, _, fnid = pcall(core.task_info, task)
+  if not ok then return source_of_fn(t.fn) end
   local source = source_by_fnid[fnid]
   if not source then
     source = core.task_source(task)
