@@ -571,12 +571,9 @@ static int l_task_source(lua_State *L)
     return 1;
 }
 
-/* functions_known() -> n, max: function ids handed out so far, and the
- * most there will be (a diagnostic: the cache's bound). */
 /* The packed task at arg (the userdata or the list of pieces pack_task
  * and pack_chunk make): its size in bytes, its bytes pushed piece by
- * piece if push (at most 2 * WIRE_EXTS + 1 pieces); raises if it is not
- * one. */
+ * piece if push; raises if it is not one. */
 static size_t task_walk(lua_State *L, int arg, int push)
 {
     size_t len;
@@ -591,6 +588,7 @@ static size_t task_walk(lua_State *L, int arg, int push)
     size_t size = 0;
     lua_Integer n = (lua_Integer)lua_rawlen(L, arg);
     for (lua_Integer k = 1; k <= n; k++) {
+        luaL_checkstack(L, 1, "a packed task in too many pieces");
         lua_rawgeti(L, arg, k);
         luaL_argexpected(L, lua_type(L, -1) == LUA_TSTRING, arg, "packed task");
         size += lua_rawlen(L, -1);
@@ -621,6 +619,8 @@ static int l_task_bytes(lua_State *L)
     return 1;
 }
 
+/* functions_known() -> n, max: function ids handed out so far, and the
+ * most there will be (a diagnostic: the cache's bound). */
 static int l_functions_known(lua_State *L)
 {
     lua_pushinteger(L, fn_counter);
