@@ -20,6 +20,8 @@ Future.__name = "orch.future"
 
 local FINAL = { done = true, failed = true, cancelled = true }
 
+local function ended(fut) return FINAL[fut.status] end
+
 -- task: the task as core.pack_task encoded it at submit.
 function Future.new(group, id, task)
   -- the fields a task comes to hold, so the table is sized once (timers,
@@ -57,7 +59,7 @@ end
 function Future:wait(timeout)
   check.method(self, Future, "wait")
   check.timeout("orch.future", "wait", timeout)
-  if loop.wait(function() return FINAL[self.status] end, timeout) then
+  if loop.wait(ended, timeout, false, self) then
     return true
   end
   return nil, "timeout"
@@ -68,7 +70,7 @@ end
 function Future:result()
   check.method(self, Future, "result")
   if not FINAL[self.status] then
-    loop.wait(function() return FINAL[self.status] end)
+    loop.wait(ended, nil, false, self)
   end
   if self.status == "done" then
     local v = self.values

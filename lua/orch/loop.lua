@@ -28,25 +28,26 @@ local function check_interrupt()
   error(Interrupted.new(p.signal), 0)
 end
 
---- Runs the loop until pred() is true (returns true) or timeout seconds
--- have passed (returns false). timeout nil: no limit. idle: what pred
--- waits for is no quick reply of a child (a timer, services going up or
--- down), so each turn blocks at once rather than polling first (see
--- src/spin.c): a long wait costs no CPU between its events.
-function loop.wait(pred, timeout, idle)
+--- Runs the loop until pred(arg) is true (returns true) or timeout
+-- seconds have passed (returns false). timeout nil: no limit. idle: what
+-- pred waits for is no quick reply of a child (a timer, services going up
+-- or down), so each turn blocks at once rather than polling first (see
+-- src/spin.c): a long wait costs no CPU between its events. arg spares a
+-- caller that waits often (a future's result) a closure each time.
+function loop.wait(pred, timeout, idle, arg)
   check_interrupt()
-  if pred() then return true end
+  if pred(arg) then return true end
   local deadline = timeout and core.now() + timeout
   while true do
     if deadline then
       local left = deadline - core.now()
-      if left <= 0 then return pred() end
+      if left <= 0 then return pred(arg) end
       core.step(left, idle)
     else
       core.step(nil, idle)
     end
     check_interrupt()
-    if pred() then return true end
+    if pred(arg) then return true end
   end
 end
 
