@@ -121,6 +121,22 @@ describe("orch.pool", function()
     assert.are.same({ "done", "late done" }, seen)
   end)
 
+  it("sends a task straight to an idle worker, and the rest in the order they came", function()
+    local one <close> = orch.pool{ workers = 1 }
+    local function started(pause) local t = core.now(); orch.sleep(pause); return t end
+    local first = one:submit(started, 0.2)  -- to the idle worker at once
+    assert.is_true(wait_for(function() return first:state() == "running" end, 5))
+    local later = {}
+    for i = 1, 5 do later[i] = one:submit(started, 0) end  -- the worker is busy: they wait
+    assert.are.equal("queued", later[5]:state())
+    local at = first:result()
+    for i = 1, 5 do
+      local t = later[i]:result()
+      assert.is_true(t > at, ("task %d started before the one submitted before it"):format(i))
+      at = t
+    end
+  end)
+
   it("cancels a queued task, which never runs", function()
     local tmp = os.tmpname()
     local blockers = {}

@@ -31,6 +31,9 @@
 --                         while the backlog holds at most this many (past
 --                         that, the dispatcher's own answers keep it busy)
 --   d:pump()              takes tasks from the backlog where they can run
+--   d:offer(fut) -> sent  fut, with nothing waiting before it, straight to
+--                         where it can run now (true), or nowhere (false:
+--                         the pool puts it in the backlog)
 --   d:stop_task(fut, kind, grace) -> unstarted
 --                         the stop steps for a task it holds (kind
 --                         "cancelled" or "timeout"); true: fut had not
@@ -214,6 +217,20 @@ local function refill(self, w)
     if not fut then return end
     send_task(self, w, fut)
   end
+end
+
+--- fut, with nothing waiting before it, goes at once to an idle worker if
+-- there is one (true), without passing through the backlog.
+function D:offer(fut)
+  local slots = self.slots
+  for i = 1, self.size do
+    local w = slots[i]
+    if usable(w) and w.it < w.ih then
+      send_task(self, w, fut)
+      return true
+    end
+  end
+  return false
 end
 
 --- Sends tasks from the backlog to workers: idle ones first, then the

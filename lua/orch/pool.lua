@@ -226,6 +226,7 @@ function Pool:_enqueue(group, task)
     return fut
   end
   local bl = self.backlog
+  if bl.n == 0 and self.dispatcher:offer(fut) then return fut end
   push(bl, fut)
   if bl.n <= self.eager then self.dispatcher:pump() end
   return fut

@@ -159,6 +159,11 @@ local function send_batch(self, most)
   return ok
 end
 
+--- A task goes to the broker's stream in batches (B:pump), never past them.
+function B.offer()
+  return false
+end
+
 --- Sends every task of the backlog to the stream, at the next turn of
 -- the loop: the pool asks right after queueing a task, before it has kept
 -- the task's function and arguments on the future; and the tasks of one
