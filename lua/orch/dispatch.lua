@@ -335,7 +335,7 @@ local function answered(self, w, now, count)
     local depth = mean > 0 and PIPELINE_SECONDS // mean or PIPELINE_MAX
     self.pipeline = depth > PIPELINE_MAX and PIPELINE_MAX or depth < 1 and 1 or depth
   end
-  start_head(self, w, now)
+  if w.it >= w.ih then start_head(self, w, now) end  -- tasks left in its ring
   if self.backlog.n > 0 then
     if usable(w) then refill(self, w) else self:pump() end
   end
