@@ -68,7 +68,7 @@ end
 --- Waits, then returns the task's values or raises its TaskError.
 -- @return the task's values
 function Future:result()
-  check.method(self, Future, "result")
+  if getmetatable(self) ~= Future then check.dot_call(Future, "result") end  -- the hot path
   if not FINAL[self.status] then
     loop.wait(ended, nil, false, self)
   end

@@ -35,7 +35,7 @@ end
 -- src/spin.c): a long wait costs no CPU between its events. arg spares a
 -- caller that waits often (a future's result) a closure each time.
 function loop.wait(pred, timeout, idle, arg)
-  check_interrupt()
+  if pending then check_interrupt() end
   if pred(arg) then return true end
   local deadline = timeout and core.now() + timeout
   while true do
@@ -46,7 +46,7 @@ function loop.wait(pred, timeout, idle, arg)
     else
       core.step(nil, idle)
     end
-    check_interrupt()
+    if pending then check_interrupt() end
     if pred(arg) then return true end
   end
 end
