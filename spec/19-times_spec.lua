@@ -70,6 +70,44 @@ describe("times in seconds", function()
     assert.is_true(core.now() - t0 >= 0.49, "stepped " .. (core.now() - t0))
   end)
 
+  it("a wait inside a callback sees what the outer turn gathered and has not handled yet", function()
+    -- two timers due in the same turn: whichever runs first waits for the
+    -- other, which that turn already holds (pending): the inner wait
+    -- handles it at once rather than blocking until its own limit
+    local loop = require "orch.loop"
+    local ran, waited = {}, nil
+    local function cb(me, other)
+      return function()
+        ran[me] = true
+        if ran[other] then return end
+        local t0 = core.now()
+        assert.is_true(loop.wait(function() return ran[other] end, 2, true))
+        waited = core.now() - t0
+      end
+    end
+    local a <close> = core.timer(0.01, cb(1, 2))
+    local b <close> = core.timer(0.01, cb(2, 1))
+    compute(0.03)  -- both are due when the loop next turns
+    core.step()
+    assert.truthy(waited, "both timers ran in one turn")
+    assert.is_true(waited < 0.5, "the inner wait took " .. waited .. " s")
+  end)
+
+  it("a nested step with a timeout leaves the outer step's limit alone", function()
+    local loop = require "orch.loop"
+    local inner_took
+    local t <close> = core.timer(0.05, function()
+      local t0 = core.now()
+      loop.wait(function() return false end, 0.3)
+      inner_took = core.now() - t0
+    end)
+    local t0 = core.now()
+    loop.wait(function() return false end, 0.1)  -- ends with the inner wait (0.05 + 0.3)
+    local outer_took = core.now() - t0
+    assert.is_true(inner_took >= 0.29 and inner_took < 1, "inner " .. tostring(inner_took))
+    assert.is_true(outer_took >= 0.34 and outer_took < 1.5, "outer " .. outer_took)
+  end)
+
   it("orch.sleep in a task that computed first sleeps the whole time", function()
     local pool <close> = orch.pool{ workers = 1 }
     local took = pool:submit(function()

@@ -24,7 +24,6 @@ static struct ev_loop *loop;
 static ev_prepare before_block;
 static loop_hook hooks[MAX_HOOKS];
 static int nhooks;
-static ev_timer step_timer;
 static int pending_error = LUA_NOREF;  /* registry ref of a callback error */
 static lua_State *running_L;          /* the thread inside step(), for callbacks */
 static unsigned long calls;           /* callbacks into Lua so far */
@@ -104,7 +103,7 @@ lua_Number loop_check_seconds(lua_State *L, int arg)
     return secs;
 }
 
-static void step_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
+static void step_limit_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
     (void)l; (void)w; (void)revents;
 }
@@ -112,7 +111,14 @@ static void step_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 /* step([timeout [, idle]]): one turn of the loop. Without a timeout (nil)
  * it blocks until something happens; 0 only polls. idle: what the caller
  * waits for is no quick reply (a timer, a service's exit), so it blocks
- * without polling first. Raises a callback's error. */
+ * without polling first. Raises a callback's error.
+ *
+ * A step may run inside a callback of an outer step (a blocking call in
+ * an on_done function): the events that outer turn gathered and has not
+ * handled yet are handled first, and count as this turn. They may be what
+ * the caller waits for, and a blocking ev_run would handle them only on
+ * its way in, then block for more. Its timeout timer is its own, on the
+ * C stack, so a nested step never rearms the outer one's. */
 static int l_step(lua_State *L)
 {
     lua_Number timeout = lua_isnoneornil(L, 1) ? -1 : loop_check_seconds(L, 1);
@@ -121,21 +127,24 @@ static int l_step(lua_State *L)
     lua_State *outer = running_L;
     running_L = L;
     unsigned long before = calls;
-    if (timeout != 0 && !idle && spin_pays()) {
+    if (ev_pending_count(loop))
+        ev_invoke_pending(loop);
+    if (calls == before && timeout != 0 && !idle && spin_pays()) {
         double until = loop_clock() + (timeout > 0 && timeout < SPIN_SECONDS ? timeout : SPIN_SECONDS);
         do
             ev_run(loop, EVRUN_NOWAIT);
         while (calls == before && pending_error == LUA_NOREF && loop_clock() < until);
     }
     if (calls != before || pending_error != LUA_NOREF) {
-        /* something happened while polling: that was the turn */
+        /* something was pending, or came while polling: that was the turn */
     } else if (timeout == 0) {
         ev_run(loop, EVRUN_NOWAIT);
     } else if (timeout > 0) {
-        ev_timer_set(&step_timer, timeout, 0.);
-        loop_timer_start(&step_timer);
+        ev_timer limit;
+        ev_timer_init(&limit, step_limit_cb, timeout, 0.);
+        loop_timer_start(&limit);
         ev_run(loop, EVRUN_ONCE);
-        ev_timer_stop(loop, &step_timer);
+        ev_timer_stop(loop, &limit);
     } else {
         ev_run(loop, EVRUN_ONCE);
     }
@@ -245,8 +254,8 @@ static int timer_active(lua_State *L)
     return 1;
 }
 
-/* A new loop with the before-block hooks' watcher (not holding it alive)
- * and step's timer. */
+/* A new loop with the before-block hooks' watcher (not holding it
+ * alive). */
 static struct ev_loop *loop_create(void)
 {
     struct ev_loop *l = ev_loop_new(EVFLAG_AUTO);
@@ -255,7 +264,6 @@ static struct ev_loop *loop_create(void)
     ev_prepare_init(&before_block, before_block_cb);
     ev_prepare_start(l, &before_block);
     ev_unref(l);  /* the hooks alone keep no loop alive */
-    ev_init(&step_timer, step_timer_cb);
     return l;
 }
 
