@@ -121,6 +121,34 @@ describe("orch.pool", function()
     assert.are.same({ "done", "late done" }, seen)
   end)
 
+  it("lets an on_done callback wait for other tasks, however the answers come in", function()
+    -- every 7th callback submits a task and waits for it, inside the
+    -- parent's loop: the pool must go on feeding its workers meanwhile
+    -- (a hang is the failure: the script runs in a process of its own
+    -- under a time limit)
+    local out, code = orch_spec.run_lua([[
+      local orch = require "orch"
+      local pool <close> = orch.pool{ workers = 2 }
+      local futs, inner = {}, 0
+      for i = 1, 300 do
+        futs[i] = pool:submit(function(x) return x + 1 end, i)
+        futs[i]:on_done(function()
+          if i % 7 == 0 then
+            local v = pool:submit(function(x) return x * 2 end, i):result()
+            inner = inner + v
+          end
+        end)
+      end
+      local sum = 0
+      for i = 1, 300 do sum = sum + futs[i]:result() end
+      print("sum", sum, "inner", inner)
+    ]], "timeout -k 5 30")
+    assert.are.equal(0, code, out)
+    local want = 0
+    for i = 7, 300, 7 do want = want + 2 * i end
+    assert.matches("sum 45450 inner " .. want, out:gsub("\t", " "), 1, true)
+  end)
+
   it("sends a task straight to an idle worker, and the rest in the order they came", function()
     local one <close> = orch.pool{ workers = 1 }
     local function started(pause) local t = core.now(); orch.sleep(pause); return t end

@@ -74,7 +74,7 @@ local TaskError = require("orch.errors").TaskError
 local MSG = core.msg
 local RESULT, ERROR, RETIRE = MSG.RESULT, MSG.ERROR, MSG.RETIRE
 local pop, push_front = backlog.pop, backlog.push_front
-local clear_timers = Future.clear_timers
+local clear_timers, hold = Future.clear_timers, Future.hold
 local retire = workers.retire
 
 -- Tasks sent ahead to a busy worker when the backlog is long: as many as
@@ -414,7 +414,10 @@ local function bad_frame(self, w, why, ftype)
   answered(self, w, core.now(), 1)
 end
 
+-- What w said. Callbacks of the futures it settles wait until it is all
+-- taken in (Future.hold).
 function D:_message(w, type, id, ...)
+  local _ <close> = hold()
   if type == RESULT then
     results(self, w, id, ...)
   elseif type == ERROR then
@@ -492,6 +495,7 @@ end
 -- handled: what it held is failed or given back, and its slot gets a new
 -- worker while there is work.
 function D:_exited(w, how, code)
+  local _ <close> = hold()
   local broken = self.workers:exited(w, how, code)
   local unsent = head_unsent(w)
   local inflight = empty_ring(w)

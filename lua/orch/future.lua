@@ -4,7 +4,8 @@
 --
 -- Internal interface, for the pool and its dispatcher: Future.new(group,
 -- id, task), fut:_settle(status, values, err) (the pool alone settles),
--- Future.clear_timers(fut). A future's cancel and kill go to its pool's
+-- Future.clear_timers(fut), Future.hold() (a dispatcher taking in a batch
+-- of answers). A future's cancel and kill go to its pool's
 -- _stop_task and _kill_task (pool.lua's header).
 local check = require "orch.check"
 local loop = require "orch.loop"
@@ -122,6 +123,41 @@ function Future:_call(fn)
   end
 end
 
+-- Callbacks held back while a dispatcher takes in what its workers said
+-- (Future.hold): every future of a batch of answers is settled, and the
+-- workers are given more work, before any callback runs. A callback that
+-- blocks (fut:result() on another task) then finds the others of its
+-- batch settled and the pool still feeding its workers; run at once, it
+-- would wait in the middle of the batch for tasks that no worker is given.
+-- Held callbacks run in the order their futures settled.
+local holds = 0
+local due_futs, due_cbs, due_head, due_tail = {}, {}, 1, 0
+
+local function run_due()
+  while due_head <= due_tail do
+    local k = due_head
+    due_head = k + 1
+    local fut, cbs = due_futs[k], due_cbs[k]
+    due_futs[k], due_cbs[k] = nil, nil
+    for i = 1, #cbs do fut:_call(cbs[i]) end
+  end
+  due_head, due_tail = 1, 0
+end
+
+local HOLD = setmetatable({}, { __close = function(_, err)
+  holds = holds - 1
+  if holds == 0 and err == nil then run_due() end
+end })
+
+--- Holds callbacks back until the value it returns is closed (a
+-- to-be-closed variable): `local _ <close> = Future.hold()`. Holds nest;
+-- the last one closed runs what was held (after an error, the next one
+-- does). For the dispatchers.
+function Future.hold()
+  holds = holds + 1
+  return HOLD
+end
+
 -- Settles the future (called by the pool). status: done | failed | cancelled.
 function Future:_settle(status, values, err)
   self.status = status
@@ -131,7 +167,13 @@ function Future:_settle(status, values, err)
   local cbs = self.callbacks
   if cbs then
     self.callbacks = nil
-    for i = 1, #cbs do self:_call(cbs[i]) end
+    if holds > 0 then
+      local k = due_tail + 1
+      due_tail = k
+      due_futs[k], due_cbs[k] = self, cbs
+    else
+      for i = 1, #cbs do self:_call(cbs[i]) end
+    end
   end
 end
 
