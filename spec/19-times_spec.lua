@@ -85,8 +85,8 @@ describe("times in seconds", function()
         waited = core.now() - t0
       end
     end
-    local a <close> = core.timer(0.01, cb(1, 2))
-    local b <close> = core.timer(0.01, cb(2, 1))
+    local t <close> = core.timer(0.01, cb(1, 2))
+    local t2 <close> = core.timer(0.01, cb(2, 1)) -- luacheck: ignore 211
     compute(0.03)  -- both are due when the loop next turns
     core.step()
     assert.truthy(waited, "both timers ran in one turn")
