@@ -46,6 +46,22 @@ describe("orch.pool on a broker", function()
     if pool then pool:terminate() end
   end)
 
+  it("lets an on_done callback wait for a follow-up task", function()
+    local futs, got = {}, {}
+    for i = 1, 12 do
+      futs[i] = pool:submit(function(x) return x + 1 end, i)
+      futs[i]:on_done(function()
+        if i % 3 == 0 then
+          local g = pool:submit(function(x) return x * 2 end, i)
+          got[i] = g:wait(10) and g:result() or "timeout"
+        end
+      end)
+    end
+    for i = 1, 12 do assert.equal(i + 1, futs[i]:result()) end
+    assert.is_true(H.wait_for(function() return got[12] ~= nil end, 20))
+    assert.same({ [3] = 6, [6] = 12, [9] = 18, [12] = 24 }, got)
+  end)
+
   it("runs a task on a node: its values, its error with kind, message, traceback, value", function()
     local f = pool:submit(function(a, b) return a + b, nil, "three" end, 1, 2)
     assert.same({ 3, nil, "three" }, { f:result() })

@@ -41,6 +41,7 @@ local redis = require "orch.broker.redis"
 local node = require "orch.broker.node"
 local stream = require "orch.broker.stream"
 local TaskError = require("orch.errors").TaskError
+local hold_callbacks = require("orch.future").hold
 
 local pop, push_front = backlog.pop, backlog.push_front
 
@@ -248,6 +249,7 @@ function B:_read()
   local ok = self.reader:command(stream.read_results(self.reply, self.after, READ_COUNT, BLOCK_MS),
     function(reply, err)
       self.reading = false
+      local _ <close> = hold_callbacks()  -- callbacks once the batch is settled
       if err or (type(reply) == "table" and reply.err) then
         if not err then log.warn("orch.pool: reading results: %s", reply.err) end
         return  -- read again once reconnected
