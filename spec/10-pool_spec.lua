@@ -149,6 +149,17 @@ describe("orch.pool", function()
     assert.matches("sum 45450 inner " .. want, out:gsub("\t", " "), 1, true)
   end)
 
+  it("hands a task to an idle worker at once: it runs while the script goes on computing", function()
+    local one <close> = orch.pool{ workers = 1 }
+    one:submit(function() end):result()  -- the worker is up and idle
+    local t0 = core.now()
+    local fut = one:submit(function() return require("orch.core").now() end)
+    local spin = core.now()
+    while core.now() - spin < 0.3 do end  -- no turn of the loop meanwhile
+    local started = fut:result()
+    assert.is_true(started - t0 < 0.2, "the task started " .. (started - t0) .. " s after its submit")
+  end)
+
   it("sends a task straight to an idle worker, and the rest in the order they came", function()
     local one <close> = orch.pool{ workers = 1 }
     local function started(pause) local t = core.now(); orch.sleep(pause); return t end

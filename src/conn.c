@@ -8,7 +8,9 @@
  * a frame queued with conn_queued waits for the end of the turn; before
  * the loop blocks, every conn with frames queued is written at once (a
  * before-block hook), so many sends in one turn leave in one write; what
- * the socket does not take then is written when it becomes writable.
+ * the socket does not take then is written when it becomes writable. A
+ * frame the child is idle for (conn_queued_now) goes at once if it is the
+ * first of the turn: the child starts on it while the parent goes on.
  *
  * Invariants:
  * - A conn lives inside a userdata (its holder) that the registry holds
@@ -48,12 +50,33 @@ static void queued_unlink(conn *c)
     c->next_queued = NULL;
 }
 
+/* Writes what c holds, as far as the socket takes it now; the rest when
+ * it becomes writable. */
+static void conn_flush(conn *c)
+{
+    if (c->ch.wfd < 0 || ev_is_active(&c->wio))
+        return;
+    int rc = chan_flush(&c->ch);
+    if (rc > 0)
+        ev_io_start(loop_get(), &c->wio);
+    else if (rc < 0)
+        chan_drop_out(&c->ch); /* the child is gone: its exit will tell */
+}
+
 void conn_queued(conn *c)
 {
     if (!c->queued) {
         c->queued = 1;
         c->next_queued = queued_head;
         queued_head = c;
+    }
+}
+
+void conn_queued_now(conn *c)
+{
+    if (!c->queued) {
+        conn_queued(c);
+        conn_flush(c);
     }
 }
 
@@ -65,13 +88,7 @@ static void flush_queued(void)
         queued_head = c->next_queued;
         c->queued = 0;
         c->next_queued = NULL;
-        if (c->ch.wfd < 0 || ev_is_active(&c->wio))
-            continue;
-        int rc = chan_flush(&c->ch);
-        if (rc > 0)
-            ev_io_start(loop_get(), &c->wio);
-        else if (rc < 0)
-            chan_drop_out(&c->ch); /* the child is gone: its exit will tell */
+        conn_flush(c);
     }
 }
 

@@ -595,6 +595,9 @@ ORCH_HIDDEN void conn_init(conn *c);
 ORCH_HIDDEN void conn_start(conn *c, int holder, int uv);
 /* Frames were added to c->ch.out: write them before the loop blocks. */
 ORCH_HIDDEN void conn_queued(conn *c);
+/* The same for a frame the child is idle for: written now when it is the
+ * first of the turn on c (the later ones wait for the end of the turn). */
+ORCH_HIDDEN void conn_queued_now(conn *c);
 /* Reads (all there is with drain, else a turn's budget) and dispatches,
  * the holder at hidx. 0, or -1 once the channel is at its end (closed:
  * EOF, an error, or a frame over ch.max_in). A drained ch.in that grew

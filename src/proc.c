@@ -223,8 +223,10 @@ static int proc_send(lua_State *L)
     return 1;
 }
 
-/* proc:send_task(id, task) -> end | false: a TASK frame for this worker;
- * the function's code goes with the first task that uses it. end: where
+/* proc:send_task(id, task [, idle]) -> end | false: a TASK frame for this
+ * worker; the function's code goes with the first task that uses it.
+ * idle: the worker has nothing else to do, so the frame is written at
+ * once when it is the first of the turn (conn_queued_now). end: where
  * the frame ends in what the parent writes to the child, as
  * proc:bytes_sent() counts (0 when not known: see chan.c's out_end); once
  * the child is gone, a frame whose end was never sent never reached it.
@@ -248,7 +250,10 @@ static int proc_send_task(lua_State *L)
     chan_enc_begin(L, &p->conn.ch, MSG_TASK, &e, WIRE_FUNCTIONS);
     task_put(L, &e, id, 3, first);
     chan_enc_end(L, &p->conn.ch, &e);
-    conn_queued(&p->conn);
+    if (lua_toboolean(L, 4))
+        conn_queued_now(&p->conn);
+    else
+        conn_queued(&p->conn);
     if (first) {
         lua_getiuservalue(L, 1, UV_FNS_SENT);
         lua_pushboolean(L, 1);

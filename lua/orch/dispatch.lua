@@ -189,8 +189,11 @@ local function start_head(self, w, now)
   if fut.stop_kind then escalate(fut, w) end
 end
 
-local function send_task(self, w, fut)
-  local at = w.proc:send_task(fut.id, fut.task)
+-- now: w is idle and nothing else waits (an offer): the frame is written
+-- at once, so w starts on it while the parent goes on; otherwise it
+-- leaves with the turn's others when the loop is about to block.
+local function send_task(self, w, fut, now)
+  local at = w.proc:send_task(fut.id, fut.task, now)
   if not at then
     -- its channel is closed: the worker is exiting, its exit will tell why
     retire(w)
@@ -226,7 +229,7 @@ function D:offer(fut)
   for i = 1, self.size do
     local w = slots[i]
     if usable(w) and w.it < w.ih then
-      send_task(self, w, fut)
+      send_task(self, w, fut, true)
       return true
     end
   end
