@@ -79,6 +79,30 @@ describe("fut:cancel()", function()
     end)
   end)
 
+  it("stops a whole pipeline at once: the running task and every task sent behind it", function()
+    with_pool({ workers = 1, grace = 5 }, function(pool)
+      local mark = procs.tmpname()
+      local warm = {}
+      for i = 1, 300 do warm[i] = pool:submit(function(x) return x end, i) end
+      for i = 1, 300 do warm[i]:result() end  -- tiny tasks: the deepest pipelines
+      local group = pool:group()
+      local long = group:submit(busy)
+      assert.is_true(procs.wait_until(function() return long:state() == "running" end, 5))
+      local futs = {}
+      for i = 1, 100 do futs[i] = group:submit(write, mark, "ran" .. i .. ";") end
+      orch.sleep(0.1)
+      local sent = select(4, pool.dispatcher:stats())
+      assert.is_true(sent >= 32, "tasks sent ahead of the running one: " .. sent)
+      group:cancel()
+      assert.is_true(long:wait(5))
+      for i = 1, 100 do
+        assert.is_true(futs[i]:wait(5))
+        assert.equal("cancelled", futs[i]:state())
+      end
+      assert.equal("", procs.slurp(mark) or "")
+    end)
+  end)
+
   it("interrupts a busy Lua loop: <close> and pcall cleanup run, the worker survives", function()
     with_pool({ workers = 1, grace = 5 }, function(pool)
       local log = procs.tmpname()

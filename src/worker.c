@@ -32,7 +32,7 @@
 #include "orch.h"
 
 #define NO_TASK (-1)
-#define RING 64
+#define RING 128 /* more than a worker's pipeline (dispatch.lua's PIPELINE_MAX) */
 
 static lua_State *task_L;         /* the thread tasks run on */
 static chan ch = {.rfd = -1, .wfd = -1}; /* to the parent; rfd -1: not in a child of orch */
@@ -85,6 +85,8 @@ static void stop_handler(int sig, siginfo_t *si, void *uc)
 static int ring_level(int id)
 {
     int best = 0;
+    if (ring_n == 0)
+        return 0; /* no request yet: most workers, all their lives */
     for (int k = 0; k < RING; k++) {
         int v = ring[k], key, level;
         if (v == 0)

@@ -81,10 +81,10 @@ local retire = workers.retire
 -- fit in PIPELINE_SECONDS of the mean task time, at most PIPELINE_MAX.
 -- Short tasks then cost no round trip each, and long ones are never stuck
 -- behind each other on one worker while another idles.
-local PIPELINE_MAX = 32
+local PIPELINE_MAX = 64
 -- Slots in a worker's ring: task number i sits at inflight[i % RING + 1].
 -- A worker holds at most PIPELINE_MAX tasks (refill, pump).
-local RING = 64
+local RING = 128
 local PIPELINE_SECONDS = 0.002
 local CORES = core.cpu_count()  -- cores online
 
