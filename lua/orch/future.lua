@@ -10,8 +10,10 @@
 local check = require "orch.check"
 local loop = require "orch.loop"
 local child = require "orch.child"
+local deque = require "orch.deque"
 local TaskError = require("orch.errors").TaskError
 local clear_steps = child.clear_steps
+local push, pop = deque.push, deque.pop
 
 --- The parent's handle on one task, made by pool:submit and group:submit.
 -- @type Future
@@ -131,17 +133,15 @@ end
 -- would wait in the middle of the batch for tasks that no worker is given.
 -- Held callbacks run in the order their futures settled.
 local holds = 0
-local due_futs, due_cbs, due_head, due_tail = {}, {}, 1, 0
+local due = deque.new()  -- each future settled under a hold, then its callbacks
 
 local function run_due()
-  while due_head <= due_tail do
-    local k = due_head
-    due_head = k + 1
-    local fut, cbs = due_futs[k], due_cbs[k]
-    due_futs[k], due_cbs[k] = nil, nil
+  local fut = pop(due)
+  while fut do
+    local cbs = pop(due)
     for i = 1, #cbs do fut:_call(cbs[i]) end
+    fut = pop(due)
   end
-  due_head, due_tail = 1, 0
 end
 
 local HOLD = setmetatable({}, { __close = function(_, err)
@@ -168,9 +168,8 @@ function Future:_settle(status, values, err)
   if cbs then
     self.callbacks = nil
     if holds > 0 then
-      local k = due_tail + 1
-      due_tail = k
-      due_futs[k], due_cbs[k] = self, cbs
+      push(due, self)
+      push(due, cbs)
     else
       for i = 1, #cbs do self:_call(cbs[i]) end
     end
