@@ -93,7 +93,7 @@ describe("times in seconds", function()
     assert.is_true(waited < 0.5, "the inner wait took " .. waited .. " s")
   end)
 
-  it("a nested step with a timeout leaves the outer step's limit alone", function()
+  it("a wait with a time limit inside a callback of another such wait: each ends on time", function()
     local loop = require "orch.loop"
     local inner_took
     local t <close> = core.timer(0.05, function()
