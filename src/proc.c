@@ -223,10 +223,10 @@ static int proc_send(lua_State *L)
     return 1;
 }
 
-/* proc:send_task(id, task [, idle]) -> end | false: a TASK frame for this
+/* proc:send_task(id, task [, now]) -> end | false: a TASK frame for this
  * worker; the function's code goes with the first task that uses it.
- * idle: the worker has nothing else to do, so the frame is written at
- * once when it is the first of the turn (conn_queued_now). end: where
+ * now: the worker is idle for it, so the frame is written at once when it
+ * is the first of the turn (conn_queued_now). end: where
  * the frame ends in what the parent writes to the child, as
  * proc:bytes_sent() counts (0 when not known: see chan.c's out_end); once
  * the child is gone, a frame whose end was never sent never reached it.

@@ -139,6 +139,11 @@ local function usable(w)
   return w and not (w.retiring or w.in_init or w.dead)
 end
 
+-- w can take a task and has none: its ring is empty.
+local function idle(w)
+  return usable(w) and w.it < w.ih
+end
+
 -- A task leaves its worker for good (answered, or its worker is gone).
 local function leave(self, fut)
   fut.worker = nil
@@ -228,7 +233,7 @@ function D:offer(fut)
   local slots = self.slots
   for i = 1, self.size do
     local w = slots[i]
-    if usable(w) and w.it < w.ih then
+    if idle(w) then
       send_task(self, w, fut, true)
       return true
     end
@@ -244,7 +249,7 @@ function D:pump()
   local slots, size = self.slots, self.size
   for i = 1, size do
     local w = slots[i]
-    if usable(w) and w.it < w.ih then
+    if idle(w) then
       local fut = pop(bl)
       if not fut then return end
       send_task(self, w, fut)
@@ -605,18 +610,18 @@ end
 --- live workers, idle workers, running tasks, tasks sent ahead (not
 -- started), workers replaced.
 function D:stats()
-  local idle, live, ahead = 0, 0, 0
+  local n_idle, live, ahead = 0, 0, 0
   for i = 1, self.size do
     local w = self.slots[i]
     if w and not w.dead then
       live = live + 1
-      if w.it < w.ih then idle = idle + 1 end
+      if w.it < w.ih then n_idle = n_idle + 1 end
       for _, fut in ipairs(inflight_list(w)) do
         if fut.status == "queued" then ahead = ahead + 1 end
       end
     end
   end
-  return live, idle, self.n_running, ahead, self.restarts
+  return live, n_idle, self.n_running, ahead, self.restarts
 end
 
 function D:start()
