@@ -99,7 +99,7 @@ local modules = {
   ["orch.core"] = {
     -- every file of src/*.c
     sources = {
-      "src/alloc.c", "src/array.c", "src/chan.c", "src/chan_enc.c", "src/chunk.c",
+      "src/alloc.c", "src/alloc_big.c", "src/array.c", "src/chan.c", "src/chan_enc.c", "src/chunk.c",
       "src/conn.c", "src/control.c", "src/control_client.c", "src/core.c",
       "src/dispatch.c", "src/exit.c", "src/joblog.c", "src/limits.c", "src/loop.c",
       "src/memfd.c", "src/proc.c", "src/redis.c", "src/sha256.c", "src/sig.c",

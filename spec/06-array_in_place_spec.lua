@@ -119,10 +119,10 @@ describe("integers in place", function()
   end)
 
   -- In a process of its own under a 2 GB address space limit, so that the
-  -- allocation fails on any machine; a state left with the wrapped
-  -- allocator (a dead stack frame) would crash at the allocations after.
-  -- (ASan cannot run under such a limit.)
-  it("gives the state its own allocator back when the table cannot be made #noasan", function()
+  -- allocation fails on any machine (the big block's mapping, then the
+  -- state's own allocator); the state goes on allocating after it. (ASan
+  -- cannot run under such a limit.)
+  it("says 'not enough memory' when the table cannot be made, and the state goes on #noasan", function()
     local out, code = orch_spec.run_lua([[
       local core = require "orch.core"
       local ok, err = pcall(core.array, 0x7fffffff) -- 32 GB

@@ -103,6 +103,7 @@ static void *child_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 
 void alloc_child_init(lua_State *L)
 {
+    alloc_big_forked();
     void *ud;
     if (lua_getallocf(L, &ud) == child_alloc)
         return; /* a child of a child: the slab came with the heap */

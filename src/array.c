@@ -16,8 +16,8 @@
  * shrunk by the length operator, a hash part). If anything disagrees,
  * array_of always says "no array part" and callers keep to the API.
  *
- * array(n) makes the table map's results are decoded into, with its
- * array part in huge pages where it is big (huge_alloc, below).
+ * array(n) makes the table map's results are decoded into, at its full
+ * size.
  *
  * Invariants: only integers are written (not collectable: no GC barrier
  * is needed, whatever the table's colour), and only into slots of the
@@ -27,7 +27,6 @@
  */
 #include <stdint.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "orch.h"
 
@@ -161,52 +160,16 @@ static int l_set_array_in_place(lua_State *L)
     return 0;
 }
 
-/* The state's allocator, wrapped while l_array makes its table: a block
- * of two huge pages or more has huge pages asked for on its aligned
- * inside (MADV_HUGEPAGE). A map of a million items has a 16 MiB array
- * part, which Lua clears when it makes it: in 4 KiB pages that is 4,096
- * page faults, which cost the parent more than decoding the results. */
-typedef struct {
-    lua_Alloc f;
-    void *ud;
-} state_alloc;
-
-#define HUGE_PAGE ((uintptr_t)2 << 20)
-
-static void *huge_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    state_alloc *a = ud;
-    void *p = a->f(a->ud, ptr, osize, nsize);
-    if (p && nsize >= 2 * HUGE_PAGE) {
-        uintptr_t start = ((uintptr_t)p + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
-        uintptr_t end = ((uintptr_t)p + nsize) & ~(HUGE_PAGE - 1);
-        madvise((void *)start, end - start, MADV_HUGEPAGE);
-    }
-    return p;
-}
-
-static int new_array(lua_State *L)
-{
-    lua_createtable(L, (int)lua_tointeger(L, 1), 0);
-    return 1;
-}
-
-/* array(n) -> a table with room for n array items (map's results). The
- * table is made in a protected call, so that the state's own allocator is
- * back before an error (out of memory) goes on. */
+/* array(n) -> a table with room for n array items (map's results). Its
+ * array part, when big, is in huge pages like any big block of the
+ * state's (alloc_big.c): a million items are 16 MiB that Lua clears as
+ * it makes them, and 4,096 faults of 4 KiB pages would cost the parent
+ * more than decoding the results. */
 static int l_array(lua_State *L)
 {
     lua_Integer n = luaL_checkinteger(L, 1);
     luaL_argcheck(L, n >= 0 && n <= 0x7fffffff, 1, "size out of range");
-    state_alloc a;
-    a.f = lua_getallocf(L, &a.ud);
-    lua_pushcfunction(L, new_array);
-    lua_pushinteger(L, n);
-    lua_setallocf(L, huge_alloc, &a);
-    int status = lua_pcall(L, 1, 1, 0);
-    lua_setallocf(L, a.f, a.ud);
-    if (status != LUA_OK)
-        return lua_error(L);
+    lua_createtable(L, (int)n, 0);
     return 1;
 }
 

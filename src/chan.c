@@ -26,15 +26,15 @@
  * sends the fd on its socket, on a byte of its own, before the frame
  * leaves, and the parent takes it from there when it meets the frame.
  * Either way the n-th big frame read goes with the n-th fd received. The
- * reader checks the fd (memfd.c) and maps it; the real length answers to
+ * reader checks the fd (memfd.c) and reads the payload in; the real length answers to
  * max_in as a plain frame's does. A memfd that cannot be made leaves the
  * frame as it is (the bytes through the channel).
  *
  * The parent's big frames go in the channel's shared memfd (memfd.c)
  * when the child is done with the last one: length BIG_SHARED, the
  * payload at MEMFD_SHARED_AT in the memfd whose fd comes with the frame.
- * The child maps it for that frame, as it does a sealed one, and lets the
- * payload go when it unmaps it. A small frame from the parent drops the
+ * The child reads it in, as it does a sealed one, and lets the payload go
+ * once read. A small frame from the parent drops the
  * shared memfd: it is kept while big frames follow each other. Only the
  * child's end reads these frames; the parent's refuses them.
  *
@@ -78,9 +78,9 @@
 /* What chan_next knows of the head of `in`. */
 enum {
     HEAD_NONE,    /* nothing: look */
-    HEAD_BIG,     /* a big frame, mapped, not taken yet */
+    HEAD_BIG,     /* a big frame, read in, not taken yet */
     HEAD_REFUSED, /* a big frame refused (c->why), not taken yet */
-    HEAD_TAKEN    /* the big frame taken; its mapping stays until the next look */
+    HEAD_TAKEN    /* the big frame taken; its payload stays until the next look */
 };
 
 static int is_socket(int fd)
@@ -128,14 +128,11 @@ void chan_close(chan *c)
         wbuf_free(&c->out);
 }
 
-static void unmap_head(chan *c)
+static void free_head(chan *c)
 {
-    if (c->head_shared)
-        memfd_let_go(c->map);
-    memfd_unmap(c->map, c->map_len);
-    c->head_shared = 0;
-    c->map = NULL;
-    c->map_len = 0;
+    memfd_payload_free(c->big);
+    c->big = NULL;
+    c->big_len = 0;
     c->head = HEAD_NONE;
 }
 
@@ -143,12 +140,12 @@ void chan_drop_in(chan *c)
 {
     c->in.off = c->in.len;
     if (c->head == HEAD_BIG || c->head == HEAD_REFUSED)
-        unmap_head(c);
+        free_head(c);
 }
 
 void chan_free_in(chan *c)
 {
-    unmap_head(c);
+    free_head(c);
     wbuf_free(&c->in);
 }
 
@@ -430,11 +427,10 @@ static int next_fd(chan *c)
 }
 
 /* The big frame whose header is at h (its 8 bytes there): its fd taken
- * and mapped, a sealed memfd's payload, or the writer's shared memfd's
- * header and payload (shared: the child's end, which writes the header on
- * letting go). HEAD_BIG, HEAD_REFUSED (c->why), or -1 for a length over
- * max_in (the fd closed: the channel is out of sync). */
-static int map_big(chan *c, const unsigned char *h, int shared)
+ * and its payload read in, from a sealed memfd or the writer's shared
+ * memfd (shared: the child's end). HEAD_BIG, HEAD_REFUSED (c->why), or -1
+ * for a length over max_in (the fd closed: the channel is out of sync). */
+static int read_big(chan *c, const unsigned char *h, int shared)
 {
     uint64_t n = get_u64(h + FRAME_HEADER);
     int fd = next_fd(c);
@@ -445,19 +441,18 @@ static int map_big(chan *c, const unsigned char *h, int shared)
     }
     if (fd < 0)
         return HEAD_REFUSED;
-    int r = shared ? memfd_map_shared(fd, (size_t)n, &c->map, &c->why)
-                   : memfd_map(fd, (size_t)n, &c->map, &c->why);
+    int r = shared ? memfd_read_shared(fd, (size_t)n, &c->big, &c->why)
+                   : memfd_read(fd, (size_t)n, &c->big, &c->why);
     if (r < 0)
         return HEAD_REFUSED;
-    c->map_len = (shared ? MEMFD_SHARED_AT : 0) + (size_t)n;
-    c->head_shared = shared;
+    c->big_len = (size_t)n;
     return HEAD_BIG;
 }
 
 int chan_next(chan *c, int *type, const char **payload, size_t *plen)
 {
     if (c->head == HEAD_TAKEN)
-        unmap_head(c);
+        free_head(c);
     wbuf *b = &c->in;
     const unsigned char *h = (const unsigned char *)b->data + b->off;
     if (c->head == HEAD_NONE) {
@@ -476,7 +471,7 @@ int chan_next(chan *c, int *type, const char **payload, size_t *plen)
             return -1; /* no frame has that length: the stream is out of sync */
         if (b->len - b->off < BIG_HEADER)
             return 0;
-        int r = map_big(c, h, n == BIG_SHARED);
+        int r = read_big(c, h, n == BIG_SHARED);
         if (r < 0)
             return -1;
         c->head = r;
@@ -485,9 +480,8 @@ int chan_next(chan *c, int *type, const char **payload, size_t *plen)
     *type = h[4];
     if (c->head == HEAD_REFUSED)
         return -2;
-    size_t skip = c->head_shared ? MEMFD_SHARED_AT : 0;
-    *payload = c->map ? (const char *)c->map + skip : "";
-    *plen = c->map_len - skip;
+    *payload = c->big ? (const char *)c->big : "";
+    *plen = c->big_len;
     return 1;
 }
 
@@ -609,7 +603,7 @@ ssize_t chan_fill(chan *c, size_t max)
 {
     wbuf *b = &c->in;
     if (c->head == HEAD_TAKEN)
-        unmap_head(c);
+        free_head(c);
     if (b->off == b->len)
         wbuf_reset(b); /* drained: a large buffer is given back */
     size_t want = FILL_CHUNK;
@@ -643,7 +637,7 @@ ssize_t chan_fill_spin(chan *c, long ns)
 {
     wbuf *b = &c->in;
     if (c->head == HEAD_TAKEN)
-        unmap_head(c);
+        free_head(c);
     if (b->off == b->len)
         wbuf_reset(b); /* drained: a large buffer is given back */
     struct timespec t0, t;

@@ -27,6 +27,25 @@ static int l_getpid(lua_State *L)
     return 1;
 }
 
+/* big_blocks() -> {made =, mapped =, kept =, kept_bytes =}: the big
+ * blocks of this process (alloc_big.c) handed out so far, how many of
+ * them were new mappings, and the freed ones kept for reuse now. */
+static int l_big_blocks(lua_State *L)
+{
+    alloc_big_counts c;
+    alloc_big_stats(&c);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, (lua_Integer)c.made);
+    lua_setfield(L, -2, "made");
+    lua_pushinteger(L, (lua_Integer)c.mapped);
+    lua_setfield(L, -2, "mapped");
+    lua_pushinteger(L, (lua_Integer)c.kept);
+    lua_setfield(L, -2, "kept");
+    lua_pushinteger(L, (lua_Integer)c.kept_bytes);
+    lua_setfield(L, -2, "kept_bytes");
+    return 1;
+}
+
 /* orch.core keeps state for the life of the process, not of the Lua
  * state that loaded it: the loop, and signal handlers (libev's, a child's
  * stop handler) that the kernel calls by address. lua_close unloads C
@@ -72,6 +91,7 @@ static void watch_state(lua_State *L)
 __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
 {
     pin_module();
+    alloc_big_init(L);
     watch_state(L);
     lua_newtable(L);
     loop_open(L);
@@ -89,7 +109,8 @@ __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
     control_client_open(L); /* orch ctl's end of it */
     tty_open(L);     /* orch top's terminal */
     static const luaL_Reg fns[] = {
-        {"cpu_count", l_cpu_count}, {"getpid", l_getpid}, {NULL, NULL}};
+        {"cpu_count", l_cpu_count}, {"getpid", l_getpid}, {"big_blocks", l_big_blocks},
+        {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);
     static const struct { const char *name; int value; } msgs[] = {
         {"TASK", MSG_TASK}, {"QUIT", MSG_QUIT}, {"REPLY", MSG_REPLY},

@@ -24,6 +24,7 @@ static struct ev_loop *loop;
 static ev_prepare before_block;
 static loop_hook hooks[MAX_HOOKS];
 static int nhooks;
+static ev_timer kept_timer;            /* lets kept big blocks go (alloc_big.c) */
 static int pending_error = LUA_NOREF;  /* registry ref of a callback error */
 static lua_State *running_L;          /* the thread inside step(), for callbacks */
 static unsigned long calls;           /* callbacks into Lua so far */
@@ -86,11 +87,32 @@ void loop_on_before_block(loop_hook fn)
         hooks[nhooks++] = fn;
 }
 
+static void kept_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+    (void)w; (void)revents;
+    ev_ref(l); /* it stopped itself: undo its ev_unref */
+    alloc_big_expire();
+}
+
+/* Big blocks kept for reuse go once they have waited long enough
+ * (alloc_big.c), also while no more big values come: a timer for the
+ * oldest, which keeps no loop alive. */
+static void watch_kept(struct ev_loop *l)
+{
+    double left = alloc_big_expiry();
+    if (left < 0 || ev_is_active(&kept_timer))
+        return;
+    ev_timer_set(&kept_timer, left + 0.01, 0.);
+    ev_timer_start(l, &kept_timer);
+    ev_unref(l);
+}
+
 static void before_block_cb(struct ev_loop *l, ev_prepare *w, int revents)
 {
-    (void)l; (void)w; (void)revents;
+    (void)w; (void)revents;
     for (int k = 0; k < nhooks; k++)
         hooks[k]();
+    watch_kept(l);
 }
 
 lua_Number loop_check_seconds(lua_State *L, int arg)
@@ -263,6 +285,7 @@ static struct ev_loop *loop_create(void)
         return NULL;
     ev_prepare_init(&before_block, before_block_cb);
     ev_prepare_start(l, &before_block);
+    ev_timer_init(&kept_timer, kept_timer_cb, 0., 0.);
     ev_unref(l);  /* the hooks alone keep no loop alive */
     return l;
 }

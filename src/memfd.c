@@ -2,16 +2,22 @@
  * memfd.c - big payloads out of band: a sealed memfd holds the bytes, and
  * its file descriptor crosses a Unix socket (SCM_RIGHTS) instead of the
  * bytes themselves. chan.c decides when; this file only makes, checks,
- * maps and moves such files (plumbing: 0 / -1, no Lua).
+ * reads and moves such files (plumbing: 0 / -1, no Lua).
+ *
+ * The reader copies a payload out (pread) into a block of its own
+ * (alloc_big.c: kept for the next big payload, its pages there already)
+ * and decodes from that. Mapping the memfd instead costs a page fault
+ * for every 4 KiB of every frame, which on a virtual machine costs
+ * several times the copy.
  *
  * Invariants:
  * - A memfd handed to the other process is sealed against writing,
- *   shrinking and growing, and its seals against change: the reader's
- *   mapping can neither change under its decoder nor lose pages (no
- *   SIGBUS), whatever the writer does afterwards.
- * - A file descriptor received is checked before it is mapped (a memfd,
+ *   shrinking and growing, and its seals against change. The reader
+ *   decodes its own copy in any case: what the writer does to the file
+ *   afterwards can change nothing under the decoder.
+ * - A file descriptor received is checked before it is read (a memfd,
  *   sealed so, at least as long as announced) and is closed by
- *   memfd_map whatever the outcome: nothing received stays open.
+ *   memfd_read whatever the outcome: nothing received stays open.
  * - Every descriptor received gets close-on-exec (MSG_CMSG_CLOEXEC): a
  *   task that execs never inherits one.
  *
@@ -22,12 +28,11 @@
  * pages stay. It is never sealed, so only the child, which trusts its
  * parent anyway, reads one: the parent reads sealed memfds only. Its
  * first MEMFD_SHARED_AT bytes are a header whose first word the child
- * sets to 1 once it is done with the payload; the parent writes the next
+ * sets to 1 once it has read the payload; the parent writes the next
  * payload only after it reads that 1, else it falls back to a sealed
- * memfd. Each frame takes a new fd of it, which the child maps for that
- * frame only, as it does a sealed one. The memory a process keeps so is
- * bounded (SHARED_BUDGET), and chan.c drops a channel's once a small
- * frame follows.
+ * memfd. Each frame takes a new fd of it, which the child reads and
+ * closes. The memory a process keeps so is bounded (SHARED_BUDGET), and
+ * chan.c drops a channel's once a small frame follows.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -86,32 +91,63 @@ int memfd_from(const struct iovec *v, int nv)
     return fd;
 }
 
-int memfd_map(int fd, size_t n, void **map, const char **why)
+/* n bytes of fd from byte at on into p. 0, or -1 (a read failed or the
+ * file ended first). */
+static int read_at(int fd, size_t at, void *p, size_t n)
+{
+    char *q = p;
+    while (n > 0) {
+        ssize_t r = pread(fd, q, n, (off_t)at);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        q += r;
+        at += (size_t)r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* n bytes of fd from byte at on, into a block of their own (*buf; NULL
+ * for none). 0, or -1 with *why. */
+static int read_payload(int fd, size_t at, size_t n, void **buf, const char **why)
+{
+    if (n == 0)
+        return 0;
+    if ((*buf = alloc_big_block(n)) == NULL) {
+        *why = "not enough memory";
+        return -1;
+    }
+    if (read_at(fd, at, *buf, n) < 0) {
+        alloc_big_block_free(*buf);
+        *buf = NULL;
+        *why = "big frame: the memfd could not be read";
+        return -1;
+    }
+    return 0;
+}
+
+int memfd_read(int fd, size_t n, void **buf, const char **why)
 {
     struct stat st;
-    *map = NULL;
-    int seals = fcntl(fd, F_GET_SEALS);
+    *buf = NULL;
+    int seals = fcntl(fd, F_GET_SEALS), r = -1;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || seals < 0)
         *why = "big frame: the file descriptor is not a memfd";
     else if ((seals & SEALS_NEEDED) != SEALS_NEEDED)
         *why = "big frame: the memfd is not sealed against writing and shrinking";
     else if ((uint64_t)st.st_size < (uint64_t)n)
         *why = "big frame: the size is beyond the end of the memfd";
-    else if (n > 0
-             && (*map = mmap(NULL, n, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0)) == MAP_FAILED)
-        *why = errno == ENOMEM ? "not enough memory" : "big frame: mmap failed";
+    else
+        r = read_payload(fd, 0, n, buf, why);
     close(fd);
-    if (*map == MAP_FAILED)
-        *map = NULL;
-    else if (*why == NULL)
-        return 0;
-    return -1;
+    return r;
 }
 
-void memfd_unmap(void *map, size_t n)
+void memfd_payload_free(void *buf)
 {
-    if (map)
-        munmap(map, n);
+    alloc_big_block_free(buf);
 }
 
 /* The control message that carries fd, in buf (its padding zeroed too). */
@@ -222,8 +258,8 @@ void memfd_shared_close(memfd_shared *s)
 }
 
 /* s at the size for a payload of n bytes: made, grown, or shrunk when it
- * is over twice that (a reader maps only what its frame needs, so
- * shrinking never takes a page from under it). 0, or -1 (s unchanged). */
+ * is over twice that (called once the reader has let the last payload
+ * go). 0, or -1 (s unchanged). */
 static int fit(memfd_shared *s, size_t n)
 {
     size_t need = MEMFD_SHARED_AT + n;
@@ -264,26 +300,19 @@ int memfd_shared_put(memfd_shared *s, const struct iovec *v, int nv, size_t n, i
     return 0;
 }
 
-int memfd_map_shared(int fd, size_t n, void **map, const char **why)
+int memfd_read_shared(int fd, size_t n, void **buf, const char **why)
 {
+    static const uint32_t done = 1;
     struct stat st;
-    size_t len = MEMFD_SHARED_AT + n;
-    *map = MAP_FAILED;
+    *buf = NULL;
+    int r = -1;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
         *why = "big frame: the file descriptor is not a memfd";
-    else if ((uint64_t)st.st_size < (uint64_t)len)
+    else if ((uint64_t)st.st_size < (uint64_t)MEMFD_SHARED_AT + n)
         *why = "big frame: the size is beyond the end of the shared memfd";
-    else if ((*map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0))
-             == MAP_FAILED)
-        *why = errno == ENOMEM ? "not enough memory" : "big frame: mmap failed";
+    else
+        r = read_payload(fd, MEMFD_SHARED_AT, n, buf, why);
+    (void)write_at(fd, 0, &done, sizeof done); /* let go, read or not */
     close(fd);
-    if (*map != MAP_FAILED)
-        return 0;
-    *map = NULL;
-    return -1;
-}
-
-void memfd_let_go(void *map)
-{
-    __atomic_store_n((uint32_t *)map, 1, __ATOMIC_RELEASE);
+    return r;
 }

@@ -300,10 +300,12 @@ static inline void stop_unpack(int value, int *key, int *level)
  * sends the bytes instead). */
 ORCH_HIDDEN int memfd_from(const struct iovec *v, int nv);
 /* Checks the received fd (a memfd sealed against writing and shrinking,
- * at least n bytes long), maps its first n bytes read-only into *map
- * (NULL for n = 0), and closes fd whatever happens. 0, or -1 with *why. */
-ORCH_HIDDEN int memfd_map(int fd, size_t n, void **map, const char **why);
-ORCH_HIDDEN void memfd_unmap(void *map, size_t n);
+ * at least n bytes long), reads its first n bytes into a block of their
+ * own, *buf (NULL for n = 0), and closes fd whatever happens. 0, or -1
+ * with *why. */
+ORCH_HIDDEN int memfd_read(int fd, size_t n, void **buf, const char **why);
+/* Frees a payload memfd_read or memfd_read_shared read (NULL: none). */
+ORCH_HIDDEN void memfd_payload_free(void *buf);
 /* sendmsg of p[0..n) with fd attached (SCM_RIGHTS, MSG_NOSIGNAL): bytes
  * sent (the fd went with them when > 0), or -1 with errno. */
 ORCH_HIDDEN ssize_t memfd_send_with(int sock, const char *p, size_t n, int fd, int flags);
@@ -333,15 +335,13 @@ typedef struct memfd_shared {
  * memfd instead). */
 ORCH_HIDDEN int memfd_shared_put(memfd_shared *s, const struct iovec *v, int nv, size_t n,
                                  int *send_fd);
-/* Closes s (a reader's mapping stays whole). */
+/* Closes s. */
 ORCH_HIDDEN void memfd_shared_close(memfd_shared *s);
 /* The reader: checks the shared memfd fd (a memfd of at least
- * MEMFD_SHARED_AT + n bytes), maps that much read-write into *map and
- * closes fd whatever happens. 0, or -1 with *why. */
-ORCH_HIDDEN int memfd_map_shared(int fd, size_t n, void **map, const char **why);
-/* Tells the writer the payload in the shared memfd mapped at map may be
- * written over. */
-ORCH_HIDDEN void memfd_let_go(void *map);
+ * MEMFD_SHARED_AT + n bytes), reads the payload into a block of its own
+ * (*buf, as memfd_read), lets the writer write over it, and closes fd
+ * whatever happens. 0, or -1 with *why. */
+ORCH_HIDDEN int memfd_read_shared(int fd, size_t n, void **buf, const char **why);
 
 /* ---- chan.c: a framed endpoint (plumbing; chan_enc_* raise) -----------
  * Frames come in from rfd into `in`, go out from `out` to wfd. At most one
@@ -371,9 +371,8 @@ typedef struct chan {
     int n_out_fds;
     int head;          /* HEAD_* in chan.c: what chan_next knows of in's head */
     size_t head_len;   /* its bytes in `in` */
-    void *map;         /* the head's mapped payload (big frames) */
-    size_t map_len;
-    int head_shared;   /* that payload is in the writer's shared memfd */
+    void *big;         /* the head's payload, read in (big frames) */
+    size_t big_len;
     int share_out;     /* big frames out go in `shared` (the parent's end) */
     memfd_shared shared;
     const char *why;   /* why a big frame was refused (chan_next -2) */
@@ -546,6 +545,31 @@ ORCH_HIDDEN void sig_child_restore(const sigset_t *mask);
 /* In a fresh child: small Lua objects come from then on from a slab of the
  * child's own instead of from free chunks in pages shared with the parent. */
 ORCH_HIDDEN void alloc_child_init(lua_State *L);
+
+/* ---- alloc_big.c: big blocks in huge pages, kept for reuse ------------- */
+/* Wraps the state's allocator (once per process): blocks of 2 MiB or more
+ * are mappings of their own, and freed ones are kept a while for reuse. */
+ORCH_HIDDEN void alloc_big_init(lua_State *L);
+/* In a forked child: the kept blocks (the parent's) go, and inherited
+ * blocks are never kept. */
+ORCH_HIDDEN void alloc_big_forked(void);
+/* A block of at least n bytes for C's own use (a big frame's payload,
+ * read in): a kept one when one fits, else a new mapping; NULL if none
+ * can be made. Freed by alloc_big_block_free, which keeps it for reuse. */
+ORCH_HIDDEN void *alloc_big_block(size_t n);
+ORCH_HIDDEN void alloc_big_block_free(void *p);
+/* How many big blocks have been handed out so far (to Lua or C). */
+ORCH_HIDDEN unsigned long alloc_big_made(void);
+typedef struct alloc_big_counts {
+    unsigned long made, mapped; /* blocks handed out; of those, new mappings */
+    size_t kept, kept_bytes;    /* freed blocks kept now */
+} alloc_big_counts;
+ORCH_HIDDEN void alloc_big_stats(alloc_big_counts *c);
+/* Seconds until the oldest kept block is due to go (-1: none kept);
+ * alloc_big_expire lets go of those due, alloc_big_trim of all. */
+ORCH_HIDDEN double alloc_big_expiry(void);
+ORCH_HIDDEN void alloc_big_expire(void);
+ORCH_HIDDEN void alloc_big_trim(void);
 
 /* ---- limits.c: a worker's resource limits (plumbing) ------------------- */
 typedef struct worker_limits {

@@ -215,11 +215,23 @@ static void take_frame(int deferred_one, size_t plen)
  * core is free for it (spin_pays): among more runnable processes than
  * cores, the poll takes the core from the parent or a busy worker. */
 #define SPIN_NS 50000L
+#define KEEP_IDLE_MS 1000 /* idle this long, the big blocks kept go */
 
 /* Finds the next frame: from `deferred` first unless want_reply, then from
  * the channel, blocking. With want_reply, frames that are not MSG_REPLY are
  * moved to `deferred`. Returns 1 with *deferred_one saying where the frame
  * is (take it with take_frame), 0 at EOF, raises on a bad frame. */
+/* Whether the parent's channel has bytes to read within ms. */
+static int frame_within(int ms)
+{
+    struct pollfd p = {.fd = ch.rfd, .events = POLLIN};
+    int r;
+    do
+        r = poll(&p, 1, ms);
+    while (r < 0 && errno == EINTR);
+    return r != 0;
+}
+
 static int next_frame(lua_State *L, int want_reply, int *deferred_one, int *type,
                       const char **payload, size_t *plen)
 {
@@ -247,6 +259,8 @@ static int next_frame(lua_State *L, int want_reply, int *deferred_one, int *type
         errno = EAGAIN;
         if (spin_pays())
             n = chan_fill_spin(&ch, SPIN_NS);
+        if (n < 0 && errno == EAGAIN && alloc_big_expiry() >= 0 && !frame_within(KEEP_IDLE_MS))
+            alloc_big_trim(); /* idle: big blocks kept for the next task go */
         if (n < 0 && errno == EAGAIN)
             n = chan_fill(&ch, (size_t)-1);
         if (n == 0 || (n < 0 && errno != EAGAIN))
@@ -506,6 +520,7 @@ static int l_serve(lua_State *L)
             continue;
         frame_id = NO_FRAME;
         last_failed = 0;
+        unsigned long big = alloc_big_made();
         limits_task_start();
         lua_pushcfunction(L, run_frame);
         lua_pushlightuserdata(L, (void *)payload);
@@ -522,13 +537,23 @@ static int l_serve(lua_State *L)
         /* Each result leaves before the next task starts: a worker that
          * dies in that task must not take finished results with it. Then
          * the signal mask and handlers the task may have changed (the stop
-         * signal blocked) are put back, before the next task. */
+         * signal blocked) are put back, before the next task. A task
+         * that got or made big values (alloc_big.c) is followed by a full
+         * collection: their memory is back, kept for the next such task,
+         * instead of dead megabytes waiting for the collector's next
+         * cycle while the next ones are made. Blocks are kept while such
+         * tasks follow each other: a task without big values, or a second
+         * idle (KEEP_IDLE_MS), lets them go. */
         int flushed = chan_flush_blocking(&ch);
         sig_child_restore(&mask);
         if (flushed < 0)
             break;
         if (frame_id == 0 && last_failed)
             child_exit(EXIT_INIT_FAILED); /* this worker is of no use */
+        if (alloc_big_made() != big)
+            lua_gc(L, LUA_GCCOLLECT);
+        else
+            alloc_big_trim();
         if (limits_over_memory())
             retire(L, "resident"); /* a fresh worker takes the next task */
     }

@@ -1,0 +1,138 @@
+-- Big blocks (src/alloc_big.c): the state's blocks of 2 MiB or more, and
+-- big frames' payloads read in, are huge-page mappings of their own, and
+-- freed ones are kept for reuse. Real strings and tables through the
+-- wrapped allocator, real workers, their resident memory read from /proc.
+local orch = require "orch"
+local core = require "orch.core"
+local H = orch_spec
+
+local MB = 1 << 20
+
+local function rss(pid)
+  local s = H.read_file("/proc/" .. pid .. "/status") or ""
+  return tonumber(s:match("VmRSS:%s+(%d+)")) * 1024
+end
+
+-- A string of n bytes that is not one byte repeated: a mix-up of pieces shows.
+local function big(n, seed)
+  local piece = ("%08d"):format(seed) .. ("abcdefghijklmnopqrstuvwxyz"):rep(3)
+  return (piece:rep(n // #piece + 1)):sub(1, n)
+end
+
+describe("big blocks", function()
+  it("strings and tables made, grown, shrunk and freed across 2 MiB keep every byte", function()
+    for _, n in ipairs({ 2 * MB - 64, 2 * MB - 25, 2 * MB, 2 * MB + 1, 5 * MB + 3, 33 * MB }) do
+      local s = big(n, n)
+      assert.are.equal(n, #s)
+      assert.are.equal(big(n, n), s)
+      assert.are.equal(("%08d"):format(n), s:sub(1, 8))
+    end
+    -- an array part grown through the wrapped allocator from a few slots
+    -- to 32 MiB (Lua reallocates it), then cut down by a rehash
+    local t = {}
+    for i = 1, 2000000 do t[i] = i * 3 end
+    for i = 1, 2000000, 99991 do assert.are.equal(i * 3, t[i]) end
+    for i = 2000000, 1001, -1 do t[i] = nil end
+    t.x = 1 -- a rehash: the array part shrinks to its 1000 items
+    for i = 1, 1000 do assert.are.equal(i * 3, t[i]) end
+    assert.are.equal(1000, #t)
+    local parts = {}
+    for i = 1, 64 do parts[i] = big(64 * 1024, i) end
+    assert.are.equal(4 * MB, #table.concat(parts))
+  end)
+
+  it("a freed big block is used again for the next one of about its size: no new mapping", function()
+    local s = big(24 * MB, 1)
+    s = nil -- luacheck: ignore
+    collectgarbage()
+    collectgarbage()
+    local before = core.big_blocks()
+    assert.is_true(before.kept >= 1)
+    s = ("y"):rep(24 * MB)
+    local after = core.big_blocks()
+    assert.are.equal(before.mapped, after.mapped)
+    assert.is_true(after.made > before.made)
+    assert.are.equal(24 * MB, #s)
+  end)
+
+  it("keeps nothing under an address-space limit, and lets kept blocks go when memory runs short #noasan", function()
+    local out, code = H.run_lua([[
+      local core = require "orch.core"
+      local s = ("x"):rep(8 << 20)
+      s = nil
+      collectgarbage(); collectgarbage()
+      print("limited kept", core.big_blocks().kept)
+    ]], "ulimit -v 2000000;")
+    assert.are.equal(0, code, out)
+    assert.matches("limited kept\t0", out)
+    -- kept blocks, then (the address space capped just above what the
+    -- process has) a block that cannot be had: they go, and the state goes on
+    out, code = H.run_lua([[
+      local core = require "orch.core"
+      local keep = {}
+      for i = 1, 3 do keep[i] = ("x"):rep((16 << 20) + i) end
+      keep = nil
+      collectgarbage(); collectgarbage()
+      print("kept", core.big_blocks().kept)
+      local vm = io.open("/proc/self/status"):read("a"):match("VmSize:%s+(%d+)") * 1024
+      assert(os.execute(("prlimit --pid %d --as=%d:"):format(core.getpid(), vm + (64 << 20))))
+      print("huge", pcall(string.rep, "x", 256 << 20))
+      print("after", core.big_blocks().kept, #("y"):rep(4 << 20))
+    ]])
+    assert.are.equal(0, code, out)
+    assert.matches("kept\t[1-4]\n", out)
+    assert.matches("huge\tfalse\tnot enough memory", out)
+    assert.matches("after\t0\t4194304", out)
+  end)
+
+  it("a forked worker keeps none of the parent's kept blocks", function()
+    local s = ("x"):rep(16 * MB)
+    s = nil -- luacheck: ignore
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(core.big_blocks().kept >= 1)
+    local pool <close> = orch.pool { workers = 1 }
+    local kept = pool:submit(function() return require("orch.core").big_blocks().kept end):result()
+    assert.are.equal(0, kept)
+  end)
+
+  it("a worker collects after a task with big values and keeps their blocks for the next such task", function()
+    local pool <close> = orch.pool { workers = 1 }
+    local function stats() return require("orch.core").big_blocks() end
+    local v = big(12 * MB, 7)
+    -- the counts are the process's, the parent's before the fork among them
+    local st0 = pool:submit(stats):result()
+    for _ = 1, 6 do assert.are.equal(v, pool:submit(function(x) return x end, v):result()) end
+    -- asked in a task with big values of its own, so that the blocks stay
+    local st = pool:submit(function(x) return require("orch.core").big_blocks(), #x end, v):result()
+    assert.is_true(st.made - st0.made >= 14, "made " .. st.made - st0.made)
+    -- each task needs the payload read in and the string: two blocks,
+    -- mapped once and kept from then on
+    assert.is_true(st.mapped - st0.mapped <= 3, "mapped " .. st.mapped - st0.mapped)
+    -- a task without big values lets them go as it ends
+    pool:submit(function() end):result()
+    assert.are.equal(0, pool:submit(stats):result().kept)
+  end)
+
+  it("an idle worker lets its kept blocks go after a second #novalgrind", function()
+    local pool <close> = orch.pool { workers = 1 }
+    local pid = pool:submit(function() return require("orch.core").getpid() end):result()
+    local base = rss(pid)
+    assert.are.equal(48 * MB, pool:submit(function(x) return #x end, ("x"):rep(48 * MB)):result())
+    local held = rss(pid)
+    orch.sleep(1.5)
+    local idle = rss(pid)
+    assert.is_true(held > base + 32 * MB, ("held %d MB over %d MB"):format(held >> 20, base >> 20))
+    assert.is_true(idle < base + 16 * MB, ("idle %d MB over %d MB"):format(idle >> 20, base >> 20))
+  end)
+
+  it("the parent's kept blocks go after 10 s of the loop, with nothing else to do #slow", function()
+    local s = ("x"):rep(16 * MB)
+    s = nil -- luacheck: ignore
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(core.big_blocks().kept >= 1)
+    orch.sleep(10.5)
+    assert.are.equal(0, core.big_blocks().kept)
+  end)
+end)

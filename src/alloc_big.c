@@ -1,0 +1,379 @@
+/*
+ * alloc_big.c - the state's big blocks in huge pages, kept for reuse.
+ *
+ * A big value's memory (a string of megabytes, a big table's array part)
+ * is fresh memory each time: the allocator maps it, and every 4 KiB page
+ * of it costs a page fault on first touch, then goes back to the kernel
+ * when the value is freed. On a virtual machine a fault costs micro-
+ * seconds, so a 64 MiB string made by a decoder costs more in faults
+ * than in copying, and it is made again for every such value that
+ * arrives. So the state's allocator is wrapped: a block of BIG_MIN bytes
+ * or more is a mapping of its own, aligned on a huge page and with huge
+ * pages asked for (MADV_HUGEPAGE: one fault per 2 MiB), and a freed one
+ * is kept (up to KEEP_MAX blocks and KEEP_BYTES in all, for KEEP_SECONDS
+ * at most) for the next big block of about its size, whose pages are
+ * then there already. Smaller blocks, and big ones when a mapping fails,
+ * go to the allocator the state had, which this one wraps.
+ *
+ * Which blocks are ours: Lua passes a block's size whenever it frees or
+ * resizes it, so a block under BIG_MIN is never ours; a big one is
+ * looked up in `live`, the set of blocks handed out (a few at any time:
+ * each is megabytes).
+ *
+ * A forked child inherits the parent's blocks copy-on-write: writing into
+ * a kept one would copy it page by page. So the child lets the kept
+ * blocks go at once (alloc_big_forked) and never keeps a block it
+ * inherited when the value in it is freed.
+ *
+ * One state per process is wrapped (the first that opens orch.core with
+ * this allocator's base); the set and the kept blocks are the process's.
+ */
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "orch.h"
+
+#define BIG_MIN ((size_t)2 << 20)
+#define HUGE_PAGE ((size_t)2 << 20)
+#define PAGE ((size_t)4096)
+#define KEEP_MAX 4
+#define KEEP_BYTES ((size_t)256 << 20)
+#define KEEP_SECONDS 10.0
+#define FIT_SLACK 4 /* a kept block serves a request at least 1/FIT_SLACK short of it... */
+
+typedef struct {
+    char *p;       /* NULL: a free slot */
+    size_t len;    /* the mapping's length */
+    unsigned gen;  /* the process generation that mapped it */
+    double since;  /* kept: when it was freed */
+} block;
+
+static lua_Alloc base_f;
+static void *base_ud;
+static unsigned gen = 1;       /* bumped in a forked child */
+static block *live;            /* open addressing by address; live_cap a power of 2 */
+static size_t live_cap, live_n;
+static block kept[KEEP_MAX];   /* freed blocks kept, oldest first */
+static size_t n_kept, kept_bytes;
+static unsigned long made;     /* big blocks handed out so far */
+static unsigned long mapped;   /* of those, new mappings (not kept ones) */
+
+static double mono(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static size_t round_len(size_t n)
+{
+    return (n + PAGE - 1) & ~(PAGE - 1);
+}
+
+/* ---- the set of blocks handed out ------------------------------------ */
+
+static size_t slot_of(const void *p)
+{
+    return (size_t)(((uintptr_t)p / HUGE_PAGE) * 0x9E3779B97F4A7C15u >> 7) & (live_cap - 1);
+}
+
+static block *live_find(const void *p)
+{
+    if (live_cap == 0 || ((uintptr_t)p & (HUGE_PAGE - 1)))
+        return NULL; /* ours are aligned on a huge page */
+    for (size_t i = slot_of(p);; i = (i + 1) & (live_cap - 1)) {
+        if (live[i].p == p)
+            return &live[i];
+        if (live[i].p == NULL)
+            return NULL;
+    }
+}
+
+static int live_grow(void)
+{
+    size_t cap = live_cap ? 2 * live_cap : 64;
+    block *t = mmap(NULL, cap * sizeof *t, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                    -1, 0);
+    if (t == MAP_FAILED)
+        return -1;
+    block *old = live;
+    size_t old_cap = live_cap;
+    live = t;
+    live_cap = cap;
+    for (size_t i = 0; i < old_cap; i++) {
+        if (old[i].p) {
+            size_t j = slot_of(old[i].p);
+            while (live[j].p)
+                j = (j + 1) & (cap - 1);
+            live[j] = old[i];
+        }
+    }
+    if (old)
+        munmap(old, old_cap * sizeof *old);
+    return 0;
+}
+
+static int live_add(block b)
+{
+    if (4 * (live_n + 1) > 3 * live_cap && live_grow() < 0)
+        return -1;
+    size_t i = slot_of(b.p);
+    while (live[i].p)
+        i = (i + 1) & (live_cap - 1);
+    live[i] = b;
+    live_n++;
+    return 0;
+}
+
+/* Takes out the entry at e, moving back the entries after it that
+ * belong before the hole (linear probing's deletion). */
+static void live_remove(block *e)
+{
+    size_t i = (size_t)(e - live), mask = live_cap - 1;
+    live[i].p = NULL;
+    live_n--;
+    for (size_t j = (i + 1) & mask; live[j].p; j = (j + 1) & mask) {
+        size_t home = slot_of(live[j].p);
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            live[i] = live[j];
+            live[j].p = NULL;
+            i = j;
+        }
+    }
+}
+
+/* ---- mappings and the kept blocks ------------------------------------ */
+
+/* A mapping of len bytes aligned on a huge page, huge pages asked for. */
+static char *map_aligned(size_t len)
+{
+    size_t span = len + HUGE_PAGE;
+    char *m = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return NULL;
+    char *p = (char *)(((uintptr_t)m + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+    if (p > m)
+        munmap(m, (size_t)(p - m));
+    if (m + span > p + len)
+        munmap(p + len, (size_t)(m + span - (p + len)));
+    madvise(p, len, MADV_HUGEPAGE);
+    return p;
+}
+
+static void drop_kept(size_t k)
+{
+    munmap(kept[k].p, kept[k].len);
+    kept_bytes -= kept[k].len;
+    memmove(&kept[k], &kept[k + 1], (n_kept - k - 1) * sizeof kept[0]);
+    n_kept--;
+}
+
+static void expire_kept(double now)
+{
+    while (n_kept > 0 && now - kept[0].since > KEEP_SECONDS)
+        drop_kept(0);
+}
+
+/* A kept block that fits len (at least len, not much more), or -1. */
+static int find_kept(size_t len)
+{
+    int best = -1;
+    for (size_t k = 0; k < n_kept; k++) {
+        size_t have = kept[k].len;
+        if (have >= len && have - len <= len / FIT_SLACK &&
+            (best < 0 || have < kept[best].len))
+            best = (int)k;
+    }
+    return best;
+}
+
+/* A big block of n bytes: a kept one that fits, or a new mapping. */
+static void *big_new(size_t n)
+{
+    size_t len = round_len(n);
+    double now = mono();
+    expire_kept(now);
+    block b = { NULL, len, gen, 0 };
+    int k = find_kept(len);
+    if (k >= 0) {
+        b = kept[k];
+        kept[k].p = NULL;
+        kept_bytes -= b.len;
+        memmove(&kept[k], &kept[k + 1], (n_kept - (size_t)k - 1) * sizeof kept[0]);
+        n_kept--;
+    } else if ((b.p = map_aligned(len)) == NULL) {
+        return NULL;
+    } else {
+        mapped++;
+    }
+    if (live_add(b) < 0) {
+        munmap(b.p, b.len);
+        return NULL;
+    }
+    made++;
+    return b.p;
+}
+
+/* Frees our block at e: kept if this process made it and there is room. */
+/* Whether the address space is limited (RLIMIT_AS, a worker's
+ * limits.memory): kept blocks would use up that limit, so none are kept. */
+static int space_limited(void)
+{
+    struct rlimit r;
+    return getrlimit(RLIMIT_AS, &r) == 0 && r.rlim_cur != RLIM_INFINITY;
+}
+
+static void big_free(block *e)
+{
+    block b = *e;
+    live_remove(e);
+    if (b.gen != gen || b.len > KEEP_BYTES || space_limited()) {
+        munmap(b.p, b.len);
+        return;
+    }
+    b.since = mono();
+    expire_kept(b.since);
+    while (n_kept == KEEP_MAX || kept_bytes + b.len > KEEP_BYTES)
+        drop_kept(0);
+    kept[n_kept++] = b;
+    kept_bytes += b.len;
+}
+
+/* ---- the allocator ----------------------------------------------------- */
+
+/* Our block at e, resized to n bytes (>= BIG_MIN): in place while it
+ * fits its mapping (a mapping over twice the size is cut down), else moved
+ * to a new one. NULL when no mapping can be made. */
+static void *big_resize(block *e, size_t n)
+{
+    char *p = e->p;
+    size_t len = round_len(n);
+    if (len <= e->len) {
+        if (len < e->len / 2 && munmap(p + len, e->len - len) == 0)
+            e->len = len;
+        return p;
+    }
+    void *np = big_new(n);
+    if (np) {
+        memcpy(np, p, e->len);
+        big_free(live_find(p)); /* big_new may have moved the set */
+    }
+    return np;
+}
+
+static void *alloc_once(void *ptr, size_t osize, size_t nsize)
+{
+    block *e = ptr && osize >= BIG_MIN ? live_find(ptr) : NULL;
+    if (nsize == 0) {
+        if (e)
+            big_free(e);
+        else if (ptr)
+            base_f(base_ud, ptr, osize, 0);
+        return NULL;
+    }
+    if (e && nsize >= BIG_MIN)
+        return big_resize(e, nsize);
+    if (nsize < BIG_MIN) {
+        if (!e)
+            return base_f(base_ud, ptr, osize, nsize);
+        void *np = base_f(base_ud, NULL, 0, nsize);
+        if (np) {
+            memcpy(np, ptr, nsize);
+            big_free(e);
+        }
+        return np;
+    }
+    /* a new big block, or a block of the base allocator's grown big */
+    void *np = big_new(nsize);
+    if (np == NULL) /* no mapping: the base allocator, as without this one */
+        return base_f(base_ud, ptr, osize, nsize);
+    if (ptr) {
+        memcpy(np, ptr, osize < nsize ? osize : nsize);
+        base_f(base_ud, ptr, osize, 0);
+    }
+    return np;
+}
+
+/* The state's allocator. When memory runs short, nothing is kept: the
+ * kept blocks go and the call is made again. */
+static void *big_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)ud;
+    void *np = alloc_once(ptr, osize, nsize);
+    if (np == NULL && nsize > 0 && n_kept > 0) {
+        alloc_big_trim();
+        np = alloc_once(ptr, osize, nsize);
+    }
+    return np;
+}
+
+void *alloc_big_block(size_t n)
+{
+    void *p = big_new(n > 0 ? n : 1);
+    if (p == NULL && n_kept > 0) {
+        alloc_big_trim();
+        p = big_new(n > 0 ? n : 1);
+    }
+    return p;
+}
+
+void alloc_big_block_free(void *p)
+{
+    block *e = p ? live_find(p) : NULL;
+    if (e)
+        big_free(e);
+}
+
+double alloc_big_expiry(void)
+{
+    if (n_kept == 0)
+        return -1;
+    double left = kept[0].since + KEEP_SECONDS - mono();
+    return left > 0 ? left : 0;
+}
+
+void alloc_big_expire(void)
+{
+    expire_kept(mono());
+}
+
+void alloc_big_trim(void)
+{
+    while (n_kept > 0)
+        drop_kept(n_kept - 1);
+}
+
+unsigned long alloc_big_made(void)
+{
+    return made;
+}
+
+void alloc_big_stats(alloc_big_counts *c)
+{
+    c->made = made;
+    c->mapped = mapped;
+    c->kept = n_kept;
+    c->kept_bytes = kept_bytes;
+}
+
+void alloc_big_init(lua_State *L)
+{
+    void *ud;
+    lua_Alloc f = lua_getallocf(L, &ud);
+    if (f == big_alloc)
+        return;
+    if (base_f != NULL && (f != base_f || ud != base_ud))
+        return; /* another state with another allocator: it keeps its own */
+    base_f = f;
+    base_ud = ud;
+    lua_setallocf(L, big_alloc, NULL);
+}
+
+void alloc_big_forked(void)
+{
+    gen++;
+    alloc_big_trim();
+}
