@@ -41,6 +41,16 @@ describe("big blocks", function()
     assert.are.equal(4 * MB, #table.concat(parts))
   end)
 
+  it("an array part that grows moves its pages to a bigger block and keeps none it leaves", function()
+    local before = core.big_blocks()
+    local t = {}
+    for i = 1, 4000000 do t[i] = i end -- 2, 4, ... 64 MiB
+    local after = core.big_blocks()
+    assert.is_true(after.made - before.made >= 5, "made " .. after.made - before.made)
+    assert.are.equal(before.kept_bytes, after.kept_bytes)
+    for i = 1, 4000000, 7919 do assert.are.equal(i, t[i]) end
+  end)
+
   it("a freed big block is used again for the next one of about its size: no new mapping", function()
     local s = big(24 * MB, 1)
     s = nil -- luacheck: ignore

@@ -10,9 +10,8 @@
  * arrives. So the state's allocator is wrapped: a block of BIG_MIN bytes
  * or more is a mapping of its own, aligned on a huge page and with huge
  * pages asked for (MADV_HUGEPAGE: one fault per 2 MiB), and a freed one
- * is kept (up to KEEP_MAX blocks and KEEP_BYTES in all, for KEEP_SECONDS
- * at most) for the next big block of about its size, whose pages are
- * then there already. Smaller blocks, and big ones when a mapping fails,
+ * is kept (up to KEEP_MAX blocks and KEEP_BYTES in all) for the next
+ * big block of about its size, whose pages are then there already. Smaller blocks, and big ones when a mapping fails,
  * go to the allocator the state had, which this one wraps.
  *
  * Which blocks are ours: Lua passes a block's size whenever it frees or
@@ -20,13 +19,22 @@
  * looked up in `live`, the set of blocks handed out (a few at any time:
  * each is megabytes).
  *
+ * Kept blocks go: the oldest once it has waited KEEP_SECONDS (checked
+ * when a big block is made or freed, and by a timer of the loop, loop.c),
+ * all of them when an allocation fails (then it is tried again), and a
+ * worker lets its own go between tasks (worker.c). Under an address-space
+ * limit (RLIMIT_AS, a worker's limits.memory) none are kept: they would
+ * use it up.
+ *
  * A forked child inherits the parent's blocks copy-on-write: writing into
  * a kept one would copy it page by page. So the child lets the kept
  * blocks go at once (alloc_big_forked) and never keeps a block it
  * inherited when the value in it is freed.
  *
- * One state per process is wrapped (the first that opens orch.core with
- * this allocator's base); the set and the kept blocks are the process's.
+ * Only the allocator of lauxlib's states (realloc and free) is wrapped: a
+ * host's own allocator (one that counts or limits a state's memory) is
+ * left alone. States that share it share the set and the kept blocks,
+ * which are the process's; orch runs on one thread.
  */
 #include <stdint.h>
 #include <string.h>
@@ -42,7 +50,7 @@
 #define KEEP_MAX 4
 #define KEEP_BYTES ((size_t)256 << 20)
 #define KEEP_SECONDS 10.0
-#define FIT_SLACK 4 /* a kept block serves a request at least 1/FIT_SLACK short of it... */
+#define FIT_SLACK 4 /* a kept block serves len bytes if at most len / FIT_SLACK longer */
 
 typedef struct {
     char *p;       /* NULL: a free slot */
@@ -244,9 +252,35 @@ static void big_free(block *e)
 
 /* ---- the allocator ----------------------------------------------------- */
 
+/* Our block at e grown to len bytes: its pages moved (mremap) to the
+ * start of a new aligned mapping, the rest fresh. NULL if that fails. */
+static void *big_move(block *e, size_t len)
+{
+    char *dst = map_aligned(len);
+    if (dst == NULL)
+        return NULL;
+    void *np = mremap(e->p, e->len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+    if (np == MAP_FAILED) {
+        munmap(dst, len);
+        return NULL;
+    }
+    mapped++;
+    made++;
+    block b = *e;
+    live_remove(e);
+    b.p = np;
+    b.len = len;
+    if (live_add(b) < 0) { /* cannot be: the set just lost an entry */
+        munmap(np, len);
+        return NULL;
+    }
+    return np;
+}
+
 /* Our block at e, resized to n bytes (>= BIG_MIN): in place while it
- * fits its mapping (a mapping over twice the size is cut down), else moved
- * to a new one. NULL when no mapping can be made. */
+ * fits its mapping (a mapping over twice the size is cut down), else
+ * moved to a bigger one. A table's array part grows so, and the block it
+ * leaves is no use to a later block (the next growth asks for more). */
 static void *big_resize(block *e, size_t n)
 {
     char *p = e->p;
@@ -256,12 +290,7 @@ static void *big_resize(block *e, size_t n)
             e->len = len;
         return p;
     }
-    void *np = big_new(n);
-    if (np) {
-        memcpy(np, p, e->len);
-        big_free(live_find(p)); /* big_new may have moved the set */
-    }
-    return np;
+    return big_move(e, len);
 }
 
 static void *alloc_once(void *ptr, size_t osize, size_t nsize)
@@ -359,17 +388,32 @@ void alloc_big_stats(alloc_big_counts *c)
     c->kept_bytes = kept_bytes;
 }
 
+/* lauxlib's allocator (the one luaL_newstate gives a state), or NULL. */
+static lua_Alloc lauxlib_alloc(void)
+{
+    lua_State *probe = luaL_newstate();
+    if (probe == NULL)
+        return NULL;
+    void *ud;
+    lua_Alloc f = lua_getallocf(probe, &ud);
+    lua_close(probe);
+    return f;
+}
+
 void alloc_big_init(lua_State *L)
 {
     void *ud;
     lua_Alloc f = lua_getallocf(L, &ud);
     if (f == big_alloc)
         return;
-    if (base_f != NULL && (f != base_f || ud != base_ud))
-        return; /* another state with another allocator: it keeps its own */
-    base_f = f;
-    base_ud = ud;
-    lua_setallocf(L, big_alloc, NULL);
+    if (base_f == NULL) {
+        if (f != lauxlib_alloc())
+            return; /* a host's own allocator */
+        base_f = f;
+        base_ud = ud;
+    }
+    if (f == base_f && ud == base_ud)
+        lua_setallocf(L, big_alloc, NULL);
 }
 
 void alloc_big_forked(void)
