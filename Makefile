@@ -145,7 +145,8 @@ FUZZ_WIRE    = $(FUZZ_BUILD)/obj/wire.o $(FUZZ_BUILD)/obj/wire_enc.o $(FUZZ_BUIL
                $(FUZZ_BUILD)/obj/wire_path.o
 FUZZ_OBJS_wire = $(FUZZ_WIRE) $(FUZZ_BUILD)/obj/wbuf.o $(FUZZ_BUILD)/obj/array.o
 FUZZ_OBJS_frame = $(FUZZ_BUILD)/obj/chan.o $(FUZZ_BUILD)/obj/dispatch.o $(FUZZ_BUILD)/obj/loop.o \
-                  $(FUZZ_BUILD)/obj/memfd.o $(FUZZ_BUILD)/obj/spin.o $(FUZZ_BUILD)/obj/array.o \
+                  $(FUZZ_BUILD)/obj/memfd.o $(FUZZ_BUILD)/obj/alloc_big.o $(FUZZ_BUILD)/obj/spin.o \
+                  $(FUZZ_BUILD)/obj/array.o \
                   $(FUZZ_WIRE) $(FUZZ_BUILD)/obj/wbuf.o
 
 fuzz: build

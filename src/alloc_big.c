@@ -14,6 +14,10 @@
  * big block of about its size, whose pages are then there already. Smaller blocks, and big ones when a mapping fails,
  * go to the allocator the state had, which this one wraps.
  *
+ * A big block that grows is moved by the kernel (mremap: its pages go
+ * along, not copied), one that shrinks below half its mapping gives the
+ * rest back.
+ *
  * Which blocks are ours: Lua passes a block's size whenever it frees or
  * resizes it, so a block under BIG_MIN is never ours; a big one is
  * looked up in `live`, the set of blocks handed out (a few at any time:
@@ -85,13 +89,13 @@ static size_t round_len(size_t n)
 
 static size_t slot_of(const void *p)
 {
-    return (size_t)(((uintptr_t)p / HUGE_PAGE) * 0x9E3779B97F4A7C15u >> 7) & (live_cap - 1);
+    return (size_t)(((uintptr_t)p / PAGE) * 0x9E3779B97F4A7C15u >> 7) & (live_cap - 1);
 }
 
 static block *live_find(const void *p)
 {
-    if (live_cap == 0 || ((uintptr_t)p & (HUGE_PAGE - 1)))
-        return NULL; /* ours are aligned on a huge page */
+    if (live_cap == 0)
+        return NULL;
     for (size_t i = slot_of(p);; i = (i + 1) & (live_cap - 1)) {
         if (live[i].p == p)
             return &live[i];
@@ -252,18 +256,14 @@ static void big_free(block *e)
 
 /* ---- the allocator ----------------------------------------------------- */
 
-/* Our block at e grown to len bytes: its pages moved (mremap) to the
- * start of a new aligned mapping, the rest fresh. NULL if that fails. */
+/* Our block at e grown to len bytes: its pages moved (mremap) where the
+ * kernel finds room, the rest fresh. NULL if that fails. */
 static void *big_move(block *e, size_t len)
 {
-    char *dst = map_aligned(len);
-    if (dst == NULL)
+    void *np = mremap(e->p, e->len, len, MREMAP_MAYMOVE);
+    if (np == MAP_FAILED)
         return NULL;
-    void *np = mremap(e->p, e->len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
-    if (np == MAP_FAILED) {
-        munmap(dst, len);
-        return NULL;
-    }
+    madvise(np, len, MADV_HUGEPAGE);
     mapped++;
     made++;
     block b = *e;
