@@ -81,24 +81,29 @@ describe("fut:cancel()", function()
 
   it("stops a whole pipeline at once: the running task and every task sent behind it #novalgrind", function()
     with_pool({ workers = 1, grace = 5 }, function(pool)
-      local mark = procs.tmpname()
-      local warm = {}
-      for i = 1, 300 do warm[i] = pool:submit(function(x) return x end, i) end
-      for i = 1, 300 do warm[i]:result() end  -- tiny tasks: the deepest pipelines
-      local group = pool:group()
-      local long = group:submit(busy)
-      assert.is_true(procs.wait_until(function() return long:state() == "running" end, 5))
-      local futs = {}
-      for i = 1, 100 do futs[i] = group:submit(write, mark, "ran" .. i .. ";") end
-      local sent = select(4, pool.dispatcher:stats())
-      assert.is_true(sent >= 16, "tasks sent ahead of the running one: " .. sent)  -- 64 when unloaded
-      group:cancel()
-      assert.is_true(long:wait(5))
-      for i = 1, 100 do
-        assert.is_true(futs[i]:wait(5))
-        assert.equal("cancelled", futs[i]:state())
+      -- The pipeline's depth follows the tasks' times: on a loaded machine
+      -- the warm-up can read slow and leave it shallow; then again.
+      for attempt = 1, 5 do
+        local mark = procs.tmpname()
+        local warm = {}
+        for i = 1, 300 do warm[i] = pool:submit(function(x) return x end, i) end
+        for i = 1, 300 do warm[i]:result() end  -- tiny tasks: the deepest pipelines
+        local group = pool:group()
+        local long = group:submit(busy)
+        assert.is_true(procs.wait_until(function() return long:state() == "running" end, 5))
+        local futs = {}
+        for i = 1, 100 do futs[i] = group:submit(write, mark, "ran" .. i .. ";") end
+        local sent = select(4, pool.dispatcher:stats())
+        assert.is_true(sent >= 16 or attempt < 5, "tasks sent ahead of the running one: " .. sent)  -- 64 when unloaded
+        group:cancel()
+        assert.is_true(long:wait(5))
+        for i = 1, 100 do
+          assert.is_true(futs[i]:wait(5))
+          assert.equal("cancelled", futs[i]:state())
+        end
+        assert.equal("", procs.slurp(mark) or "")
+        if sent >= 16 then break end
       end
-      assert.equal("", procs.slurp(mark) or "")
     end)
   end)
 
