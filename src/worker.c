@@ -217,10 +217,6 @@ static void take_frame(int deferred_one, size_t plen)
 #define SPIN_NS 50000L
 #define KEEP_IDLE_MS 1000 /* idle this long, the big blocks kept go */
 
-/* Finds the next frame: from `deferred` first unless want_reply, then from
- * the channel, blocking. With want_reply, frames that are not MSG_REPLY are
- * moved to `deferred`. Returns 1 with *deferred_one saying where the frame
- * is (take it with take_frame), 0 at EOF, raises on a bad frame. */
 /* Whether the parent's channel has bytes to read within ms. */
 static int frame_within(int ms)
 {
@@ -232,6 +228,10 @@ static int frame_within(int ms)
     return r != 0;
 }
 
+/* Finds the next frame: from `deferred` first unless want_reply, then from
+ * the channel, blocking. With want_reply, frames that are not MSG_REPLY are
+ * moved to `deferred`. Returns 1 with *deferred_one saying where the frame
+ * is (take it with take_frame), 0 at EOF, raises on a bad frame. */
 static int next_frame(lua_State *L, int want_reply, int *deferred_one, int *type,
                       const char **payload, size_t *plen)
 {
