@@ -19,6 +19,14 @@ local function big(n, seed)
   return (piece:rep(n // #piece + 1)):sub(1, n)
 end
 
+-- Makes and drops a 16 MiB string: its blocks are kept after a collection.
+local function keep_one()
+  assert.are.equal(16 * MB, #("x"):rep(16 * MB))
+  collectgarbage()
+  collectgarbage()
+  assert.is_true(core.big_blocks().kept >= 1)
+end
+
 describe("big blocks", function()
   it("strings and tables made, grown, shrunk and freed across 2 MiB keep every byte", function()
     for _, n in ipairs({ 2 * MB - 64, 2 * MB - 25, 2 * MB, 2 * MB + 1, 5 * MB + 3, 33 * MB }) do
@@ -98,10 +106,7 @@ describe("big blocks", function()
   end)
 
   it("a forked worker keeps none of the parent's kept blocks", function()
-    assert.are.equal(16 * MB, #("x"):rep(16 * MB)) -- made and dropped
-    collectgarbage()
-    collectgarbage()
-    assert.is_true(core.big_blocks().kept >= 1)
+    keep_one()
     local pool <close> = orch.pool { workers = 1 }
     local kept = pool:submit(function() return require("orch.core").big_blocks().kept end):result()
     assert.are.equal(0, kept)
@@ -140,10 +145,7 @@ describe("big blocks", function()
   end)
 
   it("the parent's kept blocks go after 10 s of the loop, with nothing else to do #slow", function()
-    assert.are.equal(16 * MB, #("x"):rep(16 * MB)) -- made and dropped
-    collectgarbage()
-    collectgarbage()
-    assert.is_true(core.big_blocks().kept >= 1)
+    keep_one()
     orch.sleep(10.5)
     assert.are.equal(0, core.big_blocks().kept)
   end)

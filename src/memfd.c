@@ -51,20 +51,26 @@
 
 static size_t shared_total; /* bytes of shared memfds held here */
 
-static int write_at(int fd, size_t at, const void *p, size_t n)
+/* n bytes between p and fd from byte at on, pwrite (writing) or pread:
+ * 0, or -1 (a call failed, or a read met the end of the file). */
+static int move_at(int fd, size_t at, char *p, size_t n, int writing)
 {
-    const char *q = p;
     while (n > 0) {
-        ssize_t w = pwrite(fd, q, n, (off_t)at);
-        if (w < 0 && errno == EINTR)
+        ssize_t r = writing ? pwrite(fd, p, n, (off_t)at) : pread(fd, p, n, (off_t)at);
+        if (r < 0 && errno == EINTR)
             continue;
-        if (w <= 0)
+        if (r <= 0)
             return -1;
-        q += w;
-        at += (size_t)w;
-        n -= (size_t)w;
+        p += r;
+        at += (size_t)r;
+        n -= (size_t)r;
     }
     return 0;
+}
+
+static int write_at(int fd, size_t at, const void *p, size_t n)
+{
+    return move_at(fd, at, (char *)p, n, 1); /* pwrite only reads p */
 }
 
 /* The nv pieces v[] into fd from byte at on. 0, or -1. */
@@ -91,24 +97,6 @@ int memfd_from(const struct iovec *v, int nv)
     return fd;
 }
 
-/* n bytes of fd from byte at on into p. 0, or -1 (a read failed or the
- * file ended first). */
-static int read_at(int fd, size_t at, void *p, size_t n)
-{
-    char *q = p;
-    while (n > 0) {
-        ssize_t r = pread(fd, q, n, (off_t)at);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        q += r;
-        at += (size_t)r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
-
 /* n bytes of fd from byte at on, into a block of their own (*buf; NULL
  * for none). 0, or -1 with *why. */
 static int read_payload(int fd, size_t at, size_t n, void **buf, const char **why)
@@ -119,7 +107,7 @@ static int read_payload(int fd, size_t at, size_t n, void **buf, const char **wh
         *why = "not enough memory";
         return -1;
     }
-    if (read_at(fd, at, *buf, n) < 0) {
+    if (move_at(fd, at, *buf, n, 0) < 0) {
         alloc_big_block_free(*buf);
         *buf = NULL;
         *why = "big frame: the memfd could not be read";
