@@ -7,7 +7,7 @@
  * when the value is freed. On a virtual machine a fault costs micro-
  * seconds, so a 64 MiB string made by a decoder costs more in faults
  * than in copying, and it is made again for every such value that
- * arrives. So the state's allocator is wrapped: a block of BIG_MIN bytes
+ * arrives. So the state's allocator is wrapped: a block of BLOCK_MIN bytes
  * or more is a mapping of its own, aligned on a huge page and with huge
  * pages asked for (MADV_HUGEPAGE: one fault per 2 MiB), and a freed one
  * is kept (up to KEEP_MAX blocks and KEEP_BYTES in all) for the next
@@ -19,7 +19,7 @@
  * rest back.
  *
  * Which blocks are ours: Lua passes a block's size whenever it frees or
- * resizes it, so a block under BIG_MIN is never ours; a big one is
+ * resizes it, so a block under BLOCK_MIN is never ours; a big one is
  * looked up in `live`, the set of blocks handed out (a few at any time:
  * each is megabytes).
  *
@@ -48,7 +48,7 @@
 
 #include "orch.h"
 
-#define BIG_MIN ((size_t)2 << 20)
+#define BLOCK_MIN ((size_t)2 << 20)
 #define HUGE_PAGE ((size_t)2 << 20)
 #define PAGE ((size_t)4096)
 #define KEEP_MAX 4
@@ -175,12 +175,20 @@ static char *map_aligned(size_t len)
     return p;
 }
 
-static void drop_kept(size_t k)
+/* Takes kept block k out of the kept ones. */
+static block take_kept(size_t k)
 {
-    munmap(kept[k].p, kept[k].len);
-    kept_bytes -= kept[k].len;
+    block b = kept[k];
+    kept_bytes -= b.len;
     memmove(&kept[k], &kept[k + 1], (n_kept - k - 1) * sizeof kept[0]);
     n_kept--;
+    return b;
+}
+
+static void drop_kept(size_t k)
+{
+    block b = take_kept(k);
+    munmap(b.p, b.len);
 }
 
 static void expire_kept(double now)
@@ -211,11 +219,7 @@ static void *big_new(size_t n)
     block b = { NULL, len, gen, 0 };
     int k = find_kept(len);
     if (k >= 0) {
-        b = kept[k];
-        kept[k].p = NULL;
-        kept_bytes -= b.len;
-        memmove(&kept[k], &kept[k + 1], (n_kept - (size_t)k - 1) * sizeof kept[0]);
-        n_kept--;
+        b = take_kept((size_t)k);
     } else if ((b.p = map_aligned(len)) == NULL) {
         return NULL;
     } else {
@@ -229,7 +233,6 @@ static void *big_new(size_t n)
     return b.p;
 }
 
-/* Frees our block at e: kept if this process made it and there is room. */
 /* Whether the address space is limited (RLIMIT_AS, a worker's
  * limits.memory): kept blocks would use up that limit, so none are kept. */
 static int space_limited(void)
@@ -238,6 +241,7 @@ static int space_limited(void)
     return getrlimit(RLIMIT_AS, &r) == 0 && r.rlim_cur != RLIM_INFINITY;
 }
 
+/* Frees our block at e: kept if this process made it and there is room. */
 static void big_free(block *e)
 {
     block b = *e;
@@ -277,7 +281,7 @@ static void *big_move(block *e, size_t len)
     return np;
 }
 
-/* Our block at e, resized to n bytes (>= BIG_MIN): in place while it
+/* Our block at e, resized to n bytes (>= BLOCK_MIN): in place while it
  * fits its mapping (a mapping over twice the size is cut down), else
  * moved to a bigger one. A table's array part grows so, and the block it
  * leaves is no use to a later block (the next growth asks for more). */
@@ -295,7 +299,7 @@ static void *big_resize(block *e, size_t n)
 
 static void *alloc_once(void *ptr, size_t osize, size_t nsize)
 {
-    block *e = ptr && osize >= BIG_MIN ? live_find(ptr) : NULL;
+    block *e = ptr && osize >= BLOCK_MIN ? live_find(ptr) : NULL;
     if (nsize == 0) {
         if (e)
             big_free(e);
@@ -303,9 +307,9 @@ static void *alloc_once(void *ptr, size_t osize, size_t nsize)
             base_f(base_ud, ptr, osize, 0);
         return NULL;
     }
-    if (e && nsize >= BIG_MIN)
+    if (e && nsize >= BLOCK_MIN)
         return big_resize(e, nsize);
-    if (nsize < BIG_MIN) {
+    if (nsize < BLOCK_MIN) {
         if (!e)
             return base_f(base_ud, ptr, osize, nsize);
         void *np = base_f(base_ud, NULL, 0, nsize);

@@ -26,17 +26,17 @@
  * sends the fd on its socket, on a byte of its own, before the frame
  * leaves, and the parent takes it from there when it meets the frame.
  * Either way the n-th big frame read goes with the n-th fd received. The
- * reader checks the fd (memfd.c) and reads the payload in; the real length answers to
- * max_in as a plain frame's does. A memfd that cannot be made leaves the
- * frame as it is (the bytes through the channel).
+ * reader checks the fd (memfd.c) and reads the payload in; the real
+ * length answers to max_in as a plain frame's does. A memfd that cannot
+ * be made leaves the frame as it is (the bytes through the channel).
  *
  * The parent's big frames go in the channel's shared memfd (memfd.c)
  * when the child is done with the last one: length BIG_SHARED, the
  * payload at MEMFD_SHARED_AT in the memfd whose fd comes with the frame.
  * The child reads it in, as it does a sealed one, and lets the payload go
- * once read. A small frame from the parent drops the
- * shared memfd: it is kept while big frames follow each other. Only the
- * child's end reads these frames; the parent's refuses them.
+ * once read. A small frame from the parent drops the shared memfd: it is
+ * kept while big frames follow each other. Only the child's end reads
+ * these frames; the parent's refuses them.
  *
  * Invariants:
  * - At most one frame is open (being encoded) in `out`, and it is last.
