@@ -75,6 +75,62 @@ describe("big blocks", function()
     assert.are.equal(24 * MB, #s)
   end)
 
+  it("a big value arriving while a dead one waits for the collector takes its block", function()
+    -- in a process of its own: a small heap, as the rule wants
+    local out, code = H.run_lua([[
+      local orch = require "orch"
+      local core = require "orch.core"
+      local pool <close> = orch.pool { workers = 1 }
+      local function echo(x) return x end
+      local n = 24 << 20
+      local vals = { ("a"):rep(n - 8) .. "00000001", ("b"):rep(n - 8) .. "00000002" }
+      local mapped
+      for i = 1, 6 do
+        local v = vals[i % 2 + 1]
+        assert(pool:submit(echo, v):result() == v, "round " .. i)
+        if i == 1 then mapped = core.big_blocks().mapped end
+      end
+      print("more mappings", core.big_blocks().mapped - mapped)
+      -- results held: a collection frees none of them
+      local held = {}
+      for i = 1, 3 do held[i] = pool:submit(echo, vals[i % 2 + 1]):result() end
+      assert(held[1] == vals[2] and held[2] == vals[1] and held[3] == vals[2])
+      print("held ok")
+    ]])
+    assert.are.equal(0, code, out)
+    -- from round 2 on, each result takes the block of the one before it,
+    -- dead but not yet collected
+    assert.matches("more mappings\t0\n", out)
+    assert.matches("held ok", out)
+  end)
+
+  it("collects for a big value only while the collector runs and the rest of the heap is small", function()
+    -- maps for a decoded value when the last one is dead but not collected
+    local function mappings(mode, small_tables)
+      local out, code = H.run_lua(([[
+        local core = require "orch.core"
+        local e = core.encode(("z"):rep(24 << 20))
+        local rest = {}
+        for i = 1, %d do rest[i] = { i } end
+        collectgarbage(); collectgarbage()
+        collectgarbage("%s")
+        local a = core.decode(e)
+        assert(#a == 24 << 20)
+        a = nil
+        local before = core.big_blocks().mapped
+        local b = core.decode(e)
+        print("mappings", core.big_blocks().mapped - before)
+        assert(b == ("z"):rep(24 << 20))
+      ]]):format(small_tables, mode))
+      assert.are.equal(0, code, out)
+      return tonumber(out:match("mappings\t(%d+)"))
+    end
+    assert.are.equal(0, mappings("restart", 1000))
+    assert.are.equal(1, mappings("stop", 1000))
+    -- some 7 MB of small tables: collecting them costs more than fresh pages
+    assert.are.equal(1, mappings("restart", 100000))
+  end)
+
   it("keeps nothing under an address-space limit, and lets kept blocks go when memory runs short #noasan", function()
     local out, code = H.run_lua([[
       local core = require "orch.core"

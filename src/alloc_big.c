@@ -30,6 +30,14 @@
  * limit (RLIMIT_AS, a worker's limits.memory) none are kept: they would
  * use it up.
  *
+ * A dead big value's block comes back only when the collector ends its
+ * cycle, which it paces by the bytes allocated: values arriving one after
+ * another would each take fresh pages while the one before waits. So a
+ * decoder about to make a big string asks for room (alloc_big_room):
+ * when no kept block fits it, and the rest of the state's heap is small
+ * against it (a full collection then costs less than fresh pages), the
+ * state is collected first and a dead value's block is kept for it.
+ *
  * A forked child inherits the parent's blocks copy-on-write: writing into
  * a kept one would copy it page by page. So the child lets the kept
  * blocks go at once (alloc_big_forked) and never keeps a block it
@@ -55,11 +63,14 @@
 #define KEEP_BYTES ((size_t)256 << 20)
 #define KEEP_SECONDS 10.0
 #define FIT_SLACK 4 /* a kept block serves len bytes if at most len / FIT_SLACK longer */
+#define ROOM_SHARE 8 /* alloc_big_room collects if the rest of the heap is under n / ROOM_SHARE */
+#define VALUE_HEAD 64 /* a value's block holds its header too: at most this */
 
 typedef struct {
     char *p;       /* NULL: a free slot */
     size_t len;    /* the mapping's length */
     unsigned gen;  /* the process generation that mapped it */
+    int state;     /* made by a state's allocator (not alloc_big_block) */
     double since;  /* kept: when it was freed */
 } block;
 
@@ -210,16 +221,18 @@ static int find_kept(size_t len)
     return best;
 }
 
-/* A big block of n bytes: a kept one that fits, or a new mapping. */
-static void *big_new(size_t n)
+/* A big block of n bytes for a state (or for alloc_big_block): a kept
+ * one that fits, or a new mapping. */
+static void *big_new(size_t n, int state)
 {
     size_t len = round_len(n);
     double now = mono();
     expire_kept(now);
-    block b = { NULL, len, gen, 0 };
+    block b = { NULL, len, gen, state, 0 };
     int k = find_kept(len);
     if (k >= 0) {
         b = take_kept((size_t)k);
+        b.state = state;
     } else if ((b.p = map_aligned(len)) == NULL) {
         return NULL;
     } else {
@@ -320,7 +333,7 @@ static void *alloc_once(void *ptr, size_t osize, size_t nsize)
         return np;
     }
     /* a new big block, or a block of the base allocator's grown big */
-    void *np = big_new(nsize);
+    void *np = big_new(nsize, 1);
     if (np == NULL) /* no mapping: the base allocator, as without this one */
         return base_f(base_ud, ptr, osize, nsize);
     if (ptr) {
@@ -345,10 +358,10 @@ static void *big_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 
 void *alloc_big_block(size_t n)
 {
-    void *p = big_new(n > 0 ? n : 1);
+    void *p = big_new(n > 0 ? n : 1, 0);
     if (p == NULL && n_kept > 0) {
         alloc_big_trim();
-        p = big_new(n > 0 ? n : 1);
+        p = big_new(n > 0 ? n : 1, 0);
     }
     return p;
 }
@@ -358,6 +371,31 @@ void alloc_big_block_free(void *p)
     block *e = p ? live_find(p) : NULL;
     if (e)
         big_free(e);
+}
+
+/* Bytes of the blocks handed out to states. */
+static size_t state_bytes(void)
+{
+    size_t sum = 0;
+    for (size_t i = 0; i < live_cap; i++)
+        if (live[i].p && live[i].state)
+            sum += live[i].len;
+    return sum;
+}
+
+void alloc_big_room(lua_State *L, size_t n)
+{
+    if (n < BLOCK_MIN || find_kept(round_len(n + VALUE_HEAD)) >= 0)
+        return;
+    if (lua_getallocf(L, NULL) != big_alloc || !lua_gc(L, LUA_GCISRUNNING))
+        return;
+    size_t big = state_bytes();
+    if (big == 0)
+        return; /* no big value that a collection could free */
+    size_t heap = (size_t)lua_gc(L, LUA_GCCOUNT) << 10;
+    if (heap > big && heap - big > n / ROOM_SHARE)
+        return; /* collecting the rest would cost more than fresh pages */
+    lua_gc(L, LUA_GCCOLLECT, 0);
 }
 
 double alloc_big_expiry(void)

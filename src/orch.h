@@ -559,6 +559,15 @@ ORCH_HIDDEN void alloc_big_forked(void);
 ORCH_HIDDEN void *alloc_big_block(size_t n);
 ORCH_HIDDEN void alloc_big_block_free(void *p);
 /* How many big blocks have been handed out so far (to Lua or C). */
+/* A value of n bytes is about to be made in L (a decoder's big string).
+ * Lua's collector paces itself by bytes allocated, so a dead big value
+ * waits for the next cycle, and a big value arriving every round trip
+ * would take fresh pages each time. So when no kept block fits n, some
+ * big value is live in a state, and the rest of L's heap is small (a
+ * full collection then costs less than fresh pages of n bytes), L is
+ * collected first: a dead big value's block is then kept for this one.
+ * Nothing is done while L's collector is stopped. */
+ORCH_HIDDEN void alloc_big_room(lua_State *L, size_t n);
 ORCH_HIDDEN unsigned long alloc_big_made(void);
 typedef struct alloc_big_counts {
     unsigned long made, mapped; /* blocks handed out; of those, new mappings */

@@ -410,6 +410,7 @@ static int dec_string(wire_dec *d, lua_State *L)
     size_t l;
     if (dec_count(d, &l, 1, "string length") != 0)
         return -1;
+    alloc_big_room(L, l);
     lua_pushlstring(L, d->data + d->pos, l);
     d->pos += l;
     return 0;
