@@ -176,6 +176,24 @@ describe("orch.pool", function()
     end
   end)
 
+  it("takes a reply from any worker while it waits, not only from the one it last gave a task", function()
+    local pool <close> = orch.pool{ workers = 2 }
+    pool:map(function() end, { 1, 2, 3, 4 }, { chunk = 1 })  -- both up and idle
+    local function pause(s) orch.sleep(s); return require("orch.core").getpid() end
+    local quick = pool:submit(pause, 0.005)
+    local slow = pool:submit(pause, 1)  -- the other worker: the last one handed a task
+    local t0 = core.now()
+    local pid = quick:result()
+    assert.is_true(core.now() - t0 < 0.5, "the quick reply came " .. (core.now() - t0) .. " s late")
+    assert.are_not.equal(pid, slow:result())
+    -- and the worker that stays silent can die: its end is seen the same
+    local dying = pool:submit(function() os.exit(3) end)
+    local ok, err = pcall(dying.result, dying)
+    assert.is_false(ok)
+    assert.are.equal("crashed", err.kind)
+    assert.are.equal(5, pool:submit(function(x) return x end, 5):result())
+  end)
+
   it("cancels a queued task, which never runs", function()
     local tmp = os.tmpname()
     local blockers = {}

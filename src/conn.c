@@ -11,11 +11,15 @@
  * the socket does not take then is written when it becomes writable. A
  * frame the child is idle for (conn_queued_now) goes at once if it is the
  * first of the turn: the child starts on it while the parent goes on.
+ * That conn is then the hot one: the likeliest to answer next, so a step
+ * spinning for a reply reads it straight away between its turns of the
+ * loop (loop_on_spin), one system call a try instead of two.
  *
  * Invariants:
  * - A conn lives inside a userdata (its holder) that the registry holds
  *   while the conn is open; callbacks reach the holder by that ref.
  * - The queued list holds only open conns: conn_close takes a conn off it.
+ *   So is `hot`: an open conn or NULL.
  * - At end of file (or a read error) the conn closes itself; frames read
  *   before it stay in ch.in, already dispatched. So does a frame whose
  *   length is over the limit: the stream is out of sync from there.
@@ -35,6 +39,7 @@
 #define READ_BUDGET (8u << 20) /* bytes read per readiness, for fairness */
 
 static conn *queued_head; /* conns with frames written this turn */
+static conn *hot;         /* the last one handed a frame its child was idle for */
 
 static void queued_unlink(conn *c)
 {
@@ -74,6 +79,7 @@ void conn_queued(conn *c)
 
 void conn_queued_now(conn *c)
 {
+    hot = c;
     if (!c->queued) {
         conn_queued(c);
         conn_flush(c);
@@ -141,14 +147,28 @@ int conn_read(lua_State *L, conn *c, int hidx, int drain)
     return rc;
 }
 
-static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
+/* Reads c now, on the thread inside core.step. */
+static void read_now(conn *c)
 {
-    (void)loop; (void)revents;
-    conn *c = (conn *)((char *)w - offsetof(conn, rio));
     lua_State *L = loop_state();
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->holder); /* keeps c alive */
     conn_read(L, c, lua_gettop(L), 0);
     lua_pop(L, 1);
+}
+
+static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop; (void)revents;
+    read_now((conn *)((char *)w - offsetof(conn, rio)));
+}
+
+/* A step spinning for a reply (loop.c): the child last handed a frame it
+ * was idle for is the likeliest to answer, so its channel is read
+ * straight away (nothing there: EAGAIN, and the spin goes on). */
+static void read_hot(void)
+{
+    if (hot && hot->ch.rfd >= 0)
+        read_now(hot);
 }
 
 void conn_init(conn *c)
@@ -167,6 +187,7 @@ void conn_start(conn *c, int holder, int uv)
     static int hooked;
     if (!hooked) {
         loop_on_before_block(flush_queued);
+        loop_on_spin(read_hot);
         hooked = 1;
     }
     int rfd = c->ch.rfd, wfd = c->ch.wfd;
@@ -188,6 +209,8 @@ void conn_close(conn *c)
     ev_io_stop(loop, &c->wio);
     chan_close(&c->ch);
     queued_unlink(c);
+    if (hot == c)
+        hot = NULL;
 }
 
 void conn_free(conn *c)
@@ -205,4 +228,5 @@ void conn_forget(conn *c)
     chan_close_fds(&c->ch);
     c->queued = 0;
     queued_head = NULL;
+    hot = NULL;
 }

@@ -24,6 +24,7 @@ static struct ev_loop *loop;
 static ev_prepare before_block;
 static loop_hook hooks[MAX_HOOKS];
 static int nhooks;
+static loop_hook spin_read;           /* loop_on_spin */
 static ev_timer kept_timer;            /* lets kept big blocks go (alloc_big.c) */
 static int pending_error = LUA_NOREF;  /* registry ref of a callback error */
 static lua_State *running_L;          /* the thread inside step(), for callbacks */
@@ -35,6 +36,11 @@ static unsigned long calls;           /* callbacks into Lua so far */
  * Only while a core is free for it (spin_pays): otherwise the poll takes
  * the core from the workers it waits for. */
 #define SPIN_SECONDS 50e-6
+/* While it spins, a step mostly reads where the reply it waits for likely
+ * comes from (loop_on_spin): one system call a try, where a turn of the
+ * loop takes two (epoll_wait, then the read) and its hooks. One try in
+ * SPIN_TURN_EVERY is a whole turn of the loop, for everything else. */
+#define SPIN_TURN_EVERY 8
 
 struct ev_loop *loop_get(void)
 {
@@ -76,6 +82,11 @@ int loop_call(lua_State *L, int nargs)
     lua_remove(L, base);
     ev_break(loop, EVBREAK_ALL);
     return -1;
+}
+
+void loop_on_spin(loop_hook fn)
+{
+    spin_read = fn;
 }
 
 void loop_on_before_block(loop_hook fn)
@@ -153,9 +164,13 @@ static int l_step(lua_State *L)
         ev_invoke_pending(loop);
     if (calls == before && timeout != 0 && !idle && spin_pays()) {
         double until = loop_clock() + (timeout > 0 && timeout < SPIN_SECONDS ? timeout : SPIN_SECONDS);
-        do
-            ev_run(loop, EVRUN_NOWAIT);
-        while (calls == before && pending_error == LUA_NOREF && loop_clock() < until);
+        unsigned tries = 0;
+        do {
+            if (spin_read && tries++ % SPIN_TURN_EVERY != 0)
+                spin_read();
+            else
+                ev_run(loop, EVRUN_NOWAIT);
+        } while (calls == before && pending_error == LUA_NOREF && loop_clock() < until);
     }
     if (calls != before || pending_error != LUA_NOREF) {
         /* something was pending, or came while polling: that was the turn */

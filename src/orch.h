@@ -499,6 +499,11 @@ ORCH_HIDDEN int loop_call(lua_State *L, int nargs);
  * it polls; registering it again does nothing. At most 4 hooks. */
 typedef void (*loop_hook)(void);
 ORCH_HIDDEN void loop_on_before_block(loop_hook fn);
+/* fn reads, without polling the loop, where the event a step waits for
+ * most likely comes from (conn.c: the child last handed a frame it was
+ * idle for); a step's spin calls it between its turns of the loop. One
+ * such function; registering another replaces it. */
+ORCH_HIDDEN void loop_on_spin(loop_hook fn);
 /* The number of seconds at arg: raises for NaN and negative ones. */
 ORCH_HIDDEN lua_Number loop_check_seconds(lua_State *L, int arg);
 /* Seconds on the monotonic clock (core.now): for durations and deadlines,
