@@ -129,6 +129,17 @@ describe("big blocks", function()
     assert.are.equal(1, mappings("stop", 1000))
     -- some 7 MB of small tables: collecting them costs more than fresh pages
     assert.are.equal(1, mappings("restart", 100000))
+    -- inside a finalizer the collector cannot run: the value is made all the same
+    local out, code = H.run_lua([[
+      local core = require "orch.core"
+      local e = core.encode(("q"):rep(24 << 20))
+      local got
+      setmetatable({}, { __gc = function() got = core.decode(e) == ("q"):rep(24 << 20) end })
+      collectgarbage(); collectgarbage()
+      print("in a finalizer", got)
+    ]])
+    assert.are.equal(0, code, out)
+    assert.matches("in a finalizer\ttrue\n", out)
   end)
 
   it("keeps nothing under an address-space limit, and lets kept blocks go when memory runs short #noasan", function()

@@ -387,8 +387,8 @@ void alloc_big_room(lua_State *L, size_t n)
 {
     if (n < BLOCK_MIN || find_kept(round_len(n + VALUE_HEAD)) >= 0)
         return;
-    if (lua_getallocf(L, NULL) != big_alloc || !lua_gc(L, LUA_GCISRUNNING))
-        return;
+    if (lua_getallocf(L, NULL) != big_alloc || lua_gc(L, LUA_GCISRUNNING) != 1)
+        return; /* not ours, or the collector stopped (-1 inside a finalizer) */
     size_t big = state_bytes();
     if (big == 0)
         return; /* no big value that a collection could free */
