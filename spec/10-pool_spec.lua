@@ -177,8 +177,7 @@ describe("orch.pool", function()
   end)
 
   it("takes a reply from any worker while it waits, not only from the one it last gave a task", function()
-    local pool <close> = orch.pool{ workers = 2 }
-    pool:map(function() end, { 1, 2, 3, 4 }, { chunk = 1 })  -- both up and idle
+    pool:map(function() end, { 1, 2, 3, 4 }, { chunk = 1 })  -- both workers up and idle
     local function pause(s) orch.sleep(s); return require("orch.core").getpid() end
     local quick = pool:submit(pause, 0.005)
     local slow = pool:submit(pause, 1)  -- the other worker: the last one handed a task
