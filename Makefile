@@ -147,7 +147,7 @@ FUZZ_OBJS_wire = $(FUZZ_WIRE) $(FUZZ_BUILD)/obj/wbuf.o $(FUZZ_BUILD)/obj/array.o
                  $(FUZZ_BUILD)/obj/alloc_big.o
 FUZZ_OBJS_frame = $(FUZZ_BUILD)/obj/chan.o $(FUZZ_BUILD)/obj/dispatch.o $(FUZZ_BUILD)/obj/loop.o \
                   $(FUZZ_BUILD)/obj/memfd.o $(FUZZ_BUILD)/obj/alloc_big.o $(FUZZ_BUILD)/obj/spin.o \
-                  $(FUZZ_BUILD)/obj/array.o \
+                  $(FUZZ_BUILD)/obj/array.o $(FUZZ_BUILD)/obj/lane.o \
                   $(FUZZ_WIRE) $(FUZZ_BUILD)/obj/wbuf.o
 
 fuzz: build

@@ -69,6 +69,9 @@
 #include "orch.h"
 
 #define FILL_CHUNK (64 * 1024)
+/* While a lane is awake, a spinning read looks at rfd once in this many
+ * tries: frames come there only when they did not fit on the lane. */
+#define SPIN_WIRE_EVERY 16
 #define FRAME_BIG 0x80000000u /* in the length word: the payload is in a memfd */
 #define BIG_SEALED (FRAME_BIG | 8)      /* a sealed memfd, its fd with the frame */
 #define BIG_SHARED (FRAME_BIG | 9)      /* the writer's shared memfd, an fd of it with the frame */
@@ -109,6 +112,19 @@ static void close_fds_queued(chan *c)
     c->n_in_fds = c->n_out_fds = 0;
 }
 
+void chan_set_lanes(chan *c, lane *pair, int k, int own)
+{
+    c->tx = lane_at(pair, k);
+    c->rx = lane_at(pair, 1 - k);
+    c->lanes = own ? pair : NULL;
+}
+
+static void free_lanes(chan *c)
+{
+    lane_pair_free(c->lanes);
+    c->lanes = c->rx = c->tx = NULL;
+}
+
 void chan_close_fds(chan *c)
 {
     if (c->rfd >= 0)
@@ -123,6 +139,7 @@ void chan_close_fds(chan *c)
 void chan_close(chan *c)
 {
     chan_close_fds(c);
+    free_lanes(c);
     wbuf_free(&c->later);
     if (!c->frame_open) /* else an encoder may still be writing there */
         wbuf_free(&c->out);
@@ -152,6 +169,7 @@ void chan_free_in(chan *c)
 void chan_free(chan *c)
 {
     chan_close_fds(c);
+    free_lanes(c);
     wbuf_free(&c->later);
     wbuf_free(&c->out);
     c->frame_open = 0;
@@ -456,9 +474,16 @@ int chan_next(chan *c, int *type, const char **payload, size_t *plen)
     wbuf *b = &c->in;
     const unsigned char *h = (const unsigned char *)b->data + b->off;
     if (c->head == HEAD_NONE) {
-        if (b->len - b->off < FRAME_HEADER)
-            return 0;
-        size_t n = frame_length(h);
+        size_t n;
+        for (;;) {
+            if (b->len - b->off < FRAME_HEADER)
+                return 0;
+            h = (const unsigned char *)b->data + b->off;
+            n = frame_length(h);
+            if (n != 0 || h[4] != MSG_WAKE)
+                break;
+            chan_consume(b, 0); /* a wake frame did its work by coming */
+        }
         if (!(n & FRAME_BIG)) {
             int r = chan_peek_max(b, c->max_in, type, payload, plen);
             if (r == 1)
@@ -508,6 +533,31 @@ static void sent(chan *c, size_t n, int with_fd)
         c->out_fds[k].ahead -= n;
     c->out.off += n;
     c->out_sent += n;
+    c->wire_out += n;
+}
+
+static const char wake_frame[FRAME_HEADER] = {0, 0, 0, 0, MSG_WAKE};
+
+/* All of out (whole frames) put on the lane, if the child is awake for it
+ * and wfd holds no part of a frame; a wake frame follows in out if the
+ * child fell asleep meanwhile. 1 when it went, else 0 (out as it was). */
+static int flush_lane(chan *c)
+{
+    wbuf *b = &c->out;
+    if (!c->tx || c->out_cut || c->n_out_fds > 0 || !lane_awake(c->tx)
+        || wbuf_reserve(b, FRAME_HEADER) < 0) /* room for the wake frame */
+        return 0;
+    struct iovec v = {b->data + b->off, b->len - b->off};
+    if (lane_put(c->tx, c->wire_out, &v, 1) < 0)
+        return 0;
+    c->out_sent += v.iov_len;
+    c->lane_out += v.iov_len;
+    b->off = b->len = 0;
+    if (!lane_still_awake(c->tx)) {
+        memcpy(b->data, wake_frame, FRAME_HEADER);
+        b->len = FRAME_HEADER;
+    }
+    return 1;
 }
 
 int chan_flush(chan *c)
@@ -515,6 +565,8 @@ int chan_flush(chan *c)
     chan_rollback(c);
     take_later(c);
     wbuf *b = &c->out;
+    if (b->off < b->len)
+        flush_lane(c);
     while (b->off < b->len) {
         /* up to the next big frame; that one from its first byte, with its fd */
         size_t len = b->len - b->off;
@@ -529,18 +581,21 @@ int chan_flush(chan *c)
         }
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            c->out_cut = 1; /* maybe inside a frame */
             return 1;  /* the rest stays where it is: see wbuf_reserve */
+        }
         return -1;
     }
+    c->out_cut = 0;
     wbuf_reset(b);
     return 0;
 }
 
-static int write_all(int fd, const char *p, size_t n)
+static int write_all(chan *c, const char *p, size_t n)
 {
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
+        ssize_t w = write(c->wfd, p, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -548,8 +603,20 @@ static int write_all(int fd, const char *p, size_t n)
         }
         p += w;
         n -= (size_t)w;
+        c->wire_out += (size_t)w;
     }
     return 0;
+}
+
+/* The child's frames in v: on the lane while the parent is awake for it
+ * (and a wake frame after them if it fell asleep meanwhile), else
+ * written. 0, or -1 (errno). */
+static int write_frames(chan *c, const struct iovec *v)
+{
+    if (c->tx && lane_awake(c->tx) && lane_put(c->tx, c->wire_out, v, 2) == 0)
+        return lane_still_awake(c->tx) ? 0 : write_all(c, wake_frame, FRAME_HEADER);
+    int rc = write_all(c, v[0].iov_base, v[0].iov_len);
+    return rc == 0 ? write_all(c, v[1].iov_base, v[1].iov_len) : rc;
 }
 
 /* The child. An open frame may be the one a finalizer interrupted (a send
@@ -561,9 +628,9 @@ int chan_flush_blocking(chan *c)
     if (b->len == b->off && c->later.len == c->later.off)
         return 0; /* the worker asks before each read: keep it cheap */
     size_t end = c->frame_open ? b->off + c->frame_at : b->len;
-    int rc = write_all(c->wfd, b->data + b->off, end - b->off);
-    if (rc == 0)
-        rc = write_all(c->wfd, c->later.data + c->later.off, c->later.len - c->later.off);
+    struct iovec v[2] = {{b->data + b->off, end - b->off},
+                         {c->later.data + c->later.off, c->later.len - c->later.off}};
+    int rc = write_frames(c, v);
     wbuf_reset(&c->later);
     if (c->frame_open) {
         b->off = end;
@@ -599,13 +666,71 @@ static ssize_t read_in(chan *c, char *p, size_t n, int flags)
     return r;
 }
 
+/* The frames due from the lane, appended to in: bytes, 0, or -1 (errno). */
+static ssize_t take_lane(chan *c)
+{
+    ssize_t n = c->rx ? lane_take(c->rx, &c->in, c->wire_in) : 0;
+    if (n > 0)
+        c->lane_in += (uint64_t)n;
+    return n;
+}
+
+/* How much of want may be read from rfd now: no further than where the
+ * next record on the lane goes. */
+static size_t wire_room(chan *c, size_t want)
+{
+    uint64_t at;
+    if (c->rx && lane_next_at(c->rx, &at) == 1 && at > c->wire_in && at - c->wire_in < want)
+        return (size_t)(at - c->wire_in);
+    return want;
+}
+
+/* n bytes were read from rfd to the end of in: counted, and the records
+ * put on the lane meanwhile whose place is inside them moved there. 0, or
+ * -1 (errno). */
+static int got_wire(chan *c, size_t n)
+{
+    uint64_t from = c->wire_in;
+    c->in.len += n;
+    c->wire_in += n;
+    ssize_t placed = c->rx ? lane_place(c->rx, &c->in, from, c->wire_in) : 0;
+    if (placed > 0)
+        c->lane_in += (uint64_t)placed;
+    return placed < 0 ? -1 : 0;
+}
+
+void chan_wake(chan *c)
+{
+    if (c->rx)
+        lane_wake(c->rx);
+}
+
+int chan_sleep(chan *c)
+{
+    return c->rx && lane_sleep(c->rx);
+}
+
+/* What chan_fill and chan_fill_spin do first: the payload of a big frame
+ * taken is let go, an empty `in` that grew large given back, and the
+ * frames due on the lane taken. */
+static ssize_t fill_begin(chan *c)
+{
+    if (c->head == HEAD_TAKEN)
+        free_head(c);
+    if (c->in.off == c->in.len)
+        wbuf_reset(&c->in); /* drained: a large buffer is given back */
+    ssize_t got = take_lane(c);
+    if (got != 0)
+        c->in_short = 1; /* nothing said of rfd */
+    return got;
+}
+
 ssize_t chan_fill(chan *c, size_t max)
 {
     wbuf *b = &c->in;
-    if (c->head == HEAD_TAKEN)
-        free_head(c);
-    if (b->off == b->len)
-        wbuf_reset(b); /* drained: a large buffer is given back */
+    ssize_t got = fill_begin(c);
+    if (got != 0)
+        return got;
     size_t want = FILL_CHUNK;
     /* A frame that announces its size gets room for all of it at once,
      * within the limit: one over it is refused (chan_peek_max) unread. */
@@ -622,38 +747,48 @@ ssize_t chan_fill(chan *c, size_t max)
         return -1;
     }
     for (;;) {
-        size_t ask = b->cap - b->len < want ? b->cap - b->len : want;
+        size_t ask = wire_room(c, b->cap - b->len < want ? b->cap - b->len : want);
         ssize_t n = read_in(c, b->data + b->len, ask, 0);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n > 0)
-            b->len += (size_t)n;
         c->in_short = n > 0 && (size_t)n < ask;
+        if (n > 0 && got_wire(c, (size_t)n) < 0)
+            return -1;
+        if (n == 0 && (got = take_lane(c)) != 0)
+            return got; /* put before the end of the stream */
         return n;
     }
 }
 
-ssize_t chan_fill_spin(chan *c, long ns)
+/* One read of rfd that does not wait, for chan_fill_spin: bytes, 0 at
+ * the end (but for what the lane had before it), -1 with errno. */
+static ssize_t read_nowait(chan *c)
 {
     wbuf *b = &c->in;
-    if (c->head == HEAD_TAKEN)
-        free_head(c);
-    if (b->off == b->len)
-        wbuf_reset(b); /* drained: a large buffer is given back */
+    if (wbuf_reserve(b, FILL_CHUNK) < 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    ssize_t n = read_in(c, b->data + b->len, wire_room(c, b->cap - b->len), MSG_DONTWAIT);
+    if (n > 0)
+        return got_wire(c, (size_t)n) < 0 ? -1 : n;
+    return n == 0 ? take_lane(c) : -1;
+}
+
+ssize_t chan_fill_spin(chan *c, long ns)
+{
+    chan_wake(c); /* from now until chan_sleep, frames may come on the lane */
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        if (wbuf_reserve(b, FILL_CHUNK) < 0) {
-            errno = ENOMEM;
-            return -1;
+    for (unsigned tries = 0;; tries++) {
+        ssize_t got = fill_begin(c);
+        if (got != 0)
+            return got;
+        if (!c->rx || tries % SPIN_WIRE_EVERY == 0) {
+            ssize_t n = read_nowait(c);
+            if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+                return n;
         }
-        ssize_t n = read_in(c, b->data + b->len, b->cap - b->len, MSG_DONTWAIT);
-        if (n > 0) {
-            b->len += (size_t)n;
-            return n;
-        }
-        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
-            return n;
         clock_gettime(CLOCK_MONOTONIC, &t);
         if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > ns) {
             errno = EAGAIN;

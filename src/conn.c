@@ -77,9 +77,22 @@ void conn_queued(conn *c)
     }
 }
 
+/* c stops being the hot conn: its lane is asleep from now on, and what
+ * its child put there meanwhile is read in the next turn. */
+static void let_go(conn *c)
+{
+    if (c && c->ch.rx && lane_sleep(c->ch.rx))
+        ev_feed_event(loop_get(), &c->rio, EV_READ);
+}
+
 void conn_queued_now(conn *c)
 {
-    hot = c;
+    if (hot != c) {
+        let_go(hot);
+        hot = c;
+    }
+    if (c->ch.rx)
+        lane_wake(c->ch.rx); /* its reply may come on the lane */
     if (!c->queued) {
         conn_queued(c);
         conn_flush(c);
@@ -162,12 +175,21 @@ static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
     read_now((conn *)((char *)w - offsetof(conn, rio)));
 }
 
-/* A step spinning for a reply (loop.c): the child last handed a frame it
- * was idle for is the likeliest to answer, so its channel is read
- * straight away (nothing there: EAGAIN, and the spin goes on). */
+/* A step spinning for a reply, or polling (loop.c): the child last
+ * handed a frame it was idle for is the likeliest to answer, so its lane
+ * is looked at (without one, its channel is read: nothing there is
+ * EAGAIN, and the spin goes on). */
 static void read_hot(void)
 {
-    if (hot && hot->ch.rfd >= 0)
+    if (hot && hot->ch.rfd >= 0 && (!hot->ch.rx || lane_has(hot->ch.rx)))
+        read_now(hot);
+}
+
+/* A step is about to block: the hot conn's child writes from now on, and
+ * what it put on the lane meanwhile is read now. */
+static void sleep_hot(void)
+{
+    if (hot && hot->ch.rfd >= 0 && chan_sleep(&hot->ch))
         read_now(hot);
 }
 
@@ -188,6 +210,7 @@ void conn_start(conn *c, int holder, int uv)
     if (!hooked) {
         loop_on_before_block(flush_queued);
         loop_on_spin(read_hot);
+        loop_on_sleep(sleep_hot);
         hooked = 1;
     }
     int rfd = c->ch.rfd, wfd = c->ch.wfd;

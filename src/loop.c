@@ -25,6 +25,7 @@ static ev_prepare before_block;
 static loop_hook hooks[MAX_HOOKS];
 static int nhooks;
 static loop_hook spin_read;           /* loop_on_spin */
+static loop_hook sleep_read;          /* loop_on_sleep */
 static ev_timer kept_timer;            /* lets kept big blocks go (alloc_big.c) */
 static int pending_error = LUA_NOREF;  /* registry ref of a callback error */
 static lua_State *running_L;          /* the thread inside step(), for callbacks */
@@ -87,6 +88,11 @@ int loop_call(lua_State *L, int nargs)
 void loop_on_spin(loop_hook fn)
 {
     spin_read = fn;
+}
+
+void loop_on_sleep(loop_hook fn)
+{
+    sleep_read = fn;
 }
 
 void loop_on_before_block(loop_hook fn)
@@ -171,6 +177,15 @@ static int l_step(lua_State *L)
             else
                 ev_run(loop, EVRUN_NOWAIT);
         } while (calls == before && pending_error == LUA_NOREF && loop_clock() < until);
+    }
+    /* Frames put on a lane (lane.c) make no fd ready: a poll looks there
+     * first, and a step about to block has its writers use the fds from
+     * then on, and reads what they put there meanwhile. */
+    if (calls == before && pending_error == LUA_NOREF) {
+        if (timeout == 0 && spin_read)
+            spin_read();
+        else if (timeout != 0 && sleep_read)
+            sleep_read();
     }
     if (calls != before || pending_error != LUA_NOREF) {
         /* something was pending, or came while polling: that was the turn */

@@ -257,6 +257,8 @@ enum {
     MSG_TASK = 1,   /* id, fnid, [bytecode|nil, upvalues] or fn, nargs, args... */
     MSG_QUIT = 2,   /* finish what was sent, then exit 0 */
     MSG_REPLY = 4,  /* values answering the child's last MSG_CALL */
+    /* either way */
+    MSG_WAKE = 5,   /* no payload: a frame is on the lane (lane.c); never dispatched */
     /* child -> parent */
     MSG_RESULT = 10, /* id, values... */
     MSG_ERROR = 11,  /* id, kind, message, traceback, value */
@@ -343,6 +345,35 @@ ORCH_HIDDEN void memfd_shared_close(memfd_shared *s);
  * whatever happens. 0, or -1 with *why. */
 ORCH_HIDDEN int memfd_read_shared(int fd, size_t n, void **buf, const char **why);
 
+/* ---- lane.c: a shared-memory path beside a channel's stream ------------
+ * A pair of lanes (one each way) is mapped before the fork. The writer
+ * puts whole frames while the reader is awake; the reader merges them with
+ * what it reads from the fd by their `at`, the writer's fd byte count
+ * when it put them (see lane.c). */
+typedef struct lane lane;
+ORCH_HIDDEN lane *lane_pair(void); /* NULL when it cannot be mapped */
+ORCH_HIDDEN void lane_pair_free(lane *pair);
+ORCH_HIDDEN lane *lane_at(lane *pair, int k); /* lane k (0 or 1) of the pair */
+/* The writer: whether the reader is awake (a hint); puts the bytes of v
+ * as one record (0, or -1: no room); then whether the reader is still
+ * awake (after a fence: if not, the writer wakes it through the fd). */
+ORCH_HIDDEN int lane_awake(const lane *l);
+ORCH_HIDDEN int lane_put(lane *l, uint64_t at, const struct iovec *v, int nv);
+ORCH_HIDDEN int lane_still_awake(lane *l);
+/* The reader: awake; about to sleep (returns whether records wait: then
+ * it must not sleep); whether records wait. */
+ORCH_HIDDEN void lane_wake(lane *l);
+ORCH_HIDDEN int lane_sleep(lane *l);
+ORCH_HIDDEN int lane_has(const lane *l);
+/* The next record's at: 1, 0 (none), -1 (EPROTO: the lane makes no sense). */
+ORCH_HIDDEN int lane_next_at(const lane *l, uint64_t *at);
+/* Appends to in the records due once wire_in bytes were read from the fd.
+ * Bytes appended, or -1 (EPROTO, ENOMEM). */
+ORCH_HIDDEN ssize_t lane_take(lane *l, wbuf *in, uint64_t wire_in);
+/* The fd bytes from..to were just read to the end of in: records due
+ * inside them go in at their places. Bytes added, or -1 (EPROTO, ENOMEM). */
+ORCH_HIDDEN ssize_t lane_place(lane *l, wbuf *in, uint64_t from, uint64_t to);
+
 /* ---- chan.c: a framed endpoint (plumbing; chan_enc_* raise) -----------
  * Frames come in from rfd into `in`, go out from `out` to wfd. At most one
  * frame is open in `out` (being encoded, or left by an encode that
@@ -376,9 +407,25 @@ typedef struct chan {
     int share_out;     /* big frames out go in `shared` (the parent's end) */
     memfd_shared shared;
     const char *why;   /* why a big frame was refused (chan_next -2) */
+    lane *rx, *tx;     /* lanes beside rfd and wfd (lane.c), or NULL */
+    lane *lanes;       /* the pair they are in: the chan's to unmap, or NULL */
+    uint64_t wire_in;  /* bytes read from rfd so far */
+    uint64_t wire_out; /* bytes written to wfd so far */
+    int out_cut;       /* wfd holds part of a frame: the lane waits */
+    uint64_t lane_in;  /* bytes of frames taken from rx so far */
+    uint64_t lane_out; /* bytes of frames put on tx so far */
 } chan;
 
 ORCH_HIDDEN void chan_init(chan *c, int rfd, int wfd);
+/* Gives c the lanes of pair: tx = lane k, rx = the other; own: c unmaps
+ * the pair when it is closed (the parent's end). */
+ORCH_HIDDEN void chan_set_lanes(chan *c, lane *pair, int k, int own);
+/* The reader is awake: frames may come on its lane until chan_sleep, and
+ * it looks there before it sleeps. */
+ORCH_HIDDEN void chan_wake(chan *c);
+/* The reader is about to sleep on rfd: 1 when frames came on its lane
+ * meanwhile (read them, do not sleep), else 0. */
+ORCH_HIDDEN int chan_sleep(chan *c);
 /* Closes both fds and frees `out` (unless a frame is open in it: an
  * encoder may still be writing there); `in` stays, with the frames not
  * yet consumed. chan_free frees everything. */
@@ -504,6 +551,9 @@ ORCH_HIDDEN void loop_on_before_block(loop_hook fn);
  * idle for); a step's spin calls it between its turns of the loop. One
  * such function; registering another replaces it. */
 ORCH_HIDDEN void loop_on_spin(loop_hook fn);
+/* fn runs before a step blocks, and may read (call back into Lua): if it
+ * did, the step does not block. One such function. */
+ORCH_HIDDEN void loop_on_sleep(loop_hook fn);
 /* The number of seconds at arg: raises for NaN and negative ones. */
 ORCH_HIDDEN lua_Number loop_check_seconds(lua_State *L, int arg);
 /* Seconds on the monotonic clock (core.now): for durations and deadlines,
@@ -656,7 +706,7 @@ ORCH_HIDDEN void worker_open(lua_State *L);
 /* Runs in a fresh child with its ends of the channel (it reads frames
  * from in, writes frames to out): takes the stop signal, runs the
  * function at fnidx; never returns. */
-ORCH_HIDDEN void worker_child_main(lua_State *L, int in, int out, int fnidx);
+ORCH_HIDDEN void worker_child_main(lua_State *L, int in, int out, lane *lanes, int fnidx);
 
 /* ---- proc.c: child processes --------------------------------------------- */
 ORCH_HIDDEN void proc_open(lua_State *L);

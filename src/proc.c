@@ -369,6 +369,17 @@ static int proc_buffer_sizes(lua_State *L)
     return 2;
 }
 
+/* proc:lane_bytes() -> taken, put: the bytes of frames that came from
+ * the child on the lane, and that went to it there (lane.c), for specs
+ * and diagnostics. */
+static int proc_lane_bytes(lua_State *L)
+{
+    proc *p = check_proc(L, 1);
+    lua_pushinteger(L, (lua_Integer)p->conn.ch.lane_in);
+    lua_pushinteger(L, (lua_Integer)p->conn.ch.lane_out);
+    return 2;
+}
+
 static int proc_tostring(lua_State *L)
 {
     proc *p = check_proc(L, 1);
@@ -382,8 +393,11 @@ static void proc_close_inherited(const proc *keep)
 {
     for (proc *p = live_head; p; p = p->next_live) {
         conn_forget(&p->conn);
-        if (p != keep)
+        if (p != keep) {
             close_peers(p);
+            lane_pair_free(p->conn.ch.lanes);
+        }
+        p->conn.ch.lanes = p->conn.ch.rx = p->conn.ch.tx = NULL;
         p->peer = p->peer_w = -1;
         p->pid = 0;
         p->live = 0;
@@ -435,6 +449,9 @@ static int make_channels(lua_State *L, int first, int n, const char **what)
         }
         chan_init(&p->conn.ch, pv[0], sv[0]);
         p->conn.ch.share_out = 1;
+        lane *pair = lane_pair(); /* without one, all goes through the fds */
+        if (pair)
+            chan_set_lanes(&p->conn.ch, pair, 0, 1);
         p->peer = sv[1];
         p->peer_w = pv[1];
     }
@@ -459,10 +476,11 @@ static int fork_children(lua_State *L, int first, int n, pid_t *pids, int *err)
         if (pid == 0) {
             proc *own = lua_touserdata(L, first + forked);
             int in = own->peer, out = own->peer_w;
+            lane *lanes = own->conn.ch.lanes;
             proc_close_inherited(own);
             sig_child_setup(parent);
             loop_child_reset(L);
-            worker_child_main(L, in, out, 3 * forked + 1); /* never returns */
+            worker_child_main(L, in, out, lanes, 3 * forked + 1); /* never returns */
         }
         pids[forked] = pid;
     }
@@ -535,6 +553,7 @@ void proc_open(lua_State *L)
         {"kill", proc_kill}, {"pid", proc_pid}, {"alive", proc_alive},
         {"pending", proc_pending}, {"close", proc_close_m},
         {"set_max_message", proc_set_max_message}, {"buffer_sizes", proc_buffer_sizes},
+        {"lane_bytes", proc_lane_bytes},
         {"__gc", proc_gc}, {"__close", proc_close_m}, {"__tostring", proc_tostring},
         {NULL, NULL}};
     if (luaL_newmetatable(L, PROC_MT)) {

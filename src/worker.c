@@ -259,10 +259,15 @@ static int next_frame(lua_State *L, int want_reply, int *deferred_one, int *type
         errno = EAGAIN;
         if (spin_pays())
             n = chan_fill_spin(&ch, SPIN_NS);
-        if (n < 0 && errno == EAGAIN && alloc_big_expiry() >= 0 && !frame_within(KEEP_IDLE_MS))
+        /* Before it sleeps, the worker tells the parent to write, not to
+         * put frames on the lane; what came there meanwhile is read now. */
+        if (n < 0 && errno == EAGAIN && !chan_sleep(&ch) && alloc_big_expiry() >= 0
+            && !frame_within(KEEP_IDLE_MS))
             alloc_big_trim(); /* idle: big blocks kept for the next task go */
-        if (n < 0 && errno == EAGAIN)
+        if (n < 0 && errno == EAGAIN) {
             n = chan_fill(&ch, (size_t)-1);
+            chan_wake(&ch); /* awake, and looks at the lane before it sleeps again */
+        }
         if (n == 0 || (n < 0 && errno != EAGAIN))
             return 0;
     }
@@ -669,11 +674,14 @@ static void stop_wake_cb(struct ev_loop *loop, ev_async *w, int revents)
     }
 }
 
-void worker_child_main(lua_State *L, int in, int out, int fnidx)
+void worker_child_main(lua_State *L, int in, int out, lane *lanes, int fnidx)
 {
     alloc_child_init(L);
     wrap_coroutines(L);
+    lane_pair_free(ch.lanes); /* a worker's own, inherited by a child it started */
     chan_init(&ch, in, out);
+    if (lanes)
+        chan_set_lanes(&ch, lanes, 1, 1);
     task_L = L;
     ev_async_init(&stop_wake, stop_wake_cb);
     ev_async_start(loop_get(), &stop_wake);

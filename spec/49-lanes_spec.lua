@@ -1,0 +1,141 @@
+-- Lanes: beside its socket and pipe, each channel has a ring of memory
+-- that both processes map (lane.c). While the reader is awake (polling,
+-- or busy and bound to look there before it sleeps), the writer puts
+-- whole frames on it, and the reader merges them with what it reads from
+-- the fd by where the writer was in the stream. Real forks, frames of
+-- every size (on the lane, through the fds, in memfds), parents that do
+-- not turn the loop for a while, SIGKILLed workers, counted mappings.
+local orch = require "orch"
+local core = require "orch.core"
+local H = orch_spec
+
+local KB = 1 << 10
+
+-- A string of n bytes made from seed: a mix-up of two shows.
+local function text(n, seed)
+  local piece = ("<%d>"):format(seed) .. ("abcdefghijklmnopqrstuvwxyz"):rep(2)
+  return (piece:rep(n // #piece + 1)):sub(1, n)
+end
+
+-- Frame sizes that go on the lane (small), past it (more than its 16 KiB)
+-- and in a memfd (512 KiB and more), in turn.
+local SIZES = { 3, 90, 20 * KB, 7, 600 * KB, 1000, 40 * KB, 0 }
+local function size(i) return SIZES[i % #SIZES + 1] end
+
+-- Keeps this process off the loop for s seconds: it stays awake, so
+-- replies meant for it may go on its lanes.
+local function busy(s)
+  local t = core.now()
+  while core.now() - t < s do end
+end
+
+-- The shared anonymous mappings of a process (lanes are; memfds are not).
+local function shared_anon(pid)
+  local n = 0
+  for line in io.lines(("/proc/%s/maps"):format(pid)) do
+    if line:match("^%x+%-%x+ rw%-s ") and line:match("/dev/zero") then n = n + 1 end
+  end
+  return n
+end
+
+describe("lanes", function()
+  it("carry a reply that comes while the parent is busy", function()
+    local pool <close> = orch.pool { workers = 1 }
+    pool:submit(function() end):result()
+    local proc = pool.slots[1].proc
+    local taken = proc:lane_bytes()
+    local f = pool:submit(function(x) return x + 1 end, 41)
+    busy(0.2) -- the worker answers meanwhile: the parent is awake, so on the lane
+    assert.equal(42, f:result())
+    assert.is_true(proc:lane_bytes() > taken)
+  end)
+
+  it("keep frames in order with those through the fds, both ways, whatever their size", function()
+    local pool <close> = orch.pool { workers = 1 }
+    local echo = function(n, seed, s)
+      assert(#s == n, "argument cut")
+      local piece = ("<%d>"):format(seed) .. ("abcdefghijklmnopqrstuvwxyz"):rep(2)
+      local m = (seed * 7) % n + 1
+      return (piece:rep(m // #piece + 1)):sub(1, m), seed
+    end
+    for round = 1, 3 do
+      local futs = {}
+      for i = 1, 400 do
+        local n = size(i + round) + 1
+        futs[i] = pool:submit(echo, n, i, text(n, i))
+        if i % 50 == round then busy(0.002 * round) end -- results pile up on the lane meanwhile
+      end
+      for i, f in ipairs(futs) do
+        local n = size(i + round) + 1
+        local s, seed = f:result()
+        assert.equal(i, seed)
+        assert.equal(text((i * 7) % n + 1, i), s)
+      end
+    end
+    local taken, put = pool.slots[1].proc:lane_bytes()
+    assert.is_true(taken > 0, "no frame came on the lane")
+    assert.is_true(put > 0, "no frame went on the lane")
+  end)
+
+  it("keep a worker's log lines in order when the parent reads them late", function()
+    local pool <close> = orch.pool { workers = 1 }
+    local records = H.capture_logs(finally)
+    do
+      local f = pool:submit(function(count)
+        local sizes = { 3, 90, 20 * 1024, 7, 600 * 1024, 1000, 40 * 1024, 0 }
+        for i = 1, count do
+          local n = sizes[i % #sizes + 1]
+          require("orch").log.info("%d %s", i, ("x"):rep(n))
+        end
+        return count
+      end, 300)
+      busy(0.3) -- the lane fills, then the pipe, then the worker waits
+      assert.equal(300, f:result())
+    end
+    assert.equal(300, #records)
+    for i, r in ipairs(records) do
+      assert.equal(("%d %s"):format(i, ("x"):rep(size(i))), r.message)
+    end
+  end)
+
+  it("lose nothing a worker put there before it was killed", function()
+    local pool <close> = orch.pool { workers = 1 }
+    pool:submit(function() end):result()
+    local records = H.capture_logs(finally)
+    local proc = pool.slots[1].proc
+    local taken = proc:lane_bytes()
+    local f = pool:submit(function()
+      for i = 1, 20 do require("orch").log.info("line %d", i) end
+      os.execute("kill -KILL " .. require("orch.core").getpid())
+    end)
+    busy(0.3) -- the lines wait on the lane; the worker is gone before the parent looks
+    f:wait()
+    assert.equal("crashed", f:error().kind)
+    local lines = {}
+    for _, r in ipairs(records) do
+      if r.message:match("^line") then lines[#lines + 1] = r.message end
+    end
+    assert.equal(20, #lines)
+    for i, line in ipairs(lines) do assert.equal("line " .. i, line) end
+    assert.is_true(proc:lane_bytes() > taken, "nothing came on the lane")
+  end)
+
+  it("are one mapping a worker, unmapped with its channel; a worker maps only its own", function()
+    local before = shared_anon("self")
+    do
+      local pool <close> = orch.pool { workers = 4 }
+      local pids = pool:map(function() return require("orch.core").getpid() end, { 1, 2, 3, 4 },
+                            { chunk = 1 })
+      assert.equal(before + 4, shared_anon("self"))
+      local seen = {}
+      for _, pid in ipairs(pids) do
+        if not seen[pid] then
+          seen[pid] = true
+          assert.equal(1, shared_anon(pid))
+        end
+      end
+    end
+    collectgarbage()
+    assert.equal(before, shared_anon("self"))
+  end)
+end)
