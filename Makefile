@@ -140,11 +140,12 @@ FUZZ_BUILD   = build-fuzz
 FUZZ_OPT     = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
                -fno-sanitize-recover=undefined
 FUZZ_LIBS    = -llua5.4 -lev
-FUZZ_TARGETS = wire frame
+FUZZ_TARGETS = wire frame lane
 FUZZ_WIRE    = $(FUZZ_BUILD)/obj/wire.o $(FUZZ_BUILD)/obj/wire_enc.o $(FUZZ_BUILD)/obj/wire_dec.o \
                $(FUZZ_BUILD)/obj/wire_path.o
 FUZZ_OBJS_wire = $(FUZZ_WIRE) $(FUZZ_BUILD)/obj/wbuf.o $(FUZZ_BUILD)/obj/array.o \
                  $(FUZZ_BUILD)/obj/alloc_big.o
+FUZZ_OBJS_lane = $(FUZZ_BUILD)/obj/lane.o $(FUZZ_BUILD)/obj/wbuf.o
 FUZZ_OBJS_frame = $(FUZZ_BUILD)/obj/chan.o $(FUZZ_BUILD)/obj/dispatch.o $(FUZZ_BUILD)/obj/loop.o \
                   $(FUZZ_BUILD)/obj/memfd.o $(FUZZ_BUILD)/obj/alloc_big.o $(FUZZ_BUILD)/obj/spin.o \
                   $(FUZZ_BUILD)/obj/array.o $(FUZZ_BUILD)/obj/lane.o \

@@ -80,6 +80,8 @@ void lane_pair_free(lane *pair)
 
 static void ring_write(lane *l, uint64_t pos, const void *p, size_t n)
 {
+    if (n == 0)
+        return; /* p may be NULL then (an empty buffer) */
     size_t at = (size_t)(pos & (LANE_BYTES - 1)), first = LANE_BYTES - at;
     if (first >= n) {
         memcpy(l->ring + at, p, n);
@@ -114,6 +116,8 @@ int lane_put(lane *l, uint64_t at, const struct iovec *v, int nv)
         n += v[k].iov_len;
     uint64_t head = atomic_load_explicit(&l->head, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&l->tail, memory_order_acquire);
+    if (n == 0)
+        return 0; /* nothing to tell */
     if (n > UINT32_MAX || REC_HEAD + padded(n) > LANE_BYTES - (head - tail))
         return -1;
     unsigned char h[REC_HEAD] = {0};
@@ -194,11 +198,12 @@ int lane_next_at(const lane *l, uint64_t *at)
     return peek(l, at, &n);
 }
 
-/* Copies the record at the tail (n bytes) to dst and lets it go. */
-static void pop(lane *l, char *dst, size_t n)
+/* Copies the record at the tail (n bytes) to in at pos and lets it go. */
+static void pop(lane *l, wbuf *in, size_t pos, size_t n)
 {
     uint64_t tail = atomic_load_explicit(&l->tail, memory_order_relaxed);
-    ring_read(l, tail + REC_HEAD, dst, n);
+    if (n > 0)
+        ring_read(l, tail + REC_HEAD, in->data + pos, n);
     atomic_store_explicit(&l->tail, tail + REC_HEAD + padded(n), memory_order_release);
 }
 
@@ -217,7 +222,7 @@ ssize_t lane_take(lane *l, wbuf *in, uint64_t wire_in)
             errno = ENOMEM;
             return -1;
         }
-        pop(l, in->data + in->len, n);
+        pop(l, in, in->len, n);
         in->len += n;
         got += (ssize_t)n;
     }
@@ -231,7 +236,7 @@ ssize_t lane_place(lane *l, wbuf *in, uint64_t from, uint64_t to)
     size_t n;
     int r;
     while ((r = peek(l, &at, &n)) == 1 && at < to) {
-        if (at < from) {
+        if (at < from || to - at > in->len - in->off) {
             errno = EPROTO;
             return -1;
         }
@@ -240,8 +245,9 @@ ssize_t lane_place(lane *l, wbuf *in, uint64_t from, uint64_t to)
             return -1;
         }
         size_t pos = in->len - (size_t)(to - at); /* where its bytes go */
-        memmove(in->data + pos + n, in->data + pos, in->len - pos);
-        pop(l, in->data + pos, n);
+        if (n > 0)
+            memmove(in->data + pos + n, in->data + pos, in->len - pos);
+        pop(l, in, pos, n);
         in->len += n;
         got += (ssize_t)n;
     }

@@ -79,6 +79,25 @@ function seeds.frame(core)
   return out
 end
 
+-- fuzz_lane.c's steps: byte 0 (odd: a writer that breaks the rules
+-- after them), then steps (op in the low 2 bits: 0 put on the lane, 1
+-- write to the fd, each with a size byte; 2 the reader goes into a read,
+-- 3 it comes back), 0xff, and the bytes written over the lane
+function seeds.lane()
+  local PUT, FD, TAKE, READ = 0, 1, 2, 3
+  local function steps(list) return string.char(table.unpack(list)) end
+  local mixed = steps{ PUT, 5, FD, 9, TAKE, PUT, 200, READ + 4 * 3, FD, 1, PUT, 3, TAKE,
+    READ + 4 * 60, PUT, 255, PUT, 255, READ + 4 * 1, FD, 40, TAKE, READ + 4 * 63 }
+  local raced = steps{ FD, 10, TAKE + 4 * 63, PUT, 4, FD, 20, PUT, 7, FD, 3, READ, TAKE, READ }
+  local full = steps{ PUT, 230, PUT, 230, PUT, 230, PUT, 230, PUT, 230, FD, 2, TAKE, READ + 4 * 63 }
+  local out = {}
+  for _, body in ipairs{ mixed, raced, full, "" } do
+    out[#out + 1] = "\0" .. body
+    out[#out + 1] = "\1" .. body .. "\255" .. ("\0\0\255\0\64\16\0\128\0"):rep(4)
+  end
+  return out
+end
+
 if arg and arg[0] and arg[0]:match("seeds%.lua$") then
   local target, dir, cpath = arg[1], arg[2], arg[3]
   assert(seeds[target] and dir, "usage: seeds.lua TARGET DIR [cpath]")
