@@ -29,6 +29,17 @@ local function busy(s)
   while core.now() - t < s do end
 end
 
+-- Keeps this process off the loop until path exists (a worker made it),
+-- then for s seconds more.
+local function busy_until(path, s)
+  local t = core.now()
+  while core.now() - t < 20 do
+    local f = io.open(path)
+    if f then f:close() break end
+  end
+  busy(s)
+end
+
 -- The shared anonymous mappings of a process (lanes are; memfds are not).
 local function shared_anon(pid)
   local n = 0
@@ -39,15 +50,60 @@ local function shared_anon(pid)
 end
 
 describe("lanes", function()
-  it("carry a reply that comes while the parent is busy", function()
+  it("carry a worker's frames while the parent is busy", function()
     local pool <close> = orch.pool { workers = 1 }
     pool:submit(function() end):result()
+    local records = H.capture_logs(finally)
     local proc = pool.slots[1].proc
     local taken = proc:lane_bytes()
-    local f = pool:submit(function(x) return x + 1 end, 41)
-    busy(0.2) -- the worker answers meanwhile: the parent is awake, so on the lane
+    local mark = os.tmpname()
+    os.remove(mark)
+    finally(function() os.remove(mark) end)
+    local f = pool:submit(function(x, path)
+      require("orch").log.info("hello") -- the parent is awake for it: on the lane
+      io.open(path, "w"):close()
+      return x + 1
+    end, 41, mark)
+    busy_until(mark, 0.05) -- the parent does not turn the loop meanwhile
     assert.equal(42, f:result())
+    assert.equal("hello", records[1].message)
     assert.is_true(proc:lane_bytes() > taken)
+  end)
+
+  it("carry frames to a child that is busy", function()
+    local MSG = core.msg
+    local mark = os.tmpname()
+    os.remove(mark)
+    finally(function() os.remove(mark) end)
+    local calls, got, exited = 0, nil, false
+    local proc = core.spawn(function()
+      local c = require("orch.core")
+      local first = c.call("first") -- asleep when the reply comes: through the socket
+      io.open(mark, "w"):close()
+      local t = c.now()
+      while c.now() - t < 0.5 do end -- awake: it looks at its lane before it sleeps again
+      local second = c.call("second") -- its reply came before it asked
+      c.send_parent(MSG.SEND, first, second)
+    end, function(p, type, ...)
+      if type == MSG.CALL then
+        calls = calls + 1
+        if calls == 1 then p:send(MSG.REPLY, "r1") end
+      elseif type == MSG.SEND then
+        got = { ... }
+      end
+    end, function() exited = true end)
+    finally(function() proc:close() end)
+    local t0 = core.now()
+    repeat -- the loop turns: the first call is answered
+      core.step(0.01)
+      local f = io.open(mark)
+    until (f and f:close()) or core.now() - t0 > 20
+    proc:send(MSG.REPLY, "r2")
+    core.step(0) -- it leaves now, while the child is busy
+    local t = core.now()
+    while not (got and exited) and core.now() - t < 20 do core.step(0.05) end
+    assert.same({ "r1", "r2" }, got)
+    assert.is_true(select(2, proc:lane_bytes()) > 0, "nothing went on the lane")
   end)
 
   it("keep frames in order with those through the fds, both ways, whatever their size", function()
@@ -72,9 +128,6 @@ describe("lanes", function()
         assert.equal(text((i * 7) % n + 1, i), s)
       end
     end
-    local taken, put = pool.slots[1].proc:lane_bytes()
-    assert.is_true(taken > 0, "no frame came on the lane")
-    assert.is_true(put > 0, "no frame went on the lane")
   end)
 
   it("keep a worker's log lines in order when the parent reads them late", function()
@@ -104,11 +157,15 @@ describe("lanes", function()
     local records = H.capture_logs(finally)
     local proc = pool.slots[1].proc
     local taken = proc:lane_bytes()
-    local f = pool:submit(function()
+    local mark = os.tmpname()
+    os.remove(mark)
+    finally(function() os.remove(mark) end)
+    local f = pool:submit(function(path)
       for i = 1, 20 do require("orch").log.info("line %d", i) end
+      io.open(path, "w"):close()
       os.execute("kill -KILL " .. require("orch.core").getpid())
-    end)
-    busy(0.3) -- the lines wait on the lane; the worker is gone before the parent looks
+    end, mark)
+    busy_until(mark, 0.1) -- the lines wait on the lane; the worker is gone before the parent looks
     f:wait()
     assert.equal("crashed", f:error().kind)
     local lines = {}
