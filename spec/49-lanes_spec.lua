@@ -106,6 +106,24 @@ describe("lanes", function()
     assert.is_true(select(2, proc:lane_bytes()) > 0, "nothing went on the lane")
   end)
 
+  it("let the next task leave at once after a step that read a reply there", function()
+    local pool <close> = orch.pool { workers = 1 }
+    pool:submit(function() end):result()
+    local marks = { os.tmpname(), os.tmpname() }
+    for _, m in ipairs(marks) do os.remove(m) end
+    finally(function() for _, m in ipairs(marks) do os.remove(m) end end)
+    local touch = function(path) io.open(path, "w"):close() return path end
+    local first = pool:submit(touch, marks[1])
+    busy_until(marks[1], 0.05) -- its reply waits on the lane
+    core.step(1, true) -- a step that does not poll: it reads the lane, no turn of the loop
+    assert.is_true(first:done())
+    local second = pool:submit(touch, marks[2]) -- the worker is idle: it goes at once
+    local t = core.now()
+    repeat local f = io.open(marks[2]) until (f and f:close()) or core.now() - t > 5
+    assert.is_true(core.now() - t < 5, "the task waited for the next step")
+    assert.equal(marks[2], second:result())
+  end)
+
   it("keep frames in order with those through the fds, both ways, whatever their size", function()
     local pool <close> = orch.pool { workers = 1 }
     local echo = function(n, seed, s)

@@ -175,6 +175,15 @@ static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
     read_now((conn *)((char *)w - offsetof(conn, rio)));
 }
 
+/* Reads the hot conn in place of a turn of the loop: the frames queued
+ * in the turn that ends leave first, as they would before the loop
+ * blocks, so that the next one handed to an idle child goes at once. */
+static void read_hot_now(void)
+{
+    flush_queued();
+    read_now(hot);
+}
+
 /* A step spinning for a reply, or polling (loop.c): the child last
  * handed a frame it was idle for is the likeliest to answer, so its lane
  * is looked at (without one, its channel is read: nothing there is
@@ -182,7 +191,7 @@ static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)
 static void read_hot(void)
 {
     if (hot && hot->ch.rfd >= 0 && (!hot->ch.rx || lane_has(hot->ch.rx)))
-        read_now(hot);
+        read_hot_now();
 }
 
 /* A step is about to block: the hot conn's child writes from now on, and
@@ -190,7 +199,7 @@ static void read_hot(void)
 static void sleep_hot(void)
 {
     if (hot && hot->ch.rfd >= 0 && chan_sleep(&hot->ch))
-        read_now(hot);
+        read_hot_now();
 }
 
 void conn_init(conn *c)
