@@ -38,6 +38,18 @@
  * kept while big frames follow each other. Only the child's end reads
  * these frames; the parent's refuses them.
  *
+ * Lanes (lane.c): a channel made by proc.c has a shared-memory ring each
+ * way beside its fds. While the reader of one is awake, the writer puts
+ * all it has to send there as one record (the parent: all of out, if no
+ * big frame's fd waits and wfd holds no part of a frame; the child: its
+ * frames of one flush), and a wake frame (MSG_WAKE, no payload) follows
+ * through the fd if the reader fell asleep meanwhile; chan_next swallows
+ * it. Reading merges the records with the fd's bytes by their place in
+ * the stream (wire_in, wire_out): chan_fill takes the records due, reads
+ * the fd no further than the next one's place, and places those put
+ * while it was in read(). The reader says when it is awake (chan_wake)
+ * and when it is about to sleep (chan_sleep).
+ *
  * Invariants:
  * - At most one frame is open (being encoded) in `out`, and it is last.
  *   An open frame never leaves. It is either being encoded or left by an
