@@ -70,13 +70,17 @@ local function frame_pipe_of(pid)
 end
 
 -- The frames' types a plain reading finds (as fuzz_frame.c's frames_of).
--- A big frame (chan.c) is 13 bytes; here no fd comes with it: refused.
+-- A big frame (chan.c) is 13 bytes; here no fd comes with it: refused. A
+-- wake frame (no payload, type 5) is never handed on.
 local function frames_of(s, max)
   local want, at = {}, 1
   while #s - at + 1 >= 5 do
     local len, t = string.unpack("<I4B", s, at)
     want[#want + 1] = t
-    if len == 0x80000008 then
+    if len == 0 and t == core.msg.WAKE then
+      want[#want] = nil
+      at = at + 5
+    elseif len == 0x80000008 then
       if #s - at + 1 < 13 then want[#want] = nil; break end
       if math.ult(max, string.unpack("<I8", s, at + 5)) then break end
       at = at + 13

@@ -116,10 +116,10 @@ __attribute__((visibility("default"))) int luaopen_orch_core(lua_State *L)
         {"TASK", MSG_TASK}, {"QUIT", MSG_QUIT}, {"REPLY", MSG_REPLY},
         {"RESULT", MSG_RESULT}, {"ERROR", MSG_ERROR}, {"LOG", MSG_LOG},
         {"READY", MSG_READY}, {"CALL", MSG_CALL}, {"SEND", MSG_SEND},
-        {"RETIRE", MSG_RETIRE},
+        {"RETIRE", MSG_RETIRE}, {"WAKE", MSG_WAKE},
         {"STOP_ASK", STOP_ASK}, {"STOP_CANCEL", STOP_CANCEL},
         {"STOP_TIMEOUT", STOP_TIMEOUT}, {NULL, 0}};
-    lua_createtable(L, 0, 13);
+    lua_createtable(L, 0, 14);
     for (int i = 0; msgs[i].name; i++) {
         lua_pushinteger(L, msgs[i].value);
         lua_setfield(L, -2, msgs[i].name);

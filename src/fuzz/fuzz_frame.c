@@ -119,6 +119,10 @@ static int frames_of(const uint8_t *s, size_t n, size_t max, int *want, size_t *
     while (n - at >= FRAME_HEADER) {
         size_t len = (size_t)s[at] | (size_t)s[at + 1] << 8 | (size_t)s[at + 2] << 16
                      | (size_t)s[at + 3] << 24;
+        if (len == 0 && s[at + 4] == MSG_WAKE) { /* a wake frame is never handed on */
+            at += FRAME_HEADER;
+            continue;
+        }
         want[k++] = s[at + 4];
         if (len == BIG_LENGTH) {
             if (n - at < BIG_SIZE) {

@@ -72,7 +72,8 @@ function seeds.frame(core)
   local streams = { results(1, 1), results(1, 40), mixed, big, mixed .. big, over, mixed .. over,
     bad, frame(msg.READY, ""), frame(msg.RESULT, enc(1)):sub(1, 7),
     bigs, bigs_mixed, bigf(msg.RESULT, 100000) .. mixed, bigf(msg.RESULT, 1):sub(1, 9),
-    string.pack("<I4B", 0x80000009, msg.RESULT) .. mixed }
+    string.pack("<I4B", 0x80000009, msg.RESULT) .. mixed,
+    frame(msg.WAKE, "") .. results(1, 2) .. frame(msg.WAKE, "") .. frame(msg.WAKE, "") .. mixed }
   for _, seed in ipairs{ 0, 1, 2, 77 } do
     for _, st in ipairs(streams) do out[#out + 1] = string.char(seed) .. st end
   end
