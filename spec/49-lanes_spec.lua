@@ -40,6 +40,23 @@ local function busy_until(path, s)
   busy(s)
 end
 
+-- A path no file is at yet, removed at the end of the running test: a
+-- worker makes it to say where it is.
+local function new_mark()
+  local path = os.tmpname()
+  os.remove(path)
+  finally(function() os.remove(path) end)
+  return path
+end
+
+-- A pool of one worker that has run a task (its code cached, its
+-- channel used), and that worker's proc.
+local function warm_pool()
+  local pool = orch.pool { workers = 1 }
+  pool:submit(function() end):result()
+  return pool, pool.slots[1].proc
+end
+
 -- The shared anonymous mappings of a process (lanes are; memfds are not).
 local function shared_anon(pid)
   local n = 0
@@ -51,14 +68,10 @@ end
 
 describe("lanes", function()
   it("carry a worker's frames while the parent is busy", function()
-    local pool <close> = orch.pool { workers = 1 }
-    pool:submit(function() end):result()
+    local pool <close>, proc = warm_pool()
     local records = H.capture_logs(finally)
-    local proc = pool.slots[1].proc
     local taken = proc:lane_bytes()
-    local mark = os.tmpname()
-    os.remove(mark)
-    finally(function() os.remove(mark) end)
+    local mark = new_mark()
     local f = pool:submit(function(x, path)
       require("orch").log.info("hello") -- the parent is awake for it: on the lane
       io.open(path, "w"):close()
@@ -72,9 +85,7 @@ describe("lanes", function()
 
   it("carry frames to a child that is busy", function()
     local MSG = core.msg
-    local mark = os.tmpname()
-    os.remove(mark)
-    finally(function() os.remove(mark) end)
+    local mark = new_mark()
     local calls, got, exited = 0, nil, false
     local proc = core.spawn(function()
       local c = require("orch.core")
@@ -107,11 +118,8 @@ describe("lanes", function()
   end)
 
   it("let the next task leave at once after a step that read a reply there", function()
-    local pool <close> = orch.pool { workers = 1 }
-    pool:submit(function() end):result()
-    local marks = { os.tmpname(), os.tmpname() }
-    for _, m in ipairs(marks) do os.remove(m) end
-    finally(function() for _, m in ipairs(marks) do os.remove(m) end end)
+    local pool <close> = warm_pool()
+    local marks = { new_mark(), new_mark() }
     local touch = function(path) io.open(path, "w"):close() return path end
     local first = pool:submit(touch, marks[1])
     busy_until(marks[1], 0.05) -- its reply waits on the lane
@@ -170,14 +178,10 @@ describe("lanes", function()
   end)
 
   it("lose nothing a worker put there before it was killed", function()
-    local pool <close> = orch.pool { workers = 1 }
-    pool:submit(function() end):result()
+    local pool <close>, proc = warm_pool()
     local records = H.capture_logs(finally)
-    local proc = pool.slots[1].proc
     local taken = proc:lane_bytes()
-    local mark = os.tmpname()
-    os.remove(mark)
-    finally(function() os.remove(mark) end)
+    local mark = new_mark()
     local f = pool:submit(function(path)
       for i = 1, 20 do require("orch").log.info("line %d", i) end
       io.open(path, "w"):close()
