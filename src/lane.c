@@ -149,18 +149,17 @@ void lane_wake(lane *l)
         atomic_store_explicit(&l->awake, 1, memory_order_relaxed);
 }
 
-int lane_sleep(lane *l)
-{
-    atomic_store_explicit(&l->awake, 0, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst); /* the store before the look */
-    return atomic_load_explicit(&l->head, memory_order_relaxed)
-           != atomic_load_explicit(&l->tail, memory_order_relaxed);
-}
-
 int lane_has(const lane *l)
 {
     return atomic_load_explicit(&l->head, memory_order_relaxed)
            != atomic_load_explicit(&l->tail, memory_order_relaxed);
+}
+
+int lane_sleep(lane *l)
+{
+    atomic_store_explicit(&l->awake, 0, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst); /* the store before the look */
+    return lane_has(l);
 }
 
 /* The record at the tail: 1 with its at and length, 0 when there is none,
