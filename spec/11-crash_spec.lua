@@ -202,6 +202,38 @@ describe("no leaks", function()
   end)
 end)
 
+-- A worker forked while the parent holds other children has their procs
+-- in its copy of the state: they are closed there (core.spawn closes
+-- their fds in the child without writing to them, and a method call sees
+-- them closed), and nothing done to them there reaches their children.
+describe("procs a worker inherits", function()
+  it("are closed in the worker, and their children go on", function()
+    local first <close> = orch.pool{ workers = 2 }
+    local pids = { first.slots[1].pid, first.slots[2].pid }
+    rawset(_G, "orch_spec_inherited", first)
+    local second <close> = orch.pool{ workers = 1 }
+    rawset(_G, "orch_spec_inherited", nil)
+    local seen = second:submit(function()
+      local msg = require("orch.core").msg
+      local got = {}
+      for i, slot in ipairs(rawget(_G, "orch_spec_inherited").slots) do
+        local p = slot.proc
+        got[i] = { p:alive(), p:pid(), p:send(msg.SEND, "x"), p:pending(), tostring(p) }
+        p:kill()
+        p:close()
+        got[i][6] = p:alive()
+      end
+      return got
+    end):result()
+    for i = 1, 2 do
+      assert.are.same({ false, 0, false, 0, "orch.proc (pid 0)", false }, seen[i])
+    end
+    assert.are.same(pids, { first.slots[1].pid, first.slots[2].pid })
+    assert.are.same({ 1, 2 }, first:map(function(x) return x end, { 1, 2 }))
+    assert.are.same({ 0, 0 }, { first:stats().restarts, second:stats().restarts })
+  end)
+end)
+
 -- A worker takes its small Lua objects from a slab of its own (alloc.c):
 -- objects that grow and shrink across its size classes and out of it,
 -- kept or collected, stay intact, and freed memory is reused.

@@ -148,6 +148,29 @@ void chan_close_fds(chan *c)
     memfd_shared_close(&c->shared);
 }
 
+void chan_close_inherited(const chan *c)
+{
+    if (c->rfd >= 0)
+        close(c->rfd);
+    if (c->wfd >= 0 && c->wfd != c->rfd)
+        close(c->wfd);
+    for (int k = 0; k < c->n_in_fds; k++)
+        close(c->in_fds[k]);
+    for (int k = 0; k < c->n_out_fds; k++)
+        close(c->out_fds[k].fd);
+    if (c->shared.fd >= 0)
+        close(c->shared.fd);
+}
+
+void chan_forget(chan *c)
+{
+    c->rfd = c->wfd = c->sock = -1;
+    c->n_in_fds = c->n_out_fds = 0;
+    c->shared.fd = -1;
+    c->shared.size = 0;
+    c->lanes = c->rx = c->tx = NULL;
+}
+
 void chan_close(chan *c)
 {
     chan_close_fds(c);

@@ -255,10 +255,8 @@ void conn_free(conn *c)
         chan_free_in(&c->ch);
 }
 
-void conn_forget(conn *c)
+void conn_forget_all(void)
 {
-    chan_close_fds(&c->ch);
-    c->queued = 0;
     queued_head = NULL;
     hot = NULL;
 }

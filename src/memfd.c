@@ -245,6 +245,11 @@ void memfd_shared_close(memfd_shared *s)
     s->busy = 0;
 }
 
+void memfd_forked(void)
+{
+    shared_total = 0;
+}
+
 /* s at the size for a payload of n bytes: made, grown, or shrunk when it
  * is over twice that (called once the reader has let the last payload
  * go). 0, or -1 (s unchanged). */

@@ -339,6 +339,8 @@ ORCH_HIDDEN int memfd_shared_put(memfd_shared *s, const struct iovec *v, int nv,
                                  int *send_fd);
 /* Closes s. */
 ORCH_HIDDEN void memfd_shared_close(memfd_shared *s);
+/* In a fresh child, the shared memfds inherited closed: none held here. */
+ORCH_HIDDEN void memfd_forked(void);
 /* The reader: checks the shared memfd fd (a memfd of at least
  * MEMFD_SHARED_AT + n bytes), reads the payload into a block of its own
  * (*buf, as memfd_read), lets the writer write over it, and closes fd
@@ -431,9 +433,15 @@ ORCH_HIDDEN int chan_sleep(chan *c);
  * yet consumed. chan_free frees everything. */
 ORCH_HIDDEN void chan_close(chan *c);
 ORCH_HIDDEN void chan_free(chan *c);
-/* Closes both fds and touches no memory (a child closing what it
- * inherited: the buffers are pages it still shares with the parent). */
+/* Closes both fds, the fds queued either way and the shared memfd. */
 ORCH_HIDDEN void chan_close_fds(chan *c);
+/* In a forked child: closes the fds of a channel inherited from the
+ * parent (as chan_close_fds) without writing to c, whose memory the child
+ * still shares with the parent (a write would copy its page). */
+ORCH_HIDDEN void chan_close_inherited(const chan *c);
+/* c as closed, its fds and lanes forgotten (closed or unmapped already,
+ * by another process), its buffers left as they are. */
+ORCH_HIDDEN void chan_forget(chan *c);
 /* Opens a frame of this type at the end of out. 0, or -1 (ENOMEM). */
 ORCH_HIDDEN int chan_frame_begin(chan *c, int type);
 /* Closes the open frame (fills in its length); frames made aside follow
@@ -697,9 +705,8 @@ ORCH_HIDDEN void conn_close(conn *c);
 /* conn_close, and ch.in dropped and freed (once the reads under way have
  * returned: one of its frames may be being decoded). */
 ORCH_HIDDEN void conn_free(conn *c);
-/* In a fresh child: closes an inherited conn's fds, touches no buffer,
- * and forgets the parent's queued list. */
-ORCH_HIDDEN void conn_forget(conn *c);
+/* In a fresh child: forgets the parent's queued list and hot conn. */
+ORCH_HIDDEN void conn_forget_all(void);
 
 /* ---- worker.c: the child's side ---------------------------------------- */
 ORCH_HIDDEN void worker_open(lua_State *L);

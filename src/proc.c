@@ -32,9 +32,15 @@
  *   frame the next time it is touched (chan.c).
  * - In a forked child every inherited proc is inert: its fds are closed, the
  *   live list is emptied, and close/gc do nothing to the parent's children.
+ *   The child closes them without writing to them: the procs are the
+ *   parent's memory, shared copy on write, and a write would copy a page
+ *   per sibling (a page fault each, the most of a worker's start among
+ *   hundreds). A method called on one in the child first makes it closed
+ *   (inert); ownership is by pid (self_pid, kept by an atfork handler).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -56,7 +62,7 @@ typedef struct proc {
     int peer, peer_w; /* the child's ends of it, until the fork */
     int self;     /* registry ref while the child may run */
     int status;   /* wait status once reaped */
-    unsigned reaped : 1, live : 1, closed : 1;
+    unsigned reaped : 1, live : 1, closed : 1, inert : 1;
     lua_Integer fn_last; /* the last function id sent (its code is there) */
     struct proc *next_live, *prev_live;
 } proc;
@@ -67,6 +73,18 @@ enum { UV_ON_MESSAGE = 1, UV_ON_EXIT = 2, UV_FNS_SENT = 3, UV_COUNT = 3 };
 static proc *live_head;
 static int live_count;
 static ev_signal chld_watcher;
+static pid_t self_pid; /* getpid(), renewed in every forked child */
+
+static void renew_self_pid(void)
+{
+    self_pid = getpid();
+}
+
+/* Whether p's child is this process's own (not one inherited by a fork). */
+static int ours(const proc *p)
+{
+    return p->owner == self_pid;
+}
 
 /* ---- the live list -------------------------------------------------------- */
 
@@ -130,7 +148,7 @@ static void close_peers(proc *p)
  * raises; does nothing in a process that did not fork it. */
 static void proc_close(lua_State *L, proc *p)
 {
-    if (p->owner != getpid())
+    if (!ours(p))
         return;
     if (p->pid > 0 && !p->reaped) {
         kill_group(p->pid, SIGKILL);
@@ -200,9 +218,23 @@ static void chld_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
 /* ---- the Lua face ------------------------------------------------------- */
 
+/* A proc inherited by a fork, as its first method call in the child sees
+ * it: closed, its fds (closed at the fork) and lanes forgotten. */
+static void make_inert(proc *p)
+{
+    p->inert = 1;
+    p->pid = 0;
+    p->live = 0;
+    p->peer = p->peer_w = -1;
+    chan_forget(&p->conn.ch);
+}
+
 static proc *check_proc(lua_State *L, int i)
 {
-    return luaL_checkudata(L, i, PROC_MT);
+    proc *p = luaL_checkudata(L, i, PROC_MT);
+    if (!ours(p) && !p->inert)
+        make_inert(p);
+    return p;
 }
 
 
@@ -302,7 +334,7 @@ static int proc_kill(lua_State *L)
 {
     proc *p = check_proc(L, 1);
     int sig = (int)luaL_optinteger(L, 2, SIGKILL);
-    if (p->pid > 0 && !p->reaped && p->owner == getpid())
+    if (p->pid > 0 && !p->reaped && ours(p))
         kill_group(p->pid, sig);
     return 0;
 }
@@ -342,7 +374,7 @@ static int proc_gc(lua_State *L)
 {
     proc *p = check_proc(L, 1);
     proc_close(L, p);
-    if (p->owner == getpid())
+    if (ours(p))
         chan_free(&p->conn.ch);
     return 0;
 }
@@ -388,20 +420,22 @@ static int proc_tostring(lua_State *L)
 }
 
 /* In a fresh child: closes every fd the parent holds for its children,
- * and the ends meant for the child's siblings (all but keep's). */
+ * and the ends meant for the child's siblings (all but keep's), writing
+ * to none of the procs (see the invariants). */
 static void proc_close_inherited(const proc *keep)
 {
-    for (proc *p = live_head; p; p = p->next_live) {
-        conn_forget(&p->conn);
+    for (const proc *p = live_head; p; p = p->next_live) {
+        chan_close_inherited(&p->conn.ch);
         if (p != keep) {
-            close_peers(p);
+            if (p->peer >= 0)
+                close(p->peer);
+            if (p->peer_w >= 0)
+                close(p->peer_w);
             lane_pair_free(p->conn.ch.lanes);
         }
-        p->conn.ch.lanes = p->conn.ch.rx = p->conn.ch.tx = NULL;
-        p->peer = p->peer_w = -1;
-        p->pid = 0;
-        p->live = 0;
     }
+    conn_forget_all();
+    memfd_forked();
     live_head = NULL;
     if (live_count > 0)
         ev_signal_stop(loop_get(), &chld_watcher); /* started again with a child's own */
@@ -416,7 +450,7 @@ static proc *new_proc(lua_State *L, int on_message, int on_exit)
     conn_init(&p->conn);
     p->peer = p->peer_w = -1;
     p->self = LUA_NOREF;
-    p->owner = getpid();
+    p->owner = self_pid;
     luaL_setmetatable(L, PROC_MT);
     lua_pushvalue(L, on_message);
     lua_setiuservalue(L, -2, UV_ON_MESSAGE);
@@ -565,6 +599,8 @@ void proc_open(lua_State *L)
     static int ready;
     if (!ready) { /* once per process, however often orch.core is opened */
         ev_signal_init(&chld_watcher, chld_cb, SIGCHLD);
+        renew_self_pid();
+        pthread_atfork(NULL, NULL, renew_self_pid);
         ready = 1;
     }
     lua_pushcfunction(L, l_spawn);
