@@ -58,12 +58,15 @@ local function warm_pool()
 end
 
 -- The shared anonymous mappings of a process (lanes are; memfds are not).
+-- The shared anonymous mappings of a process (lanes are its only ones):
+-- how many, and their sizes in bytes.
 local function shared_anon(pid)
-  local n = 0
+  local sizes = {}
   for line in io.lines(("/proc/%s/maps"):format(pid)) do
-    if line:match("^%x+%-%x+ rw%-s ") and line:match("/dev/zero") then n = n + 1 end
+    local from, to = line:match("^(%x+)%-(%x+) rw%-s ")
+    if from and line:match("/dev/zero") then sizes[#sizes + 1] = tonumber(to, 16) - tonumber(from, 16) end
   end
-  return n
+  return #sizes, sizes
 end
 
 describe("lanes", function()
@@ -199,22 +202,44 @@ describe("lanes", function()
     assert.is_true(proc:lane_bytes() > taken, "nothing came on the lane")
   end)
 
-  it("are one mapping a worker, unmapped with its channel; a worker maps only its own", function()
+  it("are one mapping for the workers started together, gone with the last; a worker maps its own", function()
     local before = shared_anon("self")
+    local pair -- the bytes of one worker's pair
     do
       local pool <close> = orch.pool { workers = 4 }
-      local pids = pool:map(function() return require("orch.core").getpid() end, { 1, 2, 3, 4 },
-                            { chunk = 1 })
-      assert.equal(before + 4, shared_anon("self"))
-      local seen = {}
-      for _, pid in ipairs(pids) do
-        if not seen[pid] then
-          seen[pid] = true
-          assert.equal(1, shared_anon(pid))
+      local function pids()
+        local seen, list = {}, {}
+        for _, pid in ipairs(pool:map(function() return require("orch.core").getpid() end,
+                                      { 1, 2, 3, 4, 5, 6, 7, 8 }, { chunk = 1 })) do
+          if not seen[pid] then seen[pid] = true; list[#list + 1] = pid end
         end
+        return list
       end
+      local n, sizes = shared_anon("self")
+      assert.equal(before + 1, n)
+      for _, pid in ipairs(pids()) do
+        local count, theirs = shared_anon(pid)
+        assert.equal(1, count)
+        pair = pair or theirs[1]
+        assert.equal(pair, theirs[1])
+      end
+      assert.is_truthy(pair % 4096 == 0 and pair >= 2 * 16384)
+      local found = false
+      for _, size in ipairs(sizes) do found = found or size == 4 * pair end
+      assert.is_true(found, "no mapping of 4 pairs in the parent")
+      -- a replacement gets a mapping of its own; the dead one's pair waits
+      -- for its three siblings, and the replacement maps none of theirs
+      local old = pool.slots[1].pid
+      os.execute("kill -9 " .. old)
+      assert.is_true(H.wait_for(function()
+        return pool.slots[1] and pool.slots[1].pid ~= old and pool.slots[1].proc:alive()
+      end))
+      assert.equal(before + 2, (shared_anon("self")))
+      local count, theirs = shared_anon(pool.slots[1].pid)
+      assert.equal(1, count)
+      assert.equal(pair, theirs[1])
     end
     collectgarbage()
-    assert.equal(before, shared_anon("self"))
+    assert.equal(before, (shared_anon("self")))
   end)
 end)

@@ -31,9 +31,18 @@
  * Trust: the reader checks what the writer wrote (positions, lengths,
  * `at`) as it checks a frame read from a pipe; a lane that makes no sense
  * is a bad stream (-1, EPROTO) and the channel closes.
+ *
+ * Mappings: the pairs of the children forked together are one mapping
+ * (an arena), each pair on pages of its own. A child unmaps all of them
+ * but its own pair (lane_forked: a few calls, not one per sibling); the
+ * parent unmaps an arena with its last pair (lane_pair_free), so closing
+ * a pool's workers costs one munmap, not one each (each one a TLB
+ * shootdown on the other cores). The arenas are listed in this process's
+ * own memory, never in the shared pages.
  */
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -42,6 +51,7 @@
 #define LANE_BYTES (16u << 10) /* a power of two */
 #define REC_HEAD 16
 #define CACHE_LINE 64
+#define PAGE_BYTES ((size_t)4096)
 
 struct lane {
     _Atomic uint64_t head; /* bytes put so far (the writer's) */
@@ -53,16 +63,58 @@ struct lane {
     unsigned char ring[LANE_BYTES];
 };
 
+/* A pair's share of an arena: whole pages, so that a child can unmap the
+ * pairs around its own. */
+#define PAIR_SPAN ((2 * sizeof(lane) + PAGE_BYTES - 1) & ~(PAGE_BYTES - 1))
+
+typedef struct {
+    char *base;
+    size_t pairs; /* PAIR_SPAN each */
+    size_t live;  /* pairs not yet freed */
+} arena;
+
+static arena *arenas;
+static size_t n_arenas, arenas_cap;
+
 static size_t padded(size_t n)
 {
     return (n + 7) & ~(size_t)7;
 }
 
-lane *lane_pair(void)
+/* ---- mappings ---------------------------------------------------------- */
+
+static int add_arena(char *base, size_t pairs)
 {
-    void *p = mmap(NULL, 2 * sizeof(lane), PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p; /* zero-filled: empty, asleep */
+    if (n_arenas == arenas_cap) {
+        size_t cap = arenas_cap ? 2 * arenas_cap : 8;
+        arena *a = realloc(arenas, cap * sizeof *a);
+        if (a == NULL)
+            return -1;
+        arenas = a;
+        arenas_cap = cap;
+    }
+    arenas[n_arenas++] = (arena){base, pairs, pairs};
+    return 0;
+}
+
+lane *lane_pairs(size_t n)
+{
+    if (n == 0)
+        return NULL;
+    char *p = mmap(NULL, n * PAIR_SPAN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    if (add_arena(p, n) < 0) {
+        munmap(p, n * PAIR_SPAN);
+        return NULL;
+    }
+    return (lane *)p; /* zero-filled: empty, asleep */
+}
+
+lane *lane_pair_nth(lane *first, size_t k)
+{
+    return (lane *)((char *)first + k * PAIR_SPAN);
 }
 
 lane *lane_at(lane *pair, int k)
@@ -70,10 +122,42 @@ lane *lane_at(lane *pair, int k)
     return pair + k;
 }
 
+static arena *arena_of(const lane *pair)
+{
+    for (size_t i = 0; i < n_arenas; i++) {
+        arena *a = &arenas[i];
+        if ((const char *)pair >= a->base && (const char *)pair < a->base + a->pairs * PAIR_SPAN)
+            return a;
+    }
+    return NULL;
+}
+
 void lane_pair_free(lane *pair)
 {
-    if (pair)
-        munmap(pair, 2 * sizeof(lane));
+    arena *a = pair ? arena_of(pair) : NULL;
+    if (a == NULL || --a->live > 0)
+        return;
+    munmap(a->base, a->pairs * PAIR_SPAN);
+    *a = arenas[--n_arenas];
+}
+
+void lane_forked(lane *own)
+{
+    const char *mine = (const char *)own;
+    for (size_t i = 0; i < n_arenas; i++) {
+        char *base = arenas[i].base, *end = base + arenas[i].pairs * PAIR_SPAN;
+        if (mine >= base && mine < end) {
+            if (mine > base)
+                munmap(base, (size_t)(mine - base));
+            if (mine + PAIR_SPAN < end)
+                munmap((char *)mine + PAIR_SPAN, (size_t)(end - mine - PAIR_SPAN));
+        } else {
+            munmap(base, (size_t)(end - base));
+        }
+    }
+    n_arenas = 0;
+    if (own)
+        add_arena((char *)own, 1); /* without room, it stays mapped until the exit */
 }
 
 /* ---- the ring's bytes ------------------------------------------------- */

@@ -353,8 +353,14 @@ ORCH_HIDDEN int memfd_read_shared(int fd, size_t n, void **buf, const char **why
  * what it reads from the fd by their `at`, the writer's fd byte count
  * when it put them (see lane.c). */
 typedef struct lane lane;
-ORCH_HIDDEN lane *lane_pair(void); /* NULL when it cannot be mapped */
+/* n pairs in one mapping, the first returned (NULL when it cannot be
+ * mapped); pair k of them is lane_pair_nth(first, k). */
+ORCH_HIDDEN lane *lane_pairs(size_t n);
+ORCH_HIDDEN lane *lane_pair_nth(lane *first, size_t k);
+/* The pair is no longer used here; its mapping goes with its last pair. */
 ORCH_HIDDEN void lane_pair_free(lane *pair);
+/* In a fresh child: every pair inherited is unmapped but own (or NULL). */
+ORCH_HIDDEN void lane_forked(lane *own);
 ORCH_HIDDEN lane *lane_at(lane *pair, int k); /* lane k (0 or 1) of the pair */
 /* The writer: whether the reader is awake (a hint); puts the bytes of v
  * as one record (0, or -1: no room); then whether the reader is still

@@ -431,9 +431,9 @@ static void proc_close_inherited(const proc *keep)
                 close(p->peer);
             if (p->peer_w >= 0)
                 close(p->peer_w);
-            lane_pair_free(p->conn.ch.lanes);
         }
     }
+    lane_forked(keep->conn.ch.lanes);
     conn_forget_all();
     memfd_forked();
     live_head = NULL;
@@ -461,17 +461,28 @@ static proc *new_proc(lua_State *L, int on_message, int on_exit)
     return p;
 }
 
+/* The pairs k..n-1 of a spawn that made only k channels let go (the
+ * arena goes with the last pair the k channels hold). Returns k. */
+static int unused_lanes(lane *pairs, int k, int n)
+{
+    if (pairs)
+        for (int j = k; j < n; j++)
+            lane_pair_free(lane_pair_nth(pairs, (size_t)j));
+    return k;
+}
+
 /* Gives each of the n procs from first a channel: a socketpair for the
  * parent's frames, a pipe for the child's. Returns how many got one (< n:
  * *what failed, with errno). */
 static int make_channels(lua_State *L, int first, int n, const char **what)
 {
+    lane *pairs = lane_pairs((size_t)n); /* without them, all goes through the fds */
     for (int k = 0; k < n; k++) {
         proc *p = lua_touserdata(L, first + k);
         int sv[2], pv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
             *what = "socketpair";
-            return k;
+            return unused_lanes(pairs, k, n);
         }
         if (pipe2(pv, O_CLOEXEC) < 0) {
             int e = errno;
@@ -479,13 +490,12 @@ static int make_channels(lua_State *L, int first, int n, const char **what)
             close(sv[1]);
             errno = e;
             *what = "pipe";
-            return k;
+            return unused_lanes(pairs, k, n);
         }
         chan_init(&p->conn.ch, pv[0], sv[0]);
         p->conn.ch.share_out = 1;
-        lane *pair = lane_pair(); /* without one, all goes through the fds */
-        if (pair)
-            chan_set_lanes(&p->conn.ch, pair, 0, 1);
+        if (pairs)
+            chan_set_lanes(&p->conn.ch, lane_pair_nth(pairs, (size_t)k), 0, 1);
         p->peer = sv[1];
         p->peer_w = pv[1];
     }

@@ -678,7 +678,6 @@ void worker_child_main(lua_State *L, int in, int out, lane *lanes, int fnidx)
 {
     alloc_child_init(L);
     wrap_coroutines(L);
-    lane_pair_free(ch.lanes); /* a worker's own, inherited by a child it started */
     chan_init(&ch, in, out);
     if (lanes)
         chan_set_lanes(&ch, lanes, 1, 1);

@@ -142,7 +142,7 @@ static void hostile(lane *l, wbuf *in, const uint8_t *p, size_t n)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static lane *pair;
-    if (!pair && !(pair = lane_pair()))
+    if (!pair && !(pair = lane_pairs(1)))
         fail("no lane");
     lane *l = lane_at(pair, 0);
     size_t whole = (size_t)((char *)lane_at(pair, 1) - (char *)l);
