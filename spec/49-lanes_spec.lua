@@ -225,7 +225,7 @@ describe("lanes", function()
       end
       assert.is_truthy(pair % 4096 == 0 and pair >= 2 * 16384)
       local found = false
-      for _, size in ipairs(sizes) do found = found or size == 4 * pair end
+      for _, bytes in ipairs(sizes) do found = found or bytes == 4 * pair end
       assert.is_true(found, "no mapping of 4 pairs in the parent")
       -- a replacement gets a mapping of its own; the dead one's pair waits
       -- for its three siblings, and the replacement maps none of theirs
