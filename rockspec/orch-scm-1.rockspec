@@ -101,8 +101,8 @@ local modules = {
     sources = {
       "src/alloc.c", "src/alloc_big.c", "src/array.c", "src/chan.c", "src/chan_enc.c", "src/chunk.c",
       "src/conn.c", "src/control.c", "src/control_client.c", "src/core.c",
-      "src/dispatch.c", "src/exit.c", "src/joblog.c", "src/lane.c", "src/limits.c", "src/loop.c",
-      "src/memfd.c", "src/proc.c", "src/redis.c", "src/sha256.c", "src/sig.c",
+      "src/dispatch.c", "src/exit.c", "src/heap.c", "src/joblog.c", "src/lane.c", "src/limits.c",
+      "src/loop.c", "src/memfd.c", "src/proc.c", "src/redis.c", "src/sha256.c", "src/sig.c",
       "src/spin.c", "src/task.c", "src/tty.c", "src/wbuf.c", "src/wire.c",
       "src/wire_dec.c", "src/wire_enc.c", "src/wire_path.c", "src/worker.c",
     },

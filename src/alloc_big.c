@@ -353,6 +353,8 @@ static void *big_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         alloc_big_trim();
         np = alloc_once(ptr, osize, nsize);
     }
+    if (nsize > 0 && nsize < BLOCK_MIN)
+        heap_grown(); /* the base allocator's heap may have grown: heap.c */
     return np;
 }
 

@@ -615,6 +615,11 @@ ORCH_HIDDEN void sig_child_restore(const sigset_t *mask);
  * child's own instead of from free chunks in pages shared with the parent. */
 ORCH_HIDDEN void alloc_child_init(lua_State *L);
 
+/* ---- heap.c: the C heap's fresh pages faulted in at once ---------------- */
+/* After an allocation from the C heap: pages the heap grew by since the
+ * last call are populated in one system call. */
+ORCH_HIDDEN void heap_grown(void);
+
 /* ---- alloc_big.c: big blocks in huge pages, kept for reuse ------------- */
 /* Wraps the state's allocator (once per process): blocks of 2 MiB or more
  * are mappings of their own, and freed ones are kept a while for reuse. */
