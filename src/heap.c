@@ -5,8 +5,8 @@
  * at its top (brk) a little at a time, and each fresh 4 KiB page it grows
  * by costs a page fault on first touch. On a virtual machine a fault
  * costs microseconds; a million pending tasks (370 MB of futures and
- * packed tasks) took a microsecond more each than ten thousand, all of
- * it in those faults. So after each allocation of the state (alloc_big.c
+ * packed tasks) took a microsecond more each than ten thousand, the first
+ * touch of their pages. So after each allocation of the state (alloc_big.c
  * calls heap_grown), the heap's top is looked at, and pages it grew by
  * since are populated at once (MADV_POPULATE_WRITE): one system call for
  * the pages the allocator is about to hand out anyway, about 40% less
@@ -30,12 +30,12 @@
 #define POPULATE_MAX ((size_t)1 << 20)
 #define PAGE ((uintptr_t)4096)
 
+#ifdef MADV_POPULATE_WRITE
 static char *populated; /* the heap's top when last looked at */
 static int off;
 
 void heap_grown(void)
 {
-#ifdef MADV_POPULATE_WRITE
     if (off)
         return;
     char *top = sbrk(0);
@@ -48,5 +48,9 @@ void heap_grown(void)
     if (n <= POPULATE_MAX && madvise(from, n, MADV_POPULATE_WRITE) < 0 && errno == EINVAL)
         off = 1;
     populated = top;
-#endif
 }
+#else
+void heap_grown(void)
+{
+}
+#endif
