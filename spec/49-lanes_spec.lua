@@ -235,8 +235,12 @@ describe("lanes", function()
         return pool.slots[1] and pool.slots[1].pid ~= old and pool.slots[1].proc:alive()
       end))
       assert.equal(before + 2, (shared_anon("self")))
-      local count, theirs = shared_anon(pool.slots[1].pid)
-      assert.equal(1, count)
+      -- (looked at until it settles: a child just forked still unmaps what
+      -- it inherited)
+      local pid = pool.slots[1].pid
+      assert.is_true(H.eventually(function() return shared_anon(pid) == 1 end, 10),
+        ("the replacement maps %d"):format(shared_anon(pid)))
+      local _, theirs = shared_anon(pid)
       assert.equal(pair, theirs[1])
     end
     collectgarbage()
