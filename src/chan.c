@@ -115,13 +115,17 @@ void chan_init(chan *c, int rfd, int wfd)
     c->shared.fd = -1;
 }
 
-static void close_fds_queued(chan *c)
+/* Closes both fds and those queued either way; writes nothing to c. */
+static void close_stream_fds(const chan *c)
 {
+    if (c->rfd >= 0)
+        close(c->rfd);
+    if (c->wfd >= 0 && c->wfd != c->rfd)
+        close(c->wfd);
     for (int k = 0; k < c->n_in_fds; k++)
         close(c->in_fds[k]);
     for (int k = 0; k < c->n_out_fds; k++)
         close(c->out_fds[k].fd);
-    c->n_in_fds = c->n_out_fds = 0;
 }
 
 void chan_set_lanes(chan *c, lane *pair, int k, int own)
@@ -139,25 +143,15 @@ static void free_lanes(chan *c)
 
 void chan_close_fds(chan *c)
 {
-    if (c->rfd >= 0)
-        close(c->rfd);
-    if (c->wfd >= 0 && c->wfd != c->rfd)
-        close(c->wfd);
+    close_stream_fds(c);
     c->rfd = c->wfd = c->sock = -1;
-    close_fds_queued(c);
+    c->n_in_fds = c->n_out_fds = 0;
     memfd_shared_close(&c->shared);
 }
 
 void chan_close_inherited(const chan *c)
 {
-    if (c->rfd >= 0)
-        close(c->rfd);
-    if (c->wfd >= 0 && c->wfd != c->rfd)
-        close(c->wfd);
-    for (int k = 0; k < c->n_in_fds; k++)
-        close(c->in_fds[k]);
-    for (int k = 0; k < c->n_out_fds; k++)
-        close(c->out_fds[k].fd);
+    close_stream_fds(c);
     if (c->shared.fd >= 0)
         close(c->shared.fd);
 }
