@@ -141,11 +141,17 @@ static void free_lanes(chan *c)
     c->lanes = c->rx = c->tx = NULL;
 }
 
+/* c's stream fds as closed. */
+static void forget_stream_fds(chan *c)
+{
+    c->rfd = c->wfd = c->sock = -1;
+    c->n_in_fds = c->n_out_fds = 0;
+}
+
 void chan_close_fds(chan *c)
 {
     close_stream_fds(c);
-    c->rfd = c->wfd = c->sock = -1;
-    c->n_in_fds = c->n_out_fds = 0;
+    forget_stream_fds(c);
     memfd_shared_close(&c->shared);
 }
 
@@ -158,10 +164,8 @@ void chan_close_inherited(const chan *c)
 
 void chan_forget(chan *c)
 {
-    c->rfd = c->wfd = c->sock = -1;
-    c->n_in_fds = c->n_out_fds = 0;
-    c->shared.fd = -1;
-    c->shared.size = 0;
+    forget_stream_fds(c);
+    memfd_shared_forget(&c->shared);
     c->lanes = c->rx = c->tx = NULL;
 }
 

@@ -240,6 +240,11 @@ void memfd_shared_close(memfd_shared *s)
         close(s->fd);
         shared_total -= s->size;
     }
+    memfd_shared_forget(s);
+}
+
+void memfd_shared_forget(memfd_shared *s)
+{
     s->fd = -1;
     s->size = 0;
     s->busy = 0;

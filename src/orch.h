@@ -339,6 +339,8 @@ ORCH_HIDDEN int memfd_shared_put(memfd_shared *s, const struct iovec *v, int nv,
                                  int *send_fd);
 /* Closes s. */
 ORCH_HIDDEN void memfd_shared_close(memfd_shared *s);
+/* s as closed, without closing its fd (another process's, or closed). */
+ORCH_HIDDEN void memfd_shared_forget(memfd_shared *s);
 /* In a fresh child, the shared memfds inherited closed: none held here. */
 ORCH_HIDDEN void memfd_forked(void);
 /* The reader: checks the shared memfd fd (a memfd of at least

@@ -135,12 +135,18 @@ static void kill_group(pid_t pid, int sig)
     }
 }
 
-static void close_peers(proc *p)
+/* Closes the child's ends of p's channel; writes nothing to p. */
+static void close_peer_fds(const proc *p)
 {
     if (p->peer >= 0)
         close(p->peer);
     if (p->peer_w >= 0)
         close(p->peer_w);
+}
+
+static void close_peers(proc *p)
+{
+    close_peer_fds(p);
     p->peer = p->peer_w = -1;
 }
 
@@ -426,12 +432,8 @@ static void proc_close_inherited(const proc *keep)
 {
     for (const proc *p = live_head; p; p = p->next_live) {
         chan_close_inherited(&p->conn.ch);
-        if (p != keep) {
-            if (p->peer >= 0)
-                close(p->peer);
-            if (p->peer_w >= 0)
-                close(p->peer_w);
-        }
+        if (p != keep)
+            close_peer_fds(p);
     }
     lane_forked(keep->conn.ch.lanes);
     conn_forget_all();
